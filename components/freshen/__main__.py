@@ -1,0 +1,3 @@
+from freshen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""Read and validate a BEIR-format dataset: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
+
+Every problem is reported with the file, line and field it sits on."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from freshen.errors import DataError
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class BeirDataset:
+    root: Path
+    corpus: dict[str, dict]  # doc id -> {"title": str, "text": str}, file order kept
+    queries: dict[str, str]  # query id -> text
+    qrels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # split -> qid -> docid -> rel
+
+    def doc_ids(self) -> list[str]:
+        return list(self.corpus)
+
+    def doc_texts(self, ids: list[str] | None = None) -> list[str]:
+        return [doc_text(self.corpus[d]) for d in (ids if ids is not None else self.corpus)]
+
+    def positives(self, split: str) -> dict[str, list[str]]:
+        """Query id -> doc ids judged relevant (relevance > 0), for queries that have any."""
+        out = {}
+        for qid, docs in self.qrels.get(split, {}).items():
+            pos = [d for d, rel in docs.items() if rel > 0]
+            if pos:
+                out[qid] = pos
+        return out
+
+
+def doc_text(doc: dict) -> str:
+    """The text a passage is embedded from: title and body, as BEIR's dense baselines do."""
+    title, text = doc.get("title") or "", doc.get("text") or ""
+    return f"{title} {text}".strip() if title else text.strip()
+
+
+def _read_jsonl(path: Path):
+    with open(path, encoding="utf-8", newline="") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(path, f"not valid JSON ({exc.msg} at column {exc.colno})", lineno) from None
+            if not isinstance(obj, dict):
+                raise DataError(path, "each line must be a JSON object", lineno)
+            yield lineno, obj
+
+
+def _check_id(path: Path, lineno: int, obj: dict, seen: dict[str, int]) -> str:
+    if "_id" not in obj:
+        raise DataError(path, "missing", lineno, "_id")
+    raw = obj["_id"]
+    if not isinstance(raw, (str, int)) or isinstance(raw, bool) or str(raw).strip() == "":
+        raise DataError(path, f"must be a non-empty string, got {raw!r}", lineno, "_id")
+    key = str(raw)
+    if key in seen:
+        raise DataError(path, f"duplicate id '{key}' (first seen on line {seen[key]})", lineno, "_id")
+    seen[key] = lineno
+    return key
+
+
+def read_corpus(path: str | Path) -> dict[str, dict]:
+    path = Path(path)
+    corpus, seen = {}, {}
+    for lineno, obj in _read_jsonl(path):
+        doc_id = _check_id(path, lineno, obj, seen)
+        if "text" not in obj:
+            raise DataError(path, "missing", lineno, "text")
+        text, title = obj["text"], obj.get("title", "")
+        if not isinstance(text, str):
+            raise DataError(path, f"must be a string, got {type(text).__name__}", lineno, "text")
+        if title is None:
+            title = ""
+        if not isinstance(title, str):
+            raise DataError(path, f"must be a string, got {type(title).__name__}", lineno, "title")
+        if not (title.strip() or text.strip()):
+            raise DataError(path, "empty document: title and text are both blank", lineno, "text")
+        corpus[doc_id] = {"title": title, "text": text}
+    if not corpus:
+        raise DataError(path, "corpus is empty")
+    return corpus
+
+
+def read_queries(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    queries, seen = {}, {}
+    for lineno, obj in _read_jsonl(path):
+        qid = _check_id(path, lineno, obj, seen)
+        text = obj.get("text")
+        if text is None:
+            raise DataError(path, "missing", lineno, "text")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(path, "must be a non-empty string", lineno, "text")
+        queries[qid] = text
+    if not queries:
+        raise DataError(path, "no queries")
+    return queries
+
+
+def read_qrels(path: str | Path, corpus: dict, queries: dict) -> dict[str, dict[str, int]]:
+    """Qrels as `query-id<TAB>corpus-id<TAB>score` (BEIR) or `qid Q0 docid rel` (TREC),
+    with or without a header line, LF or CRLF."""
+    path = Path(path)
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline="") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            cols = line.split("\t") if "\t" in line else line.split()
+            if len(cols) == 4:  # TREC: qid Q0 docid rel
+                cols = [cols[0], cols[2], cols[3]]
+            if len(cols) != 3:
+                raise DataError(path, f"expected 3 tab-separated columns, got {len(cols)}", lineno)
+            qid, docid, score = (c.strip() for c in cols)
+            try:
+                rel = int(float(score))
+            except ValueError:
+                if lineno == 1:  # header line, e.g. "query-id corpus-id score"
+                    continue
+                raise DataError(path, f"must be an integer, got {score!r}", lineno, "score") from None
+            if qid not in queries:
+                raise DataError(path, f"unknown query id '{qid}' (not in queries.jsonl)", lineno, "query-id")
+            if docid not in corpus:
+                raise DataError(path, f"unknown document id '{docid}' (not in corpus.jsonl)", lineno, "corpus-id")
+            qrels.setdefault(qid, {})[docid] = rel
+    if not qrels:
+        raise DataError(path, "split is empty: no judgements")
+    return qrels
+
+
+def load_beir(root: str | Path, splits=SPLITS, required=("train", "test")) -> BeirDataset:
+    root = Path(root)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        if not (root / name).is_file():
+            raise DataError(root / name, "file not found (is this a BEIR dataset folder?)")
+    corpus = read_corpus(root / "corpus.jsonl")
+    queries = read_queries(root / "queries.jsonl")
+    ds = BeirDataset(root=root, corpus=corpus, queries=queries)
+    for split in splits:
+        path = root / "qrels" / f"{split}.tsv"
+        if path.is_file():
+            ds.qrels[split] = read_qrels(path, corpus, queries)
+        elif split in required:
+            raise DataError(path, f"required split '{split}' not found")
+    return ds
+
+
+def carve_dev(train: dict[str, dict[str, int]], fraction: float, seed: int):
+    """Split train qrels into (train, dev) by query, seeded; dev gets ceil(fraction * n) queries."""
+    qids = sorted(train)
+    if len(qids) < 2:
+        raise DataError("qrels/train.tsv", "need at least 2 train queries to carve a dev split")
+    n_dev = min(len(qids) - 1, max(1, math.ceil(fraction * len(qids))))
+    order = np.random.default_rng(seed).permutation(len(qids))
+    dev_ids = {qids[i] for i in order[:n_dev]}
+    return ({q: train[q] for q in qids if q not in dev_ids}, {q: train[q] for q in qids if q in dev_ids})
+
+
+def write_qrels(path: Path, qrels: dict[str, dict[str, int]]) -> str:
+    lines = ["query-id\tcorpus-id\tscore"]
+    for qid, docs in qrels.items():
+        for docid, rel in docs.items():
+            lines.append(f"{qid}\t{docid}\t{rel}")
+    text = "\n".join(lines) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return text

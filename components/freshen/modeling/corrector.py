@@ -1,0 +1,75 @@
+"""The corrector h: maps a stale cached embedding to an estimate of its current embedding.
+
+`linear`: h(c) = W c + b, W initialised to the identity. `residual_mlp`: h(c) = c + MLP(c),
+the last layer initialised to zero. Both start as the identity, so an untrained corrector
+returns the stale cache unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from freshen.errors import FreshenError
+
+ARCHS = ("linear", "residual_mlp")
+WEIGHTS, CONFIG = "corrector.safetensors", "corrector.json"
+
+
+class Corrector(nn.Module):
+    def __init__(self, dim: int, arch: str = "residual_mlp", hidden: int = 384, depth: int = 1):
+        super().__init__()
+        if arch not in ARCHS:
+            raise FreshenError(f"corrector arch must be one of {ARCHS}, got '{arch}'")
+        self.dim, self.arch, self.hidden, self.depth = dim, arch, hidden, depth
+        if arch == "linear":
+            self.linear = nn.Linear(dim, dim)
+            with torch.no_grad():
+                self.linear.weight.copy_(torch.eye(dim))
+                self.linear.bias.zero_()
+        else:
+            layers, width = [], dim
+            for _ in range(max(1, depth)):
+                layers += [nn.Linear(width, hidden), nn.GELU()]
+                width = hidden
+            last = nn.Linear(width, dim)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.mlp = nn.Sequential(*layers, last)
+
+    def forward(self, cached: torch.Tensor) -> torch.Tensor:
+        cached = cached.float()
+        if self.arch == "linear":
+            return self.linear(cached)
+        return cached + self.mlp(cached)
+
+    def config(self) -> dict:
+        return {"dim": self.dim, "arch": self.arch, "hidden": self.hidden, "depth": self.depth}
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS))
+        (folder / CONFIG).write_text(json.dumps(self.config(), indent=2))
+
+    @classmethod
+    def load(cls, folder: str | Path, expect_dim: int | None = None) -> "Corrector":
+        folder = Path(folder)
+        cfg_file = folder / CONFIG
+        if not cfg_file.is_file():
+            raise FreshenError(f"{cfg_file}: corrector config not found")
+        cfg = json.loads(cfg_file.read_text())
+        if expect_dim is not None and cfg["dim"] != expect_dim:
+            raise FreshenError(
+                f"{cfg_file}: field 'dim': corrector dimension {cfg['dim']} does not match the cache dimension {expect_dim}"
+            )
+        model = cls(**cfg)
+        model.load_state_dict(load_file(str(folder / WEIGHTS)))
+        return model
+
+    @classmethod
+    def from_params(cls, dim: int, p: dict) -> "Corrector":
+        return cls(dim, p.get("arch", "residual_mlp"), int(p.get("hidden", dim)), int(p.get("depth", 1)))

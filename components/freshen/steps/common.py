@@ -1,0 +1,38 @@
+"""Helpers the steps share: where things live, loading the prepared data, a null logger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from freshen.data.beir import load_beir
+
+
+class NullLog:
+    """What a step logs through; the CLI passes an MLflow-backed one."""
+
+    parent_run_id: str | None = None
+
+    def metrics(self, values: dict, step: int | None = None) -> None:
+        pass
+
+    def artifact(self, path, subdir: str | None = None) -> None:
+        pass
+
+    def tags(self, values: dict) -> None:
+        pass
+
+
+def path(root: Path, rel: str) -> Path:
+    return (root / rel) if not Path(rel).is_absolute() else Path(rel)
+
+
+def prepared(params: dict, root: Path):
+    return load_beir(path(root, params["data"]["out_dir"]), required=("train", "dev", "test"))
+
+
+def read_clusters(folder: Path) -> dict[str, int]:
+    out = {}
+    for line in (folder / "assignments.tsv").read_text().splitlines()[1:]:
+        qid, cluster = line.split("\t")
+        out[qid] = int(cluster)
+    return out

@@ -1,0 +1,130 @@
+"""Step 5, evaluate: search dev and test queries and score nDCG@10, Recall@100, MRR@10 for
+the trained model on the re-embedded cache, and, to show what training and the corrector
+bought, the zero-shot encoder, the trained queries on the stale and on the corrected cache,
+and BM25. Also measures the cache's drift over the whole corpus."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from freshen.atomic import atomic_dir, write_json, write_text
+from freshen.cache import load_cache
+from freshen.encoding import encode, set_threads
+from freshen.modeling.corrector import Corrector
+from freshen.modeling.encoder import Encoder
+from freshen.retrieval import bm25_run, build_index, evaluate_run, exclude_self, search, to_run, write_trec
+from freshen.steps.common import NullLog, path, prepared
+
+SECTIONS = ["model", "encode", "evaluate"]
+
+
+def corrected_cache(cache, corrector, chunk: int = 65536) -> np.ndarray:
+    out = np.empty(cache.embeddings.shape, dtype=np.float32)
+    with torch.no_grad():
+        for s in range(0, len(cache), chunk):
+            out[s:s + chunk] = corrector(torch.from_numpy(np.asarray(cache.embeddings[s:s + chunk]))).numpy()
+    return out
+
+
+def row_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    num = (a * b).sum(1)
+    return float((num / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).mean())
+
+
+def overlap_at(rows_a: np.ndarray, rows_b: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(rows_a, rows_b)]))
+
+
+def run(params: dict, root: Path, log=NullLog()) -> dict:
+    set_threads()
+    cfg, enc_p = params["evaluate"], params["encode"]
+    ds = prepared(params, root)
+    stale = load_cache(path(root, params["cache"]["out_dir"]))
+    fresh = load_cache(path(root, params["reembed"]["out_dir"]))
+    if stale.ids != fresh.ids:
+        raise ValueError(f"{fresh.path}: doc ids differ from {stale.path}")
+    model_dir = path(root, params["train"]["out_dir"])
+    zero_shot, trained = Encoder.from_params(params["model"]), Encoder.load(model_dir / "encoder")
+    corrector = Corrector.load(model_dir / "corrector", expect_dim=stale.dim) \
+        if (model_dir / "corrector").is_dir() else None
+    k = int(cfg.get("depth", 100))
+    indexes = {"stale": build_index(stale.embeddings), "fresh": build_index(fresh.embeddings)}
+    if corrector is not None:
+        corrected = corrected_cache(stale, corrector)
+        indexes["corrected"] = build_index(corrected)
+    systems = {"zero_shot": ("zero_shot", "stale"), "trained": ("trained", "fresh"),
+               "trained_stale_cache": ("trained", "stale")}
+    if corrector is not None:
+        systems["trained_corrected_cache"] = ("trained", "corrected")
+
+    metrics: dict = {}
+    runs_out: dict[str, dict] = {}
+    doc_texts = ds.doc_texts(stale.ids)
+    for split in cfg.get("splits", ["dev", "test"]):
+        qids = sorted(ds.qrels[split])
+        texts = [ds.queries[q] for q in qids]
+        q_emb = {name: encode(enc, texts, "query", batch_size=int(enc_p["batch_size"]), precision=enc_p["precision"])
+                 for name, enc in (("zero_shot", zero_shot), ("trained", trained))}
+        found = {}
+        metrics[split] = {}
+        for system, (enc_name, index_name) in systems.items():
+            scores, rows = search(indexes[index_name], q_emb[enc_name], k)
+            found[system] = rows
+            run_ = exclude_self(to_run(qids, stale.ids, scores, rows))
+            metrics[split][system] = evaluate_run(ds.qrels[split], run_)
+            runs_out[f"{split}.{system}"] = run_
+        if cfg.get("bm25", True):
+            run_ = exclude_self(bm25_run(stale.ids, doc_texts, qids, texts, k))
+            metrics[split]["bm25"] = evaluate_run(ds.qrels[split], run_)
+            runs_out[f"{split}.bm25"] = run_
+        # how close the stale and corrected caches' top-100 are to the fresh cache's
+        metrics[split]["top100_overlap_stale_vs_fresh"] = overlap_at(found["trained_stale_cache"], found["trained"])
+        if corrector is not None:
+            metrics[split]["top100_overlap_corrected_vs_fresh"] = overlap_at(found["trained_corrected_cache"],
+                                                                            found["trained"])
+    metrics["drift"] = {"cos_stale_vs_fresh": row_cosine(stale.embeddings, fresh.embeddings)}
+    if corrector is not None:
+        metrics["drift"]["cos_corrected_vs_fresh"] = row_cosine(corrected, fresh.embeddings)
+
+    with atomic_dir(path(root, cfg["out_dir"])) as tmp:
+        for name, run_ in runs_out.items():
+            write_trec(tmp / f"{name}.trec", run_, name)
+    write_json(path(root, cfg["metrics"]), metrics)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["split", "system", "ndcg_at_10", "recall_at_100", "mrr_at_10"])
+    for split in cfg.get("splits", ["dev", "test"]):
+        for system, m in metrics[split].items():
+            if isinstance(m, dict):
+                w.writerow([split, system, f"{m['ndcg_at_10']:.4f}", f"{m['recall_at_100']:.4f}", f"{m['mrr_at_10']:.4f}"])
+    write_text(path(root, cfg["plot"]), buf.getvalue())
+    flat = {f"{split}.{system}.{name}": v for split in metrics if split != "drift"
+            for system, m in metrics[split].items() if isinstance(m, dict) for name, v in m.items()}
+    flat.update({f"{split}.{key}": v for split in metrics if split != "drift"
+                 for key, v in metrics[split].items() if not isinstance(v, dict)})
+    flat.update({f"drift.{k}": v for k, v in metrics["drift"].items()})
+    log.metrics({k.replace("@", "_at_"): v for k, v in flat.items()})
+    log.artifact(path(root, cfg["plot"]), "plots")
+    print(report(metrics))
+    return metrics
+
+
+def report(metrics: dict) -> str:
+    lines = []
+    for split, systems in metrics.items():
+        if split == "drift":
+            continue
+        lines.append(f"{split:>5} {'system':<26} nDCG@10  R@100   MRR@10")
+        for system, m in systems.items():
+            if isinstance(m, dict):
+                lines.append(f"{'':>5} {system:<26} {m['ndcg_at_10']:.4f}   {m['recall_at_100']:.4f}  {m['mrr_at_10']:.4f}")
+            else:
+                lines.append(f"{'':>5} {system:<26} {m:.4f}")
+    lines.append("drift: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics["drift"].items()))
+    return "\n".join(lines)

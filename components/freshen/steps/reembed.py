@@ -1,0 +1,27 @@
+"""Step 4, reembed: the corpus embedded again with a trained checkpoint, into a new cache of
+the same format. This is the cost the corrector makes rare; it is counted in passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from freshen.config import params_hash
+from freshen.encoding import set_threads
+from freshen.modeling.encoder import Encoder, model_digest
+from freshen.steps.common import NullLog, path, prepared
+from freshen.steps.embed_cache import embed_corpus
+
+SECTIONS = ["encode", "reembed"]
+
+
+def run(params: dict, root: Path, log=NullLog()) -> dict:
+    set_threads()
+    ds = prepared(params, root)
+    model_dir = path(root, params["train"]["out_dir"]) / "encoder"
+    encoder = Encoder.load(model_dir)
+    stats = embed_corpus(encoder, ds, path(root, params["reembed"]["out_dir"]), params["encode"],
+                         {"model": str(model_dir), "model_digest": model_digest(model_dir),
+                          "params_hash": params_hash(params, SECTIONS), "source": "reembed", "corrected": False},
+                         "re-embed")
+    log.metrics(stats)
+    return stats

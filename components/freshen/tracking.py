@@ -1,0 +1,103 @@
+"""MLflow bookkeeping: one parent run per pipeline run, one child run per step.
+
+The tracking store is SQLite in the project folder unless MLFLOW_TRACKING_URI says otherwise.
+The parent run id comes from --parent-run-id / $FRESHEN_PARENT_RUN_ID (Airflow passes it),
+else from .freshen/parent_run (the open pipeline run that DVC stages share); `promote` ends it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from freshen.config import flatten
+
+PARENT_ENV = "FRESHEN_PARENT_RUN_ID"
+STATE_FILE = Path(".freshen") / "parent_run"
+
+
+def setup(root: Path, experiment: str):
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        artifacts = None
+        if uri.startswith("sqlite:"):
+            artifacts = (root / "mlartifacts").resolve().as_uri()
+        mlflow.create_experiment(experiment, artifact_location=artifacts)
+    mlflow.set_experiment(experiment)
+    return mlflow
+
+
+def git_commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def dvc_lock_tags(root: Path) -> dict[str, str]:
+    """The dvc.lock digest plus the md5 of each locked output, as tags."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    import yaml
+
+    text = lock.read_text()
+    tags = {"dvc.lock.sha256": hashlib.sha256(text.encode()).hexdigest()}
+    for stage, body in (yaml.safe_load(text) or {}).get("stages", {}).items():
+        for out in body.get("outs", []) or []:
+            digest = out.get("md5") or out.get("hash")
+            if digest:
+                tags[f"dvc.{stage}.{out['path']}"[:250]] = str(digest)
+    return tags
+
+
+def parent_run_id(root: Path, explicit: str | None, experiment: str) -> str:
+    mlflow = setup(root, experiment)
+    client = mlflow.tracking.MlflowClient()
+    run_id = explicit or os.environ.get(PARENT_ENV)
+    if run_id:
+        return run_id
+    state = root / STATE_FILE
+    if state.is_file():
+        run_id = state.read_text().strip()
+        with contextlib.suppress(Exception):
+            if client.get_run(run_id).info.status == "RUNNING":
+                return run_id
+    exp = mlflow.get_experiment_by_name(experiment)
+    run = client.create_run(exp.experiment_id, run_name="pipeline",
+                            tags={"freshen.kind": "pipeline", "git_commit": git_commit(root)})
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(run.info.run_id)
+    return run.info.run_id
+
+
+def end_parent(root: Path, run_id: str, status: str = "FINISHED") -> None:
+    import mlflow
+
+    mlflow.tracking.MlflowClient().set_terminated(run_id, status)
+    state = root / STATE_FILE
+    if state.is_file() and state.read_text().strip() == run_id:
+        state.unlink()
+
+
+@contextlib.contextmanager
+def step_run(step: str, params: dict, root: Path, parent: str | None = None, log_sections=None):
+    """A child run for one step, tagged with the git commit and the dvc.lock hashes."""
+    experiment = params.get("mlflow", {}).get("experiment", "freshen")
+    mlflow = setup(root, experiment)
+    parent_id = parent_run_id(root, parent, experiment)
+    tags = {"mlflow.parentRunId": parent_id, "freshen.step": step, "git_commit": git_commit(root),
+            **dvc_lock_tags(root)}
+    with mlflow.start_run(run_name=step, tags=tags, nested=True) as run:
+        chosen = params if log_sections is None else {s: params.get(s) for s in log_sections}
+        flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(chosen).items()}
+        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+        yield run, parent_id

@@ -1,0 +1,25 @@
+"""Losses: the retriever's contrastive cross-entropy and the corrector's drift loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def contrastive_loss(q: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """Cross-entropy of each query's positive against every passage of the step (its sampled
+    negatives and the in-batch passages). `mask[i, j]` hides passages that are also positives
+    of query i, so a duplicate positive is never pushed down."""
+    scores = (q @ p.T) / temperature
+    scores = scores.masked_fill(mask, float("-inf"))
+    return F.cross_entropy(scores, targets)
+
+
+def drift_loss(corrected: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    """||h(C[d]) - stop_grad(g(d))||^2, averaged over the targets embedded fresh this step."""
+    return ((corrected - fresh.detach()) ** 2).sum(-1).mean()
+
+
+def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.float(), b.float(), dim=-1).mean())

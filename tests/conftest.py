@@ -1,0 +1,47 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tiny import make_beir, make_tiny_bert  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("model") / "tiny-bert")
+
+
+@pytest.fixture()
+def tiny_beir(tmp_path) -> Path:
+    return make_beir(tmp_path / "beir")
+
+
+@pytest.fixture()
+def tiny_params(tmp_path, tiny_model, tiny_beir):
+    """params.yaml of the repo, pointed at tiny data and a tiny model, with small settings."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(local_dir=str(tiny_beir), url=None, sha256={}, verify=False)
+    params["model"].update(name_or_path=str(tiny_model), query_max_len=16, passage_max_len=32)
+    params["encode"].update(batch_size=16, precision="fp32")
+    params["cluster"].update(queries_per_cluster=6, niter=5)
+    params["train"].update(steps=6, batch_size=4, log_every=2, passage_max_len=32, lr=1e-3)
+    params["train"]["negatives"].update(k=2)
+    params["train"]["corrector"].update(hidden=32, warmup_steps=2)
+    return params
+
+
+@pytest.fixture()
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("FRESHEN_PARENT_RUN_ID", raising=False)
+    return uri

@@ -1,0 +1,84 @@
+"""Tiny test material made on the spot: a synthetic BEIR dataset and a random-weight BERT."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+TOPICS = {
+    "cell": "cell protein gene membrane mitochondria receptor kinase enzyme".split(),
+    "heart": "heart artery blood pressure cardiac vessel stroke cholesterol".split(),
+    "brain": "brain neuron cortex memory synapse cognitive dopamine sleep".split(),
+    "virus": "virus infection vaccine immune antibody viral host pathogen".split(),
+    "cancer": "tumor cancer metastasis chemotherapy oncogene biopsy lesion growth".split(),
+    "diet": "diet obesity insulin glucose fat weight metabolism sugar".split(),
+}
+FILLER = "the a of in and study results show patients effect increased reduced level risk".split()
+
+
+def vocab_words() -> list[str]:
+    words = sorted({w for ws in TOPICS.values() for w in ws} | set(FILLER))
+    return words + [f"doc{i}" for i in range(200)]
+
+
+def make_beir(root: Path, n_docs: int = 60, n_train: int = 30, n_test: int = 12, seed: int = 0,
+              with_dev: bool = False, crlf: bool = False, header: bool = True) -> Path:
+    """Write a small BEIR folder; query i is about doc i's topic and judged relevant to it."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    topics = sorted(TOPICS)
+    docs = []
+    for i in range(n_docs):
+        topic = topics[i % len(topics)]
+        words = rng.sample(TOPICS[topic], 4) + rng.sample(FILLER, 5) + [f"doc{i}"]
+        rng.shuffle(words)
+        docs.append({"_id": f"d{i}", "title": f"{topic} doc{i}", "text": " ".join(words), "metadata": {}})
+    with open(root / "corpus.jsonl", "w") as fh:
+        fh.writelines(json.dumps(d) + "\n" for d in docs)
+    n_q = n_train + n_test
+    queries = []
+    for i in range(n_q):
+        d = docs[i % n_docs]
+        topic = d["title"].split()[0]
+        queries.append({"_id": f"q{i}", "text": " ".join(rng.sample(TOPICS[topic], 3) + [f"doc{i % n_docs}"])})
+    with open(root / "queries.jsonl", "w") as fh:
+        fh.writelines(json.dumps(q) + "\n" for q in queries)
+    nl = "\r\n" if crlf else "\n"
+    (root / "qrels").mkdir(exist_ok=True)
+    splits = {"train": range(0, n_train), "test": range(n_train, n_q)}
+    if with_dev:
+        splits = {"train": range(0, n_train - 6), "dev": range(n_train - 6, n_train), "test": range(n_train, n_q)}
+    for split, idx in splits.items():
+        lines = (["query-id\tcorpus-id\tscore"] if header else []) + [f"q{i}\td{i % n_docs}\t1" for i in idx]
+        (root / "qrels" / f"{split}.tsv").write_text(nl.join(lines) + nl)
+    return root
+
+
+def make_tiny_bert(path: Path, hidden: int = 32, layers: int = 2, seed: int = 0,
+                   sentence_transformers_layout: bool = True) -> Path:
+    """A random-weight BERT with a word-level vocab, saved as a transformers folder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + vocab_words()
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=hidden * 2, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    if sentence_transformers_layout:
+        (path / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+        (path / "1_Pooling").mkdir(exist_ok=True)
+        (path / "1_Pooling" / "config.json").write_text(json.dumps({
+            "word_embedding_dimension": hidden, "pooling_mode_cls_token": False,
+            "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False}))
+        (path / "2_Normalize").mkdir(exist_ok=True)
+        (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+    return path
