@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from freshen.data.beir import carve_dev, load_beir, read_corpus
+from freshen.data.beir import carve_dev, load_beir, read_queries
 from freshen.data.fetch import ENV_VAR, resolve_dataset_dir, sha256_file
 from freshen.errors import DataError, FreshenError
 from tiny import make_beir
@@ -46,7 +46,7 @@ def test_missing_id_and_text(tiny_beir):
         load_beir(tiny_beir)
     _rewrite_line(tiny_beir / "queries.jsonl", 2, json.dumps({"_id": "q1", "text": "  "}))
     with pytest.raises(DataError, match=r"queries\.jsonl:2: field 'text'"):
-        read_corpus(tiny_beir / "corpus.jsonl") if False else load_beir(tiny_beir)
+        read_queries(tiny_beir / "queries.jsonl")
 
 
 def test_duplicate_ids(tiny_beir):

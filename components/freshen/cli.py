@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from freshen.errors import FreshenError
+from freshen.orchestration.commands import ORCHESTRATION_STEPS, RUN_COMMANDS, SKIP_EXIT
 from freshen.steps import STEP_NAMES
 
 
@@ -43,7 +44,8 @@ class MlflowLog:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freshen", description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=[s.replace("_", "-") for s in STEP_NAMES] + list(STEP_NAMES))
+    names = STEP_NAMES + ORCHESTRATION_STEPS + RUN_COMMANDS
+    parser.add_argument("step", choices=sorted(set(names) | {s.replace("_", "-") for s in names}))
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params key, e.g. --set train.steps=50 (repeatable)")
@@ -51,7 +53,61 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parent-run-id", default=None, help="MLflow parent run to attach to "
                         "(default: $FRESHEN_PARENT_RUN_ID or the open pipeline run)")
     parser.add_argument("-v", "--verbose", action="store_true")
+    add_orchestration_options(parser)
     return parser
+
+
+def add_orchestration_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the orchestration verbs; Airflow and Kubeflow pass every override in one --set-json."""
+    group = parser.add_argument_group("orchestration")
+    group.add_argument("--set-json", default=None, metavar="JSON",
+                       help='overrides as one JSON object of dotted keys, e.g. \'{"train.steps": 50}\'')
+    group.add_argument("--shard", type=int, default=None, help="reembed-shard: which shard (0-based)")
+    group.add_argument("--num-shards", type=int, default=None, help="shard count (default: orchestration.num_shards)")
+    group.add_argument("--model-dir", default=None, help="re-embed with this encoder folder (default: the champion)")
+    group.add_argument("--cache-dir", default=None, help="build-index: the cache (default: orchestration.refresh_dir)")
+    group.add_argument("--out", default=None, help="build-index: index file; start-run: file to write the run id to")
+    group.add_argument("--kind", default="pipeline", help="start-run: what the run is (train, refresh)")
+    group.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
+                       help="start-run: tag the parent run; end-run: find the parent run by tag (repeatable)")
+    group.add_argument("--skip-exit-code", type=int, default=SKIP_EXIT,
+                       help=f"exit code of a step with nothing to do (default {SKIP_EXIT}; Kubeflow passes 0)")
+
+
+def apply_set_json(params: dict, raw: str | None) -> None:
+    if not raw:
+        return
+    import json
+
+    from freshen.config import set_dotted
+
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise FreshenError(f"--set-json: not valid JSON ({exc})") from None
+    if not isinstance(values, dict):
+        raise FreshenError("--set-json: must be a JSON object of dotted keys")
+    for key, value in values.items():
+        set_dotted(params, key, value)
+
+
+def run_command(step: str, params: dict, root: Path, args) -> int:
+    """start-run / end-run: the parent run of an orchestrated pipeline (Kubeflow runs these as containers)."""
+    import json
+
+    from freshen.atomic import write_text
+    from freshen.orchestration import runs
+
+    tags = dict(t.partition("=")[::2] for t in args.tags)
+    if step == "start_run":
+        result = runs.start(params, root, args.kind, tags)
+        if args.out:
+            write_text(args.out, result["parent_run_id"])
+    else:
+        run_id = args.parent_run_id or os.environ.get("FRESHEN_PARENT_RUN_ID") or runs.find(params, root, tags)
+        result = runs.end(params, root, run_id)
+    print(json.dumps(result))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,13 +123,21 @@ def main(argv: list[str] | None = None) -> int:
 
         params = load_params(root / args.params if not Path(args.params).is_absolute() else args.params,
                              args.overrides)
+        apply_set_json(params, args.set_json)
+        if step in RUN_COMMANDS:
+            return run_command(step, params, root, args)
         seed_everything(int(params.get("seed", 0)))
         module = importlib.import_module(f"freshen.steps.{step}")
+        options = {name: getattr(args, name) for name in getattr(module, "OPTIONS", ())}
+        skip = module.skip_reason(params, root) if hasattr(module, "skip_reason") else None
+        if skip:
+            print(f"freshen {step}: skipped: {skip}")
+            return args.skip_exit_code
         with tracking.step_run(step, params, root, args.parent_run_id, module.SECTIONS) as (run, parent):
             import mlflow
 
             log = MlflowLog(mlflow, parent)
-            module.run(params, root, log)
+            module.run(params, root, log, **options)
         if step == "promote" and not (args.parent_run_id or os.environ.get(tracking.PARENT_ENV)):
             tracking.end_parent(root, parent)
     except FreshenError as exc:

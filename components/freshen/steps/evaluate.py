@@ -27,7 +27,7 @@ def corrected_cache(cache, corrector, chunk: int = 65536) -> np.ndarray:
     out = np.empty(cache.embeddings.shape, dtype=np.float32)
     with torch.no_grad():
         for s in range(0, len(cache), chunk):
-            out[s:s + chunk] = corrector(torch.from_numpy(np.asarray(cache.embeddings[s:s + chunk]))).numpy()
+            out[s:s + chunk] = corrector(torch.from_numpy(np.array(cache.embeddings[s:s + chunk]))).numpy()
     return out
 
 

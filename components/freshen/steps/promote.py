@@ -45,7 +45,6 @@ def find_version(client, name: str, digest: str):
 def log_and_register(model_dir: Path, name: str, digest: str, dim: int):
     import mlflow
     import numpy as np
-    import pandas as pd
     from mlflow.models import infer_signature
 
     import freshen
@@ -54,8 +53,8 @@ def log_and_register(model_dir: Path, name: str, digest: str, dim: int):
     artifacts = {"encoder": str(model_dir / "encoder")}
     if (model_dir / "corrector").is_dir():
         artifacts["corrector"] = str(model_dir / "corrector")
-    signature = infer_signature(pd.DataFrame({"text": ["a query"]}), np.zeros((1, dim), dtype=np.float32),
-                                params={"kind": "query"})
+    # an unnamed string column: accepts a list of strings or a one-column DataFrame
+    signature = infer_signature(["a query"], np.zeros((1, dim), dtype=np.float32), params={"kind": "query"})
     info = mlflow.pyfunc.log_model(
         name="retriever", python_model=FreshenEmbedder(), artifacts=artifacts, signature=signature,
         code_paths=[str(Path(freshen.__file__).parent)],

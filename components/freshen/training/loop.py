@@ -97,7 +97,7 @@ def train(encoder, dataset, cache, cluster_of: dict[str, int], p: dict, seed: in
     pos_rows = {q: [row_of[d] for d in positives[q]] for q in train_qids}
 
     # The stale cache, in memory as float16 (it is the training-time index, not the artifact).
-    table = torch.from_numpy(np.ascontiguousarray(cache.embeddings))
+    table = torch.from_numpy(np.array(cache.embeddings, dtype=np.float16))  # a private copy
     use_corrector = strategy in ("corrected",) or (strategy == "refresh" and cor_p.get("with_refresh", False))
     corrector = Corrector.from_params(cache.dim, cor_p) if strategy != "in_batch" else None
     cor_opt = torch.optim.Adam(corrector.parameters(), lr=float(cor_p.get("lr", 1e-3))) if corrector else None
@@ -153,7 +153,7 @@ def train(encoder, dataset, cache, cluster_of: dict[str, int], p: dict, seed: in
         sched.step()
 
         # 6. corrector: drift loss on every target embedded fresh this step
-        record = {"step": step, "loss": float(loss)}
+        record = {"step": step, "loss": float(loss.detach())}
         if corrector is not None:
             fresh = p_emb.detach().float()
             stale = table[rows_t].float()
@@ -164,7 +164,7 @@ def train(encoder, dataset, cache, cluster_of: dict[str, int], p: dict, seed: in
             cor_opt.zero_grad(set_to_none=True)
             c_loss.backward()
             cor_opt.step()
-            record["corrector_loss"] = float(c_loss)
+            record["corrector_loss"] = float(c_loss.detach())
 
         # 7. optional refresh: re-embed the whole corpus with the current g
         if refresh_every and step % refresh_every == 0 and step < steps:

@@ -1,0 +1,91 @@
+"""faiss indexes next to caches, and the serving folder downstream consumers read.
+
+An index is written to a temporary sibling and renamed into place, with `index.json` beside it
+recording which cache rows it holds. The serving folder holds immutable index folders
+(`corrected-v3-…`, `reembedded-v3-…`) and `current.json`, a pointer swapped atomically: a
+consumer reads the pointer, then a folder that never changes under it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from freshen.atomic import atomic_dir, write_json
+from freshen.cache import Cache
+from freshen.errors import DataError
+
+INDEX_FILE, INDEX_META = "index.faiss", "index.json"
+POINTER = "current.json"
+
+
+def write_index(cache: Cache, out: str | Path | None = None) -> dict:
+    """IndexFlatIP over every row of `cache`, atomically at `out` (default: inside the cache)."""
+    import faiss
+
+    from freshen.retrieval import build_index
+
+    out = Path(out) if out is not None else cache.path / INDEX_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    index = build_index(cache.embeddings)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    meta = {"kind": "IndexFlatIP", "count": int(index.ntotal), "dim": cache.dim, "file": out.name,
+            "cache": str(cache.path), "ids_sha256": cache.manifest.get("ids_sha256"),
+            "model_digest": cache.manifest.get("model_digest"), "corrected": bool(cache.manifest.get("corrected"))}
+    write_json(out.with_name(INDEX_META) if out.name == INDEX_FILE else out.with_suffix(".json"), meta)
+    return meta
+
+
+def check_index(cache: Cache, index_file: Path) -> dict:
+    """The index beside a cache exists and holds exactly that cache's rows."""
+    import json
+
+    meta_file = index_file.with_name(INDEX_META) if index_file.name == INDEX_FILE else index_file.with_suffix(".json")
+    if not index_file.is_file() or not meta_file.is_file():
+        raise DataError(index_file, "index missing (run `freshen build-index` first)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("ids_sha256") != cache.manifest.get("ids_sha256") or meta.get("count") != len(cache):
+        raise DataError(meta_file, f"index does not match the cache in {cache.path} (rebuild it)", field="ids_sha256")
+    return meta
+
+
+def read_pointer(serving_dir: Path) -> dict | None:
+    import json
+
+    path = serving_dir / POINTER
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Publish a copy of folder `src` at `dst`, hard-linking files (a copy across filesystems)."""
+    with atomic_dir(dst) as tmp:
+        for item in src.iterdir():
+            if item.is_file() and not item.name.startswith("."):
+                try:
+                    os.link(item, tmp / item.name)
+                except OSError:
+                    shutil.copy2(item, tmp / item.name)
+
+
+def publish(serving_dir: Path, folder: Path, info: dict, keep: int = 2) -> dict:
+    """Point `current.json` at `folder` (inside serving_dir), then drop all but the newest `keep` folders."""
+    pointer = {**info, "folder": folder.name, "index": f"{folder.name}/{INDEX_FILE}",
+               "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    history = (read_pointer(serving_dir) or {}).get("history", [])
+    pointer["history"] = ([folder.name] + [h for h in history if h != folder.name])[:max(1, keep)]
+    write_json(serving_dir / POINTER, pointer)
+    for old in serving_dir.iterdir():
+        if old.is_dir() and not old.name.startswith(".") and old.name not in pointer["history"]:
+            shutil.rmtree(old, ignore_errors=True)
+    return pointer

@@ -1,0 +1,196 @@
+"""The building blocks of the DAGs in dags/, so those files only say which steps run in what
+order. A step is `freshen <step>`; `step()` makes the task that runs it where
+orchestration.runner says. The MLflow parent run is opened by `start_run`, whose XCom
+(parent run id + the run's overrides as JSON) every step receives, and closed by `end_run`.
+
+DAG-run params (airflow.sdk Param) are dotted params.yaml keys: a value overrides that key
+for this run, null keeps params.yaml; `set` takes any other keys as a JSON object."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task, teardown
+from airflow.sdk.exceptions import AirflowSkipException
+
+from freshen.config import flatten, get_dotted
+from freshen.errors import DataError
+from freshen.orchestration import config, runs
+from freshen.orchestration.commands import StepSkipped
+from freshen.orchestration.runners import XCOM_FIELD, cli_argv, container_operator, run_local
+
+TRAIN_PARAMS = ("train.steps", "train.batch_size", "train.lr", "train.negatives.strategy", "train.negatives.k",
+                "promote.min_improvement")
+REFRESH_PARAMS = ("orchestration.num_shards", "orchestration.dvc.enabled", "orchestration.dvc.push",
+                  "encode.batch_size")
+JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+
+
+def load_project(dag_file: str) -> config.Project:
+    """The project a DAG file belongs to: $FRESHEN_PROJECT_DIR, else the folder above dags/."""
+    return config.load_project(Path(dag_file).resolve().parents[1])
+
+
+def dag_params(project: config.Project, keys) -> dict:
+    out = {}
+    for key in keys:
+        try:
+            value = get_dotted(project.params, key)
+        except (KeyError, TypeError):
+            raise DataError(project.params_path, "missing (the DAG exposes it as a param)", field=key) from None
+        kind = JSON_TYPES.get(type(value), "string")
+        types = ["null", kind] + (["integer"] if kind == "number" else [])
+        out[key] = Param(None, type=types, description=f"overrides {key} for this run (params.yaml: {value!r}; "
+                                                        "empty keeps it)")
+    out["set"] = Param({}, type="object", description='any other params.yaml keys, e.g. {"train.temperature": 0.1}')
+    return out
+
+
+def default_args(project: config.Project) -> dict:
+    return {"retries": project.orch["retries"], "retry_delay": timedelta(seconds=float(project.orch["retry_delay_s"]))}
+
+
+def champion_asset(project: config.Project) -> Asset:
+    """Updated whenever `champion` moves to a new version; the refresh DAG is scheduled on it."""
+    return Asset(name="freshen_champion", uri=f"x-freshen://champion/{project.registered_model}")
+
+
+def serving_asset(project: config.Project) -> Asset:
+    """Updated whenever the serving index changes (corrected first, then re-embedded)."""
+    return Asset(name="freshen_serving_index", uri="x-freshen://serving-index")
+
+
+def refresh_schedule(project: config.Project):
+    cron = project.orch["refresh_cron"]
+    if not cron:
+        return [champion_asset(project)]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=[champion_asset(project)])
+
+
+def overrides_from(dag_run_params: dict) -> dict:
+    """Dotted overrides from a run's params: `set` first, then every non-null dotted param.
+    A form that nests dotted names ({"train": {"steps": 5}}) is flattened back to "train.steps"."""
+    values = dict(dag_run_params.get("set") or {})
+    for key, value in dag_run_params.items():
+        if key == "set":
+            continue
+        flat = flatten({key: value}) if isinstance(value, dict) else {key: value}
+        values.update({k: v for k, v in flat.items() if v is not None})
+    return values
+
+
+def run_params(project: config.Project, ctx: dict) -> dict:
+    """params.yaml with this DAG run's overrides, as the steps see them."""
+    from freshen.cli import apply_set_json
+
+    params = copy.deepcopy(project.params)
+    apply_set_json(params, ctx.get("set_json"))
+    return params
+
+
+def _tracking_env(project: config.Project) -> None:
+    """Worker-side MLflow calls talk to the same server as the step containers."""
+    if project.orch["mlflow_tracking_uri"]:
+        os.environ["MLFLOW_TRACKING_URI"] = project.orch["mlflow_tracking_uri"]
+
+
+def start_run(project: config.Project, kind: str):
+    @task(task_id="start_run", retries=0)
+    def start_run(**context) -> dict:
+        overrides = overrides_from(context["params"])
+        ctx = {"set_json": json.dumps(overrides, sort_keys=True)}
+        params = run_params(project, ctx)  # an unknown key fails here, before any work
+        _tracking_env(project)
+        ti = context["ti"]
+        info = runs.start(params, project.root, kind, {"airflow.dag_id": ti.dag_id, "airflow.run_id": ti.run_id})
+        return {**ctx, **info, "num_shards": int(params["orchestration"]["num_shards"])}
+
+    return start_run()
+
+
+def _local(project: config.Project, argv: list[str]) -> None:
+    try:
+        run_local(argv, project.orch["local_mode"])
+    except StepSkipped as exc:
+        raise AirflowSkipException(str(exc)) from None
+
+
+def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str | None = None, **options):
+    """The task running `freshen <name>` for this DAG run, wherever orchestration.runner says."""
+    kwargs = {"task_id": name, "outlets": list(outlets)}
+    if trigger_rule:
+        kwargs["trigger_rule"] = trigger_rule
+    if project.runner == "local":
+        @task(**kwargs)
+        def local_step(ctx: dict) -> None:
+            _local(project, cli_argv(name, project.cli_root(), project.params_file, ctx["parent_run_id"],
+                                     ctx["set_json"], options))
+
+        return local_step(ctx)
+    argv = cli_argv(name, project.cli_root(), project.params_file, XCOM_FIELD.format(key="parent_run_id"),
+                    XCOM_FIELD.format(key="set_json"), options)
+    op = container_operator(project, name, argv=argv, **kwargs)
+    ctx >> op
+    return op
+
+
+def plan_shards(project: config.Project, ctx, name: str = "reembed_shard"):
+    """One argument list per shard; K is orchestration.num_shards of this run."""
+    @task(task_id="plan_shards")
+    def plan_shards(ctx: dict) -> list[list[str]]:
+        count = int(ctx["num_shards"])
+        return [cli_argv(name, project.cli_root(), project.params_file, ctx["parent_run_id"], ctx["set_json"],
+                         {"shard": i, "num_shards": count}) for i in range(count)]
+
+    return plan_shards(ctx)
+
+
+def mapped_step(project: config.Project, name: str, plan):
+    """`freshen <name>` once per item of `plan` (dynamic task mapping)."""
+    if project.runner == "local":
+        @task(task_id=name)
+        def local_mapped(argv: list[str]) -> None:
+            _local(project, argv)
+
+        return local_mapped.expand(argv=plan)
+    return container_operator(project, name, plan=plan, task_id=name)
+
+
+def publish_champion(project: config.Project, ctx):
+    """Emit the champion Asset when this run moved `champion`; skipped (no event) otherwise."""
+    asset = champion_asset(project)
+
+    @task(task_id="publish_champion", outlets=[asset])
+    def publish_champion(ctx: dict, **context) -> dict:
+        params = run_params(project, ctx)
+        _tracking_env(project)
+        from freshen import tracking
+
+        mlflow = tracking.setup(project.root, params.get("mlflow", {}).get("experiment", "freshen"))
+        name = params["promote"]["registered_model"]
+        now = runs.champion_version(mlflow.tracking.MlflowClient(), name)
+        if now is None or now == ctx["champion_before"]:
+            raise AirflowSkipException(f"champion of {name} unchanged (v{now}): no Asset event")
+        extra = {"registered_model": name, "version": now, "previous": ctx["champion_before"],
+                 "parent_run_id": ctx["parent_run_id"]}
+        context["outlet_events"][asset].extra = extra
+        return extra
+
+    return publish_champion(ctx)
+
+
+def end_run(project: config.Project, ctx):
+    """Close the MLflow parent run (teardown: runs whatever happened upstream)."""
+    @teardown
+    def end_run(ctx: dict, **context) -> dict:
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+        failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
+        _tracking_env(project)
+        return runs.end(run_params(project, ctx), project.root, ctx["parent_run_id"], failed)
+
+    return end_run(ctx)

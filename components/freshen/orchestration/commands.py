@@ -1,0 +1,23 @@
+"""The CLI verbs orchestration adds to `freshen`, and the exit code that means "skipped".
+
+A step that has nothing to do (DVC versioning turned off, a corrected index that the real
+re-embedding already replaced) exits with SKIP_EXIT; every runner turns that into an Airflow
+"skipped" state (DockerOperator / KubernetesPodOperator through `skip_on_exit_code`)."""
+
+from __future__ import annotations
+
+SKIP_EXIT = 99
+
+# steps: modules under freshen.steps with run(params, root, log, **options), each in an MLflow child run
+ORCHESTRATION_STEPS = ("fetch_champion", "corrected_index", "reembed_shard", "merge_shards", "build_index",
+                       "version_cache", "publish_index")
+# pipeline-run bookkeeping: no child run of their own
+RUN_COMMANDS = ("start_run", "end_run")
+
+
+class StepSkipped(Exception):
+    """Raised by a runner when the step exited with SKIP_EXIT."""
+
+
+class StepFailed(Exception):
+    """Raised by a runner when the step exited with any other non-zero code."""

@@ -1,0 +1,21 @@
+"""Orchestration step build_index: a faiss IndexFlatIP over a cache (default: the refreshed
+one), written atomically to <cache>/index.faiss or --out, with index.json beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from freshen.cache import load_cache
+from freshen.index_store import write_index
+from freshen.steps.common import NullLog, path
+
+SECTIONS = ["orchestration"]
+OPTIONS = ("cache_dir", "out")
+
+
+def run(params: dict, root: Path, log=NullLog(), cache_dir: str | None = None, out: str | None = None) -> dict:
+    cache = load_cache(path(root, cache_dir or params["orchestration"]["refresh_dir"]))
+    meta = write_index(cache, path(root, out) if out else None)
+    log.metrics({"docs": meta["count"], "dim": meta["dim"]})
+    print(f"build-index: {meta['count']} rows of {cache.path} -> {meta['file']}")
+    return meta

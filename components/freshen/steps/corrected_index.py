@@ -1,0 +1,60 @@
+"""Orchestration step corrected_index: the moment a new champion exists, serve it without
+waiting for the full re-embedding: its corrector maps the OLD cache (cache.out_dir, the stale
+cache it was trained against) to estimates of the new embeddings, which become a cache
+(manifest "corrected": true) and an index in the serving folder. publish_index replaces it
+when the real re-embedding lands; this step skips once that happened for this champion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from freshen.cache import load_cache, write_cache
+from freshen.index_store import publish, read_pointer, write_index
+from freshen.modeling.corrector import Corrector
+from freshen.modeling.encoder import model_digest
+from freshen.steps.common import NullLog, path
+from freshen.steps.fetch_champion import read_champion
+
+SECTIONS = ["cache", "orchestration"]
+OPTIONS = ()
+CHUNK = 65536
+
+
+def skip_reason(params: dict, root: Path) -> str | None:
+    champ = read_champion(params, root)
+    if not champ.get("has_corrector"):
+        return f"champion v{champ['version']} has no corrector"
+    current = read_pointer(path(root, params["orchestration"]["serving_dir"])) or {}
+    if current.get("corrected") is False and current.get("model_digest") == champ["encoder_digest"]:
+        return f"the re-embedded index of champion v{champ['version']} is already serving ({current['folder']})"
+    return None
+
+
+def run(params: dict, root: Path, log=NullLog()) -> dict:
+    champ = read_champion(params, root)
+    stale = load_cache(path(root, params["cache"]["out_dir"]))
+    corrector = Corrector.load(champ["corrector_dir"], expect_dim=stale.dim).eval()
+    serving = path(root, params["orchestration"]["serving_dir"])
+    folder = serving / f"corrected-v{champ['version']}-{champ['encoder_digest'][:12]}"
+
+    def fill(arr: np.ndarray) -> None:
+        with torch.no_grad():
+            for s in range(0, len(stale), CHUNK):
+                block = torch.from_numpy(np.asarray(stale.embeddings[s:s + CHUNK], dtype=np.float32))
+                arr[s:s + len(block)] = corrector(block).numpy()
+
+    cache = write_cache(folder, stale.ids, stale.dim, fill, manifest={
+        "model": f"models:/{champ['registered_model']}/{champ['version']}", "model_digest": champ["encoder_digest"],
+        "corrector_digest": model_digest(champ["corrector_dir"]), "source": "corrected_index", "corrected": True,
+        "stale_cache": str(stale.path), "stale_model_digest": stale.manifest.get("model_digest"),
+        "champion_version": champ["version"]})
+    write_index(cache)
+    pointer = publish(serving, folder, {"corrected": True, "champion_version": champ["version"],
+                                        "model_digest": champ["encoder_digest"]},
+                      keep=int(params["orchestration"]["keep_serving"]))
+    log.metrics({"docs": len(cache)})
+    print(f"corrected-index: champion v{champ['version']} serves {folder} (corrected from {stale.path})")
+    return pointer

@@ -1,0 +1,29 @@
+"""Orchestration step merge_shards: the K shard folders into one cache at
+orchestration.refresh_dir, in the format `freshen reembed` writes. Refuses a set that is
+incomplete or mixes corpora or models, naming the shard, before writing anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from freshen.config import params_hash
+from freshen.modeling.encoder import model_digest
+from freshen.sharding import check_shards, merge
+from freshen.steps.common import NullLog, path, prepared
+from freshen.steps.reembed_shard import model_dir_for
+
+SECTIONS = ["encode", "orchestration"]
+OPTIONS = ("num_shards", "model_dir")
+
+
+def run(params: dict, root: Path, log=NullLog(), num_shards: int | None = None, model_dir: str | None = None) -> dict:
+    orch = params["orchestration"]
+    count = int(num_shards or orch["num_shards"])
+    corpus_ids = prepared(params, root).doc_ids()
+    expected = model_digest(model_dir_for(params, root, model_dir))
+    shards = check_shards(path(root, orch["shards_dir"]), count, corpus_ids, expected)
+    cache = merge(shards, path(root, orch["refresh_dir"]), {"params_hash": params_hash(params, SECTIONS)})
+    stats = {"docs": len(cache), "num_shards": count}
+    log.metrics(stats)
+    print(f"merge-shards: {count} shards, {len(cache)} rows -> {cache.path}")
+    return stats

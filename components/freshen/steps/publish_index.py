@@ -1,0 +1,35 @@
+"""Orchestration step publish_index: make the refreshed cache and its index what consumers
+read: checked against the champion it was meant for, hard-linked into an immutable serving
+folder, and current.json swapped to it (replacing a corrected index of the same champion)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from freshen.cache import load_cache
+from freshen.errors import FreshenError
+from freshen.index_store import INDEX_FILE, check_index, link_tree, publish
+from freshen.steps.common import NullLog, path
+from freshen.steps.fetch_champion import read_champion
+
+SECTIONS = ["orchestration"]
+OPTIONS = ()
+
+
+def run(params: dict, root: Path, log=NullLog()) -> dict:
+    orch = params["orchestration"]
+    champ = read_champion(params, root)
+    cache = load_cache(path(root, orch["refresh_dir"]))
+    if cache.manifest.get("model_digest") != champ["encoder_digest"]:
+        raise FreshenError(f"{cache.path / 'manifest.json'}: field 'model_digest': the refreshed cache was made by "
+                           f"{str(cache.manifest.get('model_digest'))[:12]}, not by champion v{champ['version']} "
+                           f"({champ['encoder_digest'][:12]}); re-run the refresh")
+    check_index(cache, cache.path / INDEX_FILE)
+    serving = path(root, orch["serving_dir"])
+    folder = serving / f"reembedded-v{champ['version']}-{champ['encoder_digest'][:12]}"
+    link_tree(cache.path, folder)
+    pointer = publish(serving, folder, {"corrected": False, "champion_version": champ["version"],
+                                        "model_digest": champ["encoder_digest"]}, keep=int(orch["keep_serving"]))
+    log.tags({"serving_folder": folder.name})
+    print(f"publish-index: champion v{champ['version']} serves {folder}")
+    return pointer

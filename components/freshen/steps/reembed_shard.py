@@ -1,0 +1,45 @@
+"""Orchestration step reembed_shard: re-embed shard i of K of the corpus with the champion
+(or --model-dir) into orchestration.shards_dir/shard-III-of-KKK, atomically; see freshen.sharding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from freshen.config import params_hash
+from freshen.encoding import set_threads
+from freshen.errors import FreshenError
+from freshen.modeling.encoder import Encoder, model_digest
+from freshen.sharding import embed_shard, shard_bounds
+from freshen.steps.common import NullLog, path, prepared
+from freshen.steps.fetch_champion import read_champion
+
+SECTIONS = ["encode", "orchestration"]
+OPTIONS = ("shard", "num_shards", "model_dir")
+UNIT_TAG = "freshen.unit"
+
+
+def model_dir_for(params: dict, root: Path, model_dir: str | None) -> Path:
+    return path(root, model_dir) if model_dir else Path(read_champion(params, root)["encoder_dir"])
+
+
+def run(params: dict, root: Path, log=NullLog(), shard: int | None = None, num_shards: int | None = None,
+        model_dir: str | None = None) -> dict:
+    if shard is None:
+        raise FreshenError("reembed-shard needs --shard I (0-based)")
+    count = int(num_shards or params["orchestration"]["num_shards"])
+    log.tags({UNIT_TAG: f"{shard}-of-{count}"})
+    set_threads()
+    ds = prepared(params, root)
+    ids = ds.doc_ids()
+    start, stop = shard_bounds(len(ids), shard, count)  # fail on a bad shard before loading the model
+    mdir = model_dir_for(params, root, model_dir)
+    encoder = Encoder.load(mdir)
+    texts = ds.doc_texts(ids)
+    cache = embed_shard(encoder, ids, texts, shard, count, path(root, params["orchestration"]["shards_dir"]),
+                        params["encode"], {"model": str(mdir), "model_digest": model_digest(mdir),
+                                           "params_hash": params_hash(params, ["encode"]), "source": "reembed_shard",
+                                           "corrected": False})
+    stats = {"shard": shard, "num_shards": count, "docs": stop - start}
+    log.metrics(stats)
+    print(f"reembed-shard: rows {start}..{stop} of {len(ids)} -> {cache.path}")
+    return stats

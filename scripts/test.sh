@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install (if needed) and run the test suite. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,327 @@
+"""The Airflow DAGs in dags/: they import cleanly, have the documented tasks and edges, pick
+their runner from params.yaml, and run end to end with `dag.test()` on tiny data (training,
+then a K = 3 sharded cache refresh with a shard that fails once)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from airflow_env import migrate_db, use_temp_airflow_home
+
+use_temp_airflow_home()  # before anything imports airflow
+
+from dag_shapes import REFRESH_EDGES, REFRESH_TASKS, TRAIN_EDGES, TRAIN_STEPS, TRAIN_TASKS, edges_of  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PARENT_XCOM = "{{ ti.xcom_pull(task_ids='start_run')['parent_run_id'] }}"
+
+
+@pytest.fixture(autouse=True)
+def repo_project(monkeypatch):
+    for name in ("FRESHEN_PROJECT_DIR", "FRESHEN_PARAMS", "FRESHEN_SET"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def project_with(tmp_path, params: dict) -> Path:
+    root = tmp_path / "proj"
+    root.mkdir(exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def test_every_dag_file_imports_without_errors():
+    bag = dagbag()
+    assert bag.import_errors == {}
+    assert sorted(bag.dag_ids) == ["freshen_cache_refresh", "freshen_train"]
+    assert {Path(d.fileloc).name for d in bag.dags.values()} == {p.name for p in (REPO / "dags").glob("*.py")}
+
+
+def test_dag_files_use_only_the_task_sdk():
+    for path in (REPO / "dags").glob("*.py"):
+        imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
+        airflow_imports = [line for line in imports if line.split()[1].startswith("airflow")]
+        assert airflow_imports and all(line.startswith("from airflow.sdk import") for line in airflow_imports), path
+    source = (REPO / "components/freshen/orchestration/airflow_tasks.py").read_text()
+    assert "from airflow.sdk" in source and "airflow.decorators" not in source and "airflow.models" not in source
+
+
+def test_training_dag_tasks_edges_params_and_asset():
+    dag = dagbag().dags["freshen_train"]
+    assert set(dag.task_dict) == TRAIN_TASKS
+    assert edges_of(dag) == TRAIN_EDGES
+    assert dag.task_dict["end_run"].is_teardown
+    assert {"train.steps", "promote.min_improvement", "set"} <= set(dag.params)
+    assert dag.params["train.steps"] is None  # null keeps params.yaml
+    outlets = dag.task_dict["publish_champion"].outlets
+    assert [a.name for a in outlets] == ["freshen_champion"]
+
+
+def test_refresh_dag_schedule_tasks_and_edges():
+    from airflow.sdk import AssetOrTimeSchedule
+
+    dag = dagbag().dags["freshen_cache_refresh"]
+    assert set(dag.task_dict) == REFRESH_TASKS
+    assert edges_of(dag) == REFRESH_EDGES
+    cron = yaml.safe_load((REPO / "params.yaml").read_text())["orchestration"]["refresh_cron"]
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.expression == cron
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["freshen_champion"]
+    assert type(dag.task_dict["reembed_shard"]).__name__.endswith("MappedOperator")
+    assert str(dag.task_dict["publish_index"].trigger_rule) in ("none_failed", "TriggerRule.NONE_FAILED")
+    for name in ("corrected_index", "publish_index"):
+        assert [a.name for a in dag.task_dict[name].outlets] == ["freshen_serving_index"]
+    assert {"orchestration.num_shards", "orchestration.dvc.enabled"} <= set(dag.params)
+
+
+def test_run_params_become_dotted_overrides():
+    from freshen.orchestration.airflow_tasks import overrides_from
+
+    assert overrides_from({"train.steps": 5, "train.lr": None, "set": {"train.temperature": 0.1}}) == {
+        "train.steps": 5, "train.temperature": 0.1}
+    assert overrides_from({"train": {"steps": 5, "lr": None}, "set": {}}) == {"train.steps": 5}  # a nesting form
+
+
+def test_a_bad_orchestration_value_is_an_import_error_naming_the_field(tmp_path, monkeypatch):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["orchestration"]["runner"] = "slurm"
+    monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, params)))
+    errors = dagbag().import_errors
+    assert len(errors) == 2
+    assert all("field 'orchestration.runner': must be one of local, docker, kubernetes, got 'slurm'" in e
+               for e in errors.values())
+
+
+DOCKER_ARGS = ("command", "image", "docker_url", "network_mode", "mounts", "mount_tmp_dir", "auto_remove",
+               "private_environment", "mem_limit", "skip_on_exit_code", "device_requests")
+POD_ARGS = ("arguments", "namespace", "image", "name", "env_vars", "env_from", "container_resources", "volumes",
+            "volume_mounts", "service_account_name", "image_pull_policy", "get_logs", "on_finish_action",
+            "skip_on_exit_code")
+
+
+def fake_provider(monkeypatch, module: str, cls: str, arg_names):
+    """Stand-in operator class for a provider that is not installed: records its arguments."""
+    import inspect
+
+    from airflow.sdk import BaseOperator
+
+    base_args = set(inspect.signature(BaseOperator.__init__).parameters)
+
+    class Recorded(BaseOperator):
+        template_fields = ("command", "arguments")
+
+        def __init__(self, **kwargs):
+            super().__init__(**{k: kwargs.pop(k) for k in list(kwargs) if k in base_args})
+            self.command, self.arguments = kwargs.pop("command", None), kwargs.pop("arguments", None)
+            self.provider_kwargs = kwargs
+
+        __init__.__signature__ = inspect.Signature(
+            [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
+            + [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in arg_names]
+            + [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
+
+    Recorded.__name__ = cls
+    parts = module.split(".")
+    for i in range(3, len(parts) + 1):  # airflow.providers.<...>: fresh empty modules
+        monkeypatch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+    setattr(sys.modules[module], cls, Recorded)
+
+
+def test_docker_runner_builds_docker_operators_running_the_same_cli(tmp_path, monkeypatch):
+    fake_provider(monkeypatch, "airflow.providers.docker.operators.docker", "DockerOperator", DOCKER_ARGS)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["orchestration"]["gpu"]["count"] = 1
+    monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, params)))
+    monkeypatch.setenv("FRESHEN_SET", json.dumps({"orchestration.runner": "docker"}))
+    monkeypatch.setenv("FRESHEN_HOST_PROJECT_DIR", "/srv/freshen")
+    bag = dagbag()
+    assert bag.import_errors == {}
+    train = bag.dags["freshen_train"]
+    assert edges_of(train) == TRAIN_EDGES
+    op = train.task_dict["train"]
+    assert type(op).__name__ == "DockerOperator"
+    assert op.command[:5] == ["train", "--root", "/project", "--params", "params.yaml"]
+    assert op.command[op.command.index("--parent-run-id") + 1] == PARENT_XCOM
+    kw = op.provider_kwargs
+    assert kw["image"] == "freshen:gpu" and kw["device_requests"][0]["Count"] == 1
+    assert kw["mounts"][0]["Source"] == "/srv/freshen" and kw["mounts"][0]["Target"] == "/project"
+    assert kw["skip_on_exit_code"] == 99 and kw["mem_limit"] == "16g"
+    assert train.task_dict["promote"].provider_kwargs["image"] == "freshen:cpu"  # not a GPU step
+    refresh = bag.dags["freshen_cache_refresh"]
+    assert edges_of(refresh) == REFRESH_EDGES
+    shards = refresh.task_dict["reembed_shard"]
+    assert type(shards).__name__ == "MappedOperator" and shards.partial_kwargs["image"] == "freshen:gpu"
+    assert set(shards.expand_input.value) == {"command"}
+
+
+def test_kubernetes_runner_builds_pod_operators(tmp_path, monkeypatch):
+    pytest.importorskip("kubernetes")
+    fake_provider(monkeypatch, "airflow.providers.cncf.kubernetes.operators.pod", "KubernetesPodOperator", POD_ARGS)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["orchestration"].update(runner="kubernetes", mlflow_tracking_uri="http://mlflow:5000")
+    params["orchestration"]["gpu"]["count"] = 2
+    params["orchestration"]["kubernetes"]["env_secret"] = "freshen-env"
+    monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, params)))
+    bag = dagbag()
+    assert bag.import_errors == {}
+    op = bag.dags["freshen_train"].task_dict["embed_cache"]
+    assert type(op).__name__ == "KubernetesPodOperator"
+    assert op.arguments[:3] == ["embed-cache", "--root", "/project"]
+    kw = op.provider_kwargs
+    assert kw["namespace"] == "freshen" and kw["image"] == "freshen:gpu"
+    assert kw["container_resources"].limits["nvidia.com/gpu"] == "2"
+    assert kw["container_resources"].requests == {"cpu": "2", "memory": "8Gi"}
+    assert kw["volumes"][0].persistent_volume_claim.claim_name == "freshen-project"
+    assert kw["volume_mounts"][0].mount_path == "/project"
+    assert kw["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert kw["env_from"][0].secret_ref.name == "freshen-env"
+
+
+def test_a_missing_provider_names_the_package(tmp_path, monkeypatch):
+    if importlib.util.find_spec("airflow.providers.docker") is not None:
+        pytest.skip("the docker provider is installed here")
+    monkeypatch.setenv("FRESHEN_SET", json.dumps({"orchestration.runner": "docker"}))
+    errors = dagbag().import_errors
+    assert errors and all("pip install apache-airflow-providers-docker" in e for e in errors.values())
+
+
+# ---------------------------------------------------------------- end to end, on tiny data
+
+def task_states(dag_run) -> dict:
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_run.dag_id,
+                                                 TaskInstance.run_id == dag_run.run_id).all()
+        return {(ti.task_id, ti.map_index): (str(ti.state), ti.try_number) for ti in tis}
+
+
+def asset_events(name: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(
+            AssetModel.name == name).all()
+        return [dict(e.extra or {}) for e in rows]
+
+
+def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_uri, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from freshen import sharding
+    from freshen.cache import load_cache
+    from freshen.index_store import read_pointer
+
+    migrate_db()
+    tiny_params["orchestration"].update(retries=1, retry_delay_s=0)
+    root = project_with(tmp_path, tiny_params)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(root))
+    bag = dagbag()
+    assert bag.import_errors == {}
+
+    # training: every step once, with a run param overriding params.yaml
+    run = bag.dags["freshen_train"].test(run_conf={"train.steps": 4, "set": {"train.log_every": 1}})
+    states = task_states(run)
+    assert str(run.state) == "success", states
+    assert {t for (t, _), (s, _) in states.items() if s == "success"} == TRAIN_TASKS
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = MlflowClient()
+    name = tiny_params["promote"]["registered_model"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
+    exp = client.get_experiment_by_name("freshen")
+    parent = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("freshen.pipeline") == "train")
+    assert parent.info.status == "FINISHED" and parent.data.tags["airflow.dag_id"] == "freshen_train"
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == sorted(TRAIN_STEPS)
+    train_child = next(c for c in children if c.info.run_name == "train")
+    assert train_child.data.params["train.steps"] == "4" and train_child.data.params["train.log_every"] == "1"
+    assert asset_events("freshen_champion") == [{"registered_model": name, "version": "1", "previous": None,
+                                                 "parent_run_id": parent.info.run_id}]
+
+    # refresh with K = 3; shard 1 dies halfway through its first attempt and is retried
+    real, attempts = sharding.encode_into, []
+
+    def flaky(encoder, texts, kind, out, **kw):
+        if "shard 2/3" in kw.get("desc", "") and not attempts:
+            attempts.append(1)
+            real(encoder, texts[:3], kind, out[:3], **kw)
+            raise RuntimeError("simulated worker crash")
+        return real(encoder, texts, kind, out, **kw)
+
+    monkeypatch.setattr(sharding, "encode_into", flaky)
+    refresh = bag.dags["freshen_cache_refresh"].test(run_conf={"orchestration.num_shards": 3})
+    states = task_states(refresh)
+    assert str(refresh.state) == "success", states
+    assert states[("reembed_shard", 1)] == ("success", 2) and states[("reembed_shard", 0)][1] == 1
+    assert {t for (t, _), (s, _) in states.items() if s == "success"} == REFRESH_TASKS
+
+    orch = tiny_params["orchestration"]
+    merged = load_cache(root / orch["refresh_dir"])
+    single = load_cache(root / tiny_params["reembed"]["out_dir"])  # one-process `reembed` by the same model
+    assert merged.ids == single.ids and merged.manifest["num_shards"] == 3
+    assert merged.manifest["model_digest"] == single.manifest["model_digest"]
+    np.testing.assert_allclose(np.asarray(merged.embeddings, np.float32), np.asarray(single.embeddings, np.float32),
+                               atol=1e-3, rtol=0)
+    pointer = read_pointer(root / orch["serving_dir"])
+    assert pointer["corrected"] is False and pointer["folder"].startswith("reembedded-v1-")
+    corrected_folder = pointer["history"][1]
+    assert corrected_folder.startswith("corrected-v1-")
+    assert load_cache(root / orch["serving_dir"] / corrected_folder).manifest["corrected"] is True
+    assert "md5" in yaml.safe_load((root / f"{orch['refresh_dir']}.dvc").read_text())["outs"][0]
+    assert len(asset_events("freshen_serving_index")) == 2  # the corrected index, then the re-embedded one
+
+    refresh_parent = next(r for r in client.search_runs([exp.experiment_id])
+                          if r.data.tags.get("freshen.pipeline") == "refresh")
+    assert refresh_parent.info.status == "FINISHED"  # the retried shard counts by its last attempt
+    shard_runs = client.search_runs([exp.experiment_id],
+                                    f"tags.`mlflow.parentRunId` = '{refresh_parent.info.run_id}' "
+                                    "and tags.`freshen.unit` = '1-of-3'")
+    assert sorted(r.info.status for r in shard_runs) == ["FAILED", "FINISHED"]
+
+    # a worse challenger never takes champion, and publishes no Asset event
+    worse = bag.dags["freshen_train"].test(run_conf={"train.steps": 2, "promote.min_improvement": 1.0})
+    assert str(worse.state) == "success"
+    assert task_states(worse)[("publish_champion", -1)][0] == "skipped"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+    assert len(asset_events("freshen_champion")) == 1
+
+
+def test_a_failing_step_fails_the_dag_run_and_the_mlflow_run(tmp_path, tiny_params, mlflow_uri, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    migrate_db()
+    corpus = Path(tiny_params["data"]["local_dir"]) / "corpus.jsonl"
+    lines = corpus.read_text().splitlines()
+    lines[4] = '{"_id": "d4", "title": "x"}'
+    corpus.write_text("\n".join(lines) + "\n")
+    tiny_params["orchestration"].update(retries=0)
+    monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, tiny_params)))
+    run = dagbag().dags["freshen_train"].test()
+    states = task_states(run)
+    assert str(run.state) == "failed"
+    assert states[("prepare", -1)][0] == "failed" and states[("train", -1)][0] == "upstream_failed"
+    assert states[("end_run", -1)][0] == "success"  # the teardown still closes the MLflow run
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("freshen")
+    parent = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("freshen.pipeline") == "train")
+    assert parent.info.status == "FAILED"

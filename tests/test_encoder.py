@@ -1,0 +1,82 @@
+"""The encoder: declared pooling, normalisation, towers, and checkpoints that
+sentence-transformers and transformers both load with the same embeddings."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from freshen.encoding import encode
+from freshen.errors import FreshenError
+from freshen.modeling.encoder import Encoder, declared_pooling, model_digest, pool
+from tiny import make_tiny_bert
+
+TEXTS = ["cell protein gene doc1", "heart artery blood pressure doc2 the of", "brain"]
+
+
+def test_declared_pooling_read_from_modules_json(tiny_model, tmp_path):
+    assert declared_pooling(tiny_model) == ("mean", True)
+    plain = make_tiny_bert(tmp_path / "plain", sentence_transformers_layout=False)
+    assert declared_pooling(plain) == ("mean", False)
+    enc = Encoder.from_params({"name_or_path": str(plain), "normalize": True, "pooling": "cls"})
+    assert enc.config.pooling == "cls" and enc.config.normalize
+
+
+def test_mean_pooling_ignores_padding():
+    hidden = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.allclose(pool(hidden, mask, "mean"), torch.tensor([[2.0, 2.0]]))
+    assert torch.allclose(pool(hidden, mask, "max"), torch.tensor([[3.0, 3.0]]))
+    assert torch.allclose(pool(hidden, mask, "cls"), torch.tensor([[1.0, 1.0]]))
+
+
+def test_embeddings_are_normalised_and_batch_independent(tiny_model):
+    enc = Encoder.from_params({"name_or_path": str(tiny_model)})
+    full = encode(enc, TEXTS, "passage", batch_size=3, precision="fp32")
+    one_by_one = encode(enc, TEXTS, "passage", batch_size=1, precision="fp32")
+    assert full.shape == (3, 32)
+    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(full, one_by_one, atol=1e-5)  # dynamic padding does not change results
+
+
+def test_checkpoint_loads_in_sentence_transformers_and_automodel(tiny_model, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    enc = Encoder.from_params({"name_or_path": str(tiny_model), "passage_max_len": 32})
+    enc.save(tmp_path / "ckpt")
+    ours = encode(Encoder.load(tmp_path / "ckpt"), TEXTS, "passage", precision="fp32")
+    st = SentenceTransformer(str(tmp_path / "ckpt"), device="cpu").encode(TEXTS, convert_to_numpy=True)
+    np.testing.assert_allclose(ours, st, atol=1e-5)
+    assert AutoModel.from_pretrained(tmp_path / "ckpt").config.hidden_size == 32
+    assert json.loads((tmp_path / "ckpt" / "sentence_bert_config.json").read_text())["max_seq_length"] == 32
+
+
+def test_two_towers_are_independent_and_saved(tiny_model, tmp_path):
+    enc = Encoder.from_params({"name_or_path": str(tiny_model), "towers": "separate"})
+    assert not enc.shared
+    with torch.no_grad():
+        for p in enc.query_model.parameters():
+            p.add_(0.5)
+    q, p_ = enc.embed(TEXTS, "query"), enc.embed(TEXTS, "passage")
+    assert not torch.allclose(q, p_)
+    enc.save(tmp_path / "two")
+    again = Encoder.load(tmp_path / "two")
+    assert (tmp_path / "two" / "query_encoder" / "modules.json").is_file()
+    with torch.no_grad():
+        assert torch.allclose(again.embed(TEXTS, "query"), q, atol=1e-5)
+        assert torch.allclose(again.embed(TEXTS, "passage"), p_, atol=1e-5)
+
+
+def test_model_digest_tracks_weights(tiny_model, tmp_path):
+    a = model_digest(tiny_model)
+    other = make_tiny_bert(tmp_path / "other", seed=1)
+    assert a == model_digest(tiny_model) and a != model_digest(other)
+
+
+def test_bad_model_and_pooling_are_clear(tmp_path):
+    with pytest.raises(FreshenError, match="not a local folder"):
+        Encoder.from_params({"name_or_path": str(tmp_path / "no-such-model")})
+    with pytest.raises(FreshenError, match="towers"):
+        Encoder.from_params({"name_or_path": None, "towers": "three"})

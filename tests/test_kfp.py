@@ -1,0 +1,132 @@
+"""The Kubeflow pipelines compile to v2 YAML with one container component per step, all running
+the `freshen` CLI in the component image, with the same edges as the Airflow DAGs."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dag_shapes import REFRESH_EDGES, TRAIN_EDGES, TRAIN_STEPS
+
+pytest.importorskip("kfp")
+
+from freshen.cli import build_parser  # noqa: E402
+from freshen.orchestration import kfp_pipeline  # noqa: E402
+from freshen.orchestration.config import load_project  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compiled(tmp_path, which: str) -> dict:
+    out = tmp_path / f"{which}.yaml"
+    assert kfp_pipeline.main(["--pipeline", which, "--out", str(out), "--project-dir", str(REPO)]) == 0
+    return yaml.safe_load(out.read_text())
+
+
+def task_name(kfp_name: str) -> str:
+    return kfp_name.replace("-", "_")
+
+
+def kfp_edges(spec: dict) -> set[tuple[str, str]]:
+    """(upstream, downstream) over all DAG levels: explicit dependencies, data from start-run,
+    and groups (exit handler, for-loop) stood in for by the tasks inside them."""
+    comps = spec["components"]
+
+    def members(comp_name: str) -> set[str]:
+        out = set()
+        for name, task in comps[comp_name].get("dag", {}).get("tasks", {}).items():
+            ref = task["componentRef"]["name"]
+            out |= members(ref) if "dag" in comps.get(ref, {}) else {task_name(name)}
+        return out
+
+    edges = set()
+
+    def walk(dag: dict, parent_inputs: set[str]):
+        for name, task in dag.get("tasks", {}).items():
+            ref = task["componentRef"]["name"]
+            inner = members(ref) if "dag" in comps.get(ref, {}) else {task_name(name)}
+            for upstream in task.get("dependentTasks", []):
+                up = comps.get(dag["tasks"][upstream]["componentRef"]["name"], {})
+                ups = members(dag["tasks"][upstream]["componentRef"]["name"]) if "dag" in up else {task_name(upstream)}
+                edges.update((u, d) for u in ups for d in inner)
+            params = task.get("inputs", {}).get("parameters", {})
+            if any("start-run-parent_run_id" in str(p) for p in params.values()) and "dag" not in comps.get(ref, {}):
+                edges.add(("start_run", task_name(name)))
+            if "dag" in comps.get(ref, {}):
+                walk(comps[ref]["dag"], parent_inputs)
+
+    walk(spec["root"]["dag"], set())
+    return edges
+
+
+def test_training_pipeline_has_every_step_and_the_airflow_edges(tmp_path):
+    spec = compiled(tmp_path, "train")
+    params = load_project(REPO, prefer_env=False).orch
+    steps = set(build_parser()._actions[1].choices)
+    for step in TRAIN_STEPS + ("start_run", "end_run"):
+        comp = spec["components"][f"comp-{step.replace('_', '-')}"]
+        container = spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]
+        assert container["command"] == ["freshen"]
+        assert container["args"][0] == step.replace("_", "-") and container["args"][0] in steps
+        assert container["image"] in (params["image"], params["gpu_image"])
+        if step in TRAIN_STEPS:
+            assert "--parent-run-id" in container["args"] and "--set-json" in container["args"]
+    ours = {(u, d) for u, d in TRAIN_EDGES if "publish_champion" not in (u, d) and "end_run" not in (u, d)}
+    got = kfp_edges(spec)
+    assert {e for e in got if "end_run" not in e} == ours
+    assert {u for u, d in got if d == "end_run"} == set(TRAIN_STEPS)
+    # end-run runs whatever happens: it is the exit handler around every step
+    exit_task = spec["root"]["dag"]["tasks"]["end-run"]
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+
+
+def test_refresh_pipeline_shards_in_parallel_with_the_airflow_edges(tmp_path):
+    spec = compiled(tmp_path, "refresh")
+    for step in ("fetch-champion", "corrected-index", "reembed-shard", "merge-shards", "build-index",
+                 "version-cache", "publish-index"):
+        assert f"comp-{step}" in spec["components"]
+    loop = next(c for name, c in spec["components"].items() if name.startswith("comp-for-loop"))
+    assert "reembed-shard" in loop["dag"]["tasks"]
+    ours = {(u, d) for u, d in REFRESH_EDGES if "end_run" not in (u, d) and "plan_shards" not in (u, d)}
+    got = {e for e in kfp_edges(spec) if "end_run" not in e}
+    assert got - {("start_run", "reembed_shard")} == ours  # Airflow: start_run -> plan_shards -> reembed_shard
+
+
+def test_compile_command_writes_yaml(tmp_path):
+    import subprocess
+
+    out = tmp_path / "p.yaml"
+    res = subprocess.run([sys.executable, "-m", "freshen.orchestration.kfp_pipeline", "--out", str(out),
+                          "--project-dir", str(REPO)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load(out.read_text())["pipelineInfo"]["name"] == "freshen-train"
+
+
+def test_start_run_and_end_run_find_each_other_by_the_kubeflow_run_id(tmp_path, mlflow_uri, capsys):
+    """What the pipeline's start-run and exit handler do: no XCom, only a tag on the parent run."""
+    import json
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from freshen.cli import main
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    out = tmp_path / "out" / "parent_run_id"
+    assert main(["start-run", "--root", str(root), "--kind", "train", "--tag", "kfp.run_id=job-7",
+                 "--out", str(out)]) == 0
+    parent = out.read_text()
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = MlflowClient()
+    child = client.create_run(client.get_run(parent).info.experiment_id, run_name="prepare",
+                              tags={"mlflow.parentRunId": parent})
+    client.set_terminated(child.info.run_id, "FINISHED")
+    capsys.readouterr()
+    assert main(["end-run", "--root", str(root), "--tag", "kfp.run_id=job-7"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result == {"parent_run_id": parent, "status": "FINISHED", "children": {"prepare": "FINISHED"},
+                      "failed_tasks": []}
+    assert client.get_run(parent).info.status == "FINISHED"

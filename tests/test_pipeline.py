@@ -1,0 +1,161 @@
+"""End to end on tiny data: every step through the CLI, then `dvc repro` in a fresh git+DVC
+repo; checks the artifacts, the MLflow runs, the registry aliases and the served model."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from freshen.steps import STEP_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _env():
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def sh(root, *cmd, ok=True):
+    res = subprocess.run(list(cmd), cwd=root, env=_env(), capture_output=True, text=True)
+    if ok and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def freshen(root, *args, ok=True):
+    return sh(root, sys.executable, "-m", "freshen", *args, ok=ok)
+
+
+@pytest.fixture()
+def project(tmp_path, tiny_params):
+    root = tmp_path / "proj"
+    root.mkdir()
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
+    return root
+
+
+def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_params):
+    for step in STEP_NAMES:
+        freshen(project, step.replace("_", "-"))
+
+    # artifacts
+    dev = (project / "data/prepared/qrels/dev.tsv").read_text().splitlines()
+    assert len(dev) - 1 == 3  # ceil(0.1 * 30) carved from train
+    assignments = (project / "artifacts/clusters/assignments.tsv").read_text().splitlines()[1:]
+    stats = json.loads((project / "metrics/clusters.json").read_text())
+    assert len(assignments) == 27 and stats["k"] == 4  # round(27 / queries_per_cluster=6)
+    assert {int(a.split("\t")[1]) for a in assignments} <= set(range(4))
+    stale = json.loads((project / "artifacts/cache/initial/manifest.json").read_text())
+    fresh = json.loads((project / "artifacts/cache/reembedded/manifest.json").read_text())
+    assert stale["count"] == fresh["count"] == 60 and stale["dim"] == 32
+    assert stale["model_digest"] != fresh["model_digest"] and fresh["source"] == "reembed"
+    assert (project / "artifacts/model/corrector/corrector.safetensors").is_file()
+    train = json.loads((project / "metrics/train.json").read_text())
+    assert train["train_passage_passes"] == 6 * 4 * 3 and train["reembed_passes"] == 0
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    for split in ("dev", "test"):
+        for system in ("zero_shot", "trained", "trained_stale_cache", "trained_corrected_cache", "bm25"):
+            assert 0.0 <= ev[split][system]["ndcg_at_10"] <= 1.0
+            assert 0.0 <= ev[split][system]["recall_at_100"] <= 1.0
+    assert ev["test"]["bm25"]["ndcg_at_10"] > 0.5  # the synthetic queries share words with their doc
+    run_lines = (project / "artifacts/eval/test.trained.trec").read_text().splitlines()
+    assert len(run_lines) == 12 * 60 and run_lines[0].split()[1] == "Q0"
+    assert "nDCG@10" in (project / "plots/eval.csv").read_text().replace("ndcg_at_10", "nDCG@10")
+
+    # MLflow: one finished parent run, one child per step
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("freshen")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("freshen.kind") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.info.run_name for r in children) == sorted(STEP_NAMES)
+    train_run = next(r for r in children if r.info.run_name == "train")
+    assert len(client.get_metric_history(train_run.info.run_id, "loss")) == 3  # every 2 of 6 steps
+    assert train_run.data.params["train.negatives.strategy"] == "corrected"
+    assert len(train_run.data.tags["git_commit"]) in (40, 7) or train_run.data.tags["git_commit"] == "unknown"
+
+    # registry: first model is champion and challenger
+    name = tiny_params["promote"]["registered_model"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
+
+    # the champion embeds text in a fresh Python process, exactly as the checkpoint does
+    code = ("import mlflow, json; m = mlflow.pyfunc.load_model('models:/%s@champion'); "
+            "print(json.dumps(m.predict(['cell protein doc3', 'heart']).tolist()))" % name)
+    out = sh(project, sys.executable, "-c", code).stdout.strip().splitlines()[-1]
+    served = np.array(json.loads(out))
+    from freshen.encoding import encode
+    from freshen.modeling.encoder import Encoder
+
+    local = encode(Encoder.load(project / "artifacts/model/encoder"), ["cell protein doc3", "heart"], "query",
+                   precision="fp32")
+    assert served.shape == (2, 32)
+    np.testing.assert_allclose(served, local, atol=1e-5)
+
+    # promoting the same model again registers nothing new
+    freshen(project, "promote")
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+
+def test_bad_input_fails_clearly_and_writes_nothing(project, mlflow_uri, tiny_params):
+    corpus = Path(tiny_params["data"]["local_dir"]) / "corpus.jsonl"
+    lines = corpus.read_text().splitlines()
+    lines[4] = '{"_id": "d4", "title": "x"}'
+    corpus.write_text("\n".join(lines) + "\n")
+    res = freshen(project, "prepare", ok=False)
+    assert res.returncode == 2
+    assert "corpus.jsonl:5: field 'text': missing" in res.stderr
+    assert not (project / "data").exists()
+    res = freshen(project, "train", "--set", "train.negatives.strategy=ance", ok=False)
+    assert res.returncode == 2 and "'ance'" in res.stderr and not (project / "artifacts").exists()
+
+
+def test_dvc_repro_is_reproducible_and_versioned(project, mlflow_uri, tmp_path):
+    sh(project, "git", "init", "-q")
+    sh(project, "git", "config", "user.email", "t@example.com")
+    sh(project, "git", "config", "user.name", "t")
+    sh(project, sys.executable, "-m", "dvc", "init", "-q")
+    remote = tmp_path / "remote"
+    sh(project, sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote))
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "init")
+
+    first = sh(project, sys.executable, "-m", "dvc", "repro")
+    for stage in STEP_NAMES:
+        assert f"Running stage '{stage}'" in first.stdout
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STEP_NAMES)
+    second = sh(project, sys.executable, "-m", "dvc", "repro")
+    assert "Running stage" not in second.stdout and "up to date" in second.stdout
+
+    # an experiment with one param changed reruns train and what follows, not what precedes
+    exp = sh(project, sys.executable, "-m", "dvc", "exp", "run", "-S", "train.steps=2")
+    assert "Running stage 'train'" in exp.stdout and "Running stage 'embed_cache'" not in exp.stdout
+    assert json.loads((project / "metrics/train.json").read_text())["train_passage_passes"] == 2 * 4 * 3
+
+    # push to the local remote, then a fresh clone pulls every artifact back
+    sh(project, sys.executable, "-m", "dvc", "push")
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "exp")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
+    sh(clone, sys.executable, "-m", "dvc", "pull")
+    assert (clone / "artifacts/cache/initial/embeddings.npy").is_file()
+    assert (clone / "artifacts/model/encoder/model.safetensors").is_file()
+    status = sh(clone, sys.executable, "-m", "dvc", "status")
+    assert "up to date" in status.stdout

@@ -1,0 +1,121 @@
+"""Batch composition (TAS) and negative selection (top-k, Gumbel-top-k, balanced margins)."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from freshen.sampling.negatives import balanced_pick, chunked_topk, select_negatives
+from freshen.sampling.tas import RandomBatches, TASBatches
+
+
+def _clusters(sizes):
+    out, n = {}, 0
+    for c, size in enumerate(sizes):
+        for _ in range(size):
+            out[f"q{n}"] = c
+            n += 1
+    return out
+
+
+def test_tas_batches_stay_inside_one_cluster():
+    cluster_of = _clusters([10, 12, 9, 20])
+    batches = TASBatches(cluster_of, 8, 1, np.random.default_rng(0))
+    seen = Counter()
+    for _ in range(200):
+        batch = next(batches)
+        assert len(batch) == 8 and len(set(batch)) == 8
+        assert len({cluster_of[q] for q in batch}) == 1
+        seen[cluster_of[batch[0]]] += 1
+    assert set(seen) == {0, 1, 2, 3}  # every cluster gets drawn
+
+
+def test_tas_n_clusters_and_top_up_from_another_cluster():
+    cluster_of = _clusters([3, 30, 30, 30])
+    batches = TASBatches(cluster_of, 8, 2, np.random.default_rng(1))
+    topped_up = 0
+    for _ in range(300):
+        batch = next(batches)
+        clusters = Counter(cluster_of[q] for q in batch)
+        assert len(batch) == 8 and len(set(batch)) == 8
+        if 0 in clusters and clusters[0] == 3:
+            topped_up += 1
+            assert len(clusters) >= 2
+        else:
+            assert len(clusters) == 2 and sorted(clusters.values()) == [4, 4]
+    assert topped_up > 0
+
+
+def test_random_batches_are_uniform_and_seeded():
+    qids = [f"q{i}" for i in range(20)]
+    assert next(RandomBatches(qids, 5, np.random.default_rng(3))) == next(RandomBatches(qids, 5, np.random.default_rng(3)))
+    batches = RandomBatches(qids, 5, np.random.default_rng(0))
+    counts = Counter(q for _ in range(400) for q in next(batches))
+    assert set(counts) == set(qids) and max(counts.values()) < 2 * min(counts.values())
+
+
+def _setup(n=50, d=8, b=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cache = torch.randn(n, d, generator=g).half()
+    q = torch.randn(b, d, generator=g)
+    return q, cache
+
+
+def test_chunked_topk_equals_dense_topk_and_skips_positives():
+    q, cache = _setup()
+    exclude = [[0, 1], [], [49], [10, 11, 12]]
+    rows, _ = chunked_topk(q, cache, 5, exclude, chunk_size=7)
+    scores = q @ cache.float().T
+    for i, ex in enumerate(exclude):
+        scores[i, ex] = float("-inf")
+    assert torch.equal(rows, scores.topk(5, dim=1).indices)
+
+
+@pytest.mark.parametrize("selection", ["topk", "gumbel", "balanced"])
+def test_no_positive_is_ever_a_negative(selection):
+    q, cache = _setup(n=30)
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        positives = [list(rng.choice(30, size=3, replace=False)) for _ in range(4)]
+        # make the positives the highest-scoring rows so a bug would pick them
+        cache[[p for ps in positives for p in ps]] = (q.repeat_interleave(3, 0) * 10).half()
+        rows = select_negatives(q, cache, 4, positives, selection=selection, candidates=20,
+                                positive_rows=[ps[0] for ps in positives], chunk_size=9,
+                                generator=torch.Generator().manual_seed(trial), rng=rng)
+        assert rows.shape == (4, 4)
+        for i, ps in enumerate(positives):
+            assert not set(rows[i].tolist()) & set(int(p) for p in ps)
+            assert len(set(rows[i].tolist())) == 4  # without replacement
+
+
+def test_gumbel_top1_follows_the_softmax():
+    scores = torch.tensor([[1.0, 0.5, 0.0, -1.0, 2.0]])
+    cache = torch.eye(5)  # <q, row j> = scores[j]
+    beta, n = 1.5, 6000
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(5)
+    for _ in range(n):
+        rows, _ = chunked_topk(scores, cache, 1, [[]], noise=gen, beta=beta, chunk_size=2)
+        counts[rows[0, 0]] += 1
+    expected = torch.softmax(beta * scores[0], 0)
+    assert torch.allclose(counts / n, expected, atol=0.02)
+
+
+def test_gumbel_top_k_is_without_replacement_and_varies():
+    q, cache = _setup(n=40)
+    gen = torch.Generator().manual_seed(0)
+    draws = {tuple(sorted(chunked_topk(q, cache, 6, [[]] * 4, noise=gen, beta=0.5)[0][0].tolist()))
+             for _ in range(20)}
+    assert len(draws) > 1 and all(len(set(d)) == 6 for d in draws)
+
+
+def test_balanced_pick_spreads_over_bins():
+    rng = np.random.default_rng(0)
+    # 90 candidates with tiny margins, 10 with large: uniform-over-bins must not follow the mass
+    margins = np.concatenate([np.full(90, 0.01) + rng.random(90) * 0.01, np.linspace(0.5, 1.0, 10)])
+    picks = [balanced_pick(margins, 2, 10, rng) for _ in range(500)]
+    large = sum(p >= 90 for ps in picks for p in ps) / 1000
+    assert large > 0.5  # 10% of candidates, but they fill most non-empty bins
+    assert all(len(set(ps)) == 2 for ps in picks)
+    assert balanced_pick(np.zeros(5), 3, 10, rng) and len(set(balanced_pick(np.zeros(5), 5, 10, rng))) == 5

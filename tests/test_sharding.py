@@ -1,0 +1,212 @@
+"""Sharded re-embedding, merge, index and corrected index on tiny data, without Airflow:
+K shards merge into the one-process `reembed` cache; a failed shard retried leaves a correct
+cache and touches no other shard; an incomplete or mixed shard set is refused, writing nothing."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from freshen import sharding
+from freshen.cache import load_cache
+from freshen.cli import main
+from freshen.errors import FreshenError
+from freshen.index_store import INDEX_FILE, check_index, read_pointer
+from freshen.modeling.corrector import Corrector
+from freshen.modeling.encoder import Encoder, model_digest
+from freshen.steps import build_index, corrected_index, merge_shards, prepare, reembed, reembed_shard
+
+MODEL = "artifacts/model/encoder"
+
+
+@pytest.fixture()
+def project(tmp_path, tiny_params):
+    """A project with prepared data and an encoder where `train` leaves it (what reembed uses)."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
+    prepare.run(tiny_params, root)
+    Encoder.from_params(tiny_params["model"]).save(root / MODEL)
+    return root, tiny_params
+
+
+def shard_all(root, params, count, skip=()):
+    for i in range(count):
+        if i not in skip:
+            reembed_shard.run(params, root, shard=i, num_shards=count, model_dir=MODEL)
+
+
+def assert_same_cache(a, b):
+    assert a.ids == b.ids
+    np.testing.assert_allclose(np.asarray(a.embeddings, dtype=np.float32), np.asarray(b.embeddings, dtype=np.float32),
+                               atol=1e-3, rtol=0)  # float16 rounding of the same model's output
+
+
+def test_three_shards_merge_into_the_one_process_cache(project):
+    root, params = project
+    reembed.run(params, root)
+    one = load_cache(root / params["reembed"]["out_dir"])
+    shard_all(root, params, 3)
+    merge_shards.run(params, root, num_shards=3, model_dir=MODEL)
+    merged = load_cache(root / params["orchestration"]["refresh_dir"])
+    assert_same_cache(merged, one)
+    assert merged.manifest["model_digest"] == one.manifest["model_digest"] == model_digest(root / MODEL)
+    assert merged.manifest["source"] == "reembed" and merged.manifest["corrected"] is False
+    assert set(one.manifest) <= set(merged.manifest)  # same format as `freshen reembed`, plus num_shards
+    shards_dir = root / params["orchestration"]["shards_dir"]
+    assert [len(load_cache(shards_dir / sharding.shard_name(i, 3))) for i in range(3)] == [20, 20, 20]
+
+
+def test_failed_shard_retried_overwrites_only_its_own_output(project, monkeypatch):
+    root, params = project
+    shards_dir = root / params["orchestration"]["shards_dir"]
+    shard_all(root, params, 3, skip=(1,))
+    before = {i: (shards_dir / sharding.shard_name(i, 3) / "embeddings.npy").stat().st_mtime_ns for i in (0, 2)}
+
+    real = sharding.encode_into
+
+    def crash_halfway(encoder, texts, kind, out, **kw):
+        real(encoder, texts[: len(texts) // 2], kind, out[: len(texts) // 2], **kw)
+        raise RuntimeError("worker killed")
+
+    monkeypatch.setattr(sharding, "encode_into", crash_halfway)
+    with pytest.raises(RuntimeError, match="worker killed"):
+        reembed_shard.run(params, root, shard=1, num_shards=3, model_dir=MODEL)
+    assert not (shards_dir / sharding.shard_name(1, 3)).exists()
+    assert not [p for p in shards_dir.iterdir() if p.name.startswith(".")]  # the half-written folder is gone
+    (shards_dir / ".shard-001-of-003.killed.tmp").mkdir()  # what a SIGKILLed attempt would leave
+
+    monkeypatch.setattr(sharding, "encode_into", real)
+    reembed_shard.run(params, root, shard=1, num_shards=3, model_dir=MODEL)
+    assert not (shards_dir / ".shard-001-of-003.killed.tmp").exists()
+    assert {i: (shards_dir / sharding.shard_name(i, 3) / "embeddings.npy").stat().st_mtime_ns for i in (0, 2)} == before
+    merge_shards.run(params, root, num_shards=3, model_dir=MODEL)
+    reembed.run(params, root)
+    assert_same_cache(load_cache(root / params["orchestration"]["refresh_dir"]),
+                      load_cache(root / params["reembed"]["out_dir"]))
+
+
+def test_merge_with_a_missing_shard_fails_clearly_and_writes_nothing(project, mlflow_uri, capsys):
+    root, params = project
+    refreshed = root / params["orchestration"]["refresh_dir"]
+    shard_all(root, params, 2)
+    merge_shards.run(params, root, num_shards=2, model_dir=MODEL)  # an earlier, complete version
+    snapshot = {p.name: p.read_bytes() for p in refreshed.iterdir()}
+
+    shard_all(root, params, 3, skip=(2,))
+    code = main(["merge-shards", "--root", str(root), "--num-shards", "3", "--model-dir", MODEL])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "1 of 3 missing: shard 2" in err and sharding.shard_name(2, 3) in err
+    assert "reembed-shard" in err  # says how to fix it
+    assert {p.name: p.read_bytes() for p in refreshed.iterdir()} == snapshot
+    assert not [p for p in refreshed.parent.iterdir() if p.name.startswith(".refreshed")]
+
+
+def test_merge_refuses_a_shard_from_another_model(project, tmp_path):
+    root, params = project
+    shard_all(root, params, 3)
+    from tiny import make_tiny_bert
+
+    other = make_tiny_bert(tmp_path / "other-bert", seed=1)
+    Encoder.from_params({**params["model"], "name_or_path": str(other)}).save(root / "other" / "encoder")
+    reembed_shard.run(params, root, shard=1, num_shards=3, model_dir="other/encoder")
+    with pytest.raises(sharding.ShardSetError) as err:
+        merge_shards.run(params, root, num_shards=3, model_dir=MODEL)
+    assert "shard-001-of-003/manifest.json: field 'model_digest'" in str(err.value)
+    assert not (root / params["orchestration"]["refresh_dir"]).exists()
+
+
+def test_bad_shard_numbers_are_refused_before_any_work(project):
+    root, params = project
+    with pytest.raises(FreshenError, match="shard must be in 0..2"):
+        reembed_shard.run(params, root, shard=3, num_shards=3, model_dir=MODEL)
+    with pytest.raises(FreshenError, match="more than the 60 documents"):
+        reembed_shard.run(params, root, shard=0, num_shards=61, model_dir=MODEL)
+
+
+def test_build_index_writes_an_index_matching_its_cache(project):
+    root, params = project
+    reembed.run(params, root)
+    meta = build_index.run(params, root, cache_dir=params["reembed"]["out_dir"])
+    cache = load_cache(root / params["reembed"]["out_dir"])
+    assert meta["count"] == 60 and meta["ids_sha256"] == cache.manifest["ids_sha256"]
+    import faiss
+
+    index = faiss.read_index(str(cache.path / INDEX_FILE))
+    assert index.ntotal == 60 and index.metric_type == faiss.METRIC_INNER_PRODUCT
+    np.testing.assert_array_equal(index.reconstruct_n(0, 60), np.asarray(cache.embeddings, dtype=np.float32))
+    check_index(cache, cache.path / INDEX_FILE)
+    assert not [p for p in cache.path.iterdir() if p.name.startswith(".")]
+
+
+def make_champion(root, params, version="3"):
+    """A fetched champion (what fetch-champion leaves), with a corrector that is not the identity."""
+    champ = root / params["orchestration"]["champion_dir"]
+    Encoder.load(root / MODEL).save(champ / "encoder")
+    torch.manual_seed(0)
+    corrector = Corrector(32, hidden=16)
+    torch.nn.init.normal_(corrector.mlp[-1].weight, std=0.1)
+    corrector.save(champ / "corrector")
+    (champ / "champion.json").write_text(json.dumps({
+        "registered_model": "freshen-retriever", "version": version, "encoder_digest": model_digest(champ / "encoder"),
+        "has_corrector": True}))
+    return champ, corrector
+
+
+def test_corrected_index_serves_the_corrector_over_the_old_cache_until_replaced(project):
+    root, params = project
+    from freshen.steps import embed_cache
+
+    embed_cache.run(params, root)
+    champ, corrector = make_champion(root, params)
+    assert corrected_index.skip_reason(params, root) is None
+    pointer = corrected_index.run(params, root)
+    serving = root / params["orchestration"]["serving_dir"]
+    assert pointer["corrected"] is True and read_pointer(serving)["folder"] == pointer["folder"]
+    cache = load_cache(serving / pointer["folder"])
+    stale = load_cache(root / params["cache"]["out_dir"])
+    assert cache.manifest["corrected"] is True and cache.ids == stale.ids
+    with torch.no_grad():
+        expected = corrector(torch.from_numpy(np.asarray(stale.embeddings, dtype=np.float32))).numpy()
+    np.testing.assert_allclose(np.asarray(cache.embeddings, dtype=np.float32), expected, atol=2e-3, rtol=0)
+    check_index(cache, serving / pointer["index"])
+
+    # once the real re-embedding of this champion serves, the corrected index is not made again
+    from freshen.steps import publish_index
+
+    shard_all(root, params, 2)
+    merge_shards.run(params, root, num_shards=2, model_dir=MODEL)
+    build_index.run(params, root)
+    published = publish_index.run(params, root)
+    assert published["corrected"] is False and published["history"] == [published["folder"], pointer["folder"]]
+    assert "already serving" in corrected_index.skip_reason(params, root)
+
+
+def test_publish_refuses_a_cache_made_by_another_model(project):
+    root, params = project
+    shard_all(root, params, 2)
+    merge_shards.run(params, root, num_shards=2, model_dir=MODEL)
+    build_index.run(params, root)
+    make_champion(root, params)
+    (root / params["orchestration"]["champion_dir"] / "champion.json").write_text(json.dumps({
+        "registered_model": "freshen-retriever", "version": "4", "encoder_digest": "f" * 64, "has_corrector": False}))
+    from freshen.steps import publish_index
+
+    with pytest.raises(FreshenError, match="field 'model_digest'.*not by champion v4"):
+        publish_index.run(params, root)
+    assert read_pointer(root / params["orchestration"]["serving_dir"]) is None
+
+
+def test_disabled_dvc_versioning_exits_with_the_skip_code(project, mlflow_uri, capsys):
+    root, _ = project
+    args = ["version-cache", "--root", str(root), "--set", "orchestration.dvc.enabled=false"]
+    assert main(args) == 99
+    assert "skipped: orchestration.dvc.enabled is false" in capsys.readouterr().out
+    assert main(args + ["--skip-exit-code", "0"]) == 0
+    assert main(["version-cache", "--root", str(root)]) == 2  # enabled, but no DVC repository
+    assert "not a DVC repository" in capsys.readouterr().err
+    assert os.environ.get("FRESHEN_PARENT_RUN_ID") is None
