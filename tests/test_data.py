@@ -102,3 +102,12 @@ def test_resolve_dataset_dir_env_local_and_missing(tiny_beir, tmp_path, monkeypa
         resolve_dataset_dir(data, tmp_path)
     monkeypatch.setenv(ENV_VAR, str(tiny_beir))
     assert resolve_dataset_dir(dict(data, local_dir=None), tmp_path) == tiny_beir
+
+
+def test_non_utf8_line_is_named(tiny_beir):
+    path = tiny_beir / "corpus.jsonl"
+    lines = path.read_bytes().splitlines()
+    lines[8] = b'{"_id": "d8", "title": "", "text": "caf\xe9"}'
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError, match=r"corpus\.jsonl:9: not valid UTF-8"):
+        load_beir(tiny_beir)

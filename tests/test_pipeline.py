@@ -85,7 +85,9 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.info.run_name for r in children) == sorted(STEP_NAMES)
     train_run = next(r for r in children if r.info.run_name == "train")
-    assert len(client.get_metric_history(train_run.info.run_id, "loss")) == 3  # every 2 of 6 steps
+    history = lambda key: sorted(m.step for m in client.get_metric_history(train_run.info.run_id, key))  # noqa: E731
+    assert history("loss") == [2, 3, 4, 6]  # every log_every=2 steps, and at each validation (eval_every=3)
+    assert history("dev_ndcg_at_10") == [3, 6]
     assert train_run.data.params["train.negatives.strategy"] == "corrected"
     assert len(train_run.data.tags["git_commit"]) in (40, 7) or train_run.data.tags["git_commit"] == "unknown"
 
@@ -159,3 +161,27 @@ def test_dvc_repro_is_reproducible_and_versioned(project, mlflow_uri, tmp_path):
     assert (clone / "artifacts/model/encoder/model.safetensors").is_file()
     status = sh(clone, sys.executable, "-m", "dvc", "status")
     assert "up to date" in status.stdout
+
+
+def test_ablation_benchmark_smoke(project, mlflow_uri):
+    """The ablation command runs its arms on tiny data, writes the table, plot and per-arm JSON,
+    and resumes (an arm with results is not run again)."""
+    shutil.copytree(REPO / "benchmarks", project / "benchmarks", ignore=shutil.ignore_patterns("results"))
+    sh(project, "git", "init", "-q")
+    sh(project, sys.executable, "-m", "dvc", "init", "-q")
+    out = project / "benchmarks/results/ablation"
+    cmd = [sys.executable, "benchmarks/ablation.py", "--arms", "zero_shot,stale,corrected,refresh", "--steps", "4",
+           "--refreshes", "1"]
+    sh(project, *cmd)
+    arms = {a: json.loads((out / f"{a}.json").read_text()) for a in ("zero_shot", "stale", "corrected", "refresh")}
+    assert arms["zero_shot"]["train_passage_passes"] == 0
+    assert arms["corrected"]["train_passage_passes"] == arms["stale"]["train_passage_passes"] == 4 * 4 * 3
+    assert arms["corrected"]["reembed_passes"] == 0
+    assert arms["refresh"]["refreshes"] == 1 and arms["refresh"]["reembed_passes"] == 60
+    table = (out / "ablation.md").read_text()
+    assert all(f"| {a} |" in table for a in arms) and (out / "ablation.png").is_file()
+    before = (out / "corrected.json").stat().st_mtime
+    again = sh(project, *cmd[:3], "corrected", "--steps", "4")
+    assert (out / "corrected.json").stat().st_mtime == before and "| corrected |" in again.stdout
+    runs = MlflowClient(mlflow_uri).search_runs([MlflowClient(mlflow_uri).get_experiment_by_name("freshen-ablation").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["corrected", "refresh", "stale", "zero_shot"]

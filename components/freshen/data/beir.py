@@ -46,9 +46,12 @@ def doc_text(doc: dict) -> str:
 
 
 def _read_jsonl(path: Path):
-    with open(path, encoding="utf-8", newline="") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.strip()
+    with open(path, "rb") as fh:
+        for lineno, raw_bytes in enumerate(fh, start=1):
+            try:
+                line = raw_bytes.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise DataError(path, f"not valid UTF-8 (byte {exc.start + 1})", lineno) from None
             if not line:
                 continue
             try:

@@ -46,6 +46,15 @@ class Corrector(nn.Module):
             return self.linear(cached)
         return cached + self.mlp(cached)
 
+    def transform_query(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linear corrector only: <q, Wc + b> = <W^T q, c> + <q, b>, so corrected scores are an
+        exact inner-product search on the *stale* cache with query W^T q (plus a per-query
+        constant that changes no ranking, sample or margin)."""
+        if self.arch != "linear":
+            raise ValueError("transform_query needs the linear corrector")
+        q = q.float()
+        return q @ self.linear.weight, q @ self.linear.bias
+
     def config(self) -> dict:
         return {"dim": self.dim, "arch": self.arch, "hidden": self.hidden, "depth": self.depth}
 

@@ -1,26 +1,32 @@
 """Retriever + corrector training (METHOD.md section 1), on TAS batches (section 2).
 
-One step: embed the batch's queries; score the whole cache through the corrector, in chunks;
-select k negatives per query (never a positive); embed positives and negatives fresh; the
-retriever learns from cross-entropy over them and the in-batch passages; the corrector learns
-from the drift between its output and those fresh embeddings, with its own optimiser."""
+One step: embed the batch's queries; score the training-time index (the stale cache through
+the corrector) and select k negatives per query, never a positive; embed positives and
+negatives fresh; the retriever learns from cross-entropy over them and the in-batch passages
+(or Margin-MSE against teacher scores); the corrector learns from the drift between its output
+and those fresh embeddings, with its own optimiser. Optionally the corpus is re-embedded every
+N steps (the expensive baseline). Every `eval_every` steps: dev nDCG@10 on the training-time
+index, the drift on held-out probe passages, best checkpoint kept, early stopping."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from freshen.encoding import autocast_dtype, encode_into
+from freshen.encoding import autocast_dtype, encode, encode_into
 from freshen.errors import FreshenError
 from freshen.modeling.corrector import Corrector
-from freshen.sampling.negatives import SELECTIONS, select_negatives
+from freshen.sampling.negatives import SELECTIONS, balanced_pick, chunked_topk
+from freshen.sampling.scorer import CacheScorer
 from freshen.sampling.tas import RandomBatches, TASBatches
-from freshen.training.losses import contrastive_loss, drift_loss, mean_cosine
+from freshen.training.losses import contrastive_loss, drift_loss, margin_mse, mean_cosine
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("in_batch", "stale", "corrected", "refresh")
@@ -28,12 +34,14 @@ STRATEGIES = ("in_batch", "stale", "corrected", "refresh")
 
 @dataclass
 class Counters:
-    """Target-encoder forward passes (the cost unit of METHOD.md) and wall time."""
+    """Target-encoder forward passes (the cost unit of METHOD.md) and wall time. Validation and
+    probe passes are measurement, not training cost, and are counted apart."""
 
     train_passage_passes: int = 0
     reembed_passes: int = 0
     refreshes: int = 0
     query_passes: int = 0
+    probe_passes: int = 0
     wall_seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -46,6 +54,8 @@ class TrainResult:
     corrector: Corrector | None
     counters: Counters
     curve: list[dict] = field(default_factory=list)
+    validations: list[dict] = field(default_factory=list)
+    best_step: int | None = None
 
 
 def check_train_params(p: dict) -> None:
@@ -58,6 +68,15 @@ def check_train_params(p: dict) -> None:
                            f"got {neg.get('selection')!r}")
     if p.get("batching", "tas") not in ("tas", "random"):
         raise FreshenError(f"params.yaml: field 'train.batching': must be 'tas' or 'random', got {p.get('batching')!r}")
+    refresh = int(neg.get("refresh_every", 0) or 0)
+    if neg["strategy"] == "refresh" and refresh <= 0:
+        raise FreshenError("params.yaml: field 'train.negatives.refresh_every': must be > 0 for strategy 'refresh'")
+    if neg["strategy"] in ("in_batch", "stale") and refresh > 0:
+        raise FreshenError(f"params.yaml: field 'train.negatives.refresh_every': strategy '{neg['strategy']}' "
+                           "never refreshes (use 'refresh', or 'corrected' with refresh)")
+    arch = p.get("corrector", {}).get("arch", "residual_mlp")
+    if arch not in ("linear", "residual_mlp"):
+        raise FreshenError(f"params.yaml: field 'train.corrector.arch': must be 'linear' or 'residual_mlp', got {arch!r}")
 
 
 def make_batches(p: dict, cluster_of: dict[str, int], train_qids: list[str], rng: np.random.Generator):
@@ -67,119 +86,244 @@ def make_batches(p: dict, cluster_of: dict[str, int], train_qids: list[str], rng
     return RandomBatches(train_qids, int(p["batch_size"]), rng)
 
 
-def train(encoder, dataset, cache, cluster_of: dict[str, int], p: dict, seed: int,
-          on_log=None) -> TrainResult:
-    """Train `encoder` in place; return it with its corrector, the counters and the curve."""
-    check_train_params(p)
-    neg_p, cor_p = p["negatives"], p.get("corrector", {})
-    strategy, k = neg_p["strategy"], int(neg_p.get("k", 4))
-    refresh_every = int(neg_p.get("refresh_every", 0) or 0)
-    if strategy == "refresh" and refresh_every <= 0:
-        raise FreshenError("params.yaml: field 'train.negatives.refresh_every': must be > 0 for strategy 'refresh'")
-    if strategy == "in_batch":
-        k = 0
+def _ndcg_at_10(qrels: dict, run: dict) -> float:
+    from freshen.retrieval import evaluate_run
 
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    return evaluate_run(qrels, run)["ndcg_at_10"]
 
-    positives = dataset.positives("train")
-    train_qids = sorted(q for q in positives if q in cluster_of or p.get("batching") == "random")
-    if not train_qids:
-        raise FreshenError("no training queries with positives (check qrels/train.tsv and the clusters)")
-    batches = make_batches(p, cluster_of, train_qids, rng)
-    row_of = cache.row_of()
-    missing = [d for q in train_qids for d in positives[q] if d not in row_of]
-    if missing:
-        raise FreshenError(f"{cache.path}: cache lacks {len(missing)} judged documents, e.g. '{missing[0]}'")
-    doc_ids = cache.ids
-    doc_texts = dataset.doc_texts(doc_ids)
-    pos_rows = {q: [row_of[d] for d in positives[q]] for q in train_qids}
 
-    # The stale cache, in memory as float16 (it is the training-time index, not the artifact).
-    table = torch.from_numpy(np.array(cache.embeddings, dtype=np.float16))  # a private copy
-    use_corrector = strategy in ("corrected",) or (strategy == "refresh" and cor_p.get("with_refresh", False))
-    corrector = Corrector.from_params(cache.dim, cor_p) if strategy != "in_batch" else None
-    cor_opt = torch.optim.Adam(corrector.parameters(), lr=float(cor_p.get("lr", 1e-3))) if corrector else None
-    cor_warmup = int(cor_p.get("warmup_steps", 0))
+class Trainer:
+    """Holds the state of one training run; `run()` does the steps."""
 
-    steps = int(p["steps"])
-    opt = torch.optim.AdamW(encoder.parameters(), lr=float(p["lr"]), weight_decay=float(p.get("weight_decay", 0.0)))
-    sched = get_linear_schedule_with_warmup(opt, int(float(p.get("warmup_ratio", 0.1)) * steps), steps)
-    temperature = float(p.get("temperature", 0.05))
-    passage_len = int(p.get("passage_max_len") or encoder.config.passage_max_len)
-    amp = autocast_dtype(p.get("precision", "fp32"), torch.device("cpu"))  # training runs on the CPU here
-    counters, curve = Counters(), []
-    started = time.perf_counter()
-    encoder.train()
+    def __init__(self, encoder, dataset, cache, cluster_of, p: dict, seed: int, teacher=None, on_log=None):
+        check_train_params(p)
+        self.encoder, self.ds, self.p, self.on_log = encoder, dataset, p, on_log
+        self.neg_p, self.cor_p = p["negatives"], p.get("corrector", {})
+        self.strategy = self.neg_p["strategy"]
+        self.k = 0 if self.strategy == "in_batch" else int(self.neg_p.get("k", 4))
+        self.refresh_every = int(self.neg_p.get("refresh_every", 0) or 0)
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.teacher = teacher
 
-    from tqdm.auto import tqdm
+        self.positives = dataset.positives("train")
+        self.train_qids = sorted(q for q in self.positives if q in cluster_of or p.get("batching") == "random")
+        if not self.train_qids:
+            raise FreshenError("no training queries with positives (check qrels/train.tsv and the clusters)")
+        self.batches = make_batches(p, cluster_of, self.train_qids, self.rng)
+        self.row_of = cache.row_of()
+        missing = [d for q in self.train_qids for d in self.positives[q] if d not in self.row_of]
+        if missing:
+            raise FreshenError(f"{cache.path}: cache lacks {len(missing)} judged documents, e.g. '{missing[0]}'")
+        self.doc_ids = cache.ids
+        self.doc_texts = dataset.doc_texts(self.doc_ids)
+        self.pos_rows = {q: [self.row_of[d] for d in self.positives[q]] for q in self.positives}
 
-    for step in tqdm(range(1, steps + 1), desc="train", unit="step", mininterval=20, disable=False):
-        qids = next(batches)
-        pos_docs = [positives[q][int(rng.integers(len(positives[q])))] for q in qids]
-        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-            q_emb = encoder.embed([dataset.queries[q] for q in qids], "query")
-        counters.query_passes += len(qids)
+        # the stale cache, a private float16 copy: the training-time index, not the artifact
+        self.scorer = CacheScorer(torch.from_numpy(np.array(cache.embeddings, dtype=np.float16)), self.neg_p)
+        self.use_corrector = self.strategy == "corrected"
+        self.corrector, self.cor_opt, self.corrector_start = None, None, 0
+        if self.use_corrector or self.strategy == "stale":  # 'stale' trains one too, to measure drift
+            self._new_corrector(cache.dim)
+        self.warmup = int(self.cor_p.get("warmup_steps", 0))
 
-        # 2-3. score the (corrected) cache and pick negatives, never a positive of the query
+        steps = int(p["steps"])
+        self.opt = torch.optim.AdamW(encoder.parameters(), lr=float(p["lr"]), weight_decay=float(p.get("weight_decay", 0.0)))
+        self.sched = get_linear_schedule_with_warmup(self.opt, int(float(p.get("warmup_ratio", 0.1)) * steps), steps)
+        self.temperature = float(p.get("temperature", 0.05))
+        self.passage_len = int(p.get("passage_max_len") or encoder.config.passage_max_len)
+        self.amp = autocast_dtype(p.get("precision", "fp32"), torch.device("cpu"))  # training runs on the CPU here
+        n_probe = min(int(p.get("probe_passages", 0) or 0), len(self.doc_ids))
+        self.probe_rows = sorted(self.rng.choice(len(self.doc_ids), size=n_probe, replace=False).tolist())
+        self.probe_set = set(self.probe_rows)
+        self.counters, self.curve, self.validations = Counters(), [], []
+
+    def _new_corrector(self, dim: int) -> None:
+        init = self.cor_p.get("init")
+        self.corrector = Corrector.load(init, expect_dim=dim) if init and self.corrector_start == 0 \
+            else Corrector.from_params(dim, self.cor_p)
+        self.cor_opt = torch.optim.Adam(self.corrector.parameters(), lr=float(self.cor_p.get("lr", 1e-3)))
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=self.amp, enabled=self.amp is not None)
+
+    def correcting(self, step: int) -> bool:
+        return self.use_corrector and step > self.corrector_start + self.warmup
+
+    # -- one step -----------------------------------------------------------------------
+    def step(self, step: int) -> dict:
+        qids = next(self.batches)
+        pos_docs = [self.positives[q][int(self.rng.integers(len(self.positives[q])))] for q in qids]
+        with self._autocast():
+            q_emb = self.encoder.embed([self.ds.queries[q] for q in qids], "query")
+        self.counters.query_passes += len(qids)
+        q_emb = q_emb.float()
+
         neg_rows = torch.empty((len(qids), 0), dtype=torch.long)
-        correcting = corrector is not None and use_corrector and step > cor_warmup
-        if k > 0:
-            neg_rows = select_negatives(
-                q_emb.detach().float(), table, k, [pos_rows[q] for q in qids],
-                corrector=corrector if correcting else None, selection=neg_p.get("selection", "topk"),
-                beta=float(neg_p.get("beta", 20.0)), candidates=int(neg_p.get("candidates", 100)),
-                bins=int(neg_p.get("bins", 10)), positive_rows=[row_of[d] for d in pos_docs],
-                chunk_size=int(neg_p.get("chunk_size", 65536)), generator=gen, rng=rng)
+        if self.teacher is not None:
+            neg_rows = self._teacher_negatives(qids, pos_docs)
+        elif self.k > 0:
+            neg_rows = self.scorer.select(q_emb.detach(), self.k, [self.pos_rows[q] for q in qids],
+                                          [self.row_of[d] for d in pos_docs],
+                                          corrector=self.corrector if self.correcting(step) else None,
+                                          generator=self.gen, rng=self.rng)
 
-        # 4. fresh embeddings of positives and negatives, with gradients
-        rows = [row_of[d] for d in pos_docs] + neg_rows.flatten().tolist()
-        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-            p_emb = encoder.embed([doc_texts[r] for r in rows], "passage", max_len=passage_len)
-        counters.train_passage_passes += len(rows)
+        rows = [self.row_of[d] for d in pos_docs] + neg_rows.flatten().tolist()
+        with self._autocast():
+            p_emb = self.encoder.embed([self.doc_texts[r] for r in rows], "passage", max_len=self.passage_len)
+        p_emb = p_emb.float()
+        self.counters.train_passage_passes += len(rows)
 
-        # 5. retriever loss over sampled negatives + in-batch passages
+        loss = self._retriever_loss(qids, pos_docs, rows, neg_rows, q_emb, p_emb)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), float(self.p.get("grad_clip", 1.0)))
+        self.opt.step()
+        self.sched.step()
+        record = {"step": step, "loss": float(loss.detach())}
+        if self.corrector is not None:
+            record.update(self._corrector_step(rows, p_emb.detach()))
+        return record
+
+    def _retriever_loss(self, qids, pos_docs, rows, neg_rows, q_emb, p_emb):
         rows_t = torch.tensor(rows)
         mask = torch.zeros((len(qids), len(rows)), dtype=torch.bool)
         for i, q in enumerate(qids):
-            mask[i] = torch.isin(rows_t, torch.tensor(pos_rows[q]))
+            mask[i] = torch.isin(rows_t, torch.tensor(self.pos_rows[q]))
             mask[i, i] = False
-        loss = contrastive_loss(q_emb.float(), p_emb.float(), torch.arange(len(qids)), mask, temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(encoder.parameters(), float(p.get("grad_clip", 1.0)))
-        opt.step()
-        sched.step()
+        if self.teacher is None:
+            return contrastive_loss(q_emb, p_emb, torch.arange(len(qids)), mask, self.temperature)
+        return self._teacher_loss(qids, pos_docs, rows, neg_rows, q_emb, p_emb)
 
-        # 6. corrector: drift loss on every target embedded fresh this step
-        record = {"step": step, "loss": float(loss.detach())}
-        if corrector is not None:
-            fresh = p_emb.detach().float()
-            stale = table[rows_t].float()
-            corrected = corrector(stale)
-            record["cos_stale_fresh"] = mean_cosine(stale, fresh)
-            record["cos_corrected_fresh"] = mean_cosine(corrected.detach(), fresh)
-            c_loss = drift_loss(corrected, fresh)
-            cor_opt.zero_grad(set_to_none=True)
+    def _teacher_negatives(self, qids, pos_docs) -> torch.Tensor:
+        """Balanced margin sampling over the teacher's margins (TAS-Balanced)."""
+        out = []
+        for q, pos in zip(qids, pos_docs):
+            scored = self.teacher.get(q, {})
+            cands = [d for d in scored if d not in self.positives[q] and d in self.row_of]
+            if pos not in scored or not cands:
+                raise FreshenError(f"teacher scores lack query '{q}' with its positive '{pos}' and a negative")
+            margins = np.array([scored[pos] - scored[d] for d in cands])
+            picked = balanced_pick(margins, self.k or 1, int(self.neg_p.get("bins", 10)), self.rng)
+            picked = (picked * ((self.k or 1) // len(picked) + 1))[: self.k or 1]
+            out.append(torch.tensor([self.row_of[cands[j]] for j in picked]))
+        return torch.stack(out)
+
+    def _teacher_loss(self, qids, pos_docs, rows, neg_rows, q_emb, p_emb):
+        b, k = neg_rows.shape
+        scale = 1.0 / self.temperature
+        pos_e = p_emb[:b]
+        neg_e = p_emb[b:].view(b, k, -1)
+        t_margin = torch.tensor([[self.teacher[q][pos_docs[i]] - self.teacher[q][self.doc_ids[int(r)]]
+                                  for r in neg_rows[i]] for i, q in enumerate(qids)])
+        loss = margin_mse(q_emb[:, None, :].expand(-1, k, -1), pos_e[:, None, :].expand(-1, k, -1), neg_e,
+                          t_margin, scale)
+        # in-batch Margin-MSE: other queries' positives, where the teacher scored them for this query
+        pairs = [(i, j) for i, q in enumerate(qids) for j in range(b)
+                 if j != i and pos_docs[j] in self.teacher.get(q, {}) and pos_docs[j] not in self.positives[q]]
+        alpha = float(self.p.get("teacher", {}).get("alpha", 0.75))
+        if pairs and alpha > 0:
+            ii, jj = torch.tensor([a for a, _ in pairs]), torch.tensor([c for _, c in pairs])
+            t_in = torch.tensor([self.teacher[qids[a]][pos_docs[a]] - self.teacher[qids[a]][pos_docs[c]]
+                                 for a, c in pairs])
+            loss = loss + alpha * margin_mse(q_emb[ii], pos_e[ii], pos_e[jj], t_in, scale)
+        return loss
+
+    def _corrector_step(self, rows: list[int], fresh: torch.Tensor) -> dict:
+        keep = torch.tensor([r not in self.probe_set for r in rows])  # probes stay held out
+        stale = self.scorer.table[torch.tensor(rows)].float()
+        corrected = self.corrector(stale)
+        rec = {"cos_stale_fresh": mean_cosine(stale, fresh), "cos_corrected_fresh": mean_cosine(corrected.detach(), fresh)}
+        if keep.any():
+            c_loss = drift_loss(corrected[keep], fresh[keep])
+            self.cor_opt.zero_grad(set_to_none=True)
             c_loss.backward()
-            cor_opt.step()
-            record["corrector_loss"] = float(c_loss.detach())
+            self.cor_opt.step()
+            rec["corrector_loss"] = float(c_loss.detach())
+        return rec
 
-        # 7. optional refresh: re-embed the whole corpus with the current g
-        if refresh_every and step % refresh_every == 0 and step < steps:
-            fresh_table = np.zeros((len(doc_ids), cache.dim), dtype=np.float32)
-            encode_into(encoder, doc_texts, "passage", fresh_table, batch_size=int(p.get("encode_batch_size", 64)),
-                        precision=p.get("encode_precision", "auto"), desc=f"refresh@{step}", max_len=passage_len)
-            table = torch.from_numpy(fresh_table.astype(np.float16))
-            counters.reembed_passes += len(doc_ids)
-            counters.refreshes += 1
-            encoder.train()
+    # -- refresh and validation ---------------------------------------------------------
+    def refresh(self, step: int) -> None:
+        """Re-embed the corpus with the current g (the expensive baseline); a corrector, if any,
+        starts again from the identity since the cache it corrected is gone."""
+        table = np.zeros((len(self.doc_ids), self.scorer.table.shape[1]), dtype=np.float32)
+        encode_into(self.encoder, self.doc_texts, "passage", table, batch_size=int(self.p.get("encode_batch_size", 64)),
+                    precision=self.p.get("encode_precision", "auto"), desc=f"refresh@{step}", max_len=self.passage_len)
+        self.scorer.set_table(torch.from_numpy(table.astype(np.float16)))
+        self.counters.reembed_passes += len(self.doc_ids)
+        self.counters.refreshes += 1
+        if self.corrector is not None:
+            self._new_corrector(table.shape[1])
+            self.corrector_start = step
+        self.encoder.train()
 
-        counters.wall_seconds = time.perf_counter() - started
-        record.update(train_passage_passes=counters.train_passage_passes, reembed_passes=counters.reembed_passes)
-        curve.append(record)
-        if on_log and (step % int(p.get("log_every", 10)) == 0 or step == steps):
-            on_log(record, step)
-    counters.wall_seconds = time.perf_counter() - started
-    return TrainResult(encoder, corrector, counters, curve)
+    @torch.no_grad()
+    def validate(self, step: int) -> dict:
+        """dev nDCG@10 on the training-time index (corrected cache when a corrector is in use):
+        no re-embedding needed. Plus the drift on held-out probe passages, embedded fresh."""
+        rec: dict = {"step": step}
+        dev = self.ds.qrels.get("dev")
+        corrector = self.corrector if (self.corrector is not None and self.correcting(step)) else None
+        if dev:
+            qids = sorted(dev)
+            q = torch.from_numpy(encode(self.encoder, [self.ds.queries[x] for x in qids], "query",
+                                        precision=self.p.get("encode_precision", "auto")))
+            q_eff, cor = (corrector.transform_query(q)[0], None) if getattr(corrector, "arch", "") == "linear" \
+                else (q, corrector)
+            rows, scores = chunked_topk(q_eff, self.scorer.table, 100, [[]] * len(qids), cor, self.scorer.chunk)
+            run = {qid: {self.doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i])} for i, qid in enumerate(qids)}
+            rec["dev_ndcg_at_10"] = _ndcg_at_10(dev, run)
+        if self.probe_rows:
+            fresh = torch.from_numpy(encode(self.encoder, [self.doc_texts[r] for r in self.probe_rows], "passage",
+                                            precision=self.p.get("encode_precision", "auto"), max_len=self.passage_len))
+            self.counters.probe_passes += len(self.probe_rows)
+            stale = self.scorer.table[torch.tensor(self.probe_rows)].float()
+            rec["probe_cos_stale_fresh"] = mean_cosine(stale, fresh)
+            if self.corrector is not None:
+                rec["probe_cos_corrected_fresh"] = mean_cosine(self.corrector(stale), fresh)
+        self.encoder.train()
+        return rec
+
+    def run(self) -> TrainResult:
+        steps, eval_every = int(self.p["steps"]), int(self.p.get("eval_every", 0) or 0)
+        patience = int(self.p.get("early_stopping_patience", 0) or 0)
+        best, best_step, best_state, bad = float("-inf"), None, None, 0
+        started = time.perf_counter()
+        self.encoder.train()
+        for step in tqdm(range(1, steps + 1), desc="train", unit="step", mininterval=20, disable=False):
+            record = self.step(step)
+            if self.refresh_every and step % self.refresh_every == 0 and step < steps:
+                self.refresh(step)
+            if eval_every and (step % eval_every == 0 or step == steps):
+                val = self.validate(step)
+                self.validations.append(val)
+                record.update({k: v for k, v in val.items() if k != "step"})
+                score = val.get("dev_ndcg_at_10")
+                if score is not None and score > best:
+                    best, best_step, bad = score, step, 0
+                    best_state = (copy.deepcopy(self.encoder.state_dict()),
+                                  copy.deepcopy(self.corrector.state_dict()) if self.corrector else None)
+                elif score is not None:
+                    bad += 1
+            self.counters.wall_seconds = time.perf_counter() - started
+            record.update(train_passage_passes=self.counters.train_passage_passes,
+                          reembed_passes=self.counters.reembed_passes)
+            self.curve.append(record)
+            if self.on_log and (step % int(self.p.get("log_every", 10)) == 0 or step == steps or "dev_ndcg_at_10" in record):
+                self.on_log(record, step)
+            if patience and bad >= patience:
+                log.info("early stopping at step %d: dev nDCG@10 did not improve for %d evaluations", step, bad)
+                break
+        if best_state is not None and self.p.get("keep_best", True):
+            self.encoder.load_state_dict(best_state[0])
+            if self.corrector is not None and best_state[1] is not None:
+                self.corrector.load_state_dict(best_state[1])
+        self.counters.wall_seconds = time.perf_counter() - started
+        return TrainResult(self.encoder, self.corrector, self.counters, self.curve, self.validations, best_step)
+
+
+def train(encoder, dataset, cache, cluster_of: dict[str, int], p: dict, seed: int, on_log=None,
+          teacher=None) -> TrainResult:
+    """Train `encoder` in place; return it with its corrector, the counters and the curves."""
+    return Trainer(encoder, dataset, cache, cluster_of, p, seed, teacher=teacher, on_log=on_log).run()

@@ -23,3 +23,11 @@ def drift_loss(corrected: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
 
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.float(), b.float(), dim=-1).mean())
+
+
+def margin_mse(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, teacher_margin: torch.Tensor,
+               scale: float) -> torch.Tensor:
+    """TAS-Balanced Margin-MSE: MSE((s(q,p+) - s(q,p-)) - (t(q,p+) - t(q,p-))), with student
+    scores scaled by `scale` (1/temperature) to the teacher's range."""
+    student = ((q * pos).sum(-1) - (q * neg).sum(-1)) * scale
+    return F.mse_loss(student, teacher_margin)

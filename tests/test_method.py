@@ -1,0 +1,145 @@
+"""The method's finer points: linear-corrector exact search, ANN candidates, validation with
+best checkpoint and early stopping, refresh with a corrector, teacher Margin-MSE input."""
+
+import numpy as np
+import pytest
+import torch
+
+from freshen.cache import write_cache
+from freshen.data.beir import load_beir
+from freshen.data.teacher import read_teacher_scores
+from freshen.encoding import encode_into
+from freshen.errors import DataError, FreshenError
+from freshen.modeling.corrector import Corrector
+from freshen.modeling.encoder import Encoder
+from freshen.sampling.negatives import chunked_topk
+from freshen.sampling.scorer import CacheScorer
+from freshen.training.loop import check_train_params, train
+
+
+def _linear(dim, seed=0):
+    h = Corrector(dim, "linear")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        h.linear.weight.add_(0.3 * torch.randn(dim, dim, generator=g))
+        h.linear.bias.add_(0.1 * torch.randn(dim, generator=g))
+    return h
+
+
+def test_linear_corrector_is_exact_search_on_the_stale_cache():
+    g = torch.Generator().manual_seed(1)
+    cache, q = torch.randn(300, 12, generator=g).half(), torch.randn(5, 12, generator=g)
+    h = _linear(12)
+    through, _ = chunked_topk(q, cache, 10, [[]] * 5, corrector=h, chunk_size=64)
+    q_t, const = h.transform_query(q)
+    direct = q_t @ cache.float().T + const[:, None]
+    assert torch.allclose(direct, q @ h(cache.float()).T, atol=1e-4)
+    transformed, _ = chunked_topk(q_t, cache, 10, [[]] * 5, chunk_size=64)
+    assert torch.equal(through, transformed)
+    scorer = CacheScorer(cache, {"selection": "topk"})
+    assert torch.equal(scorer.select(q, 10, [[]] * 5, [0] * 5, corrector=h), through)
+
+
+@pytest.mark.parametrize("selection", ["topk", "gumbel", "balanced"])
+def test_ann_candidates_rescored_by_the_corrector(selection):
+    g = torch.Generator().manual_seed(2)
+    cache = torch.nn.functional.normalize(torch.randn(3000, 16, generator=g), dim=-1).half()
+    q = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    h = Corrector(16, "residual_mlp", hidden=16)
+    exclude = [[int(r) for r in chunked_topk(q[i:i + 1], cache, 3, [[]])[0][0]] for i in range(8)]
+    exact, _ = chunked_topk(q, cache, 10, exclude, corrector=h)
+    p = {"selection": selection, "ann_threshold": 1000, "ann_candidates": 200, "ann_index": "Flat", "candidates": 50}
+    scorer = CacheScorer(cache, p)
+    assert scorer.index is not None and scorer.index.ntotal == 3000
+    rows = scorer.select(q, 10, exclude, [e[0] for e in exclude], corrector=h,
+                         generator=torch.Generator().manual_seed(0), rng=np.random.default_rng(0))
+    assert rows.shape == (8, 10)
+    for i in range(8):
+        assert not set(rows[i].tolist()) & set(exclude[i]) and len(set(rows[i].tolist())) == 10
+    if selection == "topk":  # the identity corrector, an exact flat index: same set as exact search
+        assert all(set(rows[i].tolist()) == set(exact[i].tolist()) for i in range(8))
+
+
+@pytest.fixture()
+def tiny(tiny_params, tiny_beir, tmp_path):
+    ds = load_beir(tiny_beir)
+    ds.qrels["dev"] = {q: ds.qrels["train"].pop(q) for q in sorted(ds.qrels["train"])[:4]}
+    enc = Encoder.from_params(tiny_params["model"])
+    ids = ds.doc_ids()
+    cache = write_cache(tmp_path / "cache", ids, enc.dim,
+                        lambda arr: encode_into(enc, ds.doc_texts(ids), "passage", arr, precision="fp32"), {})
+    clusters = {q: i % 3 for i, q in enumerate(sorted(ds.positives("train")))}
+    return ds, cache, clusters, tiny_params
+
+
+def _params(tiny_params, **train):
+    p = {**tiny_params["train"], "precision": "fp32"}
+    neg = {**p["negatives"], **train.pop("negatives", {})}
+    return {**p, **train, "negatives": neg}
+
+
+def test_validation_keeps_the_best_checkpoint(tiny):
+    ds, cache, clusters, params = tiny
+    p = _params(params, steps=6, eval_every=2, lr=5e-3)
+    res = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+    scores = [v["dev_ndcg_at_10"] for v in res.validations]
+    assert [v["step"] for v in res.validations] == [2, 4, 6]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert res.best_step == [2, 4, 6][int(np.argmax(scores))]
+    assert all("probe_cos_stale_fresh" in v and "probe_cos_corrected_fresh" in v for v in res.validations)
+    assert res.counters.probe_passes == 3 * 8
+    # the returned encoder is the best one: validating it again gives the best score
+    from freshen.training.loop import Trainer
+
+    again = Trainer(res.encoder, ds, cache, clusters, {**p, "negatives": {**p["negatives"]}}, seed=3)
+    again.corrector.load_state_dict(res.corrector.state_dict())
+    assert again.validate(p["steps"] + 1000)["dev_ndcg_at_10"] == pytest.approx(max(scores), abs=1e-6)
+
+
+def test_early_stopping_stops(tiny):
+    ds, cache, clusters, params = tiny
+    p = _params(params, steps=40, eval_every=1, early_stopping_patience=2, lr=0.0, warmup_ratio=0.0)
+    res = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+    # lr 0: dev nDCG never improves after the first evaluation, so training stops at step 3
+    assert len(res.curve) == 3 and res.best_step == 1
+
+
+def test_corrected_with_refresh_resets_the_corrector(tiny):
+    ds, cache, clusters, params = tiny
+    p = _params(params, steps=5, eval_every=0, negatives={"strategy": "corrected", "refresh_every": 2})
+    res = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+    assert res.counters.refreshes == 2 and res.counters.reembed_passes == 2 * len(cache)
+    assert res.counters.train_passage_passes == 5 * 4 * 3
+
+
+def test_param_errors_before_training(tmp_path):
+    with pytest.raises(FreshenError, match="never refreshes"):
+        check_train_params({"negatives": {"strategy": "stale", "refresh_every": 10}})
+    with pytest.raises(FreshenError, match="train.corrector.arch"):
+        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"arch": "transformer"}})
+
+
+def test_teacher_file_is_validated(tiny_beir, tmp_path):
+    ds = load_beir(tiny_beir)
+    good = tmp_path / "t.tsv"
+    good.write_text("query-id\tdoc-id\tscore\nq0\td0\t9.5\nq0\td1\t1.0\n")
+    assert read_teacher_scores(good, ds.corpus, ds.queries) == {"q0": {"d0": 9.5, "d1": 1.0}}
+    for body, pattern in [("q0\tzz\t1\n", r"t\.tsv:1: field 'doc-id': unknown document id 'zz'"),
+                          ("q0\td0\t1\nqq\td0\t1\n", r"t\.tsv:2: field 'query-id'"),
+                          ("q0\td0\t1\nq0\td1\thigh\n", r"t\.tsv:2: field 'score': must be a number"),
+                          ("q0\td0\tnan\n", r"field 'score': must be finite")]:
+        good.write_text(body)
+        with pytest.raises(DataError, match=pattern):
+            read_teacher_scores(good, ds.corpus, ds.queries)
+
+
+def test_teacher_margin_mse_trains(tiny, tmp_path):
+    ds, cache, clusters, params = tiny
+    teacher = {}
+    for q, docs in ds.positives("train").items():
+        teacher[q] = {d: 10.0 for d in docs}
+        teacher[q].update({d: float(i % 5) for i, d in enumerate(ds.doc_ids()[:12]) if d not in docs})
+    p = _params(params, steps=4, eval_every=0)
+    res = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, teacher=teacher)
+    assert all(np.isfinite(r["loss"]) for r in res.curve)
+    assert res.counters.train_passage_passes == 4 * 4 * 3
