@@ -46,3 +46,21 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("FRESHEN_PARENT_RUN_ID", raising=False)
     return uri
+
+
+@pytest.fixture()
+def tiny_training(tiny_params, tiny_beir, tmp_path):
+    """(dataset with a 4-query dev split, initial cache, clusters, params) for training tests."""
+    from freshen.cache import write_cache
+    from freshen.data.beir import load_beir
+    from freshen.encoding import encode_into
+    from freshen.modeling.encoder import Encoder
+
+    ds = load_beir(tiny_beir)
+    ds.qrels["dev"] = {q: ds.qrels["train"].pop(q) for q in sorted(ds.qrels["train"])[:4]}
+    enc = Encoder.from_params(tiny_params["model"])
+    ids = ds.doc_ids()
+    cache = write_cache(tmp_path / "cache", ids, enc.dim,
+                        lambda arr: encode_into(enc, ds.doc_texts(ids), "passage", arr, precision="fp32"), {})
+    clusters = {q: i % 3 for i, q in enumerate(sorted(ds.positives("train")))}
+    return ds, cache, clusters, tiny_params

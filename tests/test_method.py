@@ -5,10 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from freshen.cache import write_cache
 from freshen.data.beir import load_beir
 from freshen.data.teacher import read_teacher_scores
-from freshen.encoding import encode_into
 from freshen.errors import DataError, FreshenError
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
@@ -61,15 +59,8 @@ def test_ann_candidates_rescored_by_the_corrector(selection):
 
 
 @pytest.fixture()
-def tiny(tiny_params, tiny_beir, tmp_path):
-    ds = load_beir(tiny_beir)
-    ds.qrels["dev"] = {q: ds.qrels["train"].pop(q) for q in sorted(ds.qrels["train"])[:4]}
-    enc = Encoder.from_params(tiny_params["model"])
-    ids = ds.doc_ids()
-    cache = write_cache(tmp_path / "cache", ids, enc.dim,
-                        lambda arr: encode_into(enc, ds.doc_texts(ids), "passage", arr, precision="fp32"), {})
-    clusters = {q: i % 3 for i, q in enumerate(sorted(ds.positives("train")))}
-    return ds, cache, clusters, tiny_params
+def tiny(tiny_training):
+    return tiny_training
 
 
 def _params(tiny_params, **train):

@@ -4,23 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from freshen.cache import write_cache
-from freshen.data.beir import load_beir
-from freshen.encoding import encode_into
 from freshen.errors import FreshenError
 from freshen.modeling.encoder import Encoder
 from freshen.training.loop import check_train_params, train
 
 
 @pytest.fixture()
-def setup(tiny_params, tiny_beir, tiny_model, tmp_path):
-    ds = load_beir(tiny_beir)
-    enc = Encoder.from_params(tiny_params["model"])
-    ids = ds.doc_ids()
-    cache = write_cache(tmp_path / "cache", ids, enc.dim,
-                        lambda arr: encode_into(enc, ds.doc_texts(ids), "passage", arr, precision="fp32"), {})
-    clusters = {q: i % 3 for i, q in enumerate(sorted(ds.positives("train")))}
-    return ds, cache, clusters, tiny_params
+def setup(tiny_training):
+    return tiny_training
 
 
 def _train(setup, **neg):

@@ -114,33 +114,56 @@ def read_queries(path: str | Path) -> dict[str, str]:
     return queries
 
 
-def read_qrels(path: str | Path, corpus: dict, queries: dict) -> dict[str, dict[str, int]]:
-    """Qrels as `query-id<TAB>corpus-id<TAB>score` (BEIR) or `qid Q0 docid rel` (TREC),
-    with or without a header line, LF or CRLF."""
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def read_scored_pairs(path: str | Path, corpus: dict, queries: dict, parse, doc_field: str = "corpus-id",
+                      trec: bool = False) -> dict[str, dict[str, float]]:
+    """Rows of `query-id<TAB>doc-id<TAB>value` (qrels, teacher scores), header line optional, LF or
+    CRLF, every id checked against the dataset. `parse` turns the value into a number or raises
+    ValueError saying what it must be. With `trec`, `qid Q0 docid rel` rows are read too."""
     path = Path(path)
-    qrels: dict[str, dict[str, int]] = {}
+    pairs: dict[str, dict] = {}
     with open(path, encoding="utf-8", newline="") as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.rstrip("\r\n")
             if not line.strip():
                 continue
-            cols = line.split("\t") if "\t" in line else line.split()
-            if len(cols) == 4:  # TREC: qid Q0 docid rel
+            cols = line.split("\t") if "\t" in line or not trec else line.split()
+            if trec and len(cols) == 4:  # TREC: qid Q0 docid rel
                 cols = [cols[0], cols[2], cols[3]]
             if len(cols) != 3:
                 raise DataError(path, f"expected 3 tab-separated columns, got {len(cols)}", lineno)
-            qid, docid, score = (c.strip() for c in cols)
+            qid, docid, raw_value = (c.strip() for c in cols)
             try:
-                rel = int(float(score))
-            except ValueError:
-                if lineno == 1:  # header line, e.g. "query-id corpus-id score"
+                value = parse(raw_value)
+            except ValueError as exc:
+                if lineno == 1 and not _is_number(raw_value):  # header, e.g. "query-id corpus-id score"
                     continue
-                raise DataError(path, f"must be an integer, got {score!r}", lineno, "score") from None
+                raise DataError(path, f"{exc}, got {raw_value!r}", lineno, "score") from None
             if qid not in queries:
                 raise DataError(path, f"unknown query id '{qid}' (not in queries.jsonl)", lineno, "query-id")
             if docid not in corpus:
-                raise DataError(path, f"unknown document id '{docid}' (not in corpus.jsonl)", lineno, "corpus-id")
-            qrels.setdefault(qid, {})[docid] = rel
+                raise DataError(path, f"unknown document id '{docid}' (not in corpus.jsonl)", lineno, doc_field)
+            pairs.setdefault(qid, {})[docid] = value
+    return pairs
+
+
+def _relevance(text: str) -> int:
+    try:
+        return int(float(text))
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def read_qrels(path: str | Path, corpus: dict, queries: dict) -> dict[str, dict[str, int]]:
+    """Qrels as `query-id<TAB>corpus-id<TAB>score` (BEIR) or `qid Q0 docid rel` (TREC)."""
+    qrels = read_scored_pairs(path, corpus, queries, _relevance, trec=True)
     if not qrels:
         raise DataError(path, "split is empty: no judgements")
     return qrels

@@ -7,36 +7,25 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from freshen.data.beir import read_scored_pairs
 from freshen.errors import DataError
+
+
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not math.isfinite(value):
+        raise ValueError("must be finite")
+    return value
 
 
 def read_teacher_scores(path: str | Path, corpus: dict, queries: dict) -> dict[str, dict[str, float]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "teacher score file not found (train.teacher.scores)")
-    scores: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8", newline="") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) != 3:
-                raise DataError(path, f"expected 3 tab-separated columns, got {len(cols)}", lineno)
-            qid, docid, raw_score = (c.strip() for c in cols)
-            try:
-                value = float(raw_score)
-            except ValueError:
-                if lineno == 1:
-                    continue  # header
-                raise DataError(path, f"must be a number, got {raw_score!r}", lineno, "score") from None
-            if not math.isfinite(value):
-                raise DataError(path, f"must be finite, got {raw_score!r}", lineno, "score")
-            if qid not in queries:
-                raise DataError(path, f"unknown query id '{qid}'", lineno, "query-id")
-            if docid not in corpus:
-                raise DataError(path, f"unknown document id '{docid}'", lineno, "doc-id")
-            scores.setdefault(qid, {})[docid] = value
+    scores = read_scored_pairs(path, corpus, queries, _score, doc_field="doc-id")
     if not scores:
         raise DataError(path, "no teacher scores")
     return scores
