@@ -6,7 +6,7 @@ table, a plot of nDCG@10 against target-encoder forward passes, and one MLflow r
     python benchmarks/ablation.py --arms corrected,refresh --steps 100
 
 Arms: zero_shot; in_batch; stale; corrected (no re-embedding); refresh (re-embed every N steps,
-N = steps // (refreshes + 1) so at least `--refreshes` happen); corrected_random (the corrected
+N = --refresh-every, else steps // (refreshes + 1), at least `--refreshes` refreshes); corrected_random (the corrected
 arm with random instead of TAS batches). Each arm's summary is saved as it finishes, so a run
 that is stopped resumes with the next arm; models and caches go to artifacts/ablation/ (not git).
 Not a test: it takes about 20 minutes an arm on 2 CPU cores for SciFact at 100 steps."""
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -26,7 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ARMS = ["zero_shot", "in_batch", "stale", "corrected", "refresh", "corrected_random"]
 
 
-def arm_params(base: dict, arm: str, steps: int, refreshes: int, work: Path) -> dict:
+def refresh_interval(steps: int, refreshes: int, refresh_every: int | None) -> int:
+    """N for the refresh arm: `--refresh-every` when given, else the largest N giving `refreshes`."""
+    every = refresh_every or max(1, steps // (refreshes + 1))
+    if (steps - 1) // every < refreshes:  # refreshes happen at steps N, 2N, ... before the last
+        raise SystemExit(f"--refresh-every {every} gives {(steps - 1) // every} refreshes in {steps} steps; "
+                         f"at least {refreshes} are required")
+    return every
+
+
+def arm_params(base: dict, arm: str, steps: int, refresh_every: int, work: Path) -> dict:
     p = copy.deepcopy(base)
     p["train"]["steps"] = steps
     neg = p["train"]["negatives"]
@@ -34,7 +44,7 @@ def arm_params(base: dict, arm: str, steps: int, refreshes: int, work: Path) -> 
     if arm in ("in_batch", "stale", "corrected"):
         neg["strategy"] = arm
     elif arm == "refresh":
-        neg["strategy"], neg["refresh_every"] = "refresh", max(1, steps // (refreshes + 1))
+        neg["strategy"], neg["refresh_every"] = "refresh", refresh_every
     elif arm == "corrected_random":
         neg["strategy"], p["train"]["batching"] = "corrected", "random"
     p["train"].update(out_dir=str(work / "model"), metrics=str(work / "train.json"), curve=str(work / "curve.csv"))
@@ -65,7 +75,7 @@ def run_arm(base: dict, arm: str, args) -> dict:
         test = evaluate_run(ds.qrels["test"], exclude_self(to_run(qids, cache.ids, scores, rows)))
         return {"arm": arm, "test": test, "train_passage_passes": 0, "reembed_passes": 0, "refreshes": 0,
                 "wall_seconds": round(time.perf_counter() - started, 1)}
-    p = arm_params(base, arm, args.steps, args.refreshes, work)
+    p = arm_params(base, arm, args.steps, refresh_interval(args.steps, args.refreshes, args.refresh_every), work)
     counters = train.run(p, ROOT)
     reembed.run(p, ROOT)
     metrics = evaluate.run(p, ROOT)
@@ -94,6 +104,53 @@ def log_mlflow(base: dict, result: dict) -> None:
         mlflow.log_metrics({k: float(v) for k, v in result.items() if isinstance(v, (int, float))})
 
 
+def cost(r: dict) -> int:
+    """Target-encoder passes an arm spends beyond the shared initial cache."""
+    return r["train_passage_passes"] + r["reembed_passes"]
+
+
+def goals(results: list[dict]) -> list[str]:
+    """The issue's goals, each with its figure and whether it is met; arms not run are skipped."""
+    by = {r["arm"]: r for r in results}
+    nd = {a: r["test"]["ndcg_at_10"] for a, r in by.items()}
+    lines = []
+
+    def line(text: str, ok: bool) -> None:
+        lines.append(f"- {text}: **{'met' if ok else 'not met'}**")
+
+    if "corrected" in by and "refresh" in by:
+        gap = nd["corrected"] - nd["refresh"]
+        line(f"corrected (no re-embedding) nDCG@10 {nd['corrected']:.4f} vs refresh every "
+             f"{by['refresh']['refresh_every']} {nd['refresh']:.4f}: difference {gap:+.4f} (goal >= -0.005)", gap >= -0.005)
+        ratio = cost(by["corrected"]) / max(1, cost(by["refresh"]))
+        line(f"corrected spends {cost(by['corrected'])} target-encoder passes, refresh {cost(by['refresh'])}: "
+             f"ratio {ratio:.3f} (goal <= 0.1)", ratio <= 0.1)
+    for other in ("stale", "in_batch"):
+        if "corrected" in by and other in by:
+            line(f"corrected {nd['corrected']:.4f} vs {other} {nd[other]:.4f} ({nd['corrected'] - nd[other]:+.4f}; "
+                 "goal: corrected higher)", nd["corrected"] > nd[other])
+    c = by.get("corrected", {})
+    if "top100_overlap_corrected_vs_fresh" in c:
+        a, b = c["top100_overlap_corrected_vs_fresh"], c["top100_overlap_stale_vs_fresh"]
+        line(f"top-100 overlap with a fresh cache: corrected {a:.4f}, stale {b:.4f} (goal: corrected higher)", a > b)
+    trained = {a: v for a, v in nd.items() if a != "zero_shot"}
+    if trained:
+        best = max(trained, key=trained.get)
+        line(f"best arm {best}: nDCG@10 {trained[best]:.4f} (goal >= 0.73)", trained[best] >= 0.73)
+    if "corrected" in by and "corrected_random" in by:
+        lines.append(f"- TAS vs random batches (corrected): {nd['corrected']:.4f} vs {nd['corrected_random']:.4f}, "
+                     f"difference {nd['corrected'] - nd['corrected_random']:+.4f} (reported, no target)")
+    return lines
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {cores} cores, no GPU used, python {platform.python_version()}"
+
+
 def write_report(results: list[dict], out: Path, command: str) -> None:
     rows = ["| arm | nDCG@10 | R@100 | MRR@10 | training passes | re-embedding passes | total passes | train wall s | arm wall s |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -114,10 +171,10 @@ def write_report(results: list[dict], out: Path, command: str) -> None:
         extra.append(f"| {r['arm']} | {f(c.get('ndcg_at_10'))} | {f(s.get('ndcg_at_10'))} | "
                      f"{f(r.get('top100_overlap_stale_vs_fresh'))} | {f(r.get('top100_overlap_corrected_vs_fresh'))} | "
                      f"{f(r['drift'].get('cos_stale_vs_fresh'))} | {f(r['drift'].get('cos_corrected_vs_fresh'))} |")
-    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}"
     (out / "ablation.md").write_text(
         "# Ablation on test (training passes exclude the initial cache, which every arm shares)\n\n"
-        f"Command: `{command}`  \nMachine: {machine}\n\n" + "\n".join(rows + extra) + "\n")
+        f"Command: `{command}`  \nMachine: {machine()}\n\n" + "\n".join(rows + extra)
+        + "\n\n## Goals\n\n" + "\n".join(goals(results)) + "\n")
     try:
         import matplotlib
 
@@ -143,8 +200,13 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--steps", type=int, default=None, help="training steps per arm (default: train.steps)")
     ap.add_argument("--refreshes", type=int, default=4, help="refreshes the refresh arm makes at least")
+    ap.add_argument("--refresh-every", type=int, default=None,
+                    help="N for the refresh arm (default: the largest N giving --refreshes refreshes); "
+                         "refresh often so the baseline is the strongest one without a corrector")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ablation"))
     ap.add_argument("--force", action="store_true", help="rerun arms that already have results")
+    ap.add_argument("--command", default=None, help="with --report-only: the command line to print as the source")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the table and plot from the arms' saved results")
     args = ap.parse_args()
 
     from freshen.config import load_params, seed_everything
@@ -154,6 +216,12 @@ def main() -> None:
     args.steps = args.steps or int(base["train"]["steps"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        results = [json.loads((out / f"{arm}.json").read_text()) for arm in args.arms.split(",")
+                   if (out / f"{arm}.json").is_file()]
+        write_report(results, out, args.command or "python benchmarks/ablation.py")
+        print((out / "ablation.md").read_text())
+        return
     set_threads()
     # the shared inputs: prepared data, clusters, initial cache (DVC skips what is up to date)
     subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare", "cluster_queries", "embed_cache"], cwd=ROOT,

@@ -80,3 +80,15 @@ def test_bad_model_and_pooling_are_clear(tmp_path):
         Encoder.from_params({"name_or_path": str(tmp_path / "no-such-model")})
     with pytest.raises(FreshenError, match="towers"):
         Encoder.from_params({"name_or_path": None, "towers": "three"})
+
+
+def test_saved_folder_does_not_depend_on_hf_hub_offline(tiny_model, tmp_path, monkeypatch):
+    """The digest identifies weights, so how the tokenizer was loaded must not leak into it."""
+    digests = []
+    for offline in ("1", "0"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        enc = Encoder.from_params({"name_or_path": str(tiny_model)})
+        enc.save(tmp_path / offline)
+        assert "local_files_only" not in json.loads((tmp_path / offline / "tokenizer_config.json").read_text())
+        digests.append(model_digest(tmp_path / offline))
+    assert digests[0] == digests[1]

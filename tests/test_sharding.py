@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from freshen import sharding
+from freshen import embed_corpus, sharding
 from freshen.cache import load_cache
 from freshen.cli import main
 from freshen.errors import FreshenError
@@ -60,28 +60,40 @@ def test_three_shards_merge_into_the_one_process_cache(project):
     assert [len(load_cache(shards_dir / sharding.shard_name(i, 3))) for i in range(3)] == [20, 20, 20]
 
 
-def test_failed_shard_retried_overwrites_only_its_own_output(project, monkeypatch):
+def test_failed_shard_resumes_after_its_last_chunk_and_touches_only_its_own_output(project, monkeypatch):
     root, params = project
+    params["encode"]["chunk_rows"] = 4  # 20 rows a shard: 5 chunks
     shards_dir = root / params["orchestration"]["shards_dir"]
     shard_all(root, params, 3, skip=(1,))
     before = {i: (shards_dir / sharding.shard_name(i, 3) / "embeddings.npy").stat().st_mtime_ns for i in (0, 2)}
 
-    real = sharding.encode_into
+    real = embed_corpus.encode_chunks
 
-    def crash_halfway(encoder, texts, kind, out, **kw):
-        real(encoder, texts[: len(texts) // 2], kind, out[: len(texts) // 2], **kw)
-        raise RuntimeError("worker killed")
+    def killed_after_two_chunks(encoder, texts, kind, sink, on_chunk=None, **kw):
+        def checkpoint(rows_done):
+            on_chunk(rows_done)
+            if rows_done >= 8:
+                raise RuntimeError("worker killed")
+        return real(encoder, texts, kind, sink, on_chunk=checkpoint, **kw)
 
-    monkeypatch.setattr(sharding, "encode_into", crash_halfway)
+    monkeypatch.setattr(embed_corpus, "encode_chunks", killed_after_two_chunks)
     with pytest.raises(RuntimeError, match="worker killed"):
         reembed_shard.run(params, root, shard=1, num_shards=3, model_dir=MODEL)
-    assert not (shards_dir / sharding.shard_name(1, 3)).exists()
-    assert not [p for p in shards_dir.iterdir() if p.name.startswith(".")]  # the half-written folder is gone
+    assert not (shards_dir / sharding.shard_name(1, 3)).exists()  # never a half-written shard
+    partial = shards_dir / ".shard-001-of-003.partial"
+    assert json.loads((partial / "progress.json").read_text())["rows_done"] == 8
     (shards_dir / ".shard-001-of-003.killed.tmp").mkdir()  # what a SIGKILLed attempt would leave
 
-    monkeypatch.setattr(sharding, "encode_into", real)
+    starts = []
+
+    def counting(encoder, texts, kind, sink, start_row=0, **kw):
+        starts.append(start_row)
+        return real(encoder, texts, kind, sink, start_row=start_row, **kw)
+
+    monkeypatch.setattr(embed_corpus, "encode_chunks", counting)
     reembed_shard.run(params, root, shard=1, num_shards=3, model_dir=MODEL)
-    assert not (shards_dir / ".shard-001-of-003.killed.tmp").exists()
+    assert starts == [8]  # the retry re-embedded rows 8..20 only
+    assert not partial.exists() and not (shards_dir / ".shard-001-of-003.killed.tmp").exists()
     assert {i: (shards_dir / sharding.shard_name(i, 3) / "embeddings.npy").stat().st_mtime_ns for i in (0, 2)} == before
     merge_shards.run(params, root, num_shards=3, model_dir=MODEL)
     reembed.run(params, root)

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from freshen.atomic import atomic_dir
+from freshen.atomic import atomic_dir, replace_dir, write_json
 from freshen.errors import DataError
 
-EMBEDDINGS, IDS, MANIFEST = "embeddings.npy", "ids.json", "manifest.json"
+EMBEDDINGS, IDS, MANIFEST, PROGRESS = "embeddings.npy", "ids.json", "manifest.json", "progress.json"
 FORMAT = "freshen-cache/1"
 
 
@@ -53,6 +55,73 @@ def write_cache(out_dir: str | Path, ids: list[str], dim: int, fill: Callable[[n
                 "ids_sha256": ids_digest(ids)}
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
     return load_cache(out_dir)
+
+
+class NpyRowWriter:
+    """Rows written into an existing .npy file with plain file writes at their offsets. Unlike a
+    memmap, written pages do not stay in the process's memory, so RSS does not grow with the corpus."""
+
+    def __init__(self, path: Path):
+        self.fh = open(path, "r+b")
+        major, _ = np.lib.format.read_magic(self.fh)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(self.fh)
+        self.offset, self.shape, self.dtype = self.fh.tell(), shape, dtype
+        self.row_bytes = int(shape[1]) * dtype.itemsize
+
+    def write(self, first: int, block: np.ndarray) -> None:
+        if first + len(block) > self.shape[0] or block.shape[1] != self.shape[1]:
+            raise ValueError(f"rows {first}..{first + len(block)} x {block.shape[1]} do not fit {self.shape}")
+        self.fh.seek(self.offset + first * self.row_bytes)
+        self.fh.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+
+    def sync(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def build_cache(out_dir: str | Path, ids: list[str], dim: int, encode_rows, manifest: dict,
+                resume_key: str) -> tuple[Cache, int]:
+    """Write a cache chunk by chunk into `.<name>.partial/`, resumably, then publish it whole.
+
+    `encode_rows(start_row, sink, checkpoint)` writes rows from `start_row` on with
+    `sink(first_row, block)` and calls `checkpoint(rows_done)` after each chunk. A run that dies
+    leaves the partial folder with progress.json; the next run with the same `resume_key` (same
+    ids, model and encode settings) continues after the last completed chunk, any other key
+    starts again. Returns the cache and the row it started from."""
+    out_dir = Path(out_dir)
+    part = out_dir.with_name(f".{out_dir.name}.partial")
+    progress = part / PROGRESS
+    start = 0
+    if progress.is_file() and (part / EMBEDDINGS).is_file():
+        state = json.loads(progress.read_text())
+        if state.get("resume_key") == resume_key and 0 <= int(state.get("rows_done", -1)) <= len(ids):
+            start = int(state["rows_done"])
+    if start == 0:
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        np.lib.format.open_memmap(part / EMBEDDINGS, mode="w+", dtype=np.float16, shape=(len(ids), dim)).flush()
+        write_json(progress, {"resume_key": resume_key, "rows_done": 0, "rows": len(ids)})
+    writer = NpyRowWriter(part / EMBEDDINGS)
+    try:
+        def checkpoint(rows_done: int) -> None:
+            writer.sync()  # rows on disk before progress says so
+            write_json(progress, {"resume_key": resume_key, "rows_done": rows_done, "rows": len(ids)})
+
+        encode_rows(start, writer.write, checkpoint)
+        writer.sync()
+    finally:
+        writer.close()
+    (part / IDS).write_text(json.dumps(ids))
+    full = {**manifest, "format": FORMAT, "count": len(ids), "dim": dim, "dtype": "float16",
+            "ids_sha256": ids_digest(ids)}
+    (part / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
+    progress.unlink()
+    replace_dir(part, out_dir)
+    return load_cache(out_dir), start
 
 
 def load_cache(path: str | Path) -> Cache:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from freshen.errors import FreshenError
+
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def set_threads() -> int:
@@ -50,25 +54,99 @@ def pick_device(name: str | None = "auto") -> torch.device:
     return torch.device(name)
 
 
-def encode_into(encoder, texts: list[str], kind: str, out: np.ndarray, batch_size: int = 64,
-                precision: str = "auto", desc: str | None = None, max_len: int | None = None) -> np.ndarray:
-    """Fill `out[i]` with the embedding of `texts[i]`; longest texts first so padding is small."""
-    if len(texts) != out.shape[0]:
-        raise ValueError(f"{len(texts)} texts for an output of {out.shape[0]} rows")
+def clean_text(text: str) -> str:
+    """The rule for awkward input (README, "Large corpora and awkward text"): blank or
+    whitespace-only text is embedded as the empty string; unpaired surrogates (which JSON escapes
+    can carry, but UTF-8 cannot) become U+FFFD. Text past max_len is truncated, and counted."""
+    text = text.strip()
+    return text if text.isascii() else SURROGATE.sub("\ufffd", text)
+
+
+def token_lengths(tokenizer, texts: list[str], max_len: int) -> np.ndarray:
+    """Tokens each text becomes after truncation to `max_len` (special tokens included)."""
+    ids = tokenizer(texts, truncation=True, max_length=max_len, add_special_tokens=True,
+                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
+
+
+def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Longest texts first; a batch closes at `batch_size` texts or when its padded size (texts x
+    longest) would pass `max_tokens`, so short texts share big batches and long ones small ones."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, current, longest = [], [], 0
+    for i in order:
+        width = max(longest, int(lengths[i]))
+        if current and (len(current) >= batch_size or (max_tokens and width * (len(current) + 1) > max_tokens)):
+            batches.append(np.asarray(current))
+            current, width = [], int(lengths[i])
+        current.append(i)
+        longest = width
+    if current:
+        batches.append(np.asarray(current))
+    return batches
+
+
+@dataclass
+class EncodeStats:
+    texts: int = 0       # texts encoded by this call
+    truncated: int = 0   # texts that reached max_len tokens (cut, or exactly that long)
+    blank: int = 0       # blank or whitespace-only texts, embedded as the empty string
+    batches: int = 0
+
+
+def _read(texts, start: int, stop: int) -> list[str]:
+    return texts.read(start, stop) if hasattr(texts, "read") else [texts[i] for i in range(start, stop)]
+
+
+def encode_chunks(encoder, texts, kind: str, sink, batch_size: int = 64, precision: str = "auto",
+                  max_len: int | None = None, max_tokens: int | None = None, chunk_rows: int = 4096,
+                  start_row: int = 0, on_chunk=None, desc: str | None = None) -> EncodeStats:
+    """Embed `texts[start_row:]` chunk by chunk: each chunk is read, length-sorted into batches
+    under the token budget, embedded, and handed to `sink(first_row, float32 block)`; then
+    `on_chunk(rows_done)` runs, which is where a caller records progress for a resume. Only one
+    chunk of texts and embeddings is ever in memory. `texts` is any sequence (or has .read)."""
+    n = len(texts)
+    if not 0 <= start_row <= n:
+        raise ValueError(f"start_row {start_row} outside 0..{n}")
+    if max_len is None:
+        max_len = encoder.config.query_max_len if kind == "query" else encoder.config.passage_max_len
     device = next(encoder.parameters()).device
     dtype = autocast_dtype(precision, device)
-    order = np.argsort([-len(t) for t in texts], kind="stable")
+    stats = EncodeStats()
     was_training = encoder.training
     encoder.eval()
-    with torch.inference_mode(), tqdm(total=len(texts), desc=desc or f"embed {kind}s", unit=kind,
-                                      mininterval=10, disable=False) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-                emb = encoder.embed([texts[i] for i in idx], kind, max_len=max_len)
-            out[np.sort(idx)] = emb.float().cpu().numpy()[np.argsort(idx)]
-            bar.update(len(idx))
-    encoder.train(was_training)
+    try:
+        with torch.inference_mode(), tqdm(total=n, initial=start_row, desc=desc or f"embed {kind}", unit="text",
+                                          mininterval=10) as bar:
+            for first in range(start_row, n, chunk_rows):
+                chunk = [clean_text(t) for t in _read(texts, first, min(n, first + chunk_rows))]
+                lengths = token_lengths(encoder.tokenizer, chunk, max_len)
+                block = np.empty((len(chunk), encoder.dim), dtype=np.float32)
+                for idx in plan_batches(lengths, batch_size, max_tokens):
+                    with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+                        block[idx] = encoder.embed([chunk[i] for i in idx], kind, max_len=max_len).float().cpu().numpy()
+                    stats.batches += 1
+                    bar.update(len(idx))
+                stats.texts += len(chunk)
+                stats.truncated += int((lengths >= max_len).sum())
+                stats.blank += sum(1 for t in chunk if not t)
+                sink(first, block)
+                if on_chunk is not None:
+                    on_chunk(first + len(chunk))
+    finally:
+        encoder.train(was_training)
+    return stats
+
+
+def encode_into(encoder, texts, kind: str, out: np.ndarray, **kw) -> np.ndarray:
+    """Fill `out[i]` with the embedding of `texts[i]` (an array or a memmap)."""
+    if len(texts) != out.shape[0]:
+        raise ValueError(f"{len(texts)} texts for an output of {out.shape[0]} rows")
+
+    def sink(first: int, block: np.ndarray) -> None:
+        out[first:first + len(block)] = block
+
+    encode_chunks(encoder, texts, kind, sink, **kw)
     return out
 
 

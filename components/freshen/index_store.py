@@ -22,15 +22,20 @@ INDEX_FILE, INDEX_META = "index.faiss", "index.json"
 POINTER = "current.json"
 
 
-def write_index(cache: Cache, out: str | Path | None = None) -> dict:
-    """IndexFlatIP over every row of `cache`, atomically at `out` (default: inside the cache)."""
+def write_index(cache: Cache, out: str | Path | None = None, settings: dict | None = None) -> dict:
+    """An inner-product index over every row of `cache` (exact IndexFlatIP unless `settings`, the
+    build_index keywords from `retrieval.index_settings(params["evaluate"])`, say otherwise),
+    atomically at `out` (default: inside the cache). nprobe / efSearch are saved with the index."""
     import faiss
 
-    from freshen.retrieval import build_index
+    from freshen.retrieval import build_index, to_cpu
 
     out = Path(out) if out is not None else cache.path / INDEX_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    index = build_index(cache.embeddings)
+    settings = dict(settings or {})
+    factory = str(settings.get("kind", "Flat")).strip()
+    factory = "Flat" if factory.lower() == "flat" else factory
+    index = to_cpu(build_index(cache.embeddings, **settings))
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -40,9 +45,11 @@ def write_index(cache: Cache, out: str | Path | None = None) -> dict:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    meta = {"kind": "IndexFlatIP", "count": int(index.ntotal), "dim": cache.dim, "file": out.name,
-            "cache": str(cache.path), "ids_sha256": cache.manifest.get("ids_sha256"),
+    meta = {"kind": "IndexFlatIP" if factory == "Flat" else factory, "count": int(index.ntotal), "dim": cache.dim,
+            "file": out.name, "cache": str(cache.path), "ids_sha256": cache.manifest.get("ids_sha256"),
             "model_digest": cache.manifest.get("model_digest"), "corrected": bool(cache.manifest.get("corrected"))}
+    if factory != "Flat":
+        meta.update(metric="inner_product", nprobe=settings.get("nprobe"), ef_search=settings.get("ef_search"))
     write_json(out.with_name(INDEX_META) if out.name == INDEX_FILE else out.with_suffix(".json"), meta)
     return meta
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from freshen.cache import Cache, ids_digest, load_cache, write_cache
-from freshen.encoding import encode_into
+from freshen.embed_corpus import embed_to_cache
 from freshen.errors import FreshenError
 
 CHUNK = 65536
@@ -47,18 +47,17 @@ def clear_leftovers(shards_dir: Path, index: int, count: int) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def embed_shard(encoder, doc_ids: list[str], texts: list[str], index: int, count: int, shards_dir: Path,
-                encode_p: dict, manifest: dict) -> Cache:
-    start, stop = shard_bounds(len(doc_ids), index, count)
+def embed_shard(encoder, corpus, index: int, count: int, shards_dir: Path, encode_p: dict, manifest: dict) -> Cache:
+    """Embed rows [start, stop) of `corpus` (a CorpusFile) into this shard's folder; a retry of a
+    stopped attempt resumes after its last completed chunk."""
+    start, stop = shard_bounds(len(corpus), index, count)
     clear_leftovers(shards_dir, index, count)
-    shard_texts = texts[start:stop]
-    return write_cache(
-        shards_dir / shard_name(index, count), doc_ids[start:stop], encoder.dim,
-        lambda arr: encode_into(encoder, shard_texts, "passage", arr, batch_size=int(encode_p["batch_size"]),
-                                precision=encode_p["precision"], desc=f"re-embed shard {index + 1}/{count}"),
-        manifest={**manifest, "shard": index, "num_shards": count, "start": start, "stop": stop,
-                  "corpus_count": len(doc_ids), "corpus_ids_sha256": ids_digest(doc_ids),
-                  "max_len": encoder.config.passage_max_len})
+    cache, _ = embed_to_cache(
+        encoder, corpus.slice(start, stop), shards_dir / shard_name(index, count), encode_p,
+        {**manifest, "shard": index, "num_shards": count, "start": start, "stop": stop,
+         "corpus_count": len(corpus), "corpus_ids_sha256": ids_digest(corpus.ids)},
+        f"re-embed shard {index + 1}/{count}")
+    return cache
 
 
 def check_shards(shards_dir: Path, count: int, corpus_ids: list[str] | None = None,

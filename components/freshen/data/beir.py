@@ -45,9 +45,12 @@ def doc_text(doc: dict) -> str:
     return f"{title} {text}".strip() if title else text.strip()
 
 
-def _read_jsonl(path: Path):
+def _read_jsonl(path: Path, offsets: bool = False):
+    """(line number, object) per non-blank line; with `offsets`, (line number, byte offset, object)."""
+    offset = 0
     with open(path, "rb") as fh:
         for lineno, raw_bytes in enumerate(fh, start=1):
+            at, offset = offset, offset + len(raw_bytes)
             try:
                 line = raw_bytes.decode("utf-8").strip()
             except UnicodeDecodeError as exc:
@@ -60,26 +63,47 @@ def _read_jsonl(path: Path):
                 raise DataError(path, f"not valid JSON ({exc.msg} at column {exc.colno})", lineno) from None
             if not isinstance(obj, dict):
                 raise DataError(path, "each line must be a JSON object", lineno)
-            yield lineno, obj
+            yield (lineno, at, obj) if offsets else (lineno, obj)
 
 
-def _check_id(path: Path, lineno: int, obj: dict, seen: dict[str, int]) -> str:
+def _check_unicode(path: Path, lineno: int, field_name: str, value: str) -> None:
+    """JSON escapes can smuggle in unpaired surrogates ("\\ud800"), which no tokenizer accepts."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(path, f"unpaired surrogate {value[exc.start]!r} at character {exc.start + 1}: "
+                                  "not valid Unicode text", lineno, field_name) from None
+
+
+def _first_line_of(path: Path, key: str) -> int | None:
+    """Only on the error path: find where a duplicated id first appeared without keeping a map."""
+    for lineno, obj in _read_jsonl(path):
+        if str(obj.get("_id")) == key:
+            return lineno
+    return None
+
+
+def _check_id(path: Path, lineno: int, obj: dict, seen: set, first_line: dict[str, int] | None = None) -> str:
     if "_id" not in obj:
         raise DataError(path, "missing", lineno, "_id")
     raw = obj["_id"]
     if not isinstance(raw, (str, int)) or isinstance(raw, bool) or str(raw).strip() == "":
         raise DataError(path, f"must be a non-empty string, got {raw!r}", lineno, "_id")
     key = str(raw)
+    _check_unicode(path, lineno, "_id", key)
     if key in seen:
-        raise DataError(path, f"duplicate id '{key}' (first seen on line {seen[key]})", lineno, "_id")
-    seen[key] = lineno
+        first = first_line[key] if first_line is not None else _first_line_of(path, key)
+        where = f" (first seen on line {first})" if first else ""
+        raise DataError(path, f"duplicate id '{key}'{where}", lineno, "_id")
+    seen.add(key)
     return key
 
 
-def read_corpus(path: str | Path) -> dict[str, dict]:
-    path = Path(path)
-    corpus, seen = {}, {}
-    for lineno, obj in _read_jsonl(path):
+def iter_documents(path: str | Path):
+    """Validate corpus.jsonl line by line: yields (line number, byte offset, id, title, text)."""
+    path, seen = Path(path), set()
+    for lineno, offset, obj in _read_jsonl(path, offsets=True):
         doc_id = _check_id(path, lineno, obj, seen)
         if "text" not in obj:
             raise DataError(path, "missing", lineno, "text")
@@ -92,7 +116,13 @@ def read_corpus(path: str | Path) -> dict[str, dict]:
             raise DataError(path, f"must be a string, got {type(title).__name__}", lineno, "title")
         if not (title.strip() or text.strip()):
             raise DataError(path, "empty document: title and text are both blank", lineno, "text")
-        corpus[doc_id] = {"title": title, "text": text}
+        _check_unicode(path, lineno, "title", title)
+        _check_unicode(path, lineno, "text", text)
+        yield lineno, offset, doc_id, title, text
+
+
+def read_corpus(path: str | Path) -> dict[str, dict]:
+    corpus = {doc_id: {"title": title, "text": text} for _, _, doc_id, title, text in iter_documents(path)}
     if not corpus:
         raise DataError(path, "corpus is empty")
     return corpus
@@ -100,14 +130,16 @@ def read_corpus(path: str | Path) -> dict[str, dict]:
 
 def read_queries(path: str | Path) -> dict[str, str]:
     path = Path(path)
-    queries, seen = {}, {}
+    queries, seen, first_line = {}, set(), {}
     for lineno, obj in _read_jsonl(path):
-        qid = _check_id(path, lineno, obj, seen)
+        qid = _check_id(path, lineno, obj, seen, first_line)
+        first_line[qid] = lineno
         text = obj.get("text")
         if text is None:
             raise DataError(path, "missing", lineno, "text")
         if not isinstance(text, str) or not text.strip():
             raise DataError(path, "must be a non-empty string", lineno, "text")
+        _check_unicode(path, lineno, "text", text)
         queries[qid] = text
     if not queries:
         raise DataError(path, "no queries")

@@ -165,6 +165,7 @@ def _save_tower(model, tokenizer, cfg: EncoderConfig, path: Path, query: bool = 
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    _drop_run_settings(path / "tokenizer_config.json")
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -183,6 +184,15 @@ def _save_tower(model, tokenizer, cfg: EncoderConfig, path: Path, query: bool = 
         "pooling_mode_max_tokens": cfg.pooling == "max",
         "pooling_mode_mean_sqrt_len_tokens": False,
     }, indent=2))
+
+
+def _drop_run_settings(config_file: Path) -> None:
+    """transformers writes how the tokenizer was loaded (`local_files_only`, from HF_HUB_OFFLINE)
+    into its config; dropped so the same weights always give the same folder and digest."""
+    if config_file.is_file():
+        cfg = json.loads(config_file.read_text())
+        if cfg.pop("local_files_only", None) is not None:
+            config_file.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 
 def model_digest(path: str | Path) -> str:

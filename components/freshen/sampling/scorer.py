@@ -2,17 +2,23 @@
 
 - small caches: every row scored through the corrector, chunk by chunk (exact);
 - linear corrector: exact search on the raw cache with the transformed query W^T f(q);
-- past `ann_threshold` rows: candidates from a faiss index over the raw cache (searched with
-  the transformed query for a linear corrector, the plain query otherwise), rescored exactly
-  through the corrector, then selected from (top-k, Gumbel-top-k or balanced)."""
+- past `ann_threshold` rows: candidates from a faiss index over the raw cache
+  (`ann_index`, built by `retrieval.build_index`; searched with the transformed query for a
+  linear corrector, the plain query otherwise), rescored exactly through the corrector (all
+  candidates of all queries at once, each distinct row once), then selected from (top-k,
+  Gumbel-top-k or balanced)."""
 
 from __future__ import annotations
 
-import faiss
+import time
+
 import numpy as np
 import torch
 
+from freshen.retrieval import build_index
 from freshen.sampling.negatives import balanced_pick, select_negatives
+
+ANN_INDEX = "IVF4096,Flat"
 
 
 class CacheScorer:
@@ -21,7 +27,10 @@ class CacheScorer:
         self.chunk = int(neg_p.get("chunk_size", 65536))
         self.ann_threshold = int(neg_p.get("ann_threshold", 0) or 0)
         self.ann_candidates = int(neg_p.get("ann_candidates", 1000))
-        self.index = None
+        self.ann_index = str(neg_p.get("ann_index") or ANN_INDEX)
+        self.ann_nprobe = int(neg_p.get("ann_nprobe") or 64)
+        self.ann_ef_search = int(neg_p.get("ann_ef_search") or max(self.ann_candidates, 64))
+        self.index, self.index_build_s = None, 0.0
         self.set_table(table)
 
     def set_table(self, table: torch.Tensor) -> None:
@@ -29,15 +38,10 @@ class CacheScorer:
         self.table = table
         self.index = None
         if self.ann_threshold and len(table) > self.ann_threshold:
-            self.index = faiss.index_factory(table.shape[1], self.neg_p.get("ann_index", "HNSW32"),
-                                             faiss.METRIC_INNER_PRODUCT)
-            if hasattr(self.index, "hnsw"):
-                self.index.hnsw.efSearch = max(self.ann_candidates, 64)
-            for s in range(0, len(table), 65536):
-                block = table[s:s + 65536].float().numpy()
-                if not self.index.is_trained:
-                    self.index.train(block)
-                self.index.add(block)
+            start = time.perf_counter()
+            self.index = build_index(table.detach().cpu().numpy(), self.ann_index, nprobe=self.ann_nprobe,
+                                     ef_search=self.ann_ef_search, param="train.negatives.ann_index")
+            self.index_build_s = time.perf_counter() - start
 
     def _query(self, q: torch.Tensor, corrector):
         if corrector is not None and getattr(corrector, "arch", None) == "linear":
@@ -55,30 +59,56 @@ class CacheScorer:
         p = self.neg_p
         selection, beta = p.get("selection", "topk"), float(p.get("beta", 20.0))
         if self.index is None:
-            q_eff, cor = self._query(q, corrector)
-            return select_negatives(q_eff, self.table, k, exclude, corrector=cor, selection=selection, beta=beta,
-                                    candidates=int(p.get("candidates", 100)), bins=int(p.get("bins", 10)),
-                                    positive_rows=positive_rows, chunk_size=self.chunk, generator=generator, rng=rng)
+            return self._select_exact(q, k, exclude, positive_rows, corrector, selection, beta, generator, rng)
         return self._select_ann(q, k, exclude, positive_rows, corrector, selection, beta, generator, rng)
 
+    def _select_exact(self, q, k, exclude, positive_rows, corrector, selection, beta, generator, rng):
+        p = self.neg_p
+        q_eff, cor = self._query(q, corrector)
+        return select_negatives(q_eff, self.table, k, exclude, corrector=cor, selection=selection, beta=beta,
+                                candidates=int(p.get("candidates", 100)), bins=int(p.get("bins", 10)),
+                                positive_rows=positive_rows, chunk_size=self.chunk, generator=generator, rng=rng)
+
     def _select_ann(self, q, k, exclude, positive_rows, corrector, selection, beta, generator, rng):
+        q = q.float()
         q_search, _ = self._query(q, corrector)
         _, cand = self.index.search(np.ascontiguousarray(q_search.numpy(), dtype=np.float32), self.ann_candidates)
-        cand = torch.from_numpy(cand).long()
-        out = []
-        for i in range(q.shape[0]):
-            rows = cand[i][cand[i] >= 0]
-            rows = rows[~torch.isin(rows, torch.tensor(exclude[i], dtype=torch.long))]
-            scores = (self.rows_through(rows, corrector) @ q[i].float())
-            if selection == "balanced":
-                top = scores.topk(min(int(self.neg_p.get("candidates", 100)), len(rows)))
-                s_pos = float(self.rows_through([positive_rows[i]], corrector)[0] @ q[i].float())
-                picked = balanced_pick((s_pos - top.values).numpy(), k, int(self.neg_p.get("bins", 10)), rng)
-                out.append(rows[top.indices[picked]])
-                continue
-            keys = scores * beta if selection == "gumbel" else scores.clone()
-            if selection == "gumbel":
-                u = torch.rand(keys.shape, generator=generator).clamp_(1e-20, 1.0 - 1e-7)
-                keys -= torch.log(-torch.log(u))
-            out.append(rows[keys.topk(min(k, len(rows))).indices])
-        return torch.stack(out)
+        cand = torch.from_numpy(cand).long()  # [b, C]; -1 where the index found fewer
+        b, n = cand.shape[0], len(self.table)
+        valid = cand >= 0
+        banned = [i * n + r for i, rows in enumerate(exclude) for r in rows]
+        if banned:  # a query's positives / excluded rows never qualify
+            valid &= ~torch.isin(torch.arange(b)[:, None] * n + cand, torch.tensor(banned, dtype=torch.long))
+        short = (valid.sum(1) < k).nonzero().flatten().tolist()
+        if short:  # too few candidates left for some queries: those are selected exactly
+            ok = [i for i in range(b) if i not in short]
+            out = torch.empty((b, k), dtype=torch.long)
+            out[short] = self._select_exact(q[short], k, [exclude[i] for i in short],
+                                            [positive_rows[i] for i in short] if positive_rows is not None else None,
+                                            corrector, selection, beta, generator, rng)
+            if ok:
+                out[ok] = self._select_ann(q[ok], k, [exclude[i] for i in ok],
+                                           [positive_rows[i] for i in ok] if positive_rows is not None else None,
+                                           corrector, selection, beta, generator, rng)
+            return out
+        # every distinct candidate row through the corrector once, scored against every query
+        rows, inverse = torch.unique(cand[valid], return_inverse=True)
+        scores = torch.zeros(cand.shape)
+        scores[valid] = (self.rows_through(rows, corrector) @ q.T)[inverse, valid.nonzero()[:, 0]]
+        if selection == "balanced":
+            keys = scores.masked_fill(~valid, float("-inf"))
+            top = keys.topk(min(max(int(self.neg_p.get("candidates", 100)), k), keys.shape[1]), dim=1)
+            s_pos = (self.rows_through(positive_rows, corrector) * q).sum(-1)
+            bins, out = int(self.neg_p.get("bins", 10)), []
+            for i in range(b):
+                live = torch.isfinite(top.values[i])
+                margins = (s_pos[i] - top.values[i][live]).numpy()
+                out.append(cand[i, top.indices[i][live]][balanced_pick(margins, k, bins, rng)])
+            return torch.stack(out)
+        if selection == "gumbel":
+            u = torch.rand(scores.shape, generator=generator).clamp_(1e-20, 1.0 - 1e-7)
+            keys = scores * beta - torch.log(-torch.log(u))
+        else:
+            keys = scores
+        keys = keys.masked_fill(~valid, float("-inf"))
+        return cand.gather(1, keys.topk(k, dim=1).indices)

@@ -1,5 +1,7 @@
-"""Orchestration step build_index: a faiss IndexFlatIP over a cache (default: the refreshed
-one), written atomically to <cache>/index.faiss or --out, with index.json beside it."""
+"""Orchestration step build_index: a faiss inner-product index over a cache (default: the
+refreshed one), written atomically to <cache>/index.faiss or --out, with index.json beside it.
+Its kind is `evaluate.index` (default Flat: exact IndexFlatIP), with `evaluate.nprobe` /
+`evaluate.ef_search` for IVF / HNSW."""
 
 from __future__ import annotations
 
@@ -7,15 +9,16 @@ from pathlib import Path
 
 from freshen.cache import load_cache
 from freshen.index_store import write_index
+from freshen.retrieval import index_settings
 from freshen.steps.common import NullLog, path
 
-SECTIONS = ["orchestration"]
+SECTIONS = ["orchestration", "evaluate"]
 OPTIONS = ("cache_dir", "out")
 
 
 def run(params: dict, root: Path, log=NullLog(), cache_dir: str | None = None, out: str | None = None) -> dict:
     cache = load_cache(path(root, cache_dir or params["orchestration"]["refresh_dir"]))
-    meta = write_index(cache, path(root, out) if out else None)
+    meta = write_index(cache, path(root, out) if out else None, index_settings(params.get("evaluate")))
     log.metrics({"docs": meta["count"], "dim": meta["dim"]})
     print(f"build-index: {meta['count']} rows of {cache.path} -> {meta['file']}")
     return meta

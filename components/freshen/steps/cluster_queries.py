@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 
 from freshen.atomic import atomic_dir, write_json
+from freshen.embed_corpus import encode_options, place
 from freshen.encoding import encode, set_threads
 from freshen.modeling.encoder import Encoder
 from freshen.steps.common import NullLog, path, prepared
@@ -36,9 +37,8 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     ds = prepared(params, root)
     cfg = params["cluster"]
     qids = sorted(ds.positives("train"))
-    encoder = Encoder.from_params(params["model"])
-    emb = encode(encoder, [ds.queries[q] for q in qids], "query",
-                 batch_size=int(params["encode"]["batch_size"]), precision=params["encode"]["precision"])
+    encoder = place(Encoder.from_params(params["model"]), params["encode"])
+    emb = encode(encoder, [ds.queries[q] for q in qids], "query", **encode_options(params["encode"]))
     k = choose_k(len(qids), cfg)
     centroids, assign, objective = kmeans(emb, k, int(cfg.get("niter", 25)), int(params["seed"]),
                                           encoder.config.normalize)

@@ -15,10 +15,11 @@ from freshen.cache import load_cache, write_cache
 from freshen.index_store import publish, read_pointer, write_index
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import model_digest
+from freshen.retrieval import index_settings
 from freshen.steps.common import NullLog, path
 from freshen.steps.fetch_champion import read_champion
 
-SECTIONS = ["cache", "orchestration"]
+SECTIONS = ["cache", "orchestration", "evaluate"]
 OPTIONS = ()
 CHUNK = 65536
 
@@ -51,7 +52,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         "corrector_digest": model_digest(champ["corrector_dir"]), "source": "corrected_index", "corrected": True,
         "stale_cache": str(stale.path), "stale_model_digest": stale.manifest.get("model_digest"),
         "champion_version": champ["version"]})
-    write_index(cache)
+    write_index(cache, settings=index_settings(params.get("evaluate")))
     pointer = publish(serving, folder, {"corrected": True, "champion_version": champ["version"],
                                         "model_digest": champ["encoder_digest"]},
                       keep=int(params["orchestration"]["keep_serving"]))

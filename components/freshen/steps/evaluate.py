@@ -14,13 +14,28 @@ import torch
 
 from freshen.atomic import atomic_dir, write_json, write_text
 from freshen.cache import load_cache
+from freshen.embed_corpus import encode_options, place
 from freshen.encoding import encode, set_threads
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
-from freshen.retrieval import bm25_run, build_index, evaluate_run, exclude_self, search, to_run, write_trec
+from freshen.retrieval import (
+    bm25_run,
+    build_index,
+    evaluate_run,
+    exclude_self,
+    index_settings,
+    search,
+    to_run,
+    write_trec,
+)
 from freshen.steps.common import NullLog, path, prepared
 
 SECTIONS = ["model", "encode", "evaluate"]
+
+
+def make_index(embeddings, cfg: dict):
+    """The search index over one cache, as `evaluate.index` / `nprobe` / `ef_search` / `use_gpu` say."""
+    return build_index(embeddings, **index_settings(cfg))
 
 
 def corrected_cache(cache, corrector, chunk: int = 65536) -> np.ndarray:
@@ -50,14 +65,15 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     if stale.ids != fresh.ids:
         raise ValueError(f"{fresh.path}: doc ids differ from {stale.path}")
     model_dir = path(root, params["train"]["out_dir"])
-    zero_shot, trained = Encoder.from_params(params["model"]), Encoder.load(model_dir / "encoder")
+    zero_shot = place(Encoder.from_params(params["model"]), enc_p)
+    trained = place(Encoder.load(model_dir / "encoder"), enc_p)
     corrector = Corrector.load(model_dir / "corrector", expect_dim=stale.dim) \
         if (model_dir / "corrector").is_dir() else None
     k = int(cfg.get("depth", 100))
-    indexes = {"stale": build_index(stale.embeddings), "fresh": build_index(fresh.embeddings)}
+    indexes = {"stale": make_index(stale.embeddings, cfg), "fresh": make_index(fresh.embeddings, cfg)}
     if corrector is not None:
         corrected = corrected_cache(stale, corrector)
-        indexes["corrected"] = build_index(corrected)
+        indexes["corrected"] = make_index(corrected, cfg)
     systems = {"zero_shot": ("zero_shot", "stale"), "trained": ("trained", "fresh"),
                "trained_stale_cache": ("trained", "stale")}
     if corrector is not None:
@@ -69,7 +85,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     for split in cfg.get("splits", ["dev", "test"]):
         qids = sorted(ds.qrels[split])
         texts = [ds.queries[q] for q in qids]
-        q_emb = {name: encode(enc, texts, "query", batch_size=int(enc_p["batch_size"]), precision=enc_p["precision"])
+        q_emb = {name: encode(enc, texts, "query", **encode_options(enc_p))
                  for name, enc in (("zero_shot", zero_shot), ("trained", trained))}
         found = {}
         metrics[split] = {}

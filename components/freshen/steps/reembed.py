@@ -6,22 +6,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from freshen.config import params_hash
+from freshen.embed_corpus import embed_to_cache, place
 from freshen.encoding import set_threads
 from freshen.modeling.encoder import Encoder, model_digest
-from freshen.steps.common import NullLog, path, prepared
-from freshen.steps.embed_cache import embed_corpus
+from freshen.steps.common import NullLog, path
+from freshen.steps.embed_cache import prepared_corpus
 
 SECTIONS = ["encode", "reembed"]
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
     set_threads()
-    ds = prepared(params, root)
+    corpus = prepared_corpus(params, root)
     model_dir = path(root, params["train"]["out_dir"]) / "encoder"
-    encoder = Encoder.load(model_dir)
-    stats = embed_corpus(encoder, ds, path(root, params["reembed"]["out_dir"]), params["encode"],
-                         {"model": str(model_dir), "model_digest": model_digest(model_dir),
-                          "params_hash": params_hash(params, SECTIONS), "source": "reembed", "corrected": False},
-                         "re-embed")
+    encoder = place(Encoder.load(model_dir), params["encode"])
+    _, stats = embed_to_cache(encoder, corpus, path(root, params["reembed"]["out_dir"]), params["encode"],
+                              {"model": str(model_dir), "model_digest": model_digest(model_dir),
+                               "params_hash": params_hash(params, SECTIONS), "source": "reembed", "corrected": False},
+                              "re-embed")
     log.metrics(stats)
     return stats

@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from freshen.config import params_hash
+from freshen.embed_corpus import place
 from freshen.encoding import set_threads
 from freshen.errors import FreshenError
 from freshen.modeling.encoder import Encoder, model_digest
 from freshen.sharding import embed_shard, shard_bounds
-from freshen.steps.common import NullLog, path, prepared
+from freshen.steps.common import NullLog, path
+from freshen.steps.embed_cache import prepared_corpus
 from freshen.steps.fetch_champion import read_champion
 
 SECTIONS = ["encode", "orchestration"]
@@ -29,13 +31,12 @@ def run(params: dict, root: Path, log=NullLog(), shard: int | None = None, num_s
     count = int(num_shards or params["orchestration"]["num_shards"])
     log.tags({UNIT_TAG: f"{shard}-of-{count}"})
     set_threads()
-    ds = prepared(params, root)
-    ids = ds.doc_ids()
+    corpus = prepared_corpus(params, root)
+    ids = corpus.ids
     start, stop = shard_bounds(len(ids), shard, count)  # fail on a bad shard before loading the model
     mdir = model_dir_for(params, root, model_dir)
-    encoder = Encoder.load(mdir)
-    texts = ds.doc_texts(ids)
-    cache = embed_shard(encoder, ids, texts, shard, count, path(root, params["orchestration"]["shards_dir"]),
+    encoder = place(Encoder.load(mdir), params["encode"])
+    cache = embed_shard(encoder, corpus, shard, count, path(root, params["orchestration"]["shards_dir"]),
                         params["encode"], {"model": str(mdir), "model_digest": model_digest(mdir),
                                            "params_hash": params_hash(params, ["encode"]), "source": "reembed_shard",
                                            "corrected": False})

@@ -10,6 +10,7 @@ from freshen.atomic import atomic_dir, write_json, write_text
 from freshen.cache import load_cache
 from freshen.config import params_hash
 from freshen.data.teacher import read_teacher_scores
+from freshen.embed_corpus import place
 from freshen.encoding import set_threads
 from freshen.errors import FreshenError
 from freshen.modeling.corrector import Corrector
@@ -35,7 +36,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         teacher = read_teacher_scores(path(root, p["teacher"]["scores"]), ds.corpus, ds.queries)
     if (p.get("corrector") or {}).get("init"):
         Corrector.load(path(root, p["corrector"]["init"]), expect_dim=cache.dim)  # fail before training
-    encoder = Encoder.from_params(params["model"])
+    encoder = place(Encoder.from_params(params["model"]), {"device": p.get("device", "auto")})
     if encoder.dim != cache.dim:
         raise FreshenError(f"{cache.path}/manifest.json: field 'dim': cache dim {cache.dim} does not match "
                            f"the encoder's {encoder.dim}")

@@ -133,7 +133,10 @@ class Trainer:
         self.sched = get_linear_schedule_with_warmup(self.opt, int(float(p.get("warmup_ratio", 0.1)) * steps), steps)
         self.temperature = float(p.get("temperature", 0.05))
         self.passage_len = int(p.get("passage_max_len") or encoder.config.passage_max_len)
-        self.amp = autocast_dtype(p.get("precision", "fp32"), torch.device("cpu"))  # training runs on the CPU here
+        # the encoder runs where it was placed (a GPU when there is one); its outputs come back to
+        # the CPU, where the losses, the cache scoring and the corrector run (autograd spans both)
+        self.device = next(encoder.parameters()).device
+        self.amp = autocast_dtype(p.get("precision", "fp32"), self.device)
         n_probe = min(int(p.get("probe_passages", 0) or 0), len(self.doc_ids))
         self.probe_rows = sorted(self.rng.choice(len(self.doc_ids), size=n_probe, replace=False).tolist())
         self.probe_set = set(self.probe_rows)
@@ -146,7 +149,7 @@ class Trainer:
         self.cor_opt = torch.optim.Adam(self.corrector.parameters(), lr=float(self.cor_p.get("lr", 1e-3)))
 
     def _autocast(self):
-        return torch.autocast("cpu", dtype=self.amp, enabled=self.amp is not None)
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
 
     def correcting(self, step: int) -> bool:
         return self.use_corrector and step > self.corrector_start + self.warmup
@@ -158,7 +161,7 @@ class Trainer:
         with self._autocast():
             q_emb = self.encoder.embed([self.ds.queries[q] for q in qids], "query")
         self.counters.query_passes += len(qids)
-        q_emb = q_emb.float()
+        q_emb = q_emb.float().cpu()
 
         neg_rows = torch.empty((len(qids), 0), dtype=torch.long)
         if self.teacher is not None:
@@ -172,7 +175,7 @@ class Trainer:
         rows = [self.row_of[d] for d in pos_docs] + neg_rows.flatten().tolist()
         with self._autocast():
             p_emb = self.encoder.embed([self.doc_texts[r] for r in rows], "passage", max_len=self.passage_len)
-        p_emb = p_emb.float()
+        p_emb = p_emb.float().cpu()
         self.counters.train_passage_passes += len(rows)
 
         loss = self._retriever_loss(qids, pos_docs, rows, neg_rows, q_emb, p_emb)
