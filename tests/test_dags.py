@@ -223,12 +223,13 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from freshen import sharding
+    from freshen import embed_corpus
     from freshen.cache import load_cache
     from freshen.index_store import read_pointer
 
     migrate_db()
     tiny_params["orchestration"].update(retries=1, retry_delay_s=0)
+    tiny_params["encode"]["chunk_rows"] = 8  # 20 rows a shard: chunks of 8, 8, 4
     root = project_with(tmp_path, tiny_params)
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
     monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(root))
@@ -255,21 +256,27 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
     assert asset_events("freshen_champion") == [{"registered_model": name, "version": "1", "previous": None,
                                                  "parent_run_id": parent.info.run_id}]
 
-    # refresh with K = 3; shard 1 dies halfway through its first attempt and is retried
-    real, attempts = sharding.encode_into, []
+    # refresh with K = 3; shard 1 dies after its first chunk and is retried, resuming from there
+    real, attempts = embed_corpus.encode_chunks, []
 
-    def flaky(encoder, texts, kind, out, **kw):
-        if "shard 2/3" in kw.get("desc", "") and not attempts:
-            attempts.append(1)
-            real(encoder, texts[:3], kind, out[:3], **kw)
+    def flaky(encoder, texts, kind, sink, on_chunk=None, **kw):
+        if "shard 2/3" not in kw.get("desc", ""):
+            return real(encoder, texts, kind, sink, on_chunk=on_chunk, **kw)
+        attempts.append(kw.get("start_row", 0))
+        if len(attempts) > 1:
+            return real(encoder, texts, kind, sink, on_chunk=on_chunk, **kw)
+
+        def dies_after_first_chunk(rows_done):
+            on_chunk(rows_done)
             raise RuntimeError("simulated worker crash")
-        return real(encoder, texts, kind, out, **kw)
+        return real(encoder, texts, kind, sink, on_chunk=dies_after_first_chunk, **kw)
 
-    monkeypatch.setattr(sharding, "encode_into", flaky)
+    monkeypatch.setattr(embed_corpus, "encode_chunks", flaky)
     refresh = bag.dags["freshen_cache_refresh"].test(run_conf={"orchestration.num_shards": 3})
     states = task_states(refresh)
     assert str(refresh.state) == "success", states
     assert states[("reembed_shard", 1)] == ("success", 2) and states[("reembed_shard", 0)][1] == 1
+    assert attempts == [0, 8]  # the retry resumed after the first chunk of 8 rows
     assert {t for (t, _), (s, _) in states.items() if s == "success"} == REFRESH_TASKS
 
     orch = tiny_params["orchestration"]
