@@ -206,6 +206,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ablation"))
     ap.add_argument("--force", action="store_true", help="rerun arms that already have results")
     ap.add_argument("--command", default=None, help="with --report-only: the command line to print as the source")
+    ap.add_argument("--no-repro", action="store_true",
+                    help="use the prepared data, clusters and initial cache as they are (no `dvc repro` first)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the table and plot from the arms' saved results")
     args = ap.parse_args()
 
@@ -224,8 +226,9 @@ def main() -> None:
         return
     set_threads()
     # the shared inputs: prepared data, clusters, initial cache (DVC skips what is up to date)
-    subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare", "cluster_queries", "embed_cache"], cwd=ROOT,
-                   check=True)
+    if not args.no_repro:
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare", "cluster_queries", "embed_cache"], cwd=ROOT,
+                       check=True)
     results = []
     for arm in args.arms.split(","):
         done = out / f"{arm}.json"
