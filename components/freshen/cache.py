@@ -42,6 +42,14 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
+def _write_ids_and_manifest(folder: Path, ids: list[str], dim: int, manifest: dict) -> None:
+    """The two small files beside embeddings.npy, the same for every way a cache is written."""
+    (folder / IDS).write_text(json.dumps(ids))
+    full = {**manifest, "format": FORMAT, "count": len(ids), "dim": dim, "dtype": "float16",
+            "ids_sha256": ids_digest(ids)}
+    (folder / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
+
+
 def write_cache(out_dir: str | Path, ids: list[str], dim: int, fill: Callable[[np.ndarray], None],
                 manifest: dict) -> Cache:
     """Create the array as a memmap, let `fill` write its rows, then publish the folder whole."""
@@ -50,10 +58,7 @@ def write_cache(out_dir: str | Path, ids: list[str], dim: int, fill: Callable[[n
         fill(arr)
         arr.flush()
         del arr
-        (tmp / IDS).write_text(json.dumps(ids))
-        full = {**manifest, "format": FORMAT, "count": len(ids), "dim": dim, "dtype": "float16",
-                "ids_sha256": ids_digest(ids)}
-        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
+        _write_ids_and_manifest(tmp, ids, dim, manifest)
     return load_cache(out_dir)
 
 
@@ -115,10 +120,7 @@ def build_cache(out_dir: str | Path, ids: list[str], dim: int, encode_rows, mani
         writer.sync()
     finally:
         writer.close()
-    (part / IDS).write_text(json.dumps(ids))
-    full = {**manifest, "format": FORMAT, "count": len(ids), "dim": dim, "dtype": "float16",
-            "ids_sha256": ids_digest(ids)}
-    (part / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
+    _write_ids_and_manifest(part, ids, dim, manifest)
     progress.unlink()
     replace_dir(part, out_dir)
     return load_cache(out_dir), start
