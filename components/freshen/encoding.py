@@ -62,11 +62,10 @@ def clean_text(text: str) -> str:
     return text if text.isascii() else SURROGATE.sub("\ufffd", text)
 
 
-def token_lengths(tokenizer, texts: list[str], max_len: int) -> np.ndarray:
-    """Tokens each text becomes after truncation to `max_len` (special tokens included)."""
-    ids = tokenizer(texts, truncation=True, max_length=max_len, add_special_tokens=True,
-                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
+def token_lengths(features) -> np.ndarray:
+    """Tokens each text became after truncation (special tokens included)."""
+    ids = features["input_ids"]
+    return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
@@ -120,11 +119,15 @@ def encode_chunks(encoder, texts, kind: str, sink, batch_size: int = 64, precisi
                                           mininterval=10) as bar:
             for first in range(start_row, n, chunk_rows):
                 chunk = [clean_text(t) for t in _read(texts, first, min(n, first + chunk_rows))]
-                lengths = token_lengths(encoder.tokenizer, chunk, max_len)
+                # tokenized once: the lengths plan the batches, and each batch is padded from them
+                features = encoder.tokenize(chunk, kind, max_len, pad=False)
+                lengths = token_lengths(features)
                 block = np.empty((len(chunk), encoder.dim), dtype=np.float32)
                 for idx in plan_batches(lengths, batch_size, max_tokens):
+                    batch = encoder.tokenizer.pad({k: [v[i] for i in idx] for k, v in features.items()},
+                                                  return_tensors="pt")
                     with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-                        block[idx] = encoder.embed([chunk[i] for i in idx], kind, max_len=max_len).float().cpu().numpy()
+                        block[idx] = encoder.embed_tokens(batch, kind).float().cpu().numpy()
                     stats.batches += 1
                     bar.update(len(idx))
                 stats.texts += len(chunk)

@@ -140,17 +140,30 @@ class Encoder(torch.nn.Module):
         query = AutoModel.from_pretrained(path / QUERY_SUBDIR) if cfg.towers == "separate" else None
         return cls(passage, query, AutoTokenizer.from_pretrained(path), cfg)
 
-    def embed(self, texts: list[str], kind: str, max_len: int | None = None) -> torch.Tensor:
-        """Embed texts with the query or passage tower (gradients flow if enabled)."""
-        model = self.query_model if kind == "query" else self.passage_model
+    def tower(self, kind: str):
+        return self.query_model if kind == "query" else self.passage_model
+
+    def tokenize(self, texts: list[str], kind: str, max_len: int | None = None, pad: bool = True):
+        """Token ids cut at `max_len` (the kind's default when None): padded tensors, or with
+        `pad=False` plain lists, which `embed_tokens` accepts once `tokenizer.pad` has batched them."""
         if max_len is None:
             max_len = self.config.query_max_len if kind == "query" else self.config.passage_max_len
+        if not pad:
+            return self.tokenizer(texts, truncation=True, max_length=max_len)
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+
+    def embed_tokens(self, batch, kind: str) -> torch.Tensor:
+        """Embed an already tokenized, padded batch (gradients flow if enabled)."""
+        model = self.tower(kind)
         device = next(model.parameters()).device
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**batch).last_hidden_state
         emb = pool(out, batch["attention_mask"], self.config.pooling)
         return F.normalize(emb, dim=-1) if self.config.normalize else emb
+
+    def embed(self, texts: list[str], kind: str, max_len: int | None = None) -> torch.Tensor:
+        """Embed texts with the query or passage tower (gradients flow if enabled)."""
+        return self.embed_tokens(self.tokenize(texts, kind, max_len), kind)
 
     def save(self, path: str | Path) -> None:
         """Write a sentence-transformers-compatible folder (caller provides atomicity)."""
