@@ -49,3 +49,52 @@ def test_save_load_and_dimension_check(tmp_path):
         Corrector.load(tmp_path / "c", expect_dim=16)
     with pytest.raises(FreshenError, match="arch"):
         Corrector(8, "transformer")
+
+
+def test_corrected_logits_loss_targets_and_mask():
+    from freshen.training.losses import contrastive_loss, corrected_logits_loss
+
+    g = torch.Generator().manual_seed(2)
+    q = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=-1)
+    stale, fresh = _drift(n=12, seed=3)
+    labels = torch.arange(4)
+    mask = torch.zeros(4, 12, dtype=torch.bool)
+    mask[0, 7] = True
+    # 'positive' is the retriever's own loss with the corrected targets
+    assert float(corrected_logits_loss(q, stale, fresh, labels, mask, 0.05, "positive")) == pytest.approx(
+        float(contrastive_loss(q, stale, labels, mask, 0.05)), rel=1e-5)
+    # 'fresh' is lowest when the corrected cache equals the fresh embeddings
+    assert float(corrected_logits_loss(q, fresh, fresh, labels, mask, 0.05, "fresh")) < \
+        float(corrected_logits_loss(q, stale, fresh, labels, mask, 0.05, "fresh"))
+    # a hidden column changes nothing, in either target
+    moved = stale.clone()
+    moved[7] = 5 * q[0]
+    for target in ("positive", "fresh"):
+        a = corrected_logits_loss(q[:1], stale, fresh, labels[:1], mask[:1], 0.05, target)
+        b = corrected_logits_loss(q[:1], moved, fresh, labels[:1], mask[:1], 0.05, target)
+        assert torch.isfinite(a) and float(a) == pytest.approx(float(b), rel=1e-6)
+
+
+def test_cross_entropy_term_aligns_the_corrected_ranking():
+    """Trained on the 'fresh' term alone, h ranks the targets as the fresh embeddings do."""
+    from freshen.training.losses import corrected_logits_loss
+
+    stale, fresh = _drift(n=400, seed=4)
+    g = torch.Generator().manual_seed(5)
+    h = Corrector(16, "linear")
+    opt = torch.optim.Adam(h.parameters(), lr=1e-2)
+    no_mask = torch.zeros(32, 400, dtype=torch.bool)
+
+    def agreement():
+        q = torch.nn.functional.normalize(torch.randn(256, 16, generator=torch.Generator().manual_seed(9)), dim=-1)
+        with torch.no_grad():
+            return float(((q @ h(stale).T).argmax(1) == (q @ fresh.T).argmax(1)).float().mean())
+
+    before = agreement()
+    for _ in range(300):
+        q = torch.nn.functional.normalize(torch.randn(32, 16, generator=g), dim=-1)
+        loss = corrected_logits_loss(q, h(stale), fresh, torch.zeros(32, dtype=torch.long), no_mask, 0.05, "fresh")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert before < 0.5 and agreement() > 0.6

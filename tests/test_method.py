@@ -103,11 +103,65 @@ def test_corrected_with_refresh_resets_the_corrector(tiny):
     assert res.counters.train_passage_passes == 5 * 4 * 3
 
 
+def test_corrector_replay_window_and_updates(tiny):
+    """replay_steps=3: the drift loss covers the fresh targets of the last 3 steps, probes held out;
+    updates_per_step=4: four corrector optimiser steps per training step."""
+    from freshen.training.loop import Trainer
+
+    ds, cache, clusters, params = tiny
+    p = _params(params, steps=5, eval_every=0, negatives={"strategy": "corrected"})
+    p["corrector"] = {**p["corrector"], "replay_steps": 3, "updates_per_step": 4}
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+    targets = []
+    for step in range(1, 6):
+        t.step(step)
+        rows = torch.cat([r for r, _ in t.replay])
+        targets.append(len(rows))
+        assert not set(rows.tolist()) & t.probe_set
+        assert len(t.replay) == min(step, 3)
+    per_step = 4 * (1 + 2)  # batch 4: a positive and k=2 negatives each (minus any probes)
+    assert targets[-1] <= 3 * per_step and targets[-1] > per_step
+    adam_steps = {int(s["step"]) for s in t.cor_opt.state.values()}
+    assert adam_steps == {5 * 4}
+    # the corrector fitted the window: its output is nearer the fresh embeddings than the cache is
+    rows, fresh = torch.cat([r for r, _ in t.replay]), torch.cat([f for _, f in t.replay])
+    with torch.no_grad():
+        corrected = float(((t.corrector(t.scorer.table[rows].float()) - fresh) ** 2).sum(-1).mean())
+    stale = float(((t.scorer.table[rows].float() - fresh) ** 2).sum(-1).mean())
+    assert corrected < stale
+
+
+@pytest.mark.parametrize("target", ["fresh", "positive"])
+def test_cross_entropy_term_trains_the_corrector(tiny, target):
+    """ce_weight > 0 adds the corrected-logits term: same batches, a different corrector."""
+    from freshen.training.loop import Trainer
+
+    ds, cache, clusters, params = tiny
+    trainers = []
+    for weight in (0.0, 1.0):
+        p = _params(params, steps=3, eval_every=0, negatives={"strategy": "corrected"})
+        p["corrector"] = {**p["corrector"], "ce_weight": weight, "ce_target": target}
+        t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+        records = [t.step(s) for s in (1, 2, 3)]
+        assert all(("corrector_ce" in r) == (weight > 0) for r in records)
+        trainers.append(t)
+    plain, with_ce = (dict(t.corrector.named_parameters()) for t in trainers)
+    assert any(not torch.equal(plain[k], with_ce[k]) for k in plain)
+
+
 def test_param_errors_before_training(tmp_path):
     with pytest.raises(FreshenError, match="never refreshes"):
         check_train_params({"negatives": {"strategy": "stale", "refresh_every": 10}})
     with pytest.raises(FreshenError, match="train.corrector.arch"):
         check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"arch": "transformer"}})
+    with pytest.raises(FreshenError, match="train.corrector.replay_steps"):
+        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"replay_steps": 0}})
+    with pytest.raises(FreshenError, match="train.corrector.ce_target"):
+        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"ce_target": "teacher"}})
+    with pytest.raises(FreshenError, match="train.corrector.ce_weight"):
+        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"ce_weight": "1"}})
+    with pytest.raises(FreshenError, match="train.corrector.updates_per_step"):
+        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"updates_per_step": 2.5}})
 
 
 def test_teacher_file_is_validated(tiny_beir, tmp_path):

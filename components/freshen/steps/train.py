@@ -19,7 +19,7 @@ from freshen.steps.common import NullLog, path, prepared, read_clusters
 from freshen.training.loop import check_train_params, train
 
 SECTIONS = ["seed", "model", "train"]
-CURVE_FIELDS = ["step", "loss", "corrector_loss", "cos_stale_fresh", "cos_corrected_fresh",
+CURVE_FIELDS = ["step", "loss", "corrector_loss", "corrector_ce", "cos_stale_fresh", "cos_corrected_fresh",
                 "dev_ndcg_at_10", "probe_cos_stale_fresh", "probe_cos_corrected_fresh",
                 "train_passage_passes", "reembed_passes"]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,10 +27,11 @@ from freshen.modeling.corrector import Corrector
 from freshen.sampling.negatives import SELECTIONS, balanced_pick, chunked_topk
 from freshen.sampling.scorer import CacheScorer
 from freshen.sampling.tas import RandomBatches, TASBatches
-from freshen.training.losses import contrastive_loss, drift_loss, margin_mse, mean_cosine
+from freshen.training.losses import contrastive_loss, corrected_logits_loss, drift_loss, margin_mse, mean_cosine
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("in_batch", "stale", "corrected", "refresh")
+CE_TARGETS = ("fresh", "positive")
 
 
 @dataclass
@@ -74,9 +76,20 @@ def check_train_params(p: dict) -> None:
     if neg["strategy"] in ("in_batch", "stale") and refresh > 0:
         raise FreshenError(f"params.yaml: field 'train.negatives.refresh_every': strategy '{neg['strategy']}' "
                            "never refreshes (use 'refresh', or 'corrected' with refresh)")
-    arch = p.get("corrector", {}).get("arch", "residual_mlp")
+    cor = p.get("corrector", {})
+    arch = cor.get("arch", "residual_mlp")
     if arch not in ("linear", "residual_mlp"):
         raise FreshenError(f"params.yaml: field 'train.corrector.arch': must be 'linear' or 'residual_mlp', got {arch!r}")
+    if cor.get("ce_target", "fresh") not in CE_TARGETS:
+        raise FreshenError(f"params.yaml: field 'train.corrector.ce_target': must be one of {CE_TARGETS}, "
+                           f"got {cor.get('ce_target')!r}")
+    weight = cor.get("ce_weight", 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise FreshenError(f"params.yaml: field 'train.corrector.ce_weight': must be a number >= 0, got {weight!r}")
+    for key in ("replay_steps", "updates_per_step"):
+        value = cor.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise FreshenError(f"params.yaml: field 'train.corrector.{key}': must be an integer >= 1, got {value!r}")
 
 
 def make_batches(p: dict, cluster_of: dict[str, int], train_qids: list[str], rng: np.random.Generator):
@@ -127,6 +140,11 @@ class Trainer:
         if self.use_corrector or self.strategy == "stale":  # 'stale' trains one too, to measure drift
             self._new_corrector(cache.dim)
         self.warmup = int(self.cor_p.get("warmup_steps", 0))
+        # the corrector's training set: (rows, fresh embeddings) of the targets of the last
+        # `replay_steps` steps (1: this step's only, as METHOD.md), fitted `updates_per_step` times
+        self.replay: deque = deque(maxlen=max(1, int(self.cor_p.get("replay_steps", 1))))
+        self.cor_updates = max(1, int(self.cor_p.get("updates_per_step", 1)))
+        self.ce_weight, self.ce_target = float(self.cor_p.get("ce_weight", 0.0)), self.cor_p.get("ce_target", "fresh")
 
         steps = int(p["steps"])
         self.opt = torch.optim.AdamW(encoder.parameters(), lr=float(p["lr"]), weight_decay=float(p.get("weight_decay", 0.0)))
@@ -178,7 +196,8 @@ class Trainer:
         p_emb = p_emb.float().cpu()
         self.counters.train_passage_passes += len(rows)
 
-        loss = self._retriever_loss(qids, pos_docs, rows, neg_rows, q_emb, p_emb)
+        mask = self._other_positives(qids, rows)
+        loss = self._retriever_loss(qids, pos_docs, rows, neg_rows, q_emb, p_emb, mask)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), float(self.p.get("grad_clip", 1.0)))
@@ -186,15 +205,19 @@ class Trainer:
         self.sched.step()
         record = {"step": step, "loss": float(loss.detach())}
         if self.corrector is not None:
-            record.update(self._corrector_step(rows, p_emb.detach()))
+            record.update(self._corrector_step(rows, p_emb.detach(), q_emb.detach(), mask))
         return record
 
-    def _retriever_loss(self, qids, pos_docs, rows, neg_rows, q_emb, p_emb):
+    def _other_positives(self, qids, rows) -> torch.Tensor:
+        """mask[i, j]: passage j of the step is a positive of query i other than its own (column i)."""
         rows_t = torch.tensor(rows)
         mask = torch.zeros((len(qids), len(rows)), dtype=torch.bool)
         for i, q in enumerate(qids):
             mask[i] = torch.isin(rows_t, torch.tensor(self.pos_rows[q]))
             mask[i, i] = False
+        return mask
+
+    def _retriever_loss(self, qids, pos_docs, rows, neg_rows, q_emb, p_emb, mask):
         if self.teacher is None:
             return contrastive_loss(q_emb, p_emb, torch.arange(len(qids)), mask, self.temperature)
         return self._teacher_loss(qids, pos_docs, rows, neg_rows, q_emb, p_emb)
@@ -233,17 +256,38 @@ class Trainer:
             loss = loss + alpha * margin_mse(q_emb[ii], pos_e[ii], pos_e[jj], t_in, scale)
         return loss
 
-    def _corrector_step(self, rows: list[int], fresh: torch.Tensor) -> dict:
-        keep = torch.tensor([r not in self.probe_set for r in rows])  # probes stay held out
-        stale = self.scorer.table[torch.tensor(rows)].float()
-        corrected = self.corrector(stale)
-        rec = {"cos_stale_fresh": mean_cosine(stale, fresh), "cos_corrected_fresh": mean_cosine(corrected.detach(), fresh)}
+    def _corrector_step(self, rows: list[int], fresh: torch.Tensor, q_emb: torch.Tensor, mask: torch.Tensor) -> dict:
+        """Drift loss on this step's fresh targets (and those of the replay window), plus
+        ce_weight x the cross-entropy term on this step's corrected logits; probes held out."""
+        rows_t = torch.tensor(rows)
+        stale = self.scorer.table[rows_t].float()
+        with torch.no_grad():
+            rec = {"cos_stale_fresh": mean_cosine(stale, fresh), "cos_corrected_fresh": mean_cosine(self.corrector(stale), fresh)}
+        keep = torch.tensor([r not in self.probe_set for r in rows])
         if keep.any():
-            c_loss = drift_loss(corrected[keep], fresh[keep])
+            self.replay.append((rows_t[keep], fresh[keep]))
+        if not self.replay:
+            return rec
+        train_rows = torch.cat([r for r, _ in self.replay])
+        target = torch.cat([f for _, f in self.replay])
+        window = self.scorer.table[train_rows].float()
+        b = len(q_emb)
+        ce_queries = keep[:b] if self.ce_weight > 0 else torch.zeros(b, dtype=torch.bool)  # a probe positive: no label
+        ce_mask = (mask | ~keep[None, :])[ce_queries]
+        ce_stale = self.scorer.table[rows_t].float()
+        for update in range(self.cor_updates):
+            c_loss = drift_loss(self.corrector(window), target)
+            if ce_queries.any():
+                ce = corrected_logits_loss(q_emb[ce_queries], self.corrector(ce_stale), fresh,
+                                           torch.arange(b)[ce_queries], ce_mask, self.temperature, self.ce_target)
+                c_loss = c_loss + self.ce_weight * ce
+                if update == 0:
+                    rec["corrector_ce"] = float(ce.detach())
             self.cor_opt.zero_grad(set_to_none=True)
             c_loss.backward()
             self.cor_opt.step()
-            rec["corrector_loss"] = float(c_loss.detach())
+            if update == 0:
+                rec["corrector_loss"] = float(c_loss.detach())
         return rec
 
     # -- refresh and validation ---------------------------------------------------------
@@ -259,6 +303,7 @@ class Trainer:
         if self.corrector is not None:
             self._new_corrector(table.shape[1])
             self.corrector_start = step
+            self.replay.clear()  # its stale inputs are gone with the old cache
         self.encoder.train()
 
     @torch.no_grad()

@@ -21,6 +21,21 @@ def drift_loss(corrected: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
     return ((corrected - fresh.detach()) ** 2).sum(-1).mean()
 
 
+def corrected_logits_loss(q: torch.Tensor, corrected: torch.Tensor, fresh: torch.Tensor, labels: torch.Tensor,
+                          mask: torch.Tensor, temperature: float, target: str) -> torch.Tensor:
+    """The corrector's optional cross-entropy term on the step's corrected logits <f(q), h(C[d])>
+    (METHOD.md step 1.6). `positive`: the retriever's own loss with h(C[d]) in place of g(d);
+    `fresh`: against the softmax of the fresh logits <f(q), g(d)>, so the corrected cache ranks
+    the step's targets the way the current encoder does. `mask` hides the same passages as the
+    retriever's loss (and held-out probes); query i's positive is column labels[i]."""
+    hidden = torch.finfo(torch.float32).min / 2  # not -inf: a zero target times -inf is nan
+    logits = (q.detach() @ corrected.T / temperature).masked_fill(mask, hidden)
+    if target == "positive":
+        return F.cross_entropy(logits, labels)
+    soft = torch.softmax((q.detach() @ fresh.detach().T / temperature).masked_fill(mask, hidden), dim=-1)
+    return F.cross_entropy(logits, soft)
+
+
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.float(), b.float(), dim=-1).mean())
 
