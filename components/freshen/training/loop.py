@@ -142,8 +142,8 @@ class Trainer:
         self.warmup = int(self.cor_p.get("warmup_steps", 0))
         # the corrector's training set: (rows, fresh embeddings) of the targets of the last
         # `replay_steps` steps (1: this step's only, as METHOD.md), fitted `updates_per_step` times
-        self.replay: deque = deque(maxlen=max(1, int(self.cor_p.get("replay_steps", 1))))
-        self.cor_updates = max(1, int(self.cor_p.get("updates_per_step", 1)))
+        self.replay: deque = deque(maxlen=int(self.cor_p.get("replay_steps", 1)))
+        self.cor_updates = int(self.cor_p.get("updates_per_step", 1))
         self.ce_weight, self.ce_target = float(self.cor_p.get("ce_weight", 0.0)), self.cor_p.get("ce_target", "fresh")
 
         steps = int(p["steps"])
@@ -274,11 +274,10 @@ class Trainer:
         b = len(q_emb)
         ce_queries = keep[:b] if self.ce_weight > 0 else torch.zeros(b, dtype=torch.bool)  # a probe positive: no label
         ce_mask = (mask | ~keep[None, :])[ce_queries]
-        ce_stale = self.scorer.table[rows_t].float()
         for update in range(self.cor_updates):
             c_loss = drift_loss(self.corrector(window), target)
             if ce_queries.any():
-                ce = corrected_logits_loss(q_emb[ce_queries], self.corrector(ce_stale), fresh,
+                ce = corrected_logits_loss(q_emb[ce_queries], self.corrector(stale), fresh,
                                            torch.arange(b)[ce_queries], ce_mask, self.temperature, self.ce_target)
                 c_loss = c_loss + self.ce_weight * ce
                 if update == 0:
