@@ -292,7 +292,9 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
     assert corrected_folder.startswith("corrected-v1-")
     assert load_cache(root / orch["serving_dir"] / corrected_folder).manifest["corrected"] is True
     assert "md5" in yaml.safe_load((root / f"{orch['refresh_dir']}.dvc").read_text())["outs"][0]
-    assert len(asset_events("freshen_serving_index")) == 2  # the corrected index, then the re-embedded one
+    served = asset_events("freshen_serving_index")  # the corrected index, then the re-embedded one
+    assert [(e["folder"], e["corrected"], e["champion_version"]) for e in served] == [
+        (corrected_folder, True, "1"), (pointer["folder"], False, "1")]
 
     refresh_parent = next(r for r in client.search_runs([exp.experiment_id])
                           if r.data.tags.get("freshen.pipeline") == "refresh")

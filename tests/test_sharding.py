@@ -4,6 +4,7 @@ cache and touches no other shard; an incomplete or mixed shard set is refused, w
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,6 +57,8 @@ def test_three_shards_merge_into_the_one_process_cache(project):
     assert merged.manifest["model_digest"] == one.manifest["model_digest"] == model_digest(root / MODEL)
     assert merged.manifest["source"] == "reembed" and merged.manifest["corrected"] is False
     assert set(one.manifest) <= set(merged.manifest)  # same format as `freshen reembed`, plus num_shards
+    # paths inside the project are recorded relative to it, so the DVC hash is the same in every checkout
+    assert one.manifest["model"] == merged.manifest["model"] == MODEL
     shards_dir = root / params["orchestration"]["shards_dir"]
     assert [len(load_cache(shards_dir / sharding.shard_name(i, 3))) for i in range(3)] == [20, 20, 20]
 
@@ -153,6 +156,7 @@ def test_build_index_writes_an_index_matching_its_cache(project):
     np.testing.assert_array_equal(index.reconstruct_n(0, 60), np.asarray(cache.embeddings, dtype=np.float32))
     check_index(cache, cache.path / INDEX_FILE)
     assert not [p for p in cache.path.iterdir() if p.name.startswith(".")]
+    assert not Path(meta["cache"]).is_absolute() and (cache.path / meta["cache"]).resolve() == cache.path.resolve()
 
 
 def make_champion(root, params, version="3"):

@@ -64,6 +64,16 @@ def serving_asset(project: config.Project) -> Asset:
     return Asset(name="freshen_serving_index", uri="x-freshen://serving-index")
 
 
+def serving_pointer(project: config.Project, ctx: dict) -> dict:
+    """The serving Asset event's extra: what the step just made current (current.json), so a
+    consumer learns the folder, champion version and whether it is the corrected index."""
+    from freshen.index_store import read_pointer
+    from freshen.steps.common import path
+
+    pointer = read_pointer(path(project.root, run_params(project, ctx)["orchestration"]["serving_dir"])) or {}
+    return {k: v for k, v in pointer.items() if k != "history"}
+
+
 def refresh_schedule(project: config.Project):
     cron = project.orch["refresh_cron"]
     if not cron:
@@ -125,10 +135,14 @@ def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str 
     if trigger_rule:
         kwargs["trigger_rule"] = trigger_rule
     if project.runner == "local":
+        serving = serving_asset(project)
+
         @task(**kwargs)
-        def local_step(ctx: dict) -> None:
+        def local_step(ctx: dict, **context) -> None:
             _local(project, cli_argv(name, project.cli_root(), project.params_file, ctx["parent_run_id"],
                                      ctx["set_json"], options))
+            if serving in kwargs["outlets"]:
+                context["outlet_events"][serving].extra = serving_pointer(project, ctx)
 
         return local_step(ctx)
     argv = cli_argv(name, project.cli_root(), project.params_file, XCOM_FIELD.format(key="parent_run_id"),

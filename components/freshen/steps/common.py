@@ -26,6 +26,15 @@ def path(root: Path, rel: str) -> Path:
     return (root / rel) if not Path(rel).is_absolute() else Path(rel)
 
 
+def shown(p: Path, root: Path) -> str:
+    """`p` as recorded in a manifest: relative to the project when inside it, so a DVC-tracked
+    output has the same bytes (and hash) in every checkout; absolute only when outside."""
+    try:
+        return Path(p).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
 def prepared(params: dict, root: Path):
     return load_beir(path(root, params["data"]["out_dir"]), required=("train", "dev", "test"))
 

@@ -11,7 +11,7 @@ from freshen.encoding import set_threads
 from freshen.errors import FreshenError
 from freshen.modeling.encoder import Encoder, model_digest
 from freshen.sharding import embed_shard, shard_bounds
-from freshen.steps.common import NullLog, path
+from freshen.steps.common import NullLog, path, shown
 from freshen.steps.embed_cache import prepared_corpus
 from freshen.steps.fetch_champion import read_champion
 
@@ -37,7 +37,7 @@ def run(params: dict, root: Path, log=NullLog(), shard: int | None = None, num_s
     mdir = model_dir_for(params, root, model_dir)
     encoder = place(Encoder.load(mdir), params["encode"])
     cache = embed_shard(encoder, corpus, shard, count, path(root, params["orchestration"]["shards_dir"]),
-                        params["encode"], {"model": str(mdir), "model_digest": model_digest(mdir),
+                        params["encode"], {"model": shown(mdir, root), "model_digest": model_digest(mdir),
                                            "params_hash": params_hash(params, ["encode"]), "source": "reembed_shard",
                                            "corrected": False})
     stats = {"shard": shard, "num_shards": count, "docs": stop - start}
