@@ -239,7 +239,7 @@ def main() -> None:
             continue
         seed_everything(int(base["seed"]))
         result = run_arm(base, arm, args)
-        result["steps"] = args.steps
+        result["steps"], result["seed"] = args.steps, int(base["seed"])
         done.write_text(json.dumps(result, indent=2))
         log_mlflow(base, result)
         results.append(result)

@@ -185,3 +185,22 @@ def test_ablation_benchmark_smoke(project, mlflow_uri):
     assert (out / "corrected.json").stat().st_mtime == before and "| corrected |" in again.stdout
     runs = MlflowClient(mlflow_uri).search_runs([MlflowClient(mlflow_uri).get_experiment_by_name("freshen-ablation").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["corrected", "refresh", "stale", "zero_shot"]
+
+
+def test_seed_benchmark_runs_each_seed_and_pairs_them(project, mlflow_uri):
+    """benchmarks/seeds.py runs the ablation once per seed, each with its own seed, leaves
+    params.yaml as it was, and summarises the seeds side by side."""
+    shutil.copytree(REPO / "benchmarks", project / "benchmarks", ignore=shutil.ignore_patterns("results"))
+    sh(project, "git", "init", "-q")
+    sh(project, sys.executable, "-m", "dvc", "init", "-q")
+    params_before = (project / "params.yaml").read_text()
+    sh(project, sys.executable, "benchmarks/seeds.py", "--seeds", "5,6", "--out-pattern", "seeds/s{seed}",
+       "--arms", "corrected,refresh", "--steps", "2", "--refreshes", "1")
+    for seed in (5, 6):
+        arms = {a: json.loads((project / f"seeds/s{seed}/{a}.json").read_text()) for a in ("corrected", "refresh")}
+        assert {r["seed"] for r in arms.values()} == {seed}
+        assert arms["refresh"]["refreshes"] == 1 and arms["corrected"]["reembed_passes"] == 0
+    assert (project / "params.yaml").read_text() == params_before
+    assert not list(project.glob(".seed*"))  # the temporary params copies are gone
+    summary = (project / "seeds/seeds.md").read_text()
+    assert "| 5 |" in summary and "| 6 |" in summary and "met on" in summary

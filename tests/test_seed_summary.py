@@ -1,0 +1,52 @@
+"""benchmarks/seeds.py judges the goals per seed and on the mean of the paired differences."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def seeds():
+    spec = importlib.util.spec_from_file_location("seeds", REPO / "benchmarks" / "seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def arm(name, ndcg, train=8000, reembed=0, overlap=None):
+    out = {"arm": name, "test": {"ndcg_at_10": ndcg}, "train_passage_passes": train, "reembed_passes": reembed}
+    if overlap:
+        out["top100_overlap_corrected_vs_fresh"], out["top100_overlap_stale_vs_fresh"] = overlap
+    return out
+
+
+def test_goals_are_judged_per_seed_and_on_the_mean(seeds, tmp_path):
+    runs = {13: {"corrected": arm("corrected", 0.740, overlap=(0.71, 0.70)), "refresh": arm("refresh", 0.750, reembed=98000),
+                 "stale": arm("stale", 0.720)},
+            14: {"corrected": arm("corrected", 0.742, overlap=(0.69, 0.70)), "refresh": arm("refresh", 0.738, reembed=98000)}}
+    for seed, arms in runs.items():
+        (tmp_path / str(seed)).mkdir()
+        for name, result in arms.items():
+            (tmp_path / str(seed) / f"{name}.json").write_text(json.dumps(result))
+    loaded = {s: seeds.load_seed(tmp_path / str(s)) for s in runs}
+    assert loaded == runs
+    text = seeds.report(loaded, "cmd")
+    gap = next(line for line in text.splitlines() if line.startswith("- corrected minus refresh"))
+    # -0.010 misses, +0.004 meets; the mean -0.003 meets the -0.005 goal
+    assert "13: -0.0100, 14: +0.0040; met on 1 of 2 seeds; mean -0.0030" in gap and gap.endswith("**met** on the mean")
+    assert "13: 0.075, 14: 0.075; **met** on every seed" in text  # 8000 / 106000
+    assert "corrected minus stale (goal > 0): met on 1 of 1 seeds; mean difference +0.0200 (one seed)" in text
+    assert "met on 1 of 2 seeds" in next(line for line in text.splitlines() if "top-100 overlap" in line)
+    assert "| 14 | 0.7420 | 0.7380 | - |" in text and "| mean over the seeds that ran it | 0.7410 | 0.7440 | 0.7200 |" in text
+
+    runs[14]["corrected"]["test"]["ndcg_at_10"] = 0.730  # mean gap -0.0145
+    assert "**not met** on the mean" in seeds.report(runs, "cmd")
+
+
+def test_a_folder_without_results_is_refused(seeds, tmp_path):
+    with pytest.raises(SystemExit, match="no arm results"):
+        seeds.load_seed(tmp_path)
