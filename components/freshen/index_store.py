@@ -46,8 +46,9 @@ def write_index(cache: Cache, out: str | Path | None = None, settings: dict | No
             os.unlink(tmp)
         raise
     meta = {"kind": "IndexFlatIP" if factory == "Flat" else factory, "count": int(index.ntotal), "dim": cache.dim,
-            "file": out.name, "cache": os.path.relpath(cache.path, out.parent), "ids_sha256": cache.manifest.get("ids_sha256"),
-            "model_digest": cache.manifest.get("model_digest"), "corrected": bool(cache.manifest.get("corrected"))}
+            "file": out.name, "cache": os.path.relpath(cache.path, out.parent),  # relative: same bytes in any checkout
+            "ids_sha256": cache.manifest.get("ids_sha256"), "model_digest": cache.manifest.get("model_digest"),
+            "corrected": bool(cache.manifest.get("corrected"))}
     if factory != "Flat":
         meta.update(metric="inner_product", nprobe=settings.get("nprobe"), ef_search=settings.get("ef_search"))
     write_json(out.with_name(INDEX_META) if out.name == INDEX_FILE else out.with_suffix(".json"), meta)
