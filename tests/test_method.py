@@ -131,6 +131,52 @@ def test_corrector_replay_window_and_updates(tiny):
     assert corrected < stale
 
 
+def _record_batches(trainer) -> list:
+    seen, inner = [], iter(trainer.batches)
+    trainer.batches = (seen.append(list(b)) or b for b in inner)
+    return seen
+
+
+def test_drift_sample_feeds_the_corrector_random_passages_and_is_counted(tiny):
+    """drift_sample=5: five random non-probe passages a step, embedded fresh, enter the drift
+    loss (not the retriever's loss) and are counted as target-encoder passes."""
+    from freshen.training.loop import Trainer
+
+    ds, cache, clusters, params = tiny
+    p = _params(params, steps=3, eval_every=0, negatives={"strategy": "corrected"})
+    p["corrector"] = {**p["corrector"], "drift_sample": 5}
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+    drawn, draw = [], t._drift_sample
+    t._drift_sample = lambda: drawn.append(draw()) or drawn[-1]
+    plain = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters,
+                    {**p, "corrector": {**p["corrector"], "drift_sample": 0}}, seed=3)
+    seen, seen_plain = _record_batches(t), _record_batches(plain)
+    for step in (1, 2, 3):
+        t.step(step)
+        plain.step(step)
+        assert seen == seen_plain and len(seen) == step  # the sample has its own random stream
+        rows, fresh = t.replay[-1]
+        sample_rows, sample_fresh = drawn[-1]
+        assert len(sample_rows) == 5 and not set(sample_rows.tolist()) & t.probe_set
+        assert torch.equal(rows[-5:], sample_rows) and torch.equal(fresh[-5:], sample_fresh)
+        assert len(rows) == len(fresh) and not set(rows.tolist()) & t.probe_set
+    assert t.counters.drift_sample_passes == 3 * 5
+    assert t.counters.train_passage_passes == 3 * (4 * (1 + 2) + 5)
+    assert t.counters.as_dict()["target_passes_total"] == t.counters.train_passage_passes
+    # the drift targets are the sampled passages' fresh embeddings: the encoder, no gradient
+    t.encoder.eval()  # no dropout, so the two embeddings can be compared
+    sample_rows, sample_fresh = t._drift_sample()
+    assert not sample_fresh.requires_grad and len(set(sample_rows.tolist())) == 5
+    with torch.no_grad():
+        again = t.encoder.embed([t.doc_texts[int(r)] for r in sample_rows], "passage", max_len=t.passage_len)
+    assert torch.allclose(again.float(), sample_fresh, atol=1e-4)
+    # strategies without a corrector in use spend nothing on it
+    p["negatives"]["strategy"] = "stale"
+    stale = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+    stale.step(1)
+    assert stale.counters.drift_sample_passes == 0 and stale.counters.train_passage_passes == 4 * 3
+
+
 @pytest.mark.parametrize("target", ["fresh", "positive"])
 def test_cross_entropy_term_trains_the_corrector(tiny, target):
     """ce_weight > 0 adds the corrected-logits term: same batches, a different corrector."""
@@ -156,6 +202,8 @@ def test_param_errors_before_training(tmp_path):
         check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"arch": "transformer"}})
     with pytest.raises(FreshenError, match="train.corrector.replay_steps"):
         check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"replay_steps": 0}})
+    with pytest.raises(FreshenError, match="train.corrector.drift_sample"):
+        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"drift_sample": -1}})
     with pytest.raises(FreshenError, match="train.corrector.ce_target"):
         check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"ce_target": "teacher"}})
     with pytest.raises(FreshenError, match="train.corrector.ce_weight"):

@@ -39,7 +39,8 @@ class Counters:
     """Target-encoder forward passes (the cost unit of METHOD.md) and wall time. Validation and
     probe passes are measurement, not training cost, and are counted apart."""
 
-    train_passage_passes: int = 0
+    train_passage_passes: int = 0  # positives + negatives (+ the corrector's drift sample)
+    drift_sample_passes: int = 0   # of which: random passages embedded only to train the corrector
     reembed_passes: int = 0
     refreshes: int = 0
     query_passes: int = 0
@@ -86,10 +87,10 @@ def check_train_params(p: dict) -> None:
     weight = cor.get("ce_weight", 0.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
         raise FreshenError(f"params.yaml: field 'train.corrector.ce_weight': must be a number >= 0, got {weight!r}")
-    for key in ("replay_steps", "updates_per_step"):
-        value = cor.get(key, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise FreshenError(f"params.yaml: field 'train.corrector.{key}': must be an integer >= 1, got {value!r}")
+    for key, least in (("replay_steps", 1), ("updates_per_step", 1), ("drift_sample", 0)):
+        value = cor.get(key, least)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise FreshenError(f"params.yaml: field 'train.corrector.{key}': must be an integer >= {least}, got {value!r}")
 
 
 def make_batches(p: dict, cluster_of: dict[str, int], train_qids: list[str], rng: np.random.Generator):
@@ -145,6 +146,10 @@ class Trainer:
         self.replay: deque = deque(maxlen=int(self.cor_p.get("replay_steps", 1)))
         self.cor_updates = int(self.cor_p.get("updates_per_step", 1))
         self.ce_weight, self.ce_target = float(self.cor_p.get("ce_weight", 0.0)), self.cor_p.get("ce_target", "fresh")
+        # random corpus passages embedded fresh (no gradient) each step for the drift loss only:
+        # the step's own targets are the corrector's current top-k, a biased sample of the corpus
+        self.drift_sample = int(self.cor_p.get("drift_sample", 0)) if self.use_corrector else 0
+        self.sample_rng = np.random.default_rng([seed, 1])  # its own stream: batches stay those of every other arm
 
         steps = int(p["steps"])
         self.opt = torch.optim.AdamW(encoder.parameters(), lr=float(p["lr"]), weight_decay=float(p.get("weight_decay", 0.0)))
@@ -158,6 +163,7 @@ class Trainer:
         n_probe = min(int(p.get("probe_passages", 0) or 0), len(self.doc_ids))
         self.probe_rows = sorted(self.rng.choice(len(self.doc_ids), size=n_probe, replace=False).tolist())
         self.probe_set = set(self.probe_rows)
+        self.sample_pool = np.setdiff1d(np.arange(len(self.doc_ids)), np.array(self.probe_rows, dtype=np.int64))
         self.counters, self.curve, self.validations = Counters(), [], []
 
     def _new_corrector(self, dim: int) -> None:
@@ -196,6 +202,7 @@ class Trainer:
         p_emb = p_emb.float().cpu()
         self.counters.train_passage_passes += len(rows)
 
+        sample = self._drift_sample()  # embedded by the encoder the step's targets saw, before its update
         mask = self._other_positives(qids, rows)
         loss = self._retriever_loss(qids, pos_docs, rows, neg_rows, q_emb, p_emb, mask)
         self.opt.zero_grad(set_to_none=True)
@@ -205,8 +212,20 @@ class Trainer:
         self.sched.step()
         record = {"step": step, "loss": float(loss.detach())}
         if self.corrector is not None:
-            record.update(self._corrector_step(rows, p_emb.detach(), q_emb.detach(), mask))
+            record.update(self._corrector_step(rows, p_emb.detach(), q_emb.detach(), mask, sample))
         return record
+
+    def _drift_sample(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`drift_sample` random non-probe passages and their fresh embeddings, or None."""
+        n = min(self.drift_sample, len(self.sample_pool))
+        if n == 0:
+            return None
+        rows = torch.from_numpy(np.sort(self.sample_rng.choice(self.sample_pool, size=n, replace=False)))
+        with torch.no_grad(), self._autocast():
+            fresh = self.encoder.embed([self.doc_texts[int(r)] for r in rows], "passage", max_len=self.passage_len)
+        self.counters.train_passage_passes += n
+        self.counters.drift_sample_passes += n
+        return rows, fresh.float().cpu()
 
     def _other_positives(self, qids, rows) -> torch.Tensor:
         """mask[i, j]: passage j of the step is a positive of query i other than its own (column i)."""
@@ -256,15 +275,19 @@ class Trainer:
             loss = loss + alpha * margin_mse(q_emb[ii], pos_e[ii], pos_e[jj], t_in, scale)
         return loss
 
-    def _corrector_step(self, rows: list[int], fresh: torch.Tensor, q_emb: torch.Tensor, mask: torch.Tensor) -> dict:
-        """Drift loss on this step's fresh targets (and those of the replay window), plus
-        ce_weight x the cross-entropy term on this step's corrected logits; probes held out."""
+    def _corrector_step(self, rows: list[int], fresh: torch.Tensor, q_emb: torch.Tensor, mask: torch.Tensor,
+                        sample: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+        """Drift loss on this step's fresh targets and drift sample (and those of the replay
+        window), plus ce_weight x the cross-entropy term on this step's corrected logits; probes
+        held out."""
         rows_t = torch.tensor(rows)
         stale = self.scorer.table[rows_t].float()
         with torch.no_grad():
             rec = {"cos_stale_fresh": mean_cosine(stale, fresh), "cos_corrected_fresh": mean_cosine(self.corrector(stale), fresh)}
         keep = torch.tensor([r not in self.probe_set for r in rows])
-        if keep.any():
+        if sample is not None:
+            self.replay.append((torch.cat([rows_t[keep], sample[0]]), torch.cat([fresh[keep], sample[1]])))
+        elif keep.any():
             self.replay.append((rows_t[keep], fresh[keep]))
         if not self.replay:
             return rec
