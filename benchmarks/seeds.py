@@ -92,7 +92,33 @@ def report(runs: dict[int, dict[str, dict]], command: str) -> str:
     if best:
         lines.append(f"- best arm per seed (goal >= {BEST_GOAL}): " + ", ".join(f"{a} {v:.4f}" for v, a in best)
                      + f"; met on {sum(v >= BEST_GOAL for v, _ in best)} of {len(best)} seeds")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + variant_lines(runs, nd)) + "\n"
+
+
+def variant_lines(runs: dict[int, dict[str, dict]], nd) -> list[str]:
+    """Variants of the corrected arm (saved as corrected_<name>.json with a `variant` note): each
+    judged against refresh like corrected is, and paired with corrected, seed by seed."""
+    names = sorted({a for r in runs.values() for a in r if a.startswith("corrected_") and a != "corrected_random"})
+    if not names:
+        return []
+    lines = ["", "## Variants of the corrected arm, paired by seed", ""]
+    for name in names:
+        note = next((r[name].get("variant") for r in runs.values() if name in r and r[name].get("variant")), "")
+        lines.append(f"- `{name}`" + (f" ({note})" if note else "") + ":")
+        for other in ("refresh", "corrected"):
+            p = paired(runs, name, other, nd)
+            if not p:
+                continue
+            diffs = [a - b for _, a, b in p]
+            goal = f"; met on {sum(d >= GAP_GOAL for d in diffs)} of {len(p)} seeds (goal >= {GAP_GOAL})" \
+                if other == "refresh" else ""
+            lines.append(f"  - minus {other}: " + ", ".join(f"{s}: {a - b:+.4f}" for s, a, b in p)
+                         + f"{goal}; mean {spread(diffs)}")
+        ratios = [(s, cost(runs[s][name]) / max(1, cost(runs[s]["refresh"]))) for s, _, _ in paired(runs, name, "refresh", nd)]
+        if ratios:
+            lines.append(f"  - target-encoder passes / refresh's (goal <= {PASS_RATIO_GOAL}): "
+                         + ", ".join(f"{s}: {x:.3f}" for s, x in ratios))
+    return lines
 
 
 def run_seed(params: Path, seed: int, out: Path, ablation_args: list[str]) -> None:

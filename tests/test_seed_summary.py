@@ -50,3 +50,18 @@ def test_goals_are_judged_per_seed_and_on_the_mean(seeds, tmp_path):
 def test_a_folder_without_results_is_refused(seeds, tmp_path):
     with pytest.raises(SystemExit, match="no arm results"):
         seeds.load_seed(tmp_path)
+
+
+def test_variants_of_the_corrected_arm_are_paired_with_refresh_and_corrected(seeds):
+    runs = {13: {"corrected": arm("corrected", 0.740), "refresh": arm("refresh", 0.750, reembed=98000),
+                 "corrected_random": arm("corrected_random", 0.730),
+                 "corrected_wide": {**arm("corrected_wide", 0.748, train=9600), "variant": "hidden 1536"}},
+            14: {"corrected": arm("corrected", 0.742), "refresh": arm("refresh", 0.738, reembed=98000)}}
+    text = seeds.report(runs, "cmd")
+    section = text.split("## Variants of the corrected arm, paired by seed")[1]
+    assert "`corrected_wide` (hidden 1536):" in section and "corrected_random" not in section
+    assert "minus refresh: 13: -0.0020; met on 1 of 1 seeds (goal >= -0.005); mean -0.0020 (one seed)" in section
+    assert "minus corrected: 13: +0.0080; mean +0.0080 (one seed)" in section
+    assert "passes / refresh's (goal <= 0.1): 13: 0.091" in section  # 9600 / 106000
+    del runs[13]["corrected_wide"]
+    assert "## Variants" not in seeds.report(runs, "cmd")
