@@ -114,6 +114,17 @@ def variant_lines(runs: dict[int, dict[str, dict]], nd) -> list[str]:
                 if other == "refresh" else ""
             lines.append(f"  - minus {other}: " + ", ".join(f"{s}: {a - b:+.4f}" for s, a, b in p)
                          + f"{goal}; mean {spread(diffs)}")
+        over = [(s, r[name]["top100_overlap_corrected_vs_fresh"], r[name]["top100_overlap_stale_vs_fresh"])
+                for s, r in sorted(runs.items()) if "top100_overlap_corrected_vs_fresh" in r.get(name, {})]
+        if over:
+            lines.append("  - top-100 overlap with a fresh cache, corrected vs stale (goal: corrected higher): "
+                         + ", ".join(f"{s}: {a:.4f} vs {b:.4f}" for s, a, b in over)
+                         + f"; met on {sum(a > b for _, a, b in over)} of {len(over)} seeds")
+        cached = [(s, r[name]["test_corrected_cache"]["ndcg_at_10"], r[name]["test_stale_cache"]["ndcg_at_10"])
+                  for s, r in sorted(runs.items()) if "test_corrected_cache" in r.get(name, {})]
+        if cached:
+            lines.append("  - no re-embedding at all, h(cache) vs stale cache nDCG@10: "
+                         + ", ".join(f"{s}: {a:.4f} vs {b:.4f}" for s, a, b in cached))
         ratios = [(s, cost(runs[s][name]) / max(1, cost(runs[s]["refresh"]))) for s, _, _ in paired(runs, name, "refresh", nd)]
         if ratios:
             lines.append(f"  - target-encoder passes / refresh's (goal <= {PASS_RATIO_GOAL}): "

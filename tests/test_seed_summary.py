@@ -55,7 +55,9 @@ def test_a_folder_without_results_is_refused(seeds, tmp_path):
 def test_variants_of_the_corrected_arm_are_paired_with_refresh_and_corrected(seeds):
     runs = {13: {"corrected": arm("corrected", 0.740), "refresh": arm("refresh", 0.750, reembed=98000),
                  "corrected_random": arm("corrected_random", 0.730),
-                 "corrected_wide": {**arm("corrected_wide", 0.748, train=9600), "variant": "hidden 1536"}},
+                 "corrected_wide": {**arm("corrected_wide", 0.748, train=9600, overlap=(0.66, 0.70)),
+                                    "variant": "hidden 1536",
+                                    "test_corrected_cache": {"ndcg_at_10": 0.75}, "test_stale_cache": {"ndcg_at_10": 0.70}}},
             14: {"corrected": arm("corrected", 0.742), "refresh": arm("refresh", 0.738, reembed=98000)}}
     text = seeds.report(runs, "cmd")
     section = text.split("## Variants of the corrected arm, paired by seed")[1]
@@ -63,5 +65,7 @@ def test_variants_of_the_corrected_arm_are_paired_with_refresh_and_corrected(see
     assert "minus refresh: 13: -0.0020; met on 1 of 1 seeds (goal >= -0.005); mean -0.0020 (one seed)" in section
     assert "minus corrected: 13: +0.0080; mean +0.0080 (one seed)" in section
     assert "passes / refresh's (goal <= 0.1): 13: 0.091" in section  # 9600 / 106000
+    assert "corrected vs stale (goal: corrected higher): 13: 0.6600 vs 0.7000; met on 0 of 1 seeds" in section
+    assert "h(cache) vs stale cache nDCG@10: 13: 0.7500 vs 0.7000" in section
     del runs[13]["corrected_wide"]
     assert "## Variants" not in seeds.report(runs, "cmd")
