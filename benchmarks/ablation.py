@@ -85,8 +85,7 @@ def run_arm(base: dict, arm: str, args) -> dict:
            "batching": p["train"]["batching"], "refresh_every": p["train"]["negatives"]["refresh_every"],
            "wall_seconds": round(time.perf_counter() - started, 1),
            "train_wall_seconds": round(counters["wall_seconds"], 1), **{k: counters[k] for k in (
-               "train_passage_passes", "reembed_passes", "refreshes", "probe_passes")},
-           "drift_sample_passes": counters.get("drift_sample_passes", 0)}  # part of train_passage_passes
+               "train_passage_passes", "drift_sample_passes", "reembed_passes", "refreshes", "probe_passes")}}
     if "best_dev_ndcg_at_10" in counters:  # training-time dev nDCG@10 on the arm's own index
         out["best_dev_ndcg_at_10"] = counters["best_dev_ndcg_at_10"]
     if "trained_corrected_cache" in metrics["test"]:

@@ -82,17 +82,25 @@ def report(runs: dict[int, dict[str, dict]], command: str) -> str:
             goal = (" (TAS minus random batches; reported, no goal)" if other == "corrected_random"
                     else f" (goal > 0): met on {sum(d > 0 for d in diffs)} of {len(p)} seeds")
             lines.append(f"- corrected minus {other}{goal}; mean difference {spread(diffs)}")
-    over = [(s, r["corrected"]["top100_overlap_corrected_vs_fresh"], r["corrected"]["top100_overlap_stale_vs_fresh"])
-            for s, r in sorted(runs.items()) if "top100_overlap_corrected_vs_fresh" in r.get("corrected", {})]
+    over = overlap_goal(runs, "corrected")
     if over:
-        lines.append("- top-100 overlap with a fresh cache, corrected vs stale (goal: corrected higher): "
-                     + ", ".join(f"{s}: {a:.4f} vs {b:.4f}" for s, a, b in over)
-                     + f"; met on {sum(a > b for _, a, b in over)} of {len(over)} seeds")
+        lines.append(f"- {over}")
     best = [max((nd(x), a) for a, x in r.items() if a != "zero_shot") for r in runs.values()]
     if best:
         lines.append(f"- best arm per seed (goal >= {BEST_GOAL}): " + ", ".join(f"{a} {v:.4f}" for v, a in best)
                      + f"; met on {sum(v >= BEST_GOAL for v, _ in best)} of {len(best)} seeds")
     return "\n".join(lines + variant_lines(runs, nd)) + "\n"
+
+
+def overlap_goal(runs: dict[int, dict[str, dict]], arm: str) -> str | None:
+    """The top-100 overlap goal for one corrected arm, seed by seed (None where none recorded it)."""
+    over = [(s, r[arm]["top100_overlap_corrected_vs_fresh"], r[arm]["top100_overlap_stale_vs_fresh"])
+            for s, r in sorted(runs.items()) if "top100_overlap_corrected_vs_fresh" in r.get(arm, {})]
+    if not over:
+        return None
+    return ("top-100 overlap with a fresh cache, corrected vs stale (goal: corrected higher): "
+            + ", ".join(f"{s}: {a:.4f} vs {b:.4f}" for s, a, b in over)
+            + f"; met on {sum(a > b for _, a, b in over)} of {len(over)} seeds")
 
 
 def variant_lines(runs: dict[int, dict[str, dict]], nd) -> list[str]:
@@ -105,8 +113,8 @@ def variant_lines(runs: dict[int, dict[str, dict]], nd) -> list[str]:
     for name in names:
         note = next((r[name].get("variant") for r in runs.values() if name in r and r[name].get("variant")), "")
         lines.append(f"- `{name}`" + (f" ({note})" if note else "") + ":")
-        for other in ("refresh", "corrected"):
-            p = paired(runs, name, other, nd)
+        vs_refresh = paired(runs, name, "refresh", nd)
+        for other, p in (("refresh", vs_refresh), ("corrected", paired(runs, name, "corrected", nd))):
             if not p:
                 continue
             diffs = [a - b for _, a, b in p]
@@ -114,18 +122,15 @@ def variant_lines(runs: dict[int, dict[str, dict]], nd) -> list[str]:
                 if other == "refresh" else ""
             lines.append(f"  - minus {other}: " + ", ".join(f"{s}: {a - b:+.4f}" for s, a, b in p)
                          + f"{goal}; mean {spread(diffs)}")
-        over = [(s, r[name]["top100_overlap_corrected_vs_fresh"], r[name]["top100_overlap_stale_vs_fresh"])
-                for s, r in sorted(runs.items()) if "top100_overlap_corrected_vs_fresh" in r.get(name, {})]
+        over = overlap_goal(runs, name)
         if over:
-            lines.append("  - top-100 overlap with a fresh cache, corrected vs stale (goal: corrected higher): "
-                         + ", ".join(f"{s}: {a:.4f} vs {b:.4f}" for s, a, b in over)
-                         + f"; met on {sum(a > b for _, a, b in over)} of {len(over)} seeds")
+            lines.append(f"  - {over}")
         cached = [(s, r[name]["test_corrected_cache"]["ndcg_at_10"], r[name]["test_stale_cache"]["ndcg_at_10"])
                   for s, r in sorted(runs.items()) if "test_corrected_cache" in r.get(name, {})]
         if cached:
             lines.append("  - no re-embedding at all, h(cache) vs stale cache nDCG@10: "
                          + ", ".join(f"{s}: {a:.4f} vs {b:.4f}" for s, a, b in cached))
-        ratios = [(s, cost(runs[s][name]) / max(1, cost(runs[s]["refresh"]))) for s, _, _ in paired(runs, name, "refresh", nd)]
+        ratios = [(s, cost(runs[s][name]) / max(1, cost(runs[s]["refresh"]))) for s, _, _ in vs_refresh]
         if ratios:
             lines.append(f"  - target-encoder passes / refresh's (goal <= {PASS_RATIO_GOAL}): "
                          + ", ".join(f"{s}: {x:.3f}" for s, x in ratios))

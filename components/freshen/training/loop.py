@@ -163,7 +163,8 @@ class Trainer:
         n_probe = min(int(p.get("probe_passages", 0) or 0), len(self.doc_ids))
         self.probe_rows = sorted(self.rng.choice(len(self.doc_ids), size=n_probe, replace=False).tolist())
         self.probe_set = set(self.probe_rows)
-        self.sample_pool = np.setdiff1d(np.arange(len(self.doc_ids)), np.array(self.probe_rows, dtype=np.int64))
+        self.sample_pool = np.setdiff1d(np.arange(len(self.doc_ids)), np.array(self.probe_rows, dtype=np.int64)) \
+            if self.drift_sample else np.empty(0, dtype=np.int64)  # a corpus-sized array only when used
         self.counters, self.curve, self.validations = Counters(), [], []
 
     def _new_corrector(self, dim: int) -> None:
