@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ARMS = ["zero_shot", "in_batch", "stale", "corrected", "refresh", "corrected_random"]
 # the issue's goals: corrected minus refresh (nDCG@10), corrected / refresh passes, best arm's nDCG@10
 GAP_GOAL, PASS_RATIO_GOAL, BEST_GOAL = -0.005, 0.1, 0.73
+# a report's hand-written part starts at this line; regenerating the report keeps it
+NOTES_MARKER = "<!-- Notes below are written by hand and kept when this report is regenerated. -->"
 
 
 def refresh_interval(steps: int, refreshes: int, refresh_every: int | None) -> int:
@@ -156,6 +158,20 @@ def machine() -> str:
     return f"{cpu}, {cores} cores, no GPU used, python {platform.python_version()}"
 
 
+def write_keeping_notes(path: Path, generated: str) -> None:
+    """Write a generated report atomically, keeping the old file's hand-written notes (everything
+    from NOTES_MARKER on): results and how they were obtained stay in one file, and rewriting the
+    tables with --report-only must not lose the second."""
+    from freshen import atomic
+
+    notes = ""
+    if path.is_file():
+        old = path.read_text()
+        if NOTES_MARKER in old:
+            notes = "\n" + old[old.index(NOTES_MARKER):]
+    atomic.write_text(path, generated + notes)
+
+
 def write_report(results: list[dict], out: Path, command: str) -> None:
     rows = ["| arm | nDCG@10 | R@100 | MRR@10 | training passes | re-embedding passes | total passes | train wall s | arm wall s |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -176,7 +192,8 @@ def write_report(results: list[dict], out: Path, command: str) -> None:
         extra.append(f"| {r['arm']} | {f(c.get('ndcg_at_10'))} | {f(s.get('ndcg_at_10'))} | "
                      f"{f(r.get('top100_overlap_stale_vs_fresh'))} | {f(r.get('top100_overlap_corrected_vs_fresh'))} | "
                      f"{f(r['drift'].get('cos_stale_vs_fresh'))} | {f(r['drift'].get('cos_corrected_vs_fresh'))} |")
-    (out / "ablation.md").write_text(
+    write_keeping_notes(
+        out / "ablation.md",
         "# Ablation on test (training passes exclude the initial cache, which every arm shares)\n\n"
         f"Command: `{command}`  \nMachine: {machine()}\n\n" + "\n".join(rows + extra)
         + "\n\n## Goals\n\n" + "\n".join(goals(results)) + "\n")
@@ -216,6 +233,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite the table and plot from the arms' saved results")
     args = ap.parse_args()
 
+    from freshen import atomic
     from freshen.config import load_params, seed_everything
     from freshen.encoding import set_threads
 
@@ -243,7 +261,7 @@ def main() -> None:
         seed_everything(int(base["seed"]))
         result = run_arm(base, arm, args)
         result["steps"], result["seed"] = args.steps, int(base["seed"])
-        done.write_text(json.dumps(result, indent=2))
+        atomic.write_text(done, json.dumps(result, indent=2))
         log_mlflow(base, result)
         results.append(result)
         write_report(results, out, " ".join(["python benchmarks/ablation.py"] + sys.argv[1:]))

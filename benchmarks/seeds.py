@@ -26,7 +26,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from ablation import BEST_GOAL, GAP_GOAL, PASS_RATIO_GOAL, cost, machine  # noqa: E402
+from ablation import (  # noqa: E402
+    BEST_GOAL, GAP_GOAL, PASS_RATIO_GOAL, cost, machine, write_keeping_notes,
+    NOTES_MARKER,  # noqa: F401 (re-exported for the tests)
+)
 
 
 def load_seed(folder: Path) -> dict[str, dict]:
@@ -171,7 +174,7 @@ def main() -> None:
     runs = {seed: load_seed(folder) for seed, folder in folders.items()}
     summary = Path(args.summary) if args.summary else next(iter(folders.values())).parent / "seeds.md"
     text = report(runs, " ".join(["python benchmarks/seeds.py"] + sys.argv[1:]))
-    summary.write_text(text)
+    write_keeping_notes(summary, text)
     print(text)
 
 
