@@ -108,9 +108,8 @@ def overlap_goal(runs: dict[int, dict[str, dict]], arm: str) -> str | None:
 
 def variant_lines(runs: dict[int, dict[str, dict]], nd) -> list[str]:
     """Variants of the corrected arm (saved as corrected_<name>.json with a `variant` note): each
-    judged against refresh like corrected is, and paired with corrected, seed by seed. An arm
-    named <arm>_random is <arm> with random instead of TAS batches, paired with it."""
-    names = sorted({a for r in runs.values() for a in r if a.startswith("corrected_") and not a.endswith("_random")})
+    judged against refresh like corrected is, and paired with corrected, seed by seed."""
+    names = sorted({a for r in runs.values() for a in r if a.startswith("corrected_") and a != "corrected_random"})
     if not names:
         return []
     lines = ["", "## Variants of the corrected arm, paired by seed", ""]
@@ -118,15 +117,13 @@ def variant_lines(runs: dict[int, dict[str, dict]], nd) -> list[str]:
         note = next((r[name].get("variant") for r in runs.values() if name in r and r[name].get("variant")), "")
         lines.append(f"- `{name}`" + (f" ({note})" if note else "") + ":")
         vs_refresh = paired(runs, name, "refresh", nd)
-        for other, p in (("refresh", vs_refresh), ("corrected", paired(runs, name, "corrected", nd)),
-                         (f"{name}_random", paired(runs, name, f"{name}_random", nd))):
+        for other, p in (("refresh", vs_refresh), ("corrected", paired(runs, name, "corrected", nd))):
             if not p:
                 continue
             diffs = [a - b for _, a, b in p]
             goal = f"; met on {sum(d >= GAP_GOAL for d in diffs)} of {len(p)} seeds (goal >= {GAP_GOAL})" \
                 if other == "refresh" else ""
-            label = " (TAS minus random batches; reported, no goal)" if other.endswith("_random") else ""
-            lines.append(f"  - minus {other}{label}: " + ", ".join(f"{s}: {a - b:+.4f}" for s, a, b in p)
+            lines.append(f"  - minus {other}: " + ", ".join(f"{s}: {a - b:+.4f}" for s, a, b in p)
                          + f"{goal}; mean {spread(diffs)}")
         over = overlap_goal(runs, name)
         if over:
