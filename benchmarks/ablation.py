@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from freshen import atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ["zero_shot", "in_batch", "stale", "corrected", "refresh", "corrected_random"]
 # the issue's goals: corrected minus refresh (nDCG@10), corrected / refresh passes, best arm's nDCG@10
@@ -162,8 +164,6 @@ def write_keeping_notes(path: Path, generated: str) -> None:
     """Write a generated report atomically, keeping the old file's hand-written notes (everything
     from NOTES_MARKER on): results and how they were obtained stay in one file, and rewriting the
     tables with --report-only must not lose the second."""
-    from freshen import atomic
-
     notes = ""
     if path.is_file():
         old = path.read_text()
@@ -233,7 +233,6 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite the table and plot from the arms' saved results")
     args = ap.parse_args()
 
-    from freshen import atomic
     from freshen.config import load_params, seed_everything
     from freshen.encoding import set_threads
 
@@ -261,7 +260,7 @@ def main() -> None:
         seed_everything(int(base["seed"]))
         result = run_arm(base, arm, args)
         result["steps"], result["seed"] = args.steps, int(base["seed"])
-        atomic.write_text(done, json.dumps(result, indent=2))
+        atomic.write_json(done, result)
         log_mlflow(base, result)
         results.append(result)
         write_report(results, out, " ".join(["python benchmarks/ablation.py"] + sys.argv[1:]))

@@ -26,10 +26,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from ablation import (  # noqa: E402
-    BEST_GOAL, GAP_GOAL, PASS_RATIO_GOAL, cost, machine, write_keeping_notes,
-    NOTES_MARKER,  # noqa: F401 (re-exported for the tests)
-)
+from ablation import BEST_GOAL, GAP_GOAL, PASS_RATIO_GOAL, cost, machine, write_keeping_notes  # noqa: E402
 
 
 def load_seed(folder: Path) -> dict[str, dict]:

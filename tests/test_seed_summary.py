@@ -72,10 +72,12 @@ def test_variants_of_the_corrected_arm_are_paired_with_refresh_and_corrected(see
 
 
 def test_regenerating_a_report_keeps_its_hand_written_notes(seeds, tmp_path):
+    from ablation import NOTES_MARKER  # on sys.path once seeds.py is loaded
+
     report = tmp_path / "seeds.md"
-    report.write_text("# old table\n| 13 | 0.7000 |\n\n" + seeds.NOTES_MARKER + "\n## How it was run\n- by hand\n")
+    report.write_text("# old table\n| 13 | 0.7000 |\n\n" + NOTES_MARKER + "\n## How it was run\n- by hand\n")
     seeds.write_keeping_notes(report, "# new table\n| 13 | 0.7400 |\n")
-    assert report.read_text() == "# new table\n| 13 | 0.7400 |\n\n" + seeds.NOTES_MARKER + "\n## How it was run\n- by hand\n"
+    assert report.read_text() == "# new table\n| 13 | 0.7400 |\n\n" + NOTES_MARKER + "\n## How it was run\n- by hand\n"
     seeds.write_keeping_notes(report, "# newer table\n")  # again: the notes are kept once, not doubled
     assert report.read_text().count("- by hand") == 1 and report.read_text().startswith("# newer table\n")
     report.write_text("# a report without notes\n")
