@@ -177,6 +177,28 @@ def test_drift_sample_feeds_the_corrector_random_passages_and_is_counted(tiny):
     assert stale.counters.drift_sample_passes == 0 and stale.counters.train_passage_passes == 4 * 3
 
 
+@pytest.mark.parametrize("selection", ["gumbel", "balanced"])
+def test_sampled_selection_keeps_the_batches_of_topk(tiny, selection):
+    """Gumbel and balanced picks draw from their own random streams, so an arm that samples its
+    negatives trains on the same batches (and positives) as the top-k arm it is compared with."""
+    from freshen.training.loop import Trainer
+
+    ds, cache, clusters, params = tiny
+    seen, picked = [], []
+    for sel in ("topk", selection):
+        p = _params(params, steps=4, eval_every=0, negatives={"strategy": "stale", "selection": sel, "beta": 1.0,
+                                                             "candidates": 10, "bins": 3})
+        t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+        seen.append(_record_batches(t))
+        select, rows = t.scorer.select, []
+        t.scorer.select = lambda *a, _s=select, _r=rows, **kw: _r.append(_s(*a, **kw)) or _r[-1]
+        for step in range(1, 5):
+            t.step(step)
+        picked.append(torch.cat(rows))
+    assert len(seen[0]) == 4 and seen[0] == seen[1]
+    assert not torch.equal(picked[0], picked[1])  # the sampled arm did pick other negatives
+
+
 @pytest.mark.parametrize("target", ["fresh", "positive"])
 def test_cross_entropy_term_trains_the_corrector(tiny, target):
     """ce_weight > 0 adds the corrected-logits term: same batches, a different corrector."""

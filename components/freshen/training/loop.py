@@ -150,6 +150,7 @@ class Trainer:
         # the step's own targets are the corrector's current top-k, a biased sample of the corpus
         self.drift_sample = int(self.cor_p.get("drift_sample", 0)) if self.use_corrector else 0
         self.sample_rng = np.random.default_rng([seed, 1])  # its own stream: batches stay those of every other arm
+        self.pick_rng = np.random.default_rng([seed, 2])  # balanced margin picks: their own stream, likewise
 
         steps = int(p["steps"])
         self.opt = torch.optim.AdamW(encoder.parameters(), lr=float(p["lr"]), weight_decay=float(p.get("weight_decay", 0.0)))
@@ -195,7 +196,7 @@ class Trainer:
             neg_rows = self.scorer.select(q_emb.detach(), self.k, [self.pos_rows[q] for q in qids],
                                           [self.row_of[d] for d in pos_docs],
                                           corrector=self.corrector if self.correcting(step) else None,
-                                          generator=self.gen, rng=self.rng)
+                                          generator=self.gen, rng=self.pick_rng)
 
         rows = [self.row_of[d] for d in pos_docs] + neg_rows.flatten().tolist()
         with self._autocast():
@@ -251,7 +252,7 @@ class Trainer:
             if pos not in scored or not cands:
                 raise FreshenError(f"teacher scores lack query '{q}' with its positive '{pos}' and a negative")
             margins = np.array([scored[pos] - scored[d] for d in cands])
-            picked = balanced_pick(margins, self.k or 1, int(self.neg_p.get("bins", 10)), self.rng)
+            picked = balanced_pick(margins, self.k or 1, int(self.neg_p.get("bins", 10)), self.pick_rng)
             picked = (picked * ((self.k or 1) // len(picked) + 1))[: self.k or 1]
             out.append(torch.tensor([self.row_of[cands[j]] for j in picked]))
         return torch.stack(out)
