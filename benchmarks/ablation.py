@@ -90,8 +90,8 @@ def run_arm(base: dict, arm: str, args) -> dict:
            "wall_seconds": round(time.perf_counter() - started, 1),
            "train_wall_seconds": round(counters["wall_seconds"], 1), **{k: counters[k] for k in (
                "train_passage_passes", "drift_sample_passes", "reembed_passes", "refreshes", "probe_passes")}}
-    if "best_dev_ndcg_at_10" in counters:  # training-time dev nDCG@10 on the arm's own index
-        out["best_dev_ndcg_at_10"] = counters["best_dev_ndcg_at_10"]
+    if "best_dev_ndcg_at_10" in counters:  # training-time dev nDCG@10 on the arm's own index, and its step
+        out["best_dev_ndcg_at_10"], out["best_step"] = counters["best_dev_ndcg_at_10"], counters["best_step"]
     if "trained_corrected_cache" in metrics["test"]:
         out["test_corrected_cache"] = metrics["test"]["trained_corrected_cache"]
     out["test_stale_cache"] = metrics["test"]["trained_stale_cache"]
