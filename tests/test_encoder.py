@@ -2,6 +2,7 @@
 sentence-transformers and transformers both load with the same embeddings."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import torch
 
 from freshen.encoding import encode
 from freshen.errors import FreshenError
-from freshen.modeling.encoder import Encoder, declared_pooling, model_digest, pool
+from freshen.modeling import encoder as encoder_module
+from freshen.modeling.encoder import DEFAULT_MODEL, Encoder, declared_pooling, model_digest, pool
 from tiny import make_tiny_bert
 
 TEXTS = ["cell protein gene doc1", "heart artery blood pressure doc2 the of", "brain"]
@@ -91,4 +93,17 @@ def test_saved_folder_does_not_depend_on_hf_hub_offline(tiny_model, tmp_path, mo
         enc.save(tmp_path / offline)
         assert "local_files_only" not in json.loads((tmp_path / offline / "tokenizer_config.json").read_text())
         digests.append(model_digest(tmp_path / offline))
+    assert digests[0] == digests[1]
+
+
+def test_saved_folder_does_not_depend_on_where_the_default_model_is_installed(tiny_model, tmp_path, monkeypatch):
+    """`name_or_path: null` resolves to the package's folder, which differs between machines;
+    the checkpoint records the name, so the same training gives the same digest anywhere."""
+    elsewhere = shutil.copytree(tiny_model, tmp_path / "site-packages" / "model")
+    digests = []
+    for i, folder in enumerate((tiny_model, elsewhere)):
+        monkeypatch.setattr(encoder_module, "default_model_path", lambda folder=folder: str(folder))
+        Encoder.from_params({"name_or_path": None}).save(tmp_path / f"saved{i}")
+        assert json.loads((tmp_path / f"saved{i}" / "freshen_encoder.json").read_text())["base_model"] == DEFAULT_MODEL
+        digests.append(model_digest(tmp_path / f"saved{i}"))
     assert digests[0] == digests[1]

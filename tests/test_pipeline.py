@@ -144,6 +144,11 @@ def test_dvc_repro_is_reproducible_and_versioned(project, mlflow_uri, tmp_path):
     assert set(lock["stages"]) == set(STEP_NAMES)
     second = sh(project, sys.executable, "-m", "dvc", "repro")
     assert "Running stage" not in second.stdout and "up to date" in second.stdout
+    # training again with the same params writes the same model folder, byte for byte
+    sh(project, sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train")
+    again = yaml.safe_load((project / "dvc.lock").read_text())
+    model_out = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "artifacts/model"]
+    assert model_out and model_out == [o for o in again["stages"]["train"]["outs"] if o["path"] == "artifacts/model"]
 
     # an experiment with one param changed reruns train and what follows, not what precedes
     exp = sh(project, sys.executable, "-m", "dvc", "exp", "run", "-S", "train.steps=2")

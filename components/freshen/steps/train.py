@@ -46,7 +46,10 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         result.encoder.save(tmp / "encoder")
         if result.corrector is not None:
             result.corrector.save(tmp / "corrector")
-        write_json(tmp / "train_state.json", {"counters": result.counters.as_dict(),
+        # no wall time in the model folder (it is in metrics/train.json): the same params must
+        # give the same bytes, so that DVC and the registry see the same model
+        counters = {k: v for k, v in result.counters.as_dict().items() if k != "wall_seconds"}
+        write_json(tmp / "train_state.json", {"counters": counters,
                                                "params_hash": params_hash(params, SECTIONS),
                                                "cache_manifest": cache.manifest, "steps": int(p["steps"])})
     last = result.curve[-1]
