@@ -177,6 +177,46 @@ def test_drift_sample_feeds_the_corrector_random_passages_and_is_counted(tiny):
     assert stale.counters.drift_sample_passes == 0 and stale.counters.train_passage_passes == 4 * 3
 
 
+def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):
+    """fresh_overlay_steps: a passage trained on in the last N steps is ranked by the embedding
+    that step computed, not by h(C[d]); same batches, no extra passes, no positive picked."""
+    from freshen.training.loop import Trainer
+
+    ds, cache, clusters, params = tiny
+    trainers, seen, reranked = [], [], []
+    for steps in (0, 3):
+        p = _params(params, steps=4, eval_every=0, negatives={"strategy": "corrected", "fresh_overlay_steps": steps,
+                                                             "candidates": 10})
+        p["corrector"] = {**p["corrector"], "warmup_steps": 0}
+        t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+        seen.append(_record_batches(t))
+        if steps:
+            rerank = t._overlay_rerank
+            t._overlay_rerank = lambda *a, _f=rerank: reranked.append(_f(*a)) or reranked[-1]
+        for step in range(1, 5):
+            t.step(step)
+        trainers.append(t)
+    plain, overlay = trainers
+    assert seen[0] == seen[1] and len(reranked) == 4
+    assert overlay.counters.train_passage_passes == plain.counters.train_passage_passes == 4 * 4 * (1 + 2)
+    for qids, rows in zip(seen[1], reranked):
+        assert rows.shape == (4, 2)
+        assert all(not set(rows[i].tolist()) & set(overlay.pos_rows[q]) for i, q in enumerate(qids))
+    assert (overlay.overlay_step == 4).sum() > 0 and not hasattr(plain, "overlay")
+    # the rerank itself: a candidate embedded along the query within N steps wins; an older
+    # embedding is ignored (the row is ranked through h as if it had none)
+    q = torch.nn.functional.normalize(torch.randn(2, cache.dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    cand = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
+    overlay.overlay_step[:8] = -(10 ** 9)
+    without = overlay._overlay_rerank(9, q, cand)
+    overlay.overlay[3], overlay.overlay_step[3] = (10 * q[0]).half(), 9 - 3
+    overlay.overlay[7], overlay.overlay_step[7] = (10 * q[1]).half(), 9 - 4
+    rows = overlay._overlay_rerank(9, q, cand)
+    assert without[0, 0] != 3 and rows[0, 0] == 3 and torch.equal(rows[1], without[1])
+    with pytest.raises(FreshenError, match="fresh_overlay_steps"):
+        check_train_params({"negatives": {"strategy": "corrected", "fresh_overlay_steps": 2, "selection": "gumbel"}})
+
+
 @pytest.mark.parametrize("selection", ["gumbel", "balanced"])
 def test_sampled_selection_keeps_the_batches_of_topk(tiny, selection):
     """Gumbel and balanced picks draw from their own random streams, so an arm that samples its

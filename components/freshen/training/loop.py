@@ -87,6 +87,13 @@ def check_train_params(p: dict) -> None:
     weight = cor.get("ce_weight", 0.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
         raise FreshenError(f"params.yaml: field 'train.corrector.ce_weight': must be a number >= 0, got {weight!r}")
+    overlay = neg.get("fresh_overlay_steps", 0)
+    if not isinstance(overlay, int) or isinstance(overlay, bool) or overlay < 0:
+        raise FreshenError(f"params.yaml: field 'train.negatives.fresh_overlay_steps': must be an integer >= 0, "
+                           f"got {overlay!r}")
+    if overlay and neg.get("selection", "topk") != "topk":
+        raise FreshenError("params.yaml: field 'train.negatives.fresh_overlay_steps': works with selection 'topk' "
+                           f"only, got selection {neg.get('selection')!r}")
     for key, least in (("replay_steps", 1), ("updates_per_step", 1), ("drift_sample", 0)):
         value = cor.get(key, least)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -151,6 +158,13 @@ class Trainer:
         self.drift_sample = int(self.cor_p.get("drift_sample", 0)) if self.use_corrector else 0
         self.sample_rng = np.random.default_rng([seed, 1])  # its own stream: batches stay those of every other arm
         self.pick_rng = np.random.default_rng([seed, 2])  # balanced margin picks: their own stream, likewise
+        # passages embedded fresh for training in the last `fresh_overlay_steps` steps are scored
+        # with that embedding instead of h(C[d]) when the corrected top candidates are ranked: it
+        # reuses what the step computed anyway, so it costs no pass (0: off)
+        self.overlay_steps = int(self.neg_p.get("fresh_overlay_steps", 0) or 0) if self.use_corrector else 0
+        if self.overlay_steps:
+            self.overlay = torch.zeros_like(self.scorer.table)
+            self.overlay_step = torch.full((len(self.doc_ids),), -(10 ** 9), dtype=torch.long)
 
         steps = int(p["steps"])
         self.opt = torch.optim.AdamW(encoder.parameters(), lr=float(p["lr"]), weight_decay=float(p.get("weight_decay", 0.0)))
@@ -193,16 +207,22 @@ class Trainer:
         if self.teacher is not None:
             neg_rows = self._teacher_negatives(qids, pos_docs)
         elif self.k > 0:
-            neg_rows = self.scorer.select(q_emb.detach(), self.k, [self.pos_rows[q] for q in qids],
-                                          [self.row_of[d] for d in pos_docs],
+            overlay = bool(self.overlay_steps) and self.correcting(step)
+            neg_rows = self.scorer.select(q_emb.detach(), int(self.neg_p.get("candidates", 100)) if overlay else self.k,
+                                          [self.pos_rows[q] for q in qids], [self.row_of[d] for d in pos_docs],
                                           corrector=self.corrector if self.correcting(step) else None,
                                           generator=self.gen, rng=self.pick_rng)
+            if overlay:
+                neg_rows = self._overlay_rerank(step, q_emb.detach(), neg_rows)
 
         rows = [self.row_of[d] for d in pos_docs] + neg_rows.flatten().tolist()
         with self._autocast():
             p_emb = self.encoder.embed([self.doc_texts[r] for r in rows], "passage", max_len=self.passage_len)
         p_emb = p_emb.float().cpu()
         self.counters.train_passage_passes += len(rows)
+        if self.overlay_steps:
+            rows_t = torch.tensor(rows)
+            self.overlay[rows_t], self.overlay_step[rows_t] = p_emb.detach().to(self.overlay.dtype), step
 
         sample = self._drift_sample()  # embedded by the encoder the step's targets saw, before its update
         mask = self._other_positives(qids, rows)
@@ -216,6 +236,17 @@ class Trainer:
         if self.corrector is not None:
             record.update(self._corrector_step(rows, p_emb.detach(), q_emb.detach(), mask, sample))
         return record
+
+    def _overlay_rerank(self, step: int, q_emb: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """The k best of the corrected top candidates [b, m], each scored with its own fresh
+        embedding when the last `fresh_overlay_steps` steps embedded it, through h otherwise."""
+        b, m = cand.shape
+        flat = cand.flatten()
+        emb = self.scorer.rows_through(flat, self.corrector)
+        recent = (step - self.overlay_step[flat]) <= self.overlay_steps
+        emb[recent] = self.overlay[flat[recent]].float()
+        scores = (emb.view(b, m, -1) * q_emb[:, None, :].float()).sum(-1)
+        return cand.gather(1, scores.topk(min(self.k, m), dim=1).indices)
 
     def _drift_sample(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """`drift_sample` random non-probe passages and their fresh embeddings, or None."""
