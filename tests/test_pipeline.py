@@ -184,6 +184,7 @@ def test_ablation_benchmark_smoke(project, mlflow_uri):
     assert arms["corrected"]["reembed_passes"] == 0
     assert arms["refresh"]["refreshes"] == 1 and arms["refresh"]["reembed_passes"] == 60
     assert all(arms[a]["best_step"] in (3, 4) for a in ("stale", "corrected", "refresh"))  # eval_every 3 of 4 steps
+    assert not any(arms[a]["keep_best"] for a in ("stale", "corrected", "refresh"))  # every arm: its final checkpoint
     table = (out / "ablation.md").read_text()
     assert all(f"| {a} |" in table for a in arms) and (out / "ablation.png").is_file()
     before = (out / "corrected.json").stat().st_mtime
