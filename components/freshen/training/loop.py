@@ -87,17 +87,15 @@ def check_train_params(p: dict) -> None:
     weight = cor.get("ce_weight", 0.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
         raise FreshenError(f"params.yaml: field 'train.corrector.ce_weight': must be a number >= 0, got {weight!r}")
-    overlay = neg.get("fresh_overlay_steps", 0)
-    if not isinstance(overlay, int) or isinstance(overlay, bool) or overlay < 0:
-        raise FreshenError(f"params.yaml: field 'train.negatives.fresh_overlay_steps': must be an integer >= 0, "
-                           f"got {overlay!r}")
-    if overlay and neg.get("selection", "topk") != "topk":
+    for section, values, key, least in (("corrector", cor, "replay_steps", 1), ("corrector", cor, "updates_per_step", 1),
+                                        ("corrector", cor, "drift_sample", 0),
+                                        ("negatives", neg, "fresh_overlay_steps", 0)):
+        value = values.get(key, least)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise FreshenError(f"params.yaml: field 'train.{section}.{key}': must be an integer >= {least}, got {value!r}")
+    if neg.get("fresh_overlay_steps", 0) and neg.get("selection", "topk") != "topk":
         raise FreshenError("params.yaml: field 'train.negatives.fresh_overlay_steps': works with selection 'topk' "
                            f"only, got selection {neg.get('selection')!r}")
-    for key, least in (("replay_steps", 1), ("updates_per_step", 1), ("drift_sample", 0)):
-        value = cor.get(key, least)
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise FreshenError(f"params.yaml: field 'train.corrector.{key}': must be an integer >= {least}, got {value!r}")
 
 
 def make_batches(p: dict, cluster_of: dict[str, int], train_qids: list[str], rng: np.random.Generator):
@@ -207,10 +205,11 @@ class Trainer:
         if self.teacher is not None:
             neg_rows = self._teacher_negatives(qids, pos_docs)
         elif self.k > 0:
-            overlay = bool(self.overlay_steps) and self.correcting(step)
+            correcting = self.correcting(step)
+            overlay = bool(self.overlay_steps) and correcting
             neg_rows = self.scorer.select(q_emb.detach(), int(self.neg_p.get("candidates", 100)) if overlay else self.k,
                                           [self.pos_rows[q] for q in qids], [self.row_of[d] for d in pos_docs],
-                                          corrector=self.corrector if self.correcting(step) else None,
+                                          corrector=self.corrector if correcting else None,
                                           generator=self.gen, rng=self.pick_rng)
             if overlay:
                 neg_rows = self._overlay_rerank(step, q_emb.detach(), neg_rows)
