@@ -37,6 +37,52 @@ def test_corrector_starts_as_identity_and_learns_rotation(arch):
     assert after < before / 5, (before, after)
 
 
+@pytest.mark.parametrize("arch", ["linear", "residual_mlp"])
+def test_normalized_corrector_stays_on_the_unit_sphere_and_learns_rotation(arch):
+    stale, fresh = _drift()
+    fresh = torch.nn.functional.normalize(fresh, dim=-1)
+    h = Corrector(16, arch, hidden=64, normalize=True)
+    assert torch.allclose(h(stale), stale, atol=1e-6)  # unit rows: still the identity at the start
+    assert torch.allclose(h(3 * torch.randn(50, 16)).norm(dim=-1), torch.ones(50), atol=1e-5)
+    assert not h.exact_on_stale
+    with pytest.raises(ValueError, match="without normalize"):
+        h.transform_query(torch.randn(2, 16))
+    train, held = slice(0, 1600), slice(1600, 2000)
+    with torch.no_grad():
+        before = float(drift_loss(h(stale[held]), fresh[held]))
+    opt = torch.optim.Adam(h.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(400):
+        idx = torch.randint(0, 1600, (64,), generator=gen)
+        loss = drift_loss(h(stale[train][idx]), fresh[train][idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(drift_loss(h(stale[held]), fresh[held]))
+        assert torch.allclose(h(stale).norm(dim=-1), torch.ones(len(stale)), atol=1e-5)
+    assert after < before / 5, (before, after)
+
+
+def test_normalize_is_saved_and_old_folders_load_without_it(tmp_path):
+    import json
+
+    h = Corrector(8, "residual_mlp", hidden=12, normalize=True)
+    with torch.no_grad():
+        for p in h.parameters():
+            p.add_(0.1)
+    h.save(tmp_path / "c")
+    loaded = Corrector.load(tmp_path / "c", expect_dim=8)
+    x = torch.randn(3, 8)
+    assert loaded.normalize and torch.allclose(loaded(x), h(x))
+    cfg = json.loads((tmp_path / "c" / "corrector.json").read_text())
+    del cfg["normalize"]  # a folder saved before the option existed
+    (tmp_path / "c" / "corrector.json").write_text(json.dumps(cfg))
+    old = Corrector.load(tmp_path / "c", expect_dim=8)
+    assert not old.normalize and not torch.allclose(old(x).norm(dim=-1), torch.ones(3))
+    assert Corrector.from_params(8, {"normalize": True}).normalize
+
+
 def test_save_load_and_dimension_check(tmp_path):
     h = Corrector(8, "residual_mlp", hidden=12, depth=2)
     with torch.no_grad():

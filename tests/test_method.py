@@ -38,6 +38,24 @@ def test_linear_corrector_is_exact_search_on_the_stale_cache():
     assert torch.equal(scorer.select(q, 10, [[]] * 5, [0] * 5, corrector=h), through)
 
 
+def test_normalized_linear_corrector_is_scored_through_its_rows():
+    """A normalized output rescales each row, so the transformed-query shortcut no longer holds:
+    the scorer must push the rows through h and rank by <q, h(c)/|h(c)|>."""
+    g = torch.Generator().manual_seed(3)
+    cache, q = torch.randn(300, 12, generator=g).half(), torch.randn(5, 12, generator=g)
+    h = _linear(12)
+    h.normalize = True
+    scorer = CacheScorer(cache, {"selection": "topk"})
+    q_eff, cor = scorer.query_for(q, h)
+    assert cor is h and torch.equal(q_eff, q)
+    expected = torch.topk(q @ torch.nn.functional.normalize(h.linear(cache.float()), dim=-1).T, 10).indices
+    rows = scorer.select(q, 10, [[]] * 5, [0] * 5, corrector=h)
+    assert all(set(rows[i].tolist()) == set(expected[i].tolist()) for i in range(5))
+    h.normalize = False  # and the shortcut's ranking differs, so the check above can fail
+    unnormalized = scorer.select(q, 10, [[]] * 5, [0] * 5, corrector=h)
+    assert any(set(unnormalized[i].tolist()) != set(expected[i].tolist()) for i in range(5))
+
+
 @pytest.mark.parametrize("selection", ["topk", "gumbel", "balanced"])
 def test_ann_candidates_rescored_by_the_corrector(selection):
     g = torch.Generator().manual_seed(2)
@@ -272,6 +290,8 @@ def test_param_errors_before_training(tmp_path):
         check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"ce_weight": "1"}})
     with pytest.raises(FreshenError, match="train.corrector.updates_per_step"):
         check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"updates_per_step": 2.5}})
+    with pytest.raises(FreshenError, match="train.corrector.normalize': must be true or false, got 'yes'"):
+        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"normalize": "yes"}})
 
 
 def test_teacher_file_is_validated(tiny_beir, tmp_path):

@@ -2,7 +2,9 @@
 
 `linear`: h(c) = W c + b, W initialised to the identity. `residual_mlp`: h(c) = c + MLP(c),
 the last layer initialised to zero. Both start as the identity, so an untrained corrector
-returns the stale cache unchanged."""
+returns the stale cache unchanged. With `normalize` the output is projected onto the unit
+sphere, where an encoder that normalizes its embeddings puts g(d): h then scores by cosine as
+the fresh cache would, and spends none of its fit on norms."""
 
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ WEIGHTS, CONFIG = "corrector.safetensors", "corrector.json"
 
 
 class Corrector(nn.Module):
-    def __init__(self, dim: int, arch: str = "residual_mlp", hidden: int = 384, depth: int = 1):
+    def __init__(self, dim: int, arch: str = "residual_mlp", hidden: int = 384, depth: int = 1,
+                 normalize: bool = False):
         super().__init__()
         if arch not in ARCHS:
             raise FreshenError(f"corrector arch must be one of {ARCHS}, got '{arch}'")
-        self.dim, self.arch, self.hidden, self.depth = dim, arch, hidden, depth
+        self.dim, self.arch, self.hidden, self.depth, self.normalize = dim, arch, hidden, depth, bool(normalize)
         if arch == "linear":
             self.linear = nn.Linear(dim, dim)
             with torch.no_grad():
@@ -42,21 +45,27 @@ class Corrector(nn.Module):
 
     def forward(self, cached: torch.Tensor) -> torch.Tensor:
         cached = cached.float()
-        if self.arch == "linear":
-            return self.linear(cached)
-        return cached + self.mlp(cached)
+        out = self.linear(cached) if self.arch == "linear" else cached + self.mlp(cached)
+        return nn.functional.normalize(out, dim=-1) if self.normalize else out
+
+    @property
+    def exact_on_stale(self) -> bool:
+        """Whether corrected scores are an exact search of the stale cache (see transform_query):
+        true for the linear corrector, unless its output is normalized (a per-row scale)."""
+        return self.arch == "linear" and not self.normalize
 
     def transform_query(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Linear corrector only: <q, Wc + b> = <W^T q, c> + <q, b>, so corrected scores are an
         exact inner-product search on the *stale* cache with query W^T q (plus a per-query
         constant that changes no ranking, sample or margin)."""
-        if self.arch != "linear":
-            raise ValueError("transform_query needs the linear corrector")
+        if not self.exact_on_stale:
+            raise ValueError("transform_query needs the linear corrector without normalize")
         q = q.float()
         return q @ self.linear.weight, q @ self.linear.bias
 
     def config(self) -> dict:
-        return {"dim": self.dim, "arch": self.arch, "hidden": self.hidden, "depth": self.depth}
+        return {"dim": self.dim, "arch": self.arch, "hidden": self.hidden, "depth": self.depth,
+                "normalize": self.normalize}
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -81,4 +90,5 @@ class Corrector(nn.Module):
 
     @classmethod
     def from_params(cls, dim: int, p: dict) -> "Corrector":
-        return cls(dim, p.get("arch", "residual_mlp"), int(p.get("hidden", dim)), int(p.get("depth", 1)))
+        return cls(dim, p.get("arch", "residual_mlp"), int(p.get("hidden", dim)), int(p.get("depth", 1)),
+                   bool(p.get("normalize", False)))

@@ -43,8 +43,10 @@ class CacheScorer:
                                      ef_search=self.ann_ef_search, param="train.negatives.ann_index")
             self.index_build_s = time.perf_counter() - start
 
-    def _query(self, q: torch.Tensor, corrector):
-        if corrector is not None and getattr(corrector, "arch", None) == "linear":
+    def query_for(self, q: torch.Tensor, corrector):
+        """The query to search the raw table with, and the corrector its rows still need (None
+        when the corrector folds into the query, or there is none)."""
+        if corrector is not None and getattr(corrector, "exact_on_stale", False):
             return corrector.transform_query(q)[0], None  # exact on the raw cache
         return q.float(), corrector
 
@@ -64,14 +66,14 @@ class CacheScorer:
 
     def _select_exact(self, q, k, exclude, positive_rows, corrector, selection, beta, generator, rng):
         p = self.neg_p
-        q_eff, cor = self._query(q, corrector)
+        q_eff, cor = self.query_for(q, corrector)
         return select_negatives(q_eff, self.table, k, exclude, corrector=cor, selection=selection, beta=beta,
                                 candidates=int(p.get("candidates", 100)), bins=int(p.get("bins", 10)),
                                 positive_rows=positive_rows, chunk_size=self.chunk, generator=generator, rng=rng)
 
     def _select_ann(self, q, k, exclude, positive_rows, corrector, selection, beta, generator, rng):
         q = q.float()
-        q_search, _ = self._query(q, corrector)
+        q_search, _ = self.query_for(q, corrector)
         _, cand = self.index.search(np.ascontiguousarray(q_search.numpy(), dtype=np.float32), self.ann_candidates)
         cand = torch.from_numpy(cand).long()  # [b, C]; -1 where the index found fewer
         b, n = cand.shape[0], len(self.table)

@@ -87,6 +87,9 @@ def check_train_params(p: dict) -> None:
     weight = cor.get("ce_weight", 0.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
         raise FreshenError(f"params.yaml: field 'train.corrector.ce_weight': must be a number >= 0, got {weight!r}")
+    if not isinstance(cor.get("normalize", False), bool):
+        raise FreshenError(f"params.yaml: field 'train.corrector.normalize': must be true or false, "
+                           f"got {cor.get('normalize')!r}")
     for section, values, key, least in (("corrector", cor, "replay_steps", 1), ("corrector", cor, "updates_per_step", 1),
                                         ("corrector", cor, "drift_sample", 0),
                                         ("negatives", neg, "fresh_overlay_steps", 0)):
@@ -371,8 +374,7 @@ class Trainer:
             qids = sorted(dev)
             q = torch.from_numpy(encode(self.encoder, [self.ds.queries[x] for x in qids], "query",
                                         precision=self.p.get("encode_precision", "auto")))
-            q_eff, cor = (corrector.transform_query(q)[0], None) if getattr(corrector, "arch", "") == "linear" \
-                else (q, corrector)
+            q_eff, cor = self.scorer.query_for(q, corrector)
             rows, scores = chunked_topk(q_eff, self.scorer.table, 100, [[]] * len(qids), cor, self.scorer.chunk)
             run = {qid: {self.doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i])} for i, qid in enumerate(qids)}
             rec["dev_ndcg_at_10"] = _ndcg_at_10(dev, run)
