@@ -1,6 +1,8 @@
 """The method's finer points: linear-corrector exact search, ANN candidates, validation with
 best checkpoint and early stopping, refresh with a corrector, teacher Margin-MSE input."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -193,6 +195,52 @@ def test_drift_sample_feeds_the_corrector_random_passages_and_is_counted(tiny):
     stale = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
     stale.step(1)
     assert stale.counters.drift_sample_passes == 0 and stale.counters.train_passage_passes == 4 * 3
+
+
+def _same_state(a, b) -> bool:
+    """Equal optimiser state dicts (tensors compared by value)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_refit_fits_the_corrector_on_a_fresh_sample_and_counts_it(tiny):
+    """refit_every=2, refit_sample=6: after step 2 (not after the last step), six random
+    non-probe passages are embedded with the current g, the corrector is fitted on them and
+    tracks g better there; the six passes are counted, the batches are those of the plain run."""
+    from freshen.training.loop import Trainer
+
+    ds, cache, clusters, params = tiny
+    p = _params(params, steps=4, eval_every=0, lr=5e-3, negatives={"strategy": "corrected"})
+    p["corrector"] = {**p["corrector"], "refit_every": 2, "refit_sample": 6, "refit_epochs": 30}
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+    fitted, refit = [], t.refit
+
+    def watched(step):  # the corrector and its online optimiser's state before the refit, and its record
+        before = ({k: v.clone() for k, v in t.corrector.state_dict().items()}, copy.deepcopy(t.cor_opt.state_dict()))
+        fitted.append((step, before, refit(step)))
+        assert _same_state(t.cor_opt.state_dict(), before[1])  # the refit has its own optimiser
+        return fitted[-1][2]
+
+    t.refit = watched
+    plain = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters,
+                    {**p, "corrector": {**p["corrector"], "refit_every": 0}}, seed=3)
+    seen, seen_plain = _record_batches(t), _record_batches(plain)
+    res, res_plain = t.run(), plain.run()
+    assert seen == seen_plain and len(seen) == 4
+    assert [step for step, _, _ in fitted] == [2]
+    step, (before_state, _), rec = fitted[0]
+    assert rec["refit_cos_after"] > rec["refit_cos_before"] and res.curve[1]["refit_cos_after"] == rec["refit_cos_after"]
+    assert any(not torch.equal(before_state[k], v) for k, v in t.corrector.state_dict().items())
+    assert res.counters.drift_sample_passes == 6 and res_plain.counters.drift_sample_passes == 0
+    assert res.counters.train_passage_passes == res_plain.counters.train_passage_passes + 6 == 4 * 4 * (1 + 2) + 6
+    with pytest.raises(FreshenError, match="train.corrector.refit_sample"):
+        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"refit_every": 5}})
+    with pytest.raises(FreshenError, match="train.corrector.refit_epochs"):
+        check_train_params({"negatives": {"strategy": "corrected"},
+                            "corrector": {"refit_every": 5, "refit_sample": 10, "refit_epochs": 0}})
 
 
 def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):

@@ -91,11 +91,14 @@ def check_train_params(p: dict) -> None:
         raise FreshenError(f"params.yaml: field 'train.corrector.normalize': must be true or false, "
                            f"got {cor.get('normalize')!r}")
     for section, values, key, least in (("corrector", cor, "replay_steps", 1), ("corrector", cor, "updates_per_step", 1),
-                                        ("corrector", cor, "drift_sample", 0),
+                                        ("corrector", cor, "drift_sample", 0), ("corrector", cor, "refit_every", 0),
+                                        ("corrector", cor, "refit_sample", 0), ("corrector", cor, "refit_epochs", 1),
                                         ("negatives", neg, "fresh_overlay_steps", 0)):
         value = values.get(key, least)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise FreshenError(f"params.yaml: field 'train.{section}.{key}': must be an integer >= {least}, got {value!r}")
+    if cor.get("refit_every", 0) and not cor.get("refit_sample", 0):
+        raise FreshenError("params.yaml: field 'train.corrector.refit_sample': must be > 0 when refit_every is set")
     if neg.get("fresh_overlay_steps", 0) and neg.get("selection", "topk") != "topk":
         raise FreshenError("params.yaml: field 'train.negatives.fresh_overlay_steps': works with selection 'topk' "
                            f"only, got selection {neg.get('selection')!r}")
@@ -157,6 +160,11 @@ class Trainer:
         # random corpus passages embedded fresh (no gradient) each step for the drift loss only:
         # the step's own targets are the corrector's current top-k, a biased sample of the corpus
         self.drift_sample = int(self.cor_p.get("drift_sample", 0)) if self.use_corrector else 0
+        # every `refit_every` steps, `refit_sample` random passages embedded fresh (no gradient) and
+        # the corrector fitted on them for `refit_epochs`: one step's targets are a few dozen pairs,
+        # and a corrector fits the drift far better from a few thousand (benchmarks/corrector_fit.py)
+        self.refit_every = int(self.cor_p.get("refit_every", 0) or 0) if self.use_corrector else 0
+        self.refit_sample, self.refit_epochs = int(self.cor_p.get("refit_sample", 0)), int(self.cor_p.get("refit_epochs", 50))
         self.sample_rng = np.random.default_rng([seed, 1])  # its own stream: batches stay those of every other arm
         self.pick_rng = np.random.default_rng([seed, 2])  # balanced margin picks: their own stream, likewise
         # passages embedded fresh for training in the last `fresh_overlay_steps` steps are scored
@@ -180,7 +188,7 @@ class Trainer:
         self.probe_rows = sorted(self.rng.choice(len(self.doc_ids), size=n_probe, replace=False).tolist())
         self.probe_set = set(self.probe_rows)
         self.sample_pool = np.setdiff1d(np.arange(len(self.doc_ids)), np.array(self.probe_rows, dtype=np.int64)) \
-            if self.drift_sample else np.empty(0, dtype=np.int64)  # a corpus-sized array only when used
+            if self.drift_sample or self.refit_every else np.empty(0, dtype=np.int64)  # corpus-sized only when used
         self.counters, self.curve, self.validations = Counters(), [], []
 
     def _new_corrector(self, dim: int) -> None:
@@ -347,7 +355,38 @@ class Trainer:
                 rec["corrector_loss"] = float(c_loss.detach())
         return rec
 
-    # -- refresh and validation ---------------------------------------------------------
+    # -- refit, refresh and validation -------------------------------------------------
+    def refit(self, step: int) -> dict:
+        """Embed `refit_sample` random non-probe passages with the current g (no gradient; counted
+        as training passes, the cache is not touched) and fit the corrector's drift loss on them
+        for `refit_epochs` epochs of minibatches of 256."""
+        n = min(self.refit_sample, len(self.sample_pool))
+        rows = torch.from_numpy(np.sort(self.sample_rng.choice(self.sample_pool, size=n, replace=False)))
+        fresh = torch.from_numpy(encode(self.encoder, [self.doc_texts[int(r)] for r in rows], "passage",
+                                        batch_size=int(self.p.get("encode_batch_size", 64)),
+                                        precision=self.p.get("encode_precision", "auto"), desc=f"refit@{step}",
+                                        max_len=self.passage_len))
+        self.encoder.train()
+        self.counters.train_passage_passes += n
+        self.counters.drift_sample_passes += n
+        stale = self.scorer.table[rows].float()
+        with torch.no_grad():
+            before = mean_cosine(self.corrector(stale), fresh)
+        # its own optimiser: a thousand updates on this sample would leave the online optimiser's
+        # second moments tuned to it, and the next online steps far too large (seed 13: the probe
+        # cosine fell from 0.92 to 0.85 within 25 steps of a refit that shared it)
+        opt = torch.optim.Adam(self.corrector.parameters(), lr=float(self.cor_p.get("lr", 1e-3)))
+        for _ in range(self.refit_epochs):
+            for batch in torch.from_numpy(self.sample_rng.permutation(n)).split(256):
+                loss = drift_loss(self.corrector(stale[batch]), fresh[batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            after = mean_cosine(self.corrector(stale), fresh)
+        log.info("corrector refit at step %d on %d passages: cos to fresh %.4f -> %.4f", step, n, before, after)
+        return {"refit_cos_before": before, "refit_cos_after": after}
+
     def refresh(self, step: int) -> None:
         """Re-embed the corpus with the current g (the expensive baseline); a corrector, if any,
         starts again from the identity since the cache it corrected is gone."""
@@ -399,6 +438,8 @@ class Trainer:
             record = self.step(step)
             if self.refresh_every and step % self.refresh_every == 0 and step < steps:
                 self.refresh(step)
+            if self.refit_every and step % self.refit_every == 0 and step < steps:
+                record.update(self.refit(step))
             if eval_every and (step % eval_every == 0 or step == steps):
                 val = self.validate(step)
                 self.validations.append(val)
