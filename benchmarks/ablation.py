@@ -140,7 +140,7 @@ def goals(results: list[dict]) -> list[str]:
              gap >= GAP_GOAL)
         ratio = cost(by["corrected"]) / max(1, cost(by["refresh"]))
         line(f"corrected spends {cost(by['corrected'])} target-encoder passes, refresh {cost(by['refresh'])}: "
-             f"ratio {ratio:.3f} (goal <= {PASS_RATIO_GOAL})", ratio <= PASS_RATIO_GOAL)
+             f"ratio {ratio:.4f} (goal <= {PASS_RATIO_GOAL})", ratio <= PASS_RATIO_GOAL)
     for other in ("stale", "in_batch"):
         if "corrected" in by and other in by:
             line(f"corrected {nd['corrected']:.4f} vs {other} {nd[other]:.4f} ({nd['corrected'] - nd[other]:+.4f}; "

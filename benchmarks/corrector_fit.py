@@ -120,7 +120,7 @@ def main() -> None:
         f"and corrector in `{params['train']['out_dir']}`. "
         f"Each fitted corrector: {args.epochs} epochs of Adam (lr 1e-3, batches of 256) on the drift loss "
         f"over N random pairs (seed {args.seed}); its cosine is measured on the passages it was not fitted "
-        "on, its retrieval with every passage scored through it.", "",
+        "on (the first two rows: over every passage), its retrieval with every passage scored through it.", "",
         "| corrector | fitted pairs N | cos to fresh (unseen passages) | nDCG@10 | top-100 overlap with fresh "
         "| top-10 overlap | fit s |",
         "| --- | --- | --- | --- | --- | --- | --- |",

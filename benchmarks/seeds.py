@@ -73,7 +73,7 @@ def report(runs: dict[int, dict[str, dict]], command: str) -> str:
         ratios = [cost(runs[s]["corrected"]) / max(1, cost(runs[s]["refresh"])) for s, _, _ in pairs]
         ok = max(ratios) <= PASS_RATIO_GOAL
         lines.append(f"- target-encoder passes, corrected / refresh (goal <= {PASS_RATIO_GOAL}): "
-                     + ", ".join(f"{s}: {x:.3f}" for (s, _, _), x in zip(pairs, ratios))
+                     + ", ".join(f"{s}: {x:.4f}" for (s, _, _), x in zip(pairs, ratios))
                      + f"; **{'met' if ok else 'not met'}**" + (" on every seed" if ok else ""))
     for other in ("stale", "in_batch", "corrected_random"):
         p = paired(runs, "corrected", other, nd)
@@ -133,7 +133,7 @@ def variant_lines(runs: dict[int, dict[str, dict]], nd) -> list[str]:
         ratios = [(s, cost(runs[s][name]) / max(1, cost(runs[s]["refresh"]))) for s, _, _ in vs_refresh]
         if ratios:
             lines.append(f"  - target-encoder passes / refresh's (goal <= {PASS_RATIO_GOAL}): "
-                         + ", ".join(f"{s}: {x:.3f}" for s, x in ratios))
+                         + ", ".join(f"{s}: {x:.4f}" for s, x in ratios))
     return lines
 
 
