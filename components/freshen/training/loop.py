@@ -260,15 +260,21 @@ class Trainer:
 
     def _drift_sample(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """`drift_sample` random non-probe passages and their fresh embeddings, or None."""
-        n = min(self.drift_sample, len(self.sample_pool))
-        if n == 0:
+        if self.drift_sample == 0 or len(self.sample_pool) == 0:
             return None
-        rows = torch.from_numpy(np.sort(self.sample_rng.choice(self.sample_pool, size=n, replace=False)))
+        rows = self._sample_rows(self.drift_sample)
+        n = len(rows)
         with torch.no_grad(), self._autocast():
             fresh = self.encoder.embed([self.doc_texts[int(r)] for r in rows], "passage", max_len=self.passage_len)
         self.counters.train_passage_passes += n
         self.counters.drift_sample_passes += n
         return rows, fresh.float().cpu()
+
+    def _sample_rows(self, n: int) -> torch.Tensor:
+        """`n` distinct random non-probe rows (fewer if the pool is smaller), sorted, from the
+        sample's own random stream."""
+        n = min(n, len(self.sample_pool))
+        return torch.from_numpy(np.sort(self.sample_rng.choice(self.sample_pool, size=n, replace=False)))
 
     def _other_positives(self, qids, rows) -> torch.Tensor:
         """mask[i, j]: passage j of the step is a positive of query i other than its own (column i)."""
@@ -360,8 +366,8 @@ class Trainer:
         """Embed `refit_sample` random non-probe passages with the current g (no gradient; counted
         as training passes, the cache is not touched) and fit the corrector's drift loss on them
         for `refit_epochs` epochs of minibatches of 256."""
-        n = min(self.refit_sample, len(self.sample_pool))
-        rows = torch.from_numpy(np.sort(self.sample_rng.choice(self.sample_pool, size=n, replace=False)))
+        rows = self._sample_rows(self.refit_sample)
+        n = len(rows)
         fresh = torch.from_numpy(encode(self.encoder, [self.doc_texts[int(r)] for r in rows], "passage",
                                         batch_size=int(self.p.get("encode_batch_size", 64)),
                                         precision=self.p.get("encode_precision", "auto"), desc=f"refit@{step}",
@@ -455,7 +461,8 @@ class Trainer:
             record.update(train_passage_passes=self.counters.train_passage_passes,
                           reembed_passes=self.counters.reembed_passes)
             self.curve.append(record)
-            if self.on_log and (step % int(self.p.get("log_every", 10)) == 0 or step == steps or "dev_ndcg_at_10" in record):
+            if self.on_log and (step % int(self.p.get("log_every", 10)) == 0 or step == steps or "dev_ndcg_at_10" in record
+                                or "refit_cos_after" in record):
                 self.on_log(record, step)
             if patience and bad >= patience:
                 log.info("early stopping at step %d: dev nDCG@10 did not improve for %d evaluations", step, bad)
