@@ -1,26 +1,16 @@
 """benchmarks/refit_trace.py: `--freeze-after-refit` leaves the corrector exactly as the refit
 left it, and only then; the trace's records are kept by step."""
 
-import importlib.util
-from pathlib import Path
 
 import torch
+from bench import load_benchmark
 
 from freshen.modeling.encoder import Encoder
 from freshen.training.loop import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_trace():
-    spec = importlib.util.spec_from_file_location("refit_trace", REPO / "benchmarks" / "refit_trace.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_freeze_after_refit_keeps_the_refitted_corrector(tiny_training, monkeypatch):
-    trace = _load_trace()
+    trace = load_benchmark("refit_trace")
     ds, cache, clusters, params = tiny_training
     p = {**params["train"], "precision": "fp32", "steps": 5, "eval_every": 0, "lr": 5e-3,
          "negatives": {**params["train"]["negatives"], "strategy": "corrected"}}
@@ -51,7 +41,7 @@ def test_freeze_after_refit_keeps_the_refitted_corrector(tiny_training, monkeypa
 
 
 def test_records_merge_a_steps_logs():
-    records = _load_trace().Records()
+    records = load_benchmark("refit_trace").Records()
     records.metrics({"loss": 1.0}, 5)
     records.metrics({"probe_cos_corrected_fresh": 0.9}, 5)
     records.metrics({"loss": 0.5}, 6)

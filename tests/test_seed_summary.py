@@ -1,20 +1,14 @@
 """benchmarks/seeds.py judges the goals per seed and on the mean of the paired differences."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from bench import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def seeds():
-    spec = importlib.util.spec_from_file_location("seeds", REPO / "benchmarks" / "seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("seeds")
 
 
 def arm(name, ndcg, train=8000, reembed=0, overlap=None):
