@@ -16,6 +16,9 @@ was not fitted on. Rows vary what the corrector sees, and how much:
   hidden states of *every* layer of the pre-trained encoder (`--layers`: one more pass over the
   corpus, and a cache as many times wider as the model has layers plus one).
 
+For scale, `--layers` adds the same encoder at the cache's length instead of training's, and
+`--lagged` the caches that encoders a few steps older give: what refresh every N steps searches.
+
 If the in-sample fit on the stored cache stays far below 1, the limit is what the stale
 embedding holds, not the sample or the fit. Not a test: about 10 minutes on 2 CPU cores for
 SciFact (two corpus passes, three with `--layers`).
@@ -213,7 +216,9 @@ def main() -> None:
         older = place(Encoder.load(folder), params["encode"])
         table = memo(args.work, f"lag{lag}", lambda: torch.from_numpy(
             encode(older, texts, "passage", **{**opts, "max_len": train_len})))
-        lines.append(row(f"a refresh {lag} steps ago (the encoder {lag} steps older, no corrector)", "-", "-", table, 0))
+        steps = "step" if lag == "1" else "steps"
+        lines.append(row(f"a refresh {lag} {steps} ago (the encoder {lag} {steps} older, no corrector)", "-", "-",
+                         table, 0))
 
     head = [
         "# What a corrector can recover: the ceiling of the stale cache's information", "",
