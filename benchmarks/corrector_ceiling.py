@@ -30,6 +30,7 @@ SciFact (two corpus passes, three with `--layers`).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -51,7 +52,7 @@ from freshen.cache import load_cache  # noqa: E402
 from freshen.config import load_params  # noqa: E402
 from freshen.embed_corpus import encode_options, place  # noqa: E402
 from freshen.encoding import autocast_dtype, clean_text, encode, plan_batches, set_threads, token_lengths  # noqa: E402
-from freshen.modeling.encoder import Encoder, pool  # noqa: E402
+from freshen.modeling.encoder import Encoder, model_digest, pool, resolve_model_path  # noqa: E402
 from freshen.steps.common import path, prepared  # noqa: E402
 from freshen.training.losses import drift_loss  # noqa: E402
 
@@ -111,14 +112,19 @@ def layer_states(encoder: Encoder, texts: list[str], max_len: int, batch_size: i
     return out
 
 
-def memo(work: Path | None, name: str, make) -> torch.Tensor:
-    """`make()` once per `--work` folder: reruns (other sizes, samples) skip the corpus passes."""
+def memo(work: Path | None, name: str, model: str, make) -> torch.Tensor:
+    """`make()` once per `--work` folder and model (its weights' digest names the file): reruns
+    with other sizes or samples skip the corpus passes, and another encoder never reads them."""
     if work is None:
         return make()
-    f = work / f"{name}.npy"
+    f = work / f"{name}-{model_digest(model)[:16]}.npy"
     if not f.is_file():
+        array = make().numpy()
         work.mkdir(parents=True, exist_ok=True)
-        np.save(f, make().numpy())
+        tmp = f.with_name(f".{f.name}.tmp")
+        with open(tmp, "wb") as fh:  # written aside, then renamed: a stopped run leaves no half file
+            np.save(fh, array)
+        os.replace(tmp, f)
     return torch.from_numpy(np.load(f))
 
 
@@ -165,15 +171,16 @@ def main() -> None:
     encoder = place(Encoder.load(args.encoder), params["encode"])
     opts = encode_options(params["encode"])
     # training embeds its targets at train.passage_max_len: that is the "fresh" a refit fits
-    fresh = memo(args.work, f"fresh{train_len}",
+    fresh = memo(args.work, f"fresh{train_len}", args.encoder,
                  lambda: torch.from_numpy(encode(encoder, texts, "passage", **{**opts, "max_len": train_len})))
     positives = ds.positives("train")
     row_of = cache.row_of()
     qids = sorted(positives)
-    queries = memo(args.work, "queries",
+    queries = memo(args.work, "queries", args.encoder,
                    lambda: torch.from_numpy(encode(encoder, [ds.queries[q] for q in qids], "query", **opts)))
     banned = [[row_of[d] for d in positives[q] if d in row_of] for q in qids]
-    fresh_top = topk_excluding(queries @ fresh.T, banned, 20)
+    wide_k = max(20, k)  # the longer list whose overlap the table reports too
+    fresh_top = topk_excluding(queries @ fresh.T, banned, wide_k)
     best = float((queries @ fresh.T).gather(1, fresh_top[:, :k]).mean())
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -183,7 +190,7 @@ def main() -> None:
 
     def row(inputs: str, fitted: str, size: str, table: torch.Tensor, seconds: float) -> str:
         scores = queries @ table.T
-        top = topk_excluding(scores, banned, 20)
+        top = topk_excluding(scores, banned, wide_k)
         cos = nn.functional.cosine_similarity(table[held], fresh[held], dim=-1).mean()
         picked = float((queries @ fresh.T).gather(1, top[:, :k]).mean())
         line = (f"| {inputs} | {fitted} | {size} | {float(cos):.4f} | {overlap(top[:, :k], fresh_top[:, :k]):.4f} "
@@ -196,7 +203,8 @@ def main() -> None:
     if args.layers:
         base = place(Encoder.from_params(params["model"]), params["encode"])
         inputs[f"every layer ({base.passage_model.config.num_hidden_layers + 1} x {base.dim})"] = \
-            memo(args.work, f"layers{cache_len}", lambda: layer_states(base, texts, cache_len)).float()
+            memo(args.work, f"layers{cache_len}", str(resolve_model_path(params["model"].get("name_or_path"))),
+                 lambda: layer_states(base, texts, cache_len)).float()
     for name, x in inputs.items():
         for fitted, rows in samples.items():
             for size in args.sizes.split(","):
@@ -207,14 +215,14 @@ def main() -> None:
                     table = h(x, stale)
                 lines.append(row(name, fitted, size, table, time.perf_counter() - started))
     if args.layers:  # the fresh cache at the stale cache's length: what the length gap alone costs
-        at_cache_len = memo(args.work, f"fresh{cache_len}", lambda: torch.from_numpy(
+        at_cache_len = memo(args.work, f"fresh{cache_len}", args.encoder, lambda: torch.from_numpy(
             encode(encoder, texts, "passage", **{**opts, "max_len": cache_len})))
         lines.append(row(f"fresh cache at {cache_len} tokens (no corrector)", "-", "-", at_cache_len, 0))
 
     for item in filter(None, args.lagged.split(",")):
         lag, _, folder = item.partition("=")
         older = place(Encoder.load(folder), params["encode"])
-        table = memo(args.work, f"lag{lag}", lambda: torch.from_numpy(
+        table = memo(args.work, f"lag{lag}", folder, lambda: torch.from_numpy(
             encode(older, texts, "passage", **{**opts, "max_len": train_len})))
         steps = "step" if lag == "1" else "steps"
         lines.append(row(f"a refresh {lag} {steps} ago (the encoder {lag} {steps} older, no corrector)", "-", "-",
@@ -230,10 +238,10 @@ def main() -> None:
         f"queries, positives excluded. Each fit: {args.epochs} epochs of Adam (lr 1e-3, batches of 256) on the "
         f"drift loss, h(x) = stale + MLP(x) with the last layer zero at the start (the residual corrector). "
         f"Cosine to fresh on {args.held_out} held-out passages no fit saw. Overlap: the fraction of each "
-        f"query's fresh top-{k} (top-20) negatives that the corrected cache's top-{k} (top-20) holds. "
+        f"query's fresh top-{k} (top-{wide_k}) negatives that the corrected cache's top-{k} (top-{wide_k}) holds. "
         f"Fresh score: mean fresh inner product of the {k} negatives picked (the fresh top-{k}'s: {best:.4f}).", "",
         f"| corrector input | fitted on | hidden x depth | cos to fresh (held out) | top-{k} overlap "
-        "| top-20 overlap | fresh score of picks | fit s |",
+        f"| top-{wide_k} overlap | fresh score of picks | fit s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     text = "\n".join(head + lines) + "\n"

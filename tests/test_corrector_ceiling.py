@@ -2,6 +2,7 @@
 right, start the wide corrector at the identity and fit a drift it can see, and pool every
 layer of the encoder in order."""
 
+import pytest
 import torch
 from bench import load_benchmark
 
@@ -54,3 +55,30 @@ def test_layer_states_pool_every_layer_in_order(tiny_params):
         expected = pool(block, batch["attention_mask"], "mean")
         got = states[:, i * encoder.dim:(i + 1) * encoder.dim].float()
         assert torch.allclose(got, expected, atol=2e-2, rtol=2e-2), f"layer {i}"
+
+
+def test_memo_computes_once_per_model_and_leaves_no_partial_file(tmp_path):
+    ceiling = load_benchmark("corrector_ceiling")
+    model_a, model_b = tmp_path / "a", tmp_path / "b"
+    for folder, value in ((model_a, "1"), (model_b, "2")):
+        folder.mkdir()
+        (folder / "config.json").write_text(value)
+    calls = []
+
+    def make():
+        calls.append(1)
+        return torch.full((2, 3), float(len(calls)))
+
+    work = tmp_path / "work"
+    first = ceiling.memo(work, "fresh160", str(model_a), make)
+    again = ceiling.memo(work, "fresh160", str(model_a), make)
+    other = ceiling.memo(work, "fresh160", str(model_b), make)
+    assert len(calls) == 2 and torch.equal(first, again) and not torch.equal(first, other)
+    assert sorted(p.name.split("-")[0] for p in work.iterdir()) == ["fresh160", "fresh160"]  # no .tmp left
+
+    def broken():
+        raise RuntimeError("stopped mid-pass")
+
+    with pytest.raises(RuntimeError):
+        ceiling.memo(work, "queries", str(model_a), broken)
+    assert not any("queries" in p.name for p in work.iterdir())
