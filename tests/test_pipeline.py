@@ -47,7 +47,7 @@ def project(tmp_path, tiny_params):
     return root
 
 
-def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_params):
+def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_params, monkeypatch):
     for step in STEP_NAMES:
         freshen(project, step.replace("_", "-"))
 
@@ -112,6 +112,14 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     # promoting the same model again registers nothing new
     freshen(project, "promote")
     assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+    # is_registered (what run_pipeline.sh asks after dvc repro) looks in the registry tracked to
+    from freshen.steps.promote import is_registered
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert is_registered(params, project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'elsewhere.db'}")  # another registry
+    assert not is_registered(params, project)
 
 
 def test_bad_input_fails_clearly_and_writes_nothing(project, mlflow_uri, tiny_params):

@@ -95,6 +95,23 @@ def decide(client, name: str, version: str, metric: str, value: float, min_impro
             "champion": version if promoted else str(champion.version)}
 
 
+def is_registered(params: dict, root: Path) -> bool:
+    """Whether the registry this machine tracks to holds the trained model (by its weights'
+    digest). The registry lives in MLflow (`mlflow.db` by default), not in DVC: on a fresh clone
+    that reproduced the same model, `dvc repro` finds promote up to date and skips it, and
+    scripts/run_pipeline.sh asks this to promote anyway."""
+    import mlflow
+
+    from freshen import tracking
+
+    model_dir = path(root, params["train"]["out_dir"])
+    if not (model_dir / "encoder").is_dir():
+        return False
+    tracking.setup(root, params.get("mlflow", {}).get("experiment", "freshen"))
+    client = mlflow.tracking.MlflowClient()
+    return find_version(client, params["promote"]["registered_model"], checkpoint_digest(model_dir)) is not None
+
+
 def run(params: dict, root: Path, log=NullLog()) -> dict:
     import mlflow
 
