@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -165,6 +166,11 @@ def machine() -> str:
         cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cpu}, {cores} cores, no GPU used, python {platform.python_version()}"
+
+
+def command_line() -> str:
+    """How this script was called, as a report's `Command:` line shows it."""
+    return "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix()] + sys.argv[1:])
 
 
 def write_keeping_notes(path: Path, generated: str) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -45,9 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "components"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ablation import machine  # noqa: E402
+from ablation import command_line, machine, write_keeping_notes  # noqa: E402
 
-from freshen.atomic import write_text  # noqa: E402
 from freshen.cache import load_cache  # noqa: E402
 from freshen.config import load_params  # noqa: E402
 from freshen.embed_corpus import encode_options, place  # noqa: E402
@@ -230,7 +228,7 @@ def main() -> None:
 
     head = [
         "# What a corrector can recover: the ceiling of the stale cache's information", "",
-        f"Command: `python {' '.join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix()] + sys.argv[1:])}`  ",
+        f"Command: `{command_line()}`  ",
         f"Machine: {machine()}, {torch.get_num_threads()} torch threads", "",
         f"Encoder `{args.encoder}`; stale cache `{params['cache']['out_dir']}` ({len(stale)} passages, "
         f"embedded at {cache_len} tokens by the pre-trained encoder); fresh: that encoder at "
@@ -245,7 +243,7 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     text = "\n".join(head + lines) + "\n"
-    write_text(Path(args.out), text)
+    write_keeping_notes(Path(args.out), text)
     print(text)
 
 

@@ -14,7 +14,6 @@ by hand after `dvc repro` (it reads the pipeline's initial cache, re-embedded ca
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "components"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ablation import machine  # noqa: E402
+from ablation import command_line, machine  # noqa: E402
 
 from freshen.atomic import write_text  # noqa: E402
 from freshen.cache import load_cache  # noqa: E402
@@ -113,7 +112,7 @@ def main() -> None:
 
     head = [
         "# How much fresh data a corrector needs (offline fit against the final encoder)", "",
-        f"Command: `python {' '.join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix()] + sys.argv[1:])}`  ",
+        f"Command: `{command_line()}`  ",
         f"Machine: {machine()}, {torch.get_num_threads()} torch threads", "",
         f"Cache `{params['cache']['out_dir']}` (stale) against `{params['reembed']['out_dir']}` (the trained "
         f"encoder's re-embedding), {len(stale)} passages; {args.split} split, {len(qids)} queries; the encoder "

@@ -17,7 +17,6 @@ markdown table. Not a test: about 9 minutes on 2 CPU cores for SciFact at 100 st
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "components"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ablation import arm_params, machine  # noqa: E402
+from ablation import arm_params, command_line, machine  # noqa: E402
 
 from freshen.atomic import write_text  # noqa: E402
 from freshen.config import load_params  # noqa: E402
@@ -102,7 +101,7 @@ def main() -> None:
         else "updated online after each refit, as in training"
     text = "\n".join([
         "# A refitted corrector over the rest of training", "",
-        f"Command: `python {' '.join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix()] + sys.argv[1:])}`  ",
+        f"Command: `{command_line()}`  ",
         f"Machine: {machine()}, {torch.get_num_threads()} torch threads", "",
         f"Corrected arm, seed {base['seed']}, {steps} steps, refit every {cor['refit_every']} steps on "
         f"{cor['refit_sample']} passages for {cor.get('refit_epochs', 50)} epochs; corrector {mode}. "
