@@ -77,3 +77,28 @@ def test_regenerating_a_report_keeps_its_hand_written_notes(seeds, tmp_path):
     report.write_text("# a report without notes\n")
     seeds.write_keeping_notes(report, "# replaced\n")
     assert report.read_text() == "# replaced\n" and [p.name for p in tmp_path.iterdir()] == ["seeds.md"]  # no temp left
+
+
+def test_tas_minus_random_is_paired_for_every_strategy_that_ran_both(seeds):
+    runs = {13: {"corrected": arm("corrected", 0.740), "corrected_random": arm("corrected_random", 0.730),
+                 "refresh": arm("refresh", 0.750, reembed=98000), "refresh_random": arm("refresh_random", 0.755, reembed=98000)},
+            14: {"corrected": arm("corrected", 0.742), "corrected_random": arm("corrected_random", 0.722)}}
+    lines = seeds.report(runs, "cmd").splitlines()
+    corrected = next(line for line in lines if line.startswith("- corrected minus corrected_random"))
+    assert "13: +0.0100, 14: +0.0200; TAS higher on 2 of 2 seeds; mean difference +0.0150" in corrected
+    refresh = next(line for line in lines if line.startswith("- refresh minus refresh_random"))
+    assert "13: -0.0050; TAS higher on 0 of 1 seeds" in refresh
+    assert not any(line.startswith("- stale minus stale_random") for line in lines)  # never ran
+
+
+def test_ablation_arms_set_strategy_and_batching_and_unknown_arms_are_refused(tmp_path):
+    ablation = load_benchmark("ablation")
+    base = {"train": {"steps": 100, "batching": "tas", "negatives": {"strategy": "corrected", "refresh_every": 0}},
+            "reembed": {}, "evaluate": {}}
+    got = {a: ablation.arm_params(base, a, 100, 5, tmp_path) for a in ("corrected", "refresh", "refresh_random", "stale_random")}
+    assert [(p["train"]["negatives"]["strategy"], p["train"]["batching"], p["train"]["negatives"]["refresh_every"])
+            for p in got.values()] == [("corrected", "tas", 0), ("refresh", "tas", 5), ("refresh", "random", 5),
+                                       ("stale", "random", 0)]
+    assert base["train"]["negatives"]["strategy"] == "corrected"  # the base params are not touched
+    with pytest.raises(SystemExit, match="unknown training arm 'corrected_rand'"):
+        ablation.arm_params(base, "corrected_rand", 100, 5, tmp_path)
