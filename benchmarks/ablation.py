@@ -50,7 +50,8 @@ def arm_params(base: dict, arm: str, steps: int, refresh_every: int, work: Path,
     """One arm's params. Every arm keeps its final checkpoint unless `keep_best`: each arm
     validates on its own training-time index (stale, corrected or refreshed cache), so "best"
     would be judged by a different yardstick in each arm (the stale cache picked step 75 of 100
-    on seed 13, 0.013 nDCG@10 below its final checkpoint on test)."""
+    on seed 13, 0.013 nDCG@10 below its final checkpoint on test). The arm's name sets the
+    batching: random for `<strategy>_random`, TAS for every other arm, whatever params.yaml says."""
     p = copy.deepcopy(base)
     p["train"]["steps"] = steps
     p["train"]["keep_best"] = keep_best
@@ -256,6 +257,9 @@ def main() -> None:
     from freshen.config import load_params, seed_everything
     from freshen.encoding import set_threads
 
+    unknown = [a for a in args.arms.split(",") if a not in KNOWN_ARMS]
+    if unknown:  # before `dvc repro` and any training
+        raise SystemExit(f"--arms: unknown arm(s) {', '.join(unknown)}; expected some of {', '.join(KNOWN_ARMS)}")
     base = load_params(args.params)
     args.steps = args.steps or int(base["train"]["steps"])
     out = Path(args.out)
@@ -271,9 +275,6 @@ def main() -> None:
     if not args.no_repro:
         subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare", "cluster_queries", "embed_cache"], cwd=ROOT,
                        check=True)
-    unknown = [a for a in args.arms.split(",") if a not in KNOWN_ARMS]
-    if unknown:
-        raise SystemExit(f"--arms: unknown arm(s) {', '.join(unknown)}; expected some of {', '.join(KNOWN_ARMS)}")
     results = []
     for arm in args.arms.split(","):
         done = out / f"{arm}.json"
