@@ -102,3 +102,16 @@ def test_ablation_arms_set_strategy_and_batching_and_unknown_arms_are_refused(tm
     assert base["train"]["negatives"]["strategy"] == "corrected"  # the base params are not touched
     with pytest.raises(SystemExit, match="unknown training arm 'corrected_rand'"):
         ablation.arm_params(base, "corrected_rand", 100, 5, tmp_path)
+
+
+def test_the_gap_is_also_judged_against_the_strongest_arm_without_a_corrector(seeds):
+    runs = {13: {"corrected": arm("corrected", 0.740), "refresh": arm("refresh", 0.743, reembed=98000),
+                 "refresh_random": arm("refresh_random", 0.750, reembed=98000), "stale": arm("stale", 0.730),
+                 "zero_shot": arm("zero_shot", 0.800, train=0)},  # zero-shot is no trained rival
+            14: {"corrected": arm("corrected", 0.742), "refresh": arm("refresh", 0.738, reembed=98000)}}
+    lines = seeds.report(runs, "cmd").splitlines()
+    line = next(line for line in lines if line.startswith("- corrected minus the strongest arm"))
+    assert "13: -0.0100 (vs refresh_random), 14: +0.0040 (vs refresh); met on 1 of 2 seeds; mean -0.0030" in line
+    assert line.endswith("**met** on the mean")
+    runs[13].pop("refresh_random")  # with no random-batch baseline the refresh line says it all
+    assert not any(line.startswith("- corrected minus the strongest") for line in seeds.report(runs, "cmd").splitlines())
