@@ -113,5 +113,7 @@ def test_the_gap_is_also_judged_against_the_strongest_arm_without_a_corrector(se
     line = next(line for line in lines if line.startswith("- corrected minus the strongest arm"))
     assert "13: -0.0100 (vs refresh_random), 14: +0.0040 (vs refresh); met on 1 of 2 seeds; mean -0.0030" in line
     assert line.endswith("**met** on the mean")
+    fixed = next(line for line in lines if line.startswith("- corrected minus refresh_random"))
+    assert "13: -0.0100; met on 0 of 1 seeds; mean -0.0100 (one seed): **not met** on the mean" in fixed
     runs[13].pop("refresh_random")  # with no random-batch baseline the refresh line says it all
     assert not any(line.startswith("- corrected minus the strongest") for line in seeds.report(runs, "cmd").splitlines())
