@@ -34,7 +34,7 @@ def tiny_params(tmp_path, tiny_model, tiny_beir):
     params["encode"].update(batch_size=16, precision="fp32")
     params["cluster"].update(queries_per_cluster=6, niter=5)
     params["train"].update(steps=6, batch_size=4, log_every=2, passage_max_len=32, lr=1e-3, eval_every=3,
-                           probe_passages=8)
+                           probe_passages=8, overlap_passages=30, overlap_k=5)
     params["train"]["negatives"].update(k=2)
     params["train"]["corrector"].update(hidden=32, warmup_steps=2)
     return params

@@ -98,7 +98,9 @@ def test_validation_keeps_the_best_checkpoint(tiny):
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert res.best_step == [2, 4, 6][int(np.argmax(scores))]
     assert all("probe_cos_stale_fresh" in v and "probe_cos_corrected_fresh" in v for v in res.validations)
-    assert res.counters.probe_passes == 3 * 8
+    assert res.counters.probe_passes == 3 * (8 + 30)  # 8 probes + 30 overlap passages per evaluation
+    assert all(0.0 <= v["overlap_stale_fresh"] <= 1.0 and 0.0 <= v["overlap_corrected_fresh"] <= 1.0
+               for v in res.validations)
     # the returned encoder is the best one: validating it again gives the best score
     from freshen.training.loop import Trainer
 
@@ -350,10 +352,57 @@ def test_teacher_file_is_validated(tiny_beir, tmp_path):
     for body, pattern in [("q0\tzz\t1\n", r"t\.tsv:1: field 'doc-id': unknown document id 'zz'"),
                           ("q0\td0\t1\nqq\td0\t1\n", r"t\.tsv:2: field 'query-id'"),
                           ("q0\td0\t1\nq0\td1\thigh\n", r"t\.tsv:2: field 'score': must be a number"),
-                          ("q0\td0\tnan\n", r"field 'score': must be finite")]:
+                          ("q0\td0\tnan\n", r"field 'score': must be finite"),
+                          # line 1 with known ids is data, not a header: its bad score is an error
+                          ("q0\td0\thigh\nq0\td1\t2.0\n", r"t\.tsv:1: field 'score': must be a number")]:
         good.write_text(body)
         with pytest.raises(DataError, match=pattern):
             read_teacher_scores(good, ds.corpus, ds.queries)
+
+
+def test_overlap_with_a_fresh_cache_is_whole_until_the_encoder_drifts(tiny):
+    """The training-time overlap measure: while the encoder is the one that made the cache, the
+    cached and corrected top-k lists over the passage sample are the fresh ones (1.0); once its
+    weights move, the cached lists lose part of the fresh ones."""
+    from freshen.training.loop import Trainer
+
+    ds, cache, clusters, params = tiny
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, _params(params), seed=3)
+    still = t.validate(1)
+    assert still["overlap_stale_fresh"] == pytest.approx(1.0)
+    assert still["overlap_corrected_fresh"] == pytest.approx(1.0)  # h starts as the identity
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in t.encoder.parameters():
+            weight.add_(0.2 * weight.std() * torch.randn_like(weight))
+    moved = t.validate(2)
+    assert moved["overlap_stale_fresh"] < 0.95  # 0.85 here
+    assert moved["overlap_corrected_fresh"] == pytest.approx(moved["overlap_stale_fresh"])  # still the identity
+    assert t.counters.probe_passes == 2 * (8 + 30)
+
+
+def test_margin_mse_matches_its_formula():
+    from freshen.training.losses import margin_mse
+
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    pos = torch.tensor([[0.5, 0.5], [1.0, 1.0]])
+    neg = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    teacher = torch.tensor([3.0, 1.0])
+    # student margins x scale 10: (0.5 - 0) * 10 = 5 and (2 - 0) * 10 = 20
+    expected = ((5.0 - 3.0) ** 2 + (20.0 - 1.0) ** 2) / 2
+    assert float(margin_mse(q, pos, neg, teacher, 10.0)) == pytest.approx(expected)
+
+
+def test_teacher_file_must_cover_every_training_query(tiny):
+    """Balanced margin sampling draws from the teacher's scored candidates: a training query
+    without a scored positive or without a scored non-positive stops the run before step 1."""
+    ds, cache, clusters, params = tiny
+    teacher = {q: {**{d: 10.0 for d in docs}, **{d: 1.0 for d in ds.doc_ids()[:12] if d not in docs}}
+               for q, docs in ds.positives("train").items()}
+    gap = sorted(teacher)[1]
+    teacher[gap] = {d: v for d, v in teacher[gap].items() if d in ds.positives("train")[gap]}  # positives only
+    with pytest.raises(FreshenError, match=f"train.teacher.scores.*1 of .*'{gap}'"):
+        train(Encoder.from_params(params["model"]), ds, cache, clusters, _params(params), seed=3, teacher=teacher)
 
 
 def test_teacher_margin_mse_trains(tiny, tmp_path):

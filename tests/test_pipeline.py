@@ -65,6 +65,13 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     assert (project / "artifacts/model/corrector/corrector.safetensors").is_file()
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["train_passage_passes"] == 6 * 4 * 3 and train["reembed_passes"] == 0
+    # the last evaluation's figures; measurement passes: 2 evaluations x (8 probes + 30 overlap passages)
+    assert train["evaluation"]["step"] == 6 and train["probe_passes"] == 2 * (8 + 30)
+    assert all(0.0 <= train["evaluation"][k] <= 1.0 for k in ("dev_ndcg_at_10", "overlap_stale_fresh",
+                                                              "overlap_corrected_fresh", "probe_cos_stale_fresh"))
+    assert json.loads((project / "artifacts/model/train_state.json").read_text())["corrector_saved"] is True
+    curve = (project / "plots/train_curve.csv").read_text().splitlines()
+    assert "overlap_corrected_fresh" in curve[0] and "wall_seconds" in curve[0] and len(curve) == 1 + 6
     ev = json.loads((project / "metrics/eval.json").read_text())
     for split in ("dev", "test"):
         for system in ("zero_shot", "trained", "trained_stale_cache", "trained_corrected_cache", "bm25"):
@@ -88,6 +95,9 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     history = lambda key: sorted(m.step for m in client.get_metric_history(train_run.info.run_id, key))  # noqa: E731
     assert history("loss") == [2, 3, 4, 6]  # every log_every=2 steps, and at each validation (eval_every=3)
     assert history("dev_ndcg_at_10") == [3, 6]
+    for key in ("overlap_stale_fresh", "overlap_corrected_fresh", "probe_cos_corrected_fresh"):
+        assert history(key) == [3, 6], key  # logged at every evaluation
+    assert {3, 6} <= set(history("wall_seconds")) and {3, 6} <= set(history("reembed_passes"))
     assert train_run.data.params["train.negatives.strategy"] == "corrected"
     assert len(train_run.data.tags["git_commit"]) in (40, 7) or train_run.data.tags["git_commit"] == "unknown"
 
@@ -120,6 +130,32 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     assert is_registered(params, project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'elsewhere.db'}")  # another registry
     assert not is_registered(params, project)
+
+
+def test_reembed_can_write_the_corrected_cache_instead(project, mlflow_uri):
+    """reembed.corrector: h(stale cache) becomes the new cache, no encoder pass; evaluate then
+    measures no drift or overlap against it (there is no fresh cache)."""
+    for step in ("prepare", "cluster-queries", "embed-cache", "train"):
+        freshen(project, step)
+    freshen(project, "reembed", "--set", "reembed.corrector=true")
+    from freshen.cache import load_cache
+    from freshen.modeling.corrector import Corrector
+
+    stale, out = load_cache(project / "artifacts/cache/initial"), load_cache(project / "artifacts/cache/reembedded")
+    h = Corrector.load(project / "artifacts/model/corrector")
+    assert out.manifest["corrected"] is True and out.manifest["stale_cache"] == "artifacts/cache/initial"
+    assert out.ids == stale.ids
+    expected = np.empty(stale.embeddings.shape, dtype=np.float32)
+    h.correct_into(stale.embeddings, expected, chunk=7)
+    np.testing.assert_allclose(np.asarray(out.embeddings, dtype=np.float32), expected, atol=2e-3)
+    assert not np.allclose(expected, np.asarray(stale.embeddings, dtype=np.float32), atol=2e-3)  # h trained
+    freshen(project, "evaluate")
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    assert ev["drift"] == {} and "top100_overlap_stale_vs_fresh" not in ev["test"]
+    assert 0.0 <= ev["test"]["trained"]["ndcg_at_10"] <= 1.0
+    res = freshen(project, "reembed", "--set", "reembed.corrector=true", "--set", "train.out_dir=artifacts/none",
+                  ok=False)
+    assert res.returncode == 2 and "reembed.corrector" in res.stderr
 
 
 def test_bad_input_fails_clearly_and_writes_nothing(project, mlflow_uri, tiny_params):

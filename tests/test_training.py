@@ -31,6 +31,52 @@ def test_forward_passes_match_the_strategy(setup, strategy, per_query):
     assert len(res.curve) == steps and all(np.isfinite(r["loss"]) for r in res.curve)
 
 
+@pytest.mark.parametrize("strategy,selection,refresh", [("stale", "topk", 0), ("stale", "gumbel", 0),
+                                                       ("corrected", "topk", 0), ("corrected", "balanced", 0),
+                                                       ("refresh", "topk", 2), ("corrected", "gumbel", 3)])
+def test_no_positive_is_ever_selected_as_a_negative(setup, strategy, selection, refresh):
+    """Every query's judged positives (all of them, not only the one its step trains on) stay
+    out of its negatives, whatever the index (stale, corrected, refreshed) and the selection."""
+    from freshen.training.loop import Trainer
+
+    ds, cache, clusters, params = setup
+    neg = {**params["train"]["negatives"], "strategy": strategy, "selection": selection, "refresh_every": refresh,
+           "candidates": 20, "beta": 1.0}
+    p = {**params["train"], "negatives": neg, "precision": "fp32", "steps": 8, "eval_every": 0}
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
+    positives = ds.positives("train")
+    seen = 0
+    for step in range(1, 9):
+        t.step(step)
+        qids, neg_rows = t.last_negatives
+        assert neg_rows.shape == (len(qids), p["negatives"]["k"])
+        for q, rows in zip(qids, neg_rows.tolist()):
+            assert not {t.doc_ids[r] for r in rows} & set(positives[q]), (step, q)
+            assert len(set(rows)) == len(rows)  # no negative twice
+        seen += neg_rows.numel()
+        if refresh and step % refresh == 0:
+            t.refresh(step)
+    assert seen == 8 * p["batch_size"] * p["negatives"]["k"]
+
+
+def test_corrector_drives_sampling_only_after_its_warmup(setup):
+    """warmup_steps=3: the first 3 steps select from the stale cache (no corrector handed to the
+    scorer) while the corrector already trains; from step 4 on the corrected cache is scored."""
+    from freshen.training.loop import Trainer
+
+    ds, cache, clusters, params = setup
+    p = {**params["train"], "precision": "fp32", "steps": 6, "eval_every": 0,
+         "negatives": {**params["train"]["negatives"], "strategy": "corrected"},
+         "corrector": {**params["train"]["corrector"], "warmup_steps": 3}}
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
+    handed, select = [], t.scorer.select
+    t.scorer.select = lambda *a, corrector=None, **kw: handed.append(corrector) or select(*a, corrector=corrector, **kw)
+    losses = [t.step(s).get("corrector_loss") for s in range(1, 7)]
+    assert [c is t.corrector for c in handed] == [False, False, False, True, True, True]
+    assert handed[:3] == [None, None, None]
+    assert all(loss is not None for loss in losses)  # it learns during the warm-up too
+
+
 def test_refresh_counts_reembedding_passes(setup):
     res, p = _train(setup, strategy="refresh", refresh_every=2)
     n_docs = len(setup[1])
@@ -56,6 +102,14 @@ def test_same_seed_same_weights(setup):
     assert [r["loss"] for r in a.curve] == [r["loss"] for r in b.curve]
 
 
+def test_only_a_corrector_that_maps_the_stale_cache_is_saved():
+    from freshen.steps.train import corrector_not_saved
+
+    assert corrector_not_saved({"negatives": {"strategy": "corrected", "refresh_every": 0}}) is None
+    assert "does not sample" in corrector_not_saved({"negatives": {"strategy": "stale"}})
+    assert "last refreshed cache" in corrector_not_saved({"negatives": {"strategy": "corrected", "refresh_every": 5}})
+
+
 def test_bad_params_fail_before_training():
     with pytest.raises(FreshenError, match="train.negatives.strategy.*'ance'"):
         check_train_params({"negatives": {"strategy": "ance"}})
@@ -63,3 +117,5 @@ def test_bad_params_fail_before_training():
         check_train_params({"negatives": {"strategy": "stale", "selection": "best"}})
     with pytest.raises(FreshenError, match="train.batching"):
         check_train_params({"negatives": {"strategy": "stale"}, "batching": "topic"})
+    with pytest.raises(FreshenError, match="train.overlap_k"):
+        check_train_params({"negatives": {"strategy": "stale"}, "overlap_k": 2.5})

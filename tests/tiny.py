@@ -64,7 +64,10 @@ def make_tiny_bert(path: Path, hidden: int = 32, layers: int = 2, seed: int = 0,
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + vocab_words()
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    # the vocab as a mapping: transformers 5 reads no vocab_file here and maps every word to [UNK]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    if tok.unk_token_id in tok("cell doc0")["input_ids"]:
+        raise RuntimeError("tiny tokenizer maps known words to [UNK]: every text would embed alike")
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                      intermediate_size=hidden * 2, max_position_embeddings=128)

@@ -140,6 +140,12 @@ def evaluate_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, floa
     return {name: float(agg[m]) for name, m in MEASURES.items()}
 
 
+def overlap_at(rows_a, rows_b) -> float:
+    """Mean over queries of |a & b| / |a|: how much of each top-k list the other list holds."""
+    return float(np.mean([len(set(np.asarray(a).tolist()) & set(np.asarray(b).tolist())) / len(a)
+                          for a, b in zip(rows_a, rows_b)]))
+
+
 def write_trec(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
     lines = []
     for qid, docs in run.items():

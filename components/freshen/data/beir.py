@@ -175,7 +175,8 @@ def read_scored_pairs(path: str | Path, corpus: dict, queries: dict, parse, doc_
             try:
                 value = parse(raw_value)
             except ValueError as exc:
-                if lineno == 1 and not _is_number(raw_value):  # header, e.g. "query-id corpus-id score"
+                # a header, e.g. "query-id corpus-id score": line 1, its ids no known ids
+                if lineno == 1 and not _is_number(raw_value) and qid not in queries and docid not in corpus:
                     continue
                 raise DataError(path, f"{exc}, got {raw_value!r}", lineno, "score") from None
             if qid not in queries:

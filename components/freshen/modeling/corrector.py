@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -62,6 +63,14 @@ class Corrector(nn.Module):
             raise ValueError("transform_query needs the linear corrector without normalize")
         q = q.float()
         return q @ self.linear.weight, q @ self.linear.bias
+
+    @torch.no_grad()
+    def correct_into(self, cached, out, chunk: int = 65536) -> None:
+        """out[i] = h(cached[i]) for every row, `chunk` rows at a time so that memory stays
+        bounded: `cached` may be a memmap of a whole corpus, `out` another (numpy arrays)."""
+        for s in range(0, len(cached), chunk):
+            block = torch.from_numpy(np.asarray(cached[s:s + chunk], dtype=np.float32))
+            out[s:s + len(block)] = self(block).numpy()
 
     def config(self) -> dict:
         return {"dim": self.dim, "arch": self.arch, "hidden": self.hidden, "depth": self.depth,

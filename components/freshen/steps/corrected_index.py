@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from freshen.cache import load_cache, write_cache
 from freshen.index_store import publish, read_pointer, write_index
 from freshen.modeling.corrector import Corrector
@@ -21,7 +18,6 @@ from freshen.steps.fetch_champion import read_champion
 
 SECTIONS = ["cache", "orchestration", "evaluate"]
 OPTIONS = ()
-CHUNK = 65536
 
 
 def skip_reason(params: dict, root: Path) -> str | None:
@@ -41,13 +37,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     serving = path(root, params["orchestration"]["serving_dir"])
     folder = serving / f"corrected-v{champ['version']}-{champ['encoder_digest'][:12]}"
 
-    def fill(arr: np.ndarray) -> None:
-        with torch.no_grad():
-            for s in range(0, len(stale), CHUNK):
-                block = torch.from_numpy(np.asarray(stale.embeddings[s:s + CHUNK], dtype=np.float32))
-                arr[s:s + len(block)] = corrector(block).numpy()
-
-    cache = write_cache(folder, stale.ids, stale.dim, fill, manifest={
+    cache = write_cache(folder, stale.ids, stale.dim, lambda arr: corrector.correct_into(stale.embeddings, arr), manifest={
         "model": f"models:/{champ['registered_model']}/{champ['version']}", "model_digest": champ["encoder_digest"],
         "corrector_digest": model_digest(champ["corrector_dir"]), "source": "corrected_index", "corrected": True,
         "stale_cache": str(stale.path), "stale_model_digest": stale.manifest.get("model_digest"),

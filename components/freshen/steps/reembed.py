@@ -1,13 +1,20 @@
 """Step 4, reembed: the corpus embedded again with a trained checkpoint, into a new cache of
-the same format. This is the cost the corrector makes rare; it is counted in passes."""
+the same format. This is the cost the corrector makes rare; it is counted in passes.
+
+With `reembed.corrector: true` nothing is encoded: the trained corrector maps the stale cache
+(`cache.out_dir`) to its estimate of the new embeddings, h(C), written as the new cache
+(manifest `"corrected": true`), at no target-encoder pass."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from freshen.cache import load_cache, write_cache
 from freshen.config import params_hash
 from freshen.embed_corpus import embed_to_cache, place
 from freshen.encoding import set_threads
+from freshen.errors import FreshenError
+from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder, model_digest
 from freshen.steps.common import NullLog, path, shown
 from freshen.steps.embed_cache import prepared_corpus
@@ -16,13 +23,31 @@ SECTIONS = ["encode", "reembed"]
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
-    set_threads()
-    corpus = prepared_corpus(params, root)
-    model_dir = path(root, params["train"]["out_dir"]) / "encoder"
-    encoder = place(Encoder.load(model_dir), params["encode"])
-    _, stats = embed_to_cache(encoder, corpus, path(root, params["reembed"]["out_dir"]), params["encode"],
-                              {"model": shown(model_dir, root), "model_digest": model_digest(model_dir),
-                               "params_hash": params_hash(params, SECTIONS), "source": "reembed", "corrected": False},
-                              "re-embed")
+    model_dir = path(root, params["train"]["out_dir"])
+    manifest = {"model": shown(model_dir / "encoder", root), "model_digest": model_digest(model_dir / "encoder"),
+                "params_hash": params_hash(params, SECTIONS), "source": "reembed"}
+    if params["reembed"].get("corrector", False):
+        stats = corrected(params, root, model_dir, manifest)
+    else:
+        set_threads()
+        corpus = prepared_corpus(params, root)
+        encoder = place(Encoder.load(model_dir / "encoder"), params["encode"])
+        _, stats = embed_to_cache(encoder, corpus, path(root, params["reembed"]["out_dir"]), params["encode"],
+                                  {**manifest, "corrected": False}, "re-embed")
     log.metrics(stats)
     return stats
+
+
+def corrected(params: dict, root: Path, model_dir: Path, manifest: dict) -> dict:
+    """h(C): the saved corrector applied to the stale cache, chunk by chunk."""
+    if not (model_dir / "corrector").is_dir():
+        raise FreshenError(f"params.yaml: field 'reembed.corrector': true, but {model_dir / 'corrector'} does not "
+                           "exist (only strategy 'corrected' without refresh saves a corrector)")
+    stale = load_cache(path(root, params["cache"]["out_dir"]))
+    corrector = Corrector.load(model_dir / "corrector", expect_dim=stale.dim).eval()
+    out = write_cache(path(root, params["reembed"]["out_dir"]), stale.ids, stale.dim,
+                      lambda arr: corrector.correct_into(stale.embeddings, arr),
+                      {**manifest, "corrected": True, "corrector_digest": model_digest(model_dir / "corrector"),
+                       "stale_cache": shown(stale.path, root), "stale_model_digest": stale.manifest.get("model_digest")})
+    print(f"reembed: {len(out)} passages as h(cache) from {stale.path}, no encoder pass")
+    return {"docs": len(out), "passes": 0, "corrected": 1}

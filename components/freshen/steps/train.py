@@ -1,4 +1,7 @@
-"""Step 3, train: the retriever and its corrector, from the stale cache and the clusters."""
+"""Step 3, train: the retriever and its corrector, from the stale cache and the clusters.
+`train.metrics` is rewritten after every evaluation (the counters and that evaluation's
+figures), so a run stopped half-way leaves its last measurements; the end of the run writes
+the summary there."""
 
 from __future__ import annotations
 
@@ -21,7 +24,28 @@ from freshen.training.loop import check_train_params, train
 SECTIONS = ["seed", "model", "train"]
 CURVE_FIELDS = ["step", "loss", "corrector_loss", "corrector_ce", "cos_stale_fresh", "cos_corrected_fresh",
                 "dev_ndcg_at_10", "probe_cos_stale_fresh", "probe_cos_corrected_fresh",
-                "train_passage_passes", "reembed_passes"]
+                "overlap_stale_fresh", "overlap_corrected_fresh",
+                "train_passage_passes", "reembed_passes", "wall_seconds"]
+EVAL_FIELDS = ["dev_ndcg_at_10", "probe_cos_stale_fresh", "probe_cos_corrected_fresh", "overlap_stale_fresh",
+               "overlap_corrected_fresh"]
+
+
+def corrector_not_saved(p: dict) -> str | None:
+    """Why the run's corrector is not saved with the retriever (None: it is). A saved corrector
+    is applied to `cache.out_dir` by evaluate, reembed and corrected_index, so only one that maps
+    that cache ships: 'stale' trains one only to measure drift, and with refresh the corrector
+    maps the last refreshed cache, which lived only in memory."""
+    neg = p["negatives"]
+    if neg["strategy"] != "corrected":
+        return f"strategy '{neg['strategy']}' does not sample through a corrector"
+    if int(neg.get("refresh_every", 0) or 0) > 0:
+        return "with refresh_every the corrector maps the last refreshed cache, not cache.out_dir"
+    return None
+
+
+def evaluation(record: dict) -> dict:
+    """One evaluation's figures and its step."""
+    return {"step": record["step"], **{k: record[k] for k in EVAL_FIELDS if k in record}}
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
@@ -41,15 +65,19 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         raise FreshenError(f"{cache.path}/manifest.json: field 'dim': cache dim {cache.dim} does not match "
                            f"the encoder's {encoder.dim}")
     result = train(encoder, ds, cache, clusters, p, int(params["seed"]), teacher=teacher,
-                   on_log=lambda rec, step: log.metrics({k: v for k, v in rec.items() if k != "step"}, step))
+                   on_log=lambda rec, step: log.metrics({k: v for k, v in rec.items() if k != "step"}, step),
+                   on_eval=lambda rec, counters: write_json(path(root, p["metrics"]), {
+                       **counters.as_dict(), "steps_run": rec["step"], "evaluation": evaluation(rec)}))
+    not_saved = corrector_not_saved(p) if result.corrector is not None else "no corrector"
     with atomic_dir(path(root, p["out_dir"])) as tmp:
         result.encoder.save(tmp / "encoder")
-        if result.corrector is not None:
+        if not_saved is None:
             result.corrector.save(tmp / "corrector")
         # no wall time in the model folder (it is in metrics/train.json): the same params must
         # give the same bytes, so that DVC and the registry see the same model
         counters = {k: v for k, v in result.counters.as_dict().items() if k != "wall_seconds"}
-        write_json(tmp / "train_state.json", {"counters": counters,
+        write_json(tmp / "train_state.json", {"counters": counters, "corrector_saved": not_saved is None,
+                                               **({"corrector_not_saved": not_saved} if not_saved else {}),
                                                "params_hash": params_hash(params, SECTIONS),
                                                "cache_manifest": cache.manifest, "steps": int(p["steps"])})
     last = result.curve[-1]
@@ -57,7 +85,8 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
                **({"best_step": result.best_step,
                    "best_dev_ndcg_at_10": max(v.get("dev_ndcg_at_10", float("-inf")) for v in result.validations)}
                   if result.best_step is not None else {}),
-               **{k: last[k] for k in ("corrector_loss", "cos_stale_fresh", "cos_corrected_fresh") if k in last}}
+               **{k: last[k] for k in ("corrector_loss", "cos_stale_fresh", "cos_corrected_fresh") if k in last},
+               **({"evaluation": evaluation(result.validations[-1])} if result.validations else {})}
     write_json(path(root, p["metrics"]), summary)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CURVE_FIELDS, extrasaction="ignore")

@@ -6,7 +6,8 @@ negatives fresh; the retriever learns from cross-entropy over them and the in-ba
 (or Margin-MSE against teacher scores); the corrector learns from the drift between its output
 and those fresh embeddings, with its own optimiser. Optionally the corpus is re-embedded every
 N steps (the expensive baseline). Every `eval_every` steps: dev nDCG@10 on the training-time
-index, the drift on held-out probe passages, best checkpoint kept, early stopping."""
+index, the drift on held-out probe passages, how far the training-time and corrected caches'
+top-k lists are from a fresh cache's on a passage sample, best checkpoint kept, early stopping."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from transformers import get_linear_schedule_with_warmup
 from freshen.encoding import autocast_dtype, encode, encode_into
 from freshen.errors import FreshenError
 from freshen.modeling.corrector import Corrector
+from freshen.retrieval import evaluate_run, overlap_at
 from freshen.sampling.negatives import SELECTIONS, balanced_pick, chunked_topk
 from freshen.sampling.scorer import CacheScorer
 from freshen.sampling.tas import RandomBatches, TASBatches
@@ -97,6 +99,10 @@ def check_train_params(p: dict) -> None:
         value = values.get(key, least)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise FreshenError(f"params.yaml: field 'train.{section}.{key}': must be an integer >= {least}, got {value!r}")
+    for key in ("probe_passages", "overlap_passages", "overlap_k", "eval_every", "early_stopping_patience"):
+        value = p.get(key, 0)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise FreshenError(f"params.yaml: field 'train.{key}': must be an integer >= 0, got {value!r}")
     if cor.get("refit_every", 0) and not cor.get("refit_sample", 0):
         raise FreshenError("params.yaml: field 'train.corrector.refit_sample': must be > 0 when refit_every is set")
     if neg.get("fresh_overlay_steps", 0) and neg.get("selection", "topk") != "topk":
@@ -111,18 +117,29 @@ def make_batches(p: dict, cluster_of: dict[str, int], train_qids: list[str], rng
     return RandomBatches(train_qids, int(p["batch_size"]), rng)
 
 
-def _ndcg_at_10(qrels: dict, run: dict) -> float:
-    from freshen.retrieval import evaluate_run
+def check_teacher_coverage(teacher: dict, train_qids: list[str], positives: dict, row_of: dict) -> None:
+    """Every training query needs a teacher score for each of its positives and for at least one
+    other passage: balanced margin sampling draws from exactly those. Checked before training."""
+    lacking = [q for q in train_qids
+               if any(d not in teacher.get(q, {}) for d in positives[q])
+               or not any(d not in positives[q] and d in row_of for d in teacher.get(q, {}))]
+    if lacking:
+        raise FreshenError(f"params.yaml: field 'train.teacher.scores': {len(lacking)} of {len(train_qids)} training "
+                           f"queries lack a teacher score for a positive or for any other passage, e.g. '{lacking[0]}' "
+                           "(score each training query's positives and its candidate negatives)")
 
+
+def _ndcg_at_10(qrels: dict, run: dict) -> float:
     return evaluate_run(qrels, run)["ndcg_at_10"]
 
 
 class Trainer:
     """Holds the state of one training run; `run()` does the steps."""
 
-    def __init__(self, encoder, dataset, cache, cluster_of, p: dict, seed: int, teacher=None, on_log=None):
+    def __init__(self, encoder, dataset, cache, cluster_of, p: dict, seed: int, teacher=None, on_log=None,
+                 on_eval=None):
         check_train_params(p)
-        self.encoder, self.ds, self.p, self.on_log = encoder, dataset, p, on_log
+        self.encoder, self.ds, self.p, self.on_log, self.on_eval = encoder, dataset, p, on_log, on_eval
         self.neg_p, self.cor_p = p["negatives"], p.get("corrector", {})
         self.strategy = self.neg_p["strategy"]
         self.k = 0 if self.strategy == "in_batch" else int(self.neg_p.get("k", 4))
@@ -144,6 +161,13 @@ class Trainer:
         self.doc_ids = cache.ids
         self.doc_texts = dataset.doc_texts(self.doc_ids)
         self.pos_rows = {q: [self.row_of[d] for d in self.positives[q]] for q in self.positives}
+        if teacher is not None:
+            check_teacher_coverage(teacher, self.train_qids, self.positives, self.row_of)
+            if self.strategy != "in_batch":
+                log.info("teacher scores given: negatives are drawn from the teacher's scored candidates by "
+                         "balanced margin sampling, not from the cache (strategy '%s' trains only its corrector)",
+                         self.strategy)
+        self.last_negatives: tuple[list[str], torch.Tensor] | None = None  # the last step's (queries, negative rows)
 
         # the stale cache, a private float16 copy: the training-time index, not the artifact
         self.scorer = CacheScorer(torch.from_numpy(np.array(cache.embeddings, dtype=np.float16)), self.neg_p)
@@ -187,6 +211,13 @@ class Trainer:
         n_probe = min(int(p.get("probe_passages", 0) or 0), len(self.doc_ids))
         self.probe_rows = sorted(self.rng.choice(len(self.doc_ids), size=n_probe, replace=False).tolist())
         self.probe_set = set(self.probe_rows)
+        # a random passage sample, its own stream (batches stay those of every other setting),
+        # embedded fresh at each evaluation: the top-k lists of the dev queries over it from the
+        # training-time cache, the corrected cache and the fresh embeddings are compared
+        n_overlap = min(int(p.get("overlap_passages", 0) or 0), len(self.doc_ids))
+        self.overlap_rows = torch.from_numpy(np.sort(np.random.default_rng([seed, 3]).choice(
+            len(self.doc_ids), size=n_overlap, replace=False)))
+        self.overlap_k = min(int(p.get("overlap_k", 100)), n_overlap)
         self.sample_pool = np.setdiff1d(np.arange(len(self.doc_ids)), np.array(self.probe_rows, dtype=np.int64)) \
             if self.drift_sample or self.refit_every else np.empty(0, dtype=np.int64)  # corpus-sized only when used
         self.counters, self.curve, self.validations = Counters(), [], []
@@ -224,6 +255,7 @@ class Trainer:
                                           generator=self.gen, rng=self.pick_rng)
             if overlay:
                 neg_rows = self._overlay_rerank(step, q_emb.detach(), neg_rows)
+        self.last_negatives = (qids, neg_rows)
 
         rows = [self.row_of[d] for d in pos_docs] + neg_rows.flatten().tolist()
         with self._autocast():
@@ -243,6 +275,8 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         record = {"step": step, "loss": float(loss.detach())}
+        if self.teacher is not None:
+            record["teacher_inbatch_pairs"] = self.teacher_inbatch_pairs
         if self.corrector is not None:
             record.update(self._corrector_step(rows, p_emb.detach(), q_emb.detach(), mask, sample))
         return record
@@ -317,6 +351,7 @@ class Trainer:
         pairs = [(i, j) for i, q in enumerate(qids) for j in range(b)
                  if j != i and pos_docs[j] in self.teacher.get(q, {}) and pos_docs[j] not in self.positives[q]]
         alpha = float(self.p.get("teacher", {}).get("alpha", 0.75))
+        self.teacher_inbatch_pairs = len(pairs)  # 0: the teacher file scores no other query's positive
         if pairs and alpha > 0:
             ii, jj = torch.tensor([a for a, _ in pairs]), torch.tensor([c for _, c in pairs])
             t_in = torch.tensor([self.teacher[qids[a]][pos_docs[a]] - self.teacher[qids[a]][pos_docs[c]]
@@ -423,6 +458,8 @@ class Trainer:
             rows, scores = chunked_topk(q_eff, self.scorer.table, 100, [[]] * len(qids), cor, self.scorer.chunk)
             run = {qid: {self.doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i])} for i, qid in enumerate(qids)}
             rec["dev_ndcg_at_10"] = _ndcg_at_10(dev, run)
+            if self.overlap_k > 0:
+                rec.update(self._overlap(q))
         if self.probe_rows:
             fresh = torch.from_numpy(encode(self.encoder, [self.doc_texts[r] for r in self.probe_rows], "passage",
                                             precision=self.p.get("encode_precision", "auto"), max_len=self.passage_len))
@@ -432,6 +469,24 @@ class Trainer:
             if self.corrector is not None:
                 rec["probe_cos_corrected_fresh"] = mean_cosine(self.corrector(stale), fresh)
         self.encoder.train()
+        return rec
+
+    def _overlap(self, q: torch.Tensor) -> dict:
+        """Top-`overlap_k` overlap, over the passage sample, of the training-time cache's and the
+        corrected cache's lists with the lists of the sample embedded fresh, for queries `q`."""
+        rows = self.overlap_rows
+        fresh = torch.from_numpy(encode(self.encoder, [self.doc_texts[int(r)] for r in rows], "passage",
+                                        precision=self.p.get("encode_precision", "auto"), max_len=self.passage_len))
+        self.counters.probe_passes += len(rows)
+        cached = self.scorer.table[rows].float()
+
+        def top(table: torch.Tensor) -> torch.Tensor:
+            return (q.float() @ table.T).topk(self.overlap_k, dim=1).indices
+
+        fresh_top = top(fresh)
+        rec = {"overlap_stale_fresh": overlap_at(top(cached), fresh_top)}
+        if self.corrector is not None:
+            rec["overlap_corrected_fresh"] = overlap_at(top(self.corrector(cached)), fresh_top)
         return rec
 
     def run(self) -> TrainResult:
@@ -446,7 +501,8 @@ class Trainer:
                 self.refresh(step)
             if self.refit_every and step % self.refit_every == 0 and step < steps:
                 record.update(self.refit(step))
-            if eval_every and (step % eval_every == 0 or step == steps):
+            evaluated = bool(eval_every) and (step % eval_every == 0 or step == steps)
+            if evaluated:
                 val = self.validate(step)
                 self.validations.append(val)
                 record.update({k: v for k, v in val.items() if k != "step"})
@@ -459,11 +515,13 @@ class Trainer:
                     bad += 1
             self.counters.wall_seconds = time.perf_counter() - started
             record.update(train_passage_passes=self.counters.train_passage_passes,
-                          reembed_passes=self.counters.reembed_passes)
+                          reembed_passes=self.counters.reembed_passes, wall_seconds=round(self.counters.wall_seconds, 3))
             self.curve.append(record)
-            if self.on_log and (step % int(self.p.get("log_every", 10)) == 0 or step == steps or "dev_ndcg_at_10" in record
+            if self.on_log and (step % int(self.p.get("log_every", 10)) == 0 or step == steps or evaluated
                                 or "refit_cos_after" in record):
                 self.on_log(record, step)
+            if self.on_eval and evaluated:
+                self.on_eval(record, self.counters)
             if patience and bad >= patience:
                 log.info("early stopping at step %d: dev nDCG@10 did not improve for %d evaluations", step, bad)
                 break
@@ -476,6 +534,9 @@ class Trainer:
 
 
 def train(encoder, dataset, cache, cluster_of: dict[str, int], p: dict, seed: int, on_log=None,
-          teacher=None) -> TrainResult:
-    """Train `encoder` in place; return it with its corrector, the counters and the curves."""
-    return Trainer(encoder, dataset, cache, cluster_of, p, seed, teacher=teacher, on_log=on_log).run()
+          teacher=None, on_eval=None) -> TrainResult:
+    """Train `encoder` in place; return it with its corrector, the counters and the curves.
+    `on_log(record, step)` every `log_every` steps and at evaluations; `on_eval(record, counters)`
+    after each evaluation."""
+    return Trainer(encoder, dataset, cache, cluster_of, p, seed, teacher=teacher, on_log=on_log,
+                   on_eval=on_eval).run()
