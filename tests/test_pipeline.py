@@ -219,10 +219,14 @@ def test_ablation_benchmark_smoke(project, mlflow_uri):
     sh(project, "git", "init", "-q")
     sh(project, sys.executable, "-m", "dvc", "init", "-q")
     out = project / "benchmarks/results/ablation"
-    cmd = [sys.executable, "benchmarks/ablation.py", "--arms", "zero_shot,stale,corrected,refresh", "--steps", "4",
-           "--refreshes", "1"]
+    cmd = [sys.executable, "benchmarks/ablation.py", "--arms", "zero_shot,stale,corrected,refresh,best_random",
+           "--steps", "4", "--refreshes", "1"]
     sh(project, *cmd)
     arms = {a: json.loads((out / f"{a}.json").read_text()) for a in ("zero_shot", "stale", "corrected", "refresh")}
+    best = max(("stale", "corrected", "refresh"), key=lambda a: arms[a]["test"]["ndcg_at_10"])
+    rand = json.loads((out / f"{best}_random.json").read_text())  # TAS versus random for the best strategy
+    assert rand["batching"] == "random" and rand["strategy"] == best and arms[best]["batching"] == "tas"
+    assert len(list(out.glob("*_random.json"))) == 1
     assert arms["zero_shot"]["train_passage_passes"] == 0
     assert arms["corrected"]["train_passage_passes"] == arms["stale"]["train_passage_passes"] == 4 * 4 * 3
     assert arms["corrected"]["reembed_passes"] == 0
@@ -235,7 +239,7 @@ def test_ablation_benchmark_smoke(project, mlflow_uri):
     again = sh(project, *cmd[:3], "corrected", "--steps", "4")
     assert (out / "corrected.json").stat().st_mtime == before and "| corrected |" in again.stdout
     runs = MlflowClient(mlflow_uri).search_runs([MlflowClient(mlflow_uri).get_experiment_by_name("freshen-ablation").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["corrected", "refresh", "stale", "zero_shot"]
+    assert sorted(r.info.run_name for r in runs) == sorted(["corrected", "refresh", "stale", "zero_shot", f"{best}_random"])
 
 
 def test_seed_benchmark_runs_each_seed_and_pairs_them(project, mlflow_uri):
