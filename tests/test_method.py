@@ -38,6 +38,11 @@ def test_linear_corrector_is_exact_search_on_the_stale_cache():
     assert torch.equal(through, transformed)
     scorer = CacheScorer(cache, {"selection": "topk"})
     assert torch.equal(scorer.select(q, 10, [[]] * 5, [0] * 5, corrector=h), through)
+    # the scorer takes the shortcut: it searches the raw cache with W^T q, no row goes through h
+    q_eff, cor = scorer.query_for(q, h)
+    assert cor is None and torch.allclose(q_eff, q_t)
+    h.forward = lambda *_: (_ for _ in ()).throw(AssertionError("rows pushed through h"))
+    assert torch.equal(scorer.select(q, 10, [[]] * 5, [0] * 5, corrector=h), through)
 
 
 def test_normalized_linear_corrector_is_scored_through_its_rows():
