@@ -135,11 +135,18 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
 def test_reembed_can_write_the_corrected_cache_instead(project, mlflow_uri):
     """reembed.corrector: h(stale cache) becomes the new cache, no encoder pass; evaluate then
     measures no drift or overlap against it (there is no fresh cache)."""
-    for step in ("prepare", "cluster-queries", "embed-cache", "train"):
+    for step in ("prepare", "cluster-queries", "embed-cache"):
         freshen(project, step)
+    # a corrector checkpoint of another dimension than the cache (32) stops train before step 1
+    from freshen.modeling.corrector import Corrector
+
+    Corrector(16).save(project / "h16")
+    res = freshen(project, "train", "--set", "train.corrector.init=h16", ok=False)
+    assert res.returncode == 2 and "corrector dimension 16 does not match the cache dimension 32" in res.stderr
+    assert not (project / "artifacts/model").exists() and "step/s" not in res.stderr  # no training step ran
+    freshen(project, "train")
     freshen(project, "reembed", "--set", "reembed.corrector=true")
     from freshen.cache import load_cache
-    from freshen.modeling.corrector import Corrector
 
     stale, out = load_cache(project / "artifacts/cache/initial"), load_cache(project / "artifacts/cache/reembedded")
     h = Corrector.load(project / "artifacts/model/corrector")
