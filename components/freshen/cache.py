@@ -62,6 +62,13 @@ def write_cache(out_dir: str | Path, ids: list[str], dim: int, fill: Callable[[n
     return load_cache(out_dir)
 
 
+def write_corrected_cache(out_dir: str | Path, stale: Cache, corrector, manifest: dict) -> Cache:
+    """h(C): `corrector` applied to every row of `stale`, chunk by chunk, written as a cache of
+    its own (manifest `"corrected": true`): an estimate of a re-embedding at no encoder pass."""
+    return write_cache(out_dir, stale.ids, stale.dim, lambda arr: corrector.correct_into(stale.embeddings, arr),
+                       {**manifest, "corrected": True, "stale_model_digest": stale.manifest.get("model_digest")})
+
+
 class NpyRowWriter:
     """Rows written into an existing .npy file with plain file writes at their offsets. Unlike a
     memmap, written pages do not stay in the process's memory, so RSS does not grow with the corpus."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from freshen.cache import load_cache, write_cache
+from freshen.cache import load_cache, write_corrected_cache
 from freshen.index_store import publish, read_pointer, write_index
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import model_digest
@@ -37,11 +37,10 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     serving = path(root, params["orchestration"]["serving_dir"])
     folder = serving / f"corrected-v{champ['version']}-{champ['encoder_digest'][:12]}"
 
-    cache = write_cache(folder, stale.ids, stale.dim, lambda arr: corrector.correct_into(stale.embeddings, arr), manifest={
+    cache = write_corrected_cache(folder, stale, corrector, {
         "model": f"models:/{champ['registered_model']}/{champ['version']}", "model_digest": champ["encoder_digest"],
-        "corrector_digest": model_digest(champ["corrector_dir"]), "source": "corrected_index", "corrected": True,
-        "stale_cache": str(stale.path), "stale_model_digest": stale.manifest.get("model_digest"),
-        "champion_version": champ["version"]})
+        "corrector_digest": model_digest(champ["corrector_dir"]), "source": "corrected_index",
+        "stale_cache": str(stale.path), "champion_version": champ["version"]})
     write_index(cache, settings=index_settings(params.get("evaluate")))
     pointer = publish(serving, folder, {"corrected": True, "champion_version": champ["version"],
                                         "model_digest": champ["encoder_digest"]},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from freshen.cache import load_cache, write_cache
+from freshen.cache import load_cache, write_corrected_cache
 from freshen.config import params_hash
 from freshen.embed_corpus import embed_to_cache, place
 from freshen.encoding import set_threads
@@ -45,9 +45,8 @@ def corrected(params: dict, root: Path, model_dir: Path, manifest: dict) -> dict
                            "exist (only strategy 'corrected' without refresh saves a corrector)")
     stale = load_cache(path(root, params["cache"]["out_dir"]))
     corrector = Corrector.load(model_dir / "corrector", expect_dim=stale.dim).eval()
-    out = write_cache(path(root, params["reembed"]["out_dir"]), stale.ids, stale.dim,
-                      lambda arr: corrector.correct_into(stale.embeddings, arr),
-                      {**manifest, "corrected": True, "corrector_digest": model_digest(model_dir / "corrector"),
-                       "stale_cache": shown(stale.path, root), "stale_model_digest": stale.manifest.get("model_digest")})
+    out = write_corrected_cache(path(root, params["reembed"]["out_dir"]), stale, corrector,
+                                {**manifest, "corrector_digest": model_digest(model_dir / "corrector"),
+                                 "stale_cache": shown(stale.path, root)})
     print(f"reembed: {len(out)} passages as h(cache) from {stale.path}, no encoder pass")
     return {"docs": len(out), "passes": 0, "corrected": 1}

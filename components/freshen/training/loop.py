@@ -96,18 +96,20 @@ def check_train_params(p: dict) -> None:
                                         ("corrector", cor, "drift_sample", 0), ("corrector", cor, "refit_every", 0),
                                         ("corrector", cor, "refit_sample", 0), ("corrector", cor, "refit_epochs", 1),
                                         ("negatives", neg, "fresh_overlay_steps", 0)):
-        value = values.get(key, least)
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise FreshenError(f"params.yaml: field 'train.{section}.{key}': must be an integer >= {least}, got {value!r}")
+        _check_int(values.get(key, least), f"train.{section}.{key}", least)
     for key in ("probe_passages", "overlap_passages", "overlap_k", "eval_every", "early_stopping_patience"):
-        value = p.get(key, 0)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise FreshenError(f"params.yaml: field 'train.{key}': must be an integer >= 0, got {value!r}")
+        if p.get(key) is not None:
+            _check_int(p[key], f"train.{key}", 0)
     if cor.get("refit_every", 0) and not cor.get("refit_sample", 0):
         raise FreshenError("params.yaml: field 'train.corrector.refit_sample': must be > 0 when refit_every is set")
     if neg.get("fresh_overlay_steps", 0) and neg.get("selection", "topk") != "topk":
         raise FreshenError("params.yaml: field 'train.negatives.fresh_overlay_steps': works with selection 'topk' "
                            f"only, got selection {neg.get('selection')!r}")
+
+
+def _check_int(value, field: str, least: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise FreshenError(f"params.yaml: field '{field}': must be an integer >= {least}, got {value!r}")
 
 
 def make_batches(p: dict, cluster_of: dict[str, int], train_qids: list[str], rng: np.random.Generator):
@@ -461,9 +463,7 @@ class Trainer:
             if self.overlap_k > 0:
                 rec.update(self._overlap(q))
         if self.probe_rows:
-            fresh = torch.from_numpy(encode(self.encoder, [self.doc_texts[r] for r in self.probe_rows], "passage",
-                                            precision=self.p.get("encode_precision", "auto"), max_len=self.passage_len))
-            self.counters.probe_passes += len(self.probe_rows)
+            fresh = self._embed_fresh(self.probe_rows)
             stale = self.scorer.table[torch.tensor(self.probe_rows)].float()
             rec["probe_cos_stale_fresh"] = mean_cosine(stale, fresh)
             if self.corrector is not None:
@@ -471,13 +471,17 @@ class Trainer:
         self.encoder.train()
         return rec
 
+    def _embed_fresh(self, rows) -> torch.Tensor:
+        """Passages embedded by the current encoder to measure it: probe passes, not training cost."""
+        self.counters.probe_passes += len(rows)
+        return torch.from_numpy(encode(self.encoder, [self.doc_texts[int(r)] for r in rows], "passage",
+                                       precision=self.p.get("encode_precision", "auto"), max_len=self.passage_len))
+
     def _overlap(self, q: torch.Tensor) -> dict:
         """Top-`overlap_k` overlap, over the passage sample, of the training-time cache's and the
         corrected cache's lists with the lists of the sample embedded fresh, for queries `q`."""
         rows = self.overlap_rows
-        fresh = torch.from_numpy(encode(self.encoder, [self.doc_texts[int(r)] for r in rows], "passage",
-                                        precision=self.p.get("encode_precision", "auto"), max_len=self.passage_len))
-        self.counters.probe_passes += len(rows)
+        fresh = self._embed_fresh(rows)
         cached = self.scorer.table[rows].float()
 
         def top(table: torch.Tensor) -> torch.Tensor:
