@@ -18,3 +18,7 @@ sys.exit(0 if is_registered(load_params("params.yaml"), Path(".")) else 1)'; the
 fi
 echo "dvc repro took $(( $(date +%s) - start )) s"
 dvc metrics show
+# the promotion decision last: a model that does not beat the champion and zero-shot stays challenger
+python -c 'import json; from freshen.config import load_params
+d = json.load(open(load_params("params.yaml")["promote"]["out"]))
+print(("promote: " if d["champion"] == d["version"] else "promote: NOT promoted: ") + d["reason"])'

@@ -96,14 +96,14 @@ def _params(tiny_params, **train):
 
 def test_validation_keeps_the_best_checkpoint(tiny):
     ds, cache, clusters, params = tiny
-    p = _params(params, steps=6, eval_every=2, lr=5e-3)
+    p = _params(params, steps=6, eval_every=2, lr=5e-3, keep_best=True)
     res = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
     scores = [v["dev_ndcg_at_10"] for v in res.validations]
-    assert [v["step"] for v in res.validations] == [2, 4, 6]
+    assert [v["step"] for v in res.validations] == [0, 2, 4, 6]  # step 0: the pre-trained encoder
     assert all(0.0 <= s <= 1.0 for s in scores)
-    assert res.best_step == [2, 4, 6][int(np.argmax(scores))]
+    assert res.best_step == [0, 2, 4, 6][int(np.argmax(scores))]
     assert all("probe_cos_stale_fresh" in v and "probe_cos_corrected_fresh" in v for v in res.validations)
-    assert res.counters.probe_passes == 3 * (8 + 30)  # 8 probes + 30 overlap passages per evaluation
+    assert res.counters.probe_passes == 4 * (8 + 30)  # 8 probes + 30 overlap passages per evaluation
     assert all(0.0 <= v["overlap_stale_fresh"] <= 1.0 and 0.0 <= v["overlap_corrected_fresh"] <= 1.0
                for v in res.validations)
     # the returned encoder is the best one: validating it again gives the best score
@@ -118,8 +118,8 @@ def test_early_stopping_stops(tiny):
     ds, cache, clusters, params = tiny
     p = _params(params, steps=40, eval_every=1, early_stopping_patience=2, lr=0.0, warmup_ratio=0.0)
     res = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
-    # lr 0: dev nDCG never improves after the first evaluation, so training stops at step 3
-    assert len(res.curve) == 3 and res.best_step == 1
+    # lr 0: dev nDCG never improves on step 0's (the pre-trained encoder), so training stops at step 2
+    assert len(res.curve) == 2 and res.best_step == 0
 
 
 def test_corrected_with_refresh_resets_the_corrector(tiny):
@@ -299,14 +299,16 @@ def test_sampled_selection_keeps_the_batches_of_topk(tiny, selection):
     ds, cache, clusters, params = tiny
     seen, picked = [], []
     for sel in ("topk", selection):
+        # no false-negative filter: a random-weight model scores every passage near the positive
         p = _params(params, steps=4, eval_every=0, negatives={"strategy": "stale", "selection": sel, "beta": 1.0,
-                                                             "candidates": 10, "bins": 3})
+                                                             "candidates": 10, "bins": 3,
+                                                             "false_negatives": {"relative_margin": None}})
         t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
         seen.append(_record_batches(t))
-        select, rows = t.scorer.select, []
-        t.scorer.select = lambda *a, _s=select, _r=rows, **kw: _r.append(_s(*a, **kw)) or _r[-1]
+        rows = []
         for step in range(1, 5):
             t.step(step)
+            rows.append(t.last_negatives[1])
         picked.append(torch.cat(rows))
     assert len(seen[0]) == 4 and seen[0] == seen[1]
     assert not torch.equal(picked[0], picked[1])  # the sampled arm did pick other negatives

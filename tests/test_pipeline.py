@@ -65,13 +65,15 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     assert (project / "artifacts/model/corrector/corrector.safetensors").is_file()
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["train_passage_passes"] == 6 * 4 * 3 and train["reembed_passes"] == 0
-    # the last evaluation's figures; measurement passes: 2 evaluations x (8 probes + 30 overlap passages)
-    assert train["evaluation"]["step"] == 6 and train["probe_passes"] == 2 * (8 + 30)
+    # the last evaluation's figures; measurement passes: 3 evaluations (steps 0, 3, 6) x (8 probes + 30 overlap passages)
+    assert train["evaluation"]["step"] == 6 and train["probe_passes"] == 3 * (8 + 30)
+    assert 0.0 <= train["zero_shot_dev_ndcg_at_10"] <= 1.0 and isinstance(train["beats_zero_shot"], bool)
     assert all(0.0 <= train["evaluation"][k] <= 1.0 for k in ("dev_ndcg_at_10", "overlap_stale_fresh",
                                                               "overlap_corrected_fresh", "probe_cos_stale_fresh"))
     assert json.loads((project / "artifacts/model/train_state.json").read_text())["corrector_saved"] is True
     curve = (project / "plots/train_curve.csv").read_text().splitlines()
-    assert "overlap_corrected_fresh" in curve[0] and "wall_seconds" in curve[0] and len(curve) == 1 + 6
+    assert "overlap_corrected_fresh" in curve[0] and "wall_seconds" in curve[0] and len(curve) == 1 + 1 + 6
+    assert curve[1].startswith("0,")  # step 0: the pre-trained encoder's validation
     ev = json.loads((project / "metrics/eval.json").read_text())
     for split in ("dev", "test"):
         for system in ("zero_shot", "trained", "trained_stale_cache", "trained_corrected_cache", "bm25"):
@@ -94,9 +96,9 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     train_run = next(r for r in children if r.info.run_name == "train")
     history = lambda key: sorted(m.step for m in client.get_metric_history(train_run.info.run_id, key))  # noqa: E731
     assert history("loss") == [2, 3, 4, 6]  # every log_every=2 steps, and at each validation (eval_every=3)
-    assert history("dev_ndcg_at_10") == [3, 6]
+    assert history("dev_ndcg_at_10") == [0, 3, 6]  # step 0: the pre-trained encoder
     for key in ("overlap_stale_fresh", "overlap_corrected_fresh", "probe_cos_corrected_fresh"):
-        assert history(key) == [3, 6], key  # logged at every evaluation
+        assert history(key) == [0, 3, 6], key  # logged at every evaluation
     assert {3, 6} <= set(history("wall_seconds")) and {3, 6} <= set(history("reembed_passes"))
     assert train_run.data.params["train.negatives.strategy"] == "corrected"
     assert len(train_run.data.tags["git_commit"]) in (40, 7) or train_run.data.tags["git_commit"] == "unknown"
@@ -123,11 +125,27 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     freshen(project, "promote")
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 
+    # a deliberately bad run (lr 1.0): keep_best falls back to step 0, the pre-trained encoder, and
+    # promote refuses it, naming the zero-shot comparison; the champion stays v1
+    bad = ["--set", "train.lr=1.0", "--set", "train.keep_best=true"]
+    out = freshen(project, *bad, "train").stdout
+    assert "did not beat the pre-trained encoder on dev" in out
+    assert json.loads((project / "metrics/train.json").read_text())["best_step"] == 0
+    for step in ("reembed", "evaluate"):
+        freshen(project, *bad, step)
+    out = freshen(project, *bad, "promote").stdout
+    decision = json.loads((project / "metrics/promotion.json").read_text())
+    assert decision["beats_zero_shot"] is False and "zero-shot" in decision["reason"] and "NOT promoted" in out
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    refused = client.get_model_version_by_alias(name, "challenger")
+    assert str(refused.version) == "2" and refused.tags["freshen.promotion.decision"] == "challenger"
+    assert "zero-shot" in refused.tags["freshen.promotion.reason"]
+
     # is_registered (what run_pipeline.sh asks after dvc repro) looks in the registry tracked to
     from freshen.steps.promote import is_registered
 
     params = yaml.safe_load((project / "params.yaml").read_text())
-    assert is_registered(params, project)
+    assert is_registered(params, project)  # the refused v2 is registered too: the last trained model
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'elsewhere.db'}")  # another registry
     assert not is_registered(params, project)
 
@@ -238,7 +256,8 @@ def test_ablation_benchmark_smoke(project, mlflow_uri):
     assert arms["corrected"]["train_passage_passes"] == arms["stale"]["train_passage_passes"] == 4 * 4 * 3
     assert arms["corrected"]["reembed_passes"] == 0
     assert arms["refresh"]["refreshes"] == 1 and arms["refresh"]["reembed_passes"] == 60
-    assert all(arms[a]["best_step"] in (3, 4) for a in ("stale", "corrected", "refresh"))  # eval_every 3 of 4 steps
+    # validated at steps 0 (the pre-trained encoder), 3 and 4 (eval_every 3 of 4 steps)
+    assert all(arms[a]["best_step"] in (0, 3, 4) for a in ("stale", "corrected", "refresh"))
     assert not any(arms[a]["keep_best"] for a in ("stale", "corrected", "refresh"))  # every arm: its final checkpoint
     table = (out / "ablation.md").read_text()
     assert all(f"| {a} |" in table for a in arms) and (out / "ablation.png").is_file()

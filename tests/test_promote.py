@@ -1,12 +1,28 @@
-"""Promotion against a real MLflow registry (SQLite): aliases move only on improvement."""
+"""Promotion against a real MLflow registry (SQLite): aliases move only on improvement over
+both the champion and the pre-trained (zero-shot) encoder."""
+
+import json
+import shutil
 
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from freshen.steps.promote import TAG_DECISION, TAG_REASON, decide
+from freshen.errors import FreshenError
+from freshen.steps import promote
+from freshen.steps.evaluate import report
+from freshen.steps.promote import (
+    TAG_DECISION,
+    TAG_REASON,
+    TAG_VS_CHAMPION,
+    TAG_VS_ZERO_SHOT,
+    TAG_ZERO_SHOT_VALUE,
+    decide,
+)
 
 NAME = "tiny-retriever"
+ZS = ("dev.zero_shot.ndcg_at_10", 0.3)  # below every trained figure of the decide() tests
 
 
 @pytest.fixture()
@@ -26,7 +42,7 @@ def _version(client, tmp_path, i):
 
 def test_first_model_becomes_champion(client, tmp_path):
     v1 = _version(client, tmp_path, 1)
-    d = decide(client, NAME, v1, "dev.ndcg", 0.5)
+    d = decide(client, NAME, v1, "dev.ndcg", 0.5, *ZS)
     assert d["promoted"] and str(client.get_model_version_by_alias(NAME, "champion").version) == v1
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == v1
     tags = client.get_model_version(NAME, v1).tags
@@ -35,29 +51,145 @@ def test_first_model_becomes_champion(client, tmp_path):
 
 def test_worse_challenger_never_takes_champion_and_better_does(client, tmp_path):
     v1, v2, v3 = (_version(client, tmp_path, i) for i in (1, 2, 3))
-    decide(client, NAME, v1, "dev.ndcg", 0.50)
-    worse = decide(client, NAME, v2, "dev.ndcg", 0.40)
+    decide(client, NAME, v1, "dev.ndcg", 0.50, *ZS)
+    worse = decide(client, NAME, v2, "dev.ndcg", 0.40, *ZS)
     assert not worse["promoted"]
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == v1
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == v2
     assert "does not beat champion v1" in client.get_model_version(NAME, v2).tags[TAG_REASON]
-    tie = decide(client, NAME, v3, "dev.ndcg", 0.50)
+    tie = decide(client, NAME, v3, "dev.ndcg", 0.50, *ZS)
     assert not tie["promoted"]
-    better = decide(client, NAME, v3, "dev.ndcg", 0.61)
+    better = decide(client, NAME, v3, "dev.ndcg", 0.61, *ZS)
     assert better["promoted"] and str(client.get_model_version_by_alias(NAME, "champion").version) == v3
 
 
 def test_min_improvement_is_respected(client, tmp_path):
     v1, v2 = _version(client, tmp_path, 1), _version(client, tmp_path, 2)
-    decide(client, NAME, v1, "m", 0.50)
-    assert not decide(client, NAME, v2, "m", 0.505, min_improvement=0.01)["promoted"]
+    decide(client, NAME, v1, "m", 0.50, *ZS)
+    assert not decide(client, NAME, v2, "m", 0.505, *ZS, min_improvement=0.01)["promoted"]
 
 
 def test_promoting_the_same_version_twice_is_a_no_op(client, tmp_path):
     v1 = _version(client, tmp_path, 1)
-    decide(client, NAME, v1, "m", 0.5)
+    decide(client, NAME, v1, "m", 0.5, *ZS)
     before = client.get_model_version(NAME, v1).tags
-    again = decide(client, NAME, v1, "m", 0.9)
+    again = decide(client, NAME, v1, "m", 0.9, *ZS)
     assert not again["promoted"] and "already champion" in again["reason"]
     assert client.get_model_version(NAME, v1).tags == before
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == v1
+
+
+# promote.run end to end: an eval.json and a model folder per run, registered as a pyfunc
+
+@pytest.fixture()
+def project(tmp_path, tiny_params, mlflow_uri):
+    mlflow.set_tracking_uri(mlflow_uri)
+    return tmp_path / "proj", tiny_params
+
+
+def _promote(project, tiny_model, trained: float, zero_shot: float, variant: int) -> dict:
+    """promote.run over dev nDCG@10 `trained` vs `zero_shot`, for weights told apart by `variant`."""
+    root, params = project
+    (root / "metrics").mkdir(parents=True, exist_ok=True)
+    (root / "metrics/eval.json").write_text(json.dumps(
+        {"dev": {"trained": {"ndcg_at_10": trained}, "zero_shot": {"ndcg_at_10": zero_shot}}}))
+    encoder = root / params["train"]["out_dir"] / "encoder"
+    shutil.rmtree(encoder, ignore_errors=True)
+    shutil.copytree(tiny_model, encoder)
+    (encoder / "variant.json").write_text(json.dumps(variant))  # other bytes: another model digest
+    return promote.run(params, root)
+
+
+def _alias(client, name, alias):
+    return str(client.get_model_version_by_alias(name, alias).version)
+
+
+def _written(project) -> dict:
+    root, params = project
+    return json.loads((root / params["promote"]["out"]).read_text())
+
+
+def test_challenger_beating_the_champion_but_not_zero_shot_stays_challenger(project, tiny_model, capsys):
+    name = project[1]["promote"]["registered_model"]
+    client = MlflowClient()
+    assert _promote(project, tiny_model, 0.60, 0.50, 1)["promoted"]
+    d = _promote(project, tiny_model, 0.65, 0.70, 2)
+    assert not d["promoted"] and d["version"] == "2"
+    assert _alias(client, name, "champion") == "1" and _alias(client, name, "challenger") == "2"
+    tags = client.get_model_version(name, "2").tags
+    assert tags[TAG_DECISION] == "challenger"
+    assert tags[TAG_VS_ZERO_SHOT] == "0.6500 <= 0.7000 + 0.0" and tags[TAG_VS_CHAMPION] == "0.6500 > 0.6000 + 0.0"
+    written = _written(project)
+    assert written["beats_zero_shot"] is False and written["beats_champion"] is True
+    assert written["champion_value"] == 0.60 and written["zero_shot_value"] == 0.70
+    assert written["zero_shot_metric"] == "dev.zero_shot.ndcg_at_10" and written["champion"] == "1"
+    assert "zero-shot" in written["reason"] and "champion v1 unchanged" in written["reason"]
+    assert "champion v1 (" not in written["reason"]  # the champion comparison was won: not named as the block
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("promote: NOT promoted: ")
+
+    # the same refused weights again: the same version, refused again for the same reason
+    again = _promote(project, tiny_model, 0.65, 0.70, 2)
+    assert not again["promoted"] and again["reason"] == written["reason"] and again["version"] == "2"
+    assert len(client.search_model_versions(f"name='{name}'")) == 2
+    assert _alias(client, name, "champion") == "1"
+    capsys.readouterr()
+    # the champion's weights again: nothing to do, and no "NOT promoted" for it
+    same = _promote(project, tiny_model, 0.60, 0.50, 1)
+    assert not same["promoted"] and "already champion" in same["reason"] and _alias(client, name, "champion") == "1"
+    assert _written(project)["beats_zero_shot"] is True and "NOT promoted" not in capsys.readouterr().out
+
+
+def test_first_model_not_beating_zero_shot_does_not_become_champion(project, tiny_model):
+    name = project[1]["promote"]["registered_model"]
+    client = MlflowClient()
+    d = _promote(project, tiny_model, 0.50, 0.50, 1)  # a tie does not beat it
+    assert not d["promoted"] and d["champion"] is None
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(name, "champion")
+    assert _alias(client, name, "challenger") == "1"
+    tags = client.get_model_version(name, "1").tags
+    assert tags[TAG_DECISION] == "challenger" and tags[TAG_VS_CHAMPION] == "no champion"
+    assert tags[TAG_VS_ZERO_SHOT] == "0.5000 <= 0.5000 + 0.0"
+    written = _written(project)
+    assert written["beats_zero_shot"] is False and written["beats_champion"] is None
+    assert written["champion_value"] is None
+    assert written["reason"] == ("dev.trained.ndcg_at_10=0.5000 does not beat the pre-trained (zero-shot) encoder "
+                                 "(dev.zero_shot.ndcg_at_10=0.5000, margin 0.0): no champion yet")
+
+
+def test_a_model_beating_both_is_promoted_with_both_comparisons_recorded(project, tiny_model):
+    name = project[1]["promote"]["registered_model"]
+    client = MlflowClient()
+    first = _promote(project, tiny_model, 0.60, 0.50, 1)
+    assert first["promoted"] and "first model" in first["reason"] and "zero-shot" in first["reason"]
+    d = _promote(project, tiny_model, 0.70, 0.50, 2)
+    assert d["promoted"] and _alias(client, name, "champion") == "2" and _alias(client, name, "challenger") == "2"
+    tags = client.get_model_version(name, "2").tags
+    assert tags[TAG_DECISION] == "champion" and tags[TAG_ZERO_SHOT_VALUE] == "0.5"
+    assert tags[TAG_VS_CHAMPION] == "0.7000 > 0.6000 + 0.0" and tags[TAG_VS_ZERO_SHOT] == "0.7000 > 0.5000 + 0.0"
+    written = _written(project)
+    assert written["beats_zero_shot"] is True and written["beats_champion"] is True
+    assert written["champion_value"] == 0.60 and written["zero_shot_value"] == 0.50 and written["champion"] == "2"
+    assert "beats champion v1" in written["reason"] and "zero-shot" in written["reason"]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"min_improvement_over_zero_shot": -1}, "promote.min_improvement_over_zero_shot"),
+    ({"min_improvement_over_zero_shot": "abc"}, "promote.min_improvement_over_zero_shot"),
+    ({"zero_shot_metric": "dev.zero_shot.ndcg_at_5"}, "dev.zero_shot.ndcg_at_5"),
+])
+def test_bad_zero_shot_params_fail_before_anything_is_registered(project, tiny_model, change, field):
+    project[1]["promote"].update(change)
+    with pytest.raises(FreshenError, match=f"field '{field}'") as err:
+        _promote(project, tiny_model, 0.60, 0.50, 1)
+    if "zero_shot_metric" in change:
+        assert "eval.json" in str(err.value) and "(promote.zero_shot_metric)" in str(err.value)
+    else:
+        assert str(err.value).startswith("params.yaml: ")
+    assert MlflowClient().search_registered_models() == []
+
+
+def test_the_vs_zero_shot_section_is_no_split_in_the_report():
+    m = {"ndcg_at_10": 0.5, "recall_at_100": 0.9, "mrr_at_10": 0.4}
+    text = report({"dev": {"trained": m, "zero_shot": m}, "drift": {}, "vs_zero_shot": {"dev": 0.0}})
+    assert "vs_zero_shot" not in text and text.count("system") == 1

@@ -69,8 +69,11 @@ def test_corrector_drives_sampling_only_after_its_warmup(setup):
          "negatives": {**params["train"]["negatives"], "strategy": "corrected"},
          "corrector": {**params["train"]["corrector"], "warmup_steps": 3}}
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
-    handed, select = [], t.scorer.select
-    t.scorer.select = lambda *a, corrector=None, **kw: handed.append(corrector) or select(*a, corrector=corrector, **kw)
+    handed = []
+    for name in ("select", "select_filtered"):  # without / with false-negative control
+        method = getattr(t.scorer, name)
+        setattr(t.scorer, name, lambda *a, corrector=None, _m=method, **kw: handed.append(corrector)
+                or _m(*a, corrector=corrector, **kw))
     losses = [t.step(s).get("corrector_loss") for s in range(1, 7)]
     assert [c is t.corrector for c in handed] == [False, False, False, True, True, True]
     assert handed[:3] == [None, None, None]

@@ -29,11 +29,12 @@ class BeirDataset:
     def doc_texts(self, ids: list[str] | None = None) -> list[str]:
         return [doc_text(self.corpus[d]) for d in (ids if ids is not None else self.corpus)]
 
-    def positives(self, split: str) -> dict[str, list[str]]:
-        """Query id -> doc ids judged relevant (relevance > 0), for queries that have any."""
+    def positives(self, split: str, min_grade: int = 1) -> dict[str, list[str]]:
+        """Query id -> doc ids judged at least `min_grade` (default: relevant at all, > 0), for
+        queries that have any."""
         out = {}
         for qid, docs in self.qrels.get(split, {}).items():
-            pos = [d for d, rel in docs.items() if rel > 0]
+            pos = [d for d, rel in docs.items() if rel >= max(min_grade, 1)]
             if pos:
                 out[qid] = pos
         return out

@@ -6,7 +6,11 @@
   (`ann_index`, built by `retrieval.build_index`; searched with the transformed query for a
   linear corrector, the plain query otherwise), rescored exactly through the corrector (all
   candidates of all queries at once, each distinct row once), then selected from (top-k,
-  Gumbel-top-k or balanced)."""
+  Gumbel-top-k or balanced).
+
+With false-negative control (`sampling/false_negatives.py`) every path yields the top
+`candidates` rows, rescored exactly through the corrector with the positive, and the filter
+picks among those that pass its rules."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 
 from freshen.retrieval import build_index
-from freshen.sampling.negatives import balanced_pick, select_negatives
+from freshen.sampling.negatives import balanced_pick, chunked_topk, select_negatives
 
 ANN_INDEX = "IVF4096,Flat"
 
@@ -54,6 +58,39 @@ class CacheScorer:
         emb = self.table[torch.as_tensor(rows)].float()
         with torch.no_grad():
             return corrector(emb) if corrector is not None else emb
+
+    @torch.no_grad()
+    def select_filtered(self, q: torch.Tensor, k: int, exclude: list[list[int]], positive_rows: list[int],
+                        fn_filter, corrector=None, generator=None, rng=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Negatives through the false-negative filter: (rows [b, k], unusable [b, k], counts)."""
+        p = self.neg_p
+        m = min(max(int(p.get("candidates", 100)), k + fn_filter.range_min), len(self.table))
+        rows = self._candidates(q, m, exclude, corrector)
+        live = rows.clamp(min=0)
+        emb = self.rows_through(live.flatten(), corrector).view(*rows.shape, -1)
+        scores = (emb * q.float()[:, None, :]).sum(-1).masked_fill(rows < 0, float("-inf"))
+        positive = (self.rows_through(positive_rows, corrector) * q.float()).sum(-1)
+        return fn_filter.pick(rows, scores, positive, k, p.get("selection", "topk"), float(p.get("beta", 20.0)),
+                              int(p.get("bins", 10)), generator, rng)
+
+    def _candidates(self, q: torch.Tensor, m: int, exclude: list[list[int]], corrector) -> torch.Tensor:
+        """The top `m` rows [b, m] of the training-time index per query, excluded rows never
+        among them (-1 where fewer qualify); from the ANN index past `ann_threshold`."""
+        if self.index is not None:
+            q_search, _ = self.query_for(q.float(), corrector)
+            _, cand = self.index.search(np.ascontiguousarray(q_search.numpy(), dtype=np.float32),
+                                        max(m, self.ann_candidates))
+            cand = torch.from_numpy(cand).long()
+            scores = (self.rows_through(cand.clamp(min=0).flatten(), corrector).view(*cand.shape, -1)
+                      * q.float()[:, None, :]).sum(-1)
+        else:
+            q_eff, cor = self.query_for(q, corrector)
+            cand, scores = chunked_topk(q_eff, self.table, min(m + max(map(len, exclude), default=0), len(self.table)),
+                                        [[]] * len(q), cor, self.chunk)
+        banned = torch.stack([torch.isin(cand[i], torch.tensor(rows, dtype=torch.long)) for i, rows in enumerate(exclude)])
+        scores = scores.masked_fill(banned | (cand < 0), float("-inf"))
+        top = scores.topk(min(m, scores.shape[1]), dim=1)
+        return cand.gather(1, top.indices).masked_fill(~torch.isfinite(top.values), -1)
 
     @torch.no_grad()
     def select(self, q: torch.Tensor, k: int, exclude: list[list[int]], positive_rows: list[int],

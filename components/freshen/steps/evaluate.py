@@ -31,6 +31,7 @@ from freshen.retrieval import (
 from freshen.steps.common import NullLog, path, prepared
 
 SECTIONS = ["model", "encode", "evaluate"]
+NOT_SPLITS = ("drift", "vs_zero_shot")  # the top-level sections of the metrics that are no split
 
 
 def make_index(embeddings, cfg: dict):
@@ -74,7 +75,8 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     metrics: dict = {}
     runs_out: dict[str, dict] = {}
     doc_texts = ds.doc_texts(stale.ids)
-    for split in cfg.get("splits", ["dev", "test"]):
+    splits = cfg.get("splits", ["dev", "test"])
+    for split in splits:
         qids = sorted(ds.qrels[split])
         texts = [ds.queries[q] for q in qids]
         q_emb = {name: encode(enc, texts, "query", **encode_options(enc_p))
@@ -102,6 +104,9 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         metrics["drift"]["cos_stale_vs_fresh"] = row_cosine(stale.embeddings, fresh.embeddings)
     if measured and corrector is not None:
         metrics["drift"]["cos_corrected_vs_fresh"] = row_cosine(corrected, fresh.embeddings)
+    # trained minus zero-shot nDCG@10: what training bought over the pre-trained encoder
+    metrics["vs_zero_shot"] = {s: metrics[s]["trained"]["ndcg_at_10"] - metrics[s]["zero_shot"]["ndcg_at_10"]
+                               for s in splits}
 
     with atomic_dir(path(root, cfg["out_dir"])) as tmp:
         for name, run_ in runs_out.items():
@@ -110,26 +115,29 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["split", "system", "ndcg_at_10", "recall_at_100", "mrr_at_10"])
-    for split in cfg.get("splits", ["dev", "test"]):
+    for split in splits:
         for system, m in metrics[split].items():
             if isinstance(m, dict):
                 w.writerow([split, system, f"{m['ndcg_at_10']:.4f}", f"{m['recall_at_100']:.4f}", f"{m['mrr_at_10']:.4f}"])
     write_text(path(root, cfg["plot"]), buf.getvalue())
-    flat = {f"{split}.{system}.{name}": v for split in metrics if split != "drift"
+    flat = {f"{split}.{system}.{name}": v for split in splits
             for system, m in metrics[split].items() if isinstance(m, dict) for name, v in m.items()}
-    flat.update({f"{split}.{key}": v for split in metrics if split != "drift"
+    flat.update({f"{split}.{key}": v for split in splits
                  for key, v in metrics[split].items() if not isinstance(v, dict)})
-    flat.update({f"drift.{k}": v for k, v in metrics["drift"].items()})
+    flat.update({f"{section}.{k}": v for section in NOT_SPLITS for k, v in metrics[section].items()})
     log.metrics({k.replace("@", "_at_"): v for k, v in flat.items()})
     log.artifact(path(root, cfg["plot"]), "plots")
     print(report(metrics))
+    if "dev" in splits and metrics["vs_zero_shot"]["dev"] <= 0:
+        print(f"evaluate: the trained model does not beat the pre-trained encoder on dev (nDCG@10 "
+              f"{metrics['dev']['trained']['ndcg_at_10']:.4f} vs {metrics['dev']['zero_shot']['ndcg_at_10']:.4f})")
     return metrics
 
 
 def report(metrics: dict) -> str:
     lines = []
     for split, systems in metrics.items():
-        if split == "drift":
+        if split in NOT_SPLITS:
             continue
         lines.append(f"{split:>5} {'system':<26} nDCG@10  R@100   MRR@10")
         for system, m in systems.items():

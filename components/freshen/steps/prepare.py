@@ -9,9 +9,24 @@ from pathlib import Path
 from freshen.atomic import atomic_dir, write_json
 from freshen.data.beir import carve_dev, load_beir, write_qrels
 from freshen.data.fetch import resolve_dataset_dir
+from freshen.errors import DataError
 from freshen.steps.common import NullLog, path
 
 SECTIONS = ["seed", "data"]
+
+
+def check_dev_size(dev: dict, least: int, source: Path, given: bool) -> None:
+    """Promotion and keep_best judge models on dev: with too few queries a better model cannot be
+    told from noise (nDCG@10 moves by 1/n a query), so prepare refuses such a split."""
+    judged = sum(1 for docs in dev.values() if any(r > 0 for r in docs.values()))
+    if judged >= least:
+        return
+    where = source / "qrels" / ("dev.tsv" if given else "train.tsv")
+    fix = "add judged dev queries" if given else "raise data.dev_fraction or add a qrels/dev.tsv"
+    carved = "" if given else ", carved by data.dev_fraction,"
+    raise DataError(where, f"dev split{carved} has {judged} queries with a relevant document; promotion needs at least {least} "
+                           f"(data.min_dev_queries) to judge a model: {fix}, or lower data.min_dev_queries "
+                           "if you accept a noisier judgement")
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
@@ -22,6 +37,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     if "dev" not in splits:
         splits["train"], splits["dev"] = carve_dev(splits["train"], float(data.get("dev_fraction", 0.1)),
                                                    int(params["seed"]))
+    check_dev_size(splits["dev"], int(data.get("min_dev_queries", 0) or 0), source, "dev" in ds.qrels)
     out = path(root, data["out_dir"])
     with atomic_dir(out) as tmp:
         with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as fh:

@@ -1,6 +1,7 @@
 """Step 6, promote: log the trained encoder (plus corrector) as an MLflow pyfunc, register
-it, point alias `challenger` at it, and move `champion` only when it beats the current
-champion on the chosen metric (the first model becomes champion). Why is kept in tags.
+it, point alias `challenger` at it, and move `champion` only when it beats both the current
+champion and the pre-trained (zero-shot) encoder on the chosen metric (the first model
+becomes champion when it beats zero-shot). Why is kept in tags and metrics/promotion.json.
 
 Idempotent: a model whose weights are already registered reuses that version, and
 promoting the same version twice changes nothing."""
@@ -20,6 +21,9 @@ from freshen.steps.common import NullLog, path
 SECTIONS = ["promote", "mlflow"]
 TAG_DIGEST, TAG_METRIC, TAG_VALUE = "freshen.model_digest", "freshen.metric", "freshen.metric_value"
 TAG_DECISION, TAG_REASON = "freshen.promotion.decision", "freshen.promotion.reason"
+TAG_VS_CHAMPION, TAG_VS_ZERO_SHOT = "freshen.promotion.vs_champion", "freshen.promotion.vs_zero_shot"
+TAG_ZERO_SHOT_METRIC, TAG_ZERO_SHOT_VALUE = "freshen.zero_shot_metric", "freshen.zero_shot_value"
+ZERO_SHOT_METRIC = "dev.zero_shot.ndcg_at_10"
 
 
 def checkpoint_digest(model_dir: Path) -> str:
@@ -66,33 +70,69 @@ def log_and_register(model_dir: Path, name: str, digest: str, dim: int):
     return client.get_model_version(name, version)
 
 
-def decide(client, name: str, version: str, metric: str, value: float, min_improvement: float = 0.0) -> dict:
-    """Set `challenger`; move `champion` only on a strict improvement. Returns the decision."""
+def comparison(value: float, other: float, margin: float) -> str:
+    """`value` against `other + margin` as a short text, e.g. "0.7057 > 0.6512 + 0.0"."""
+    return f"{value:.4f} {'>' if value > other + margin else '<='} {other:.4f} + {margin}"
+
+
+def decide(client, name: str, version: str, metric: str, value: float, zero_shot_metric: str, zero_shot: float,
+           min_improvement: float = 0.0, min_improvement_over_zero_shot: float = 0.0) -> dict:
+    """Set `challenger`; move `champion` only on a strict improvement over both the champion
+    and the zero-shot encoder. Returns the decision."""
     from mlflow.exceptions import MlflowException
 
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         champion = None
+    best = None if champion is None else float(champion.tags.get(TAG_VALUE, "-inf"))
+    beats_zero_shot = value > zero_shot + min_improvement_over_zero_shot
+    out = {"version": version, "beats_zero_shot": beats_zero_shot, "beats_champion": None, "champion_value": best}
     if champion is not None and str(champion.version) == str(version):
-        return {"promoted": False, "version": version, "champion": version,
+        return {**out, "promoted": False, "champion": version,
                 "reason": f"v{version} is already champion: nothing to do"}
     client.set_registered_model_alias(name, "challenger", version)
-    client.set_model_version_tag(name, version, TAG_METRIC, metric)
-    client.set_model_version_tag(name, version, TAG_VALUE, repr(float(value)))
-    if champion is None:
-        promoted, reason = True, f"first model: no champion yet ({metric}={value:.4f})"
+    beats_champion = None if best is None else value > best + min_improvement
+    promoted = beats_zero_shot and beats_champion is not False
+    vs_zero_shot = f"the pre-trained (zero-shot) encoder ({zero_shot_metric}={zero_shot:.4f}, " \
+                   f"margin {min_improvement_over_zero_shot})"
+    vs_champion = None if best is None else f"champion v{champion.version} ({best:.4f}, margin {min_improvement})"
+    if promoted and champion is None:
+        reason = f"first model: no champion yet ({metric}={value:.4f} beats {vs_zero_shot})"
+    elif promoted:
+        reason = f"{metric}={value:.4f} beats {vs_champion} and {vs_zero_shot}"
     else:
-        best = float(champion.tags.get(TAG_VALUE, "-inf"))
-        promoted = value > best + min_improvement
-        verb = "beats" if promoted else "does not beat"
-        reason = f"{metric}={value:.4f} {verb} champion v{champion.version} ({best:.4f}, margin {min_improvement})"
+        lost = [text for text, beats in ((vs_champion, beats_champion), (vs_zero_shot, beats_zero_shot))
+                if beats is False]
+        unchanged = "no champion yet" if champion is None else f"champion v{champion.version} unchanged"
+        reason = f"{metric}={value:.4f} does not beat {' or '.join(lost)}: {unchanged}"
+    tags = {TAG_METRIC: metric, TAG_VALUE: repr(float(value)),
+            TAG_ZERO_SHOT_METRIC: zero_shot_metric, TAG_ZERO_SHOT_VALUE: repr(float(zero_shot)),
+            TAG_VS_CHAMPION: "no champion" if best is None else comparison(value, best, min_improvement),
+            TAG_VS_ZERO_SHOT: comparison(value, zero_shot, min_improvement_over_zero_shot),
+            TAG_DECISION: "champion" if promoted else "challenger", TAG_REASON: reason}
+    for key, tag in tags.items():  # before the alias: a champion always carries its value
+        client.set_model_version_tag(name, version, key, tag)
     if promoted:
         client.set_registered_model_alias(name, "champion", version)
-    client.set_model_version_tag(name, version, TAG_DECISION, "champion" if promoted else "challenger")
-    client.set_model_version_tag(name, version, TAG_REASON, reason)
-    return {"promoted": promoted, "version": version, "reason": reason,
-            "champion": version if promoted else str(champion.version)}
+    return {**out, "promoted": promoted, "beats_champion": beats_champion, "reason": reason,
+            "champion": version if promoted else (None if champion is None else str(champion.version))}
+
+
+def zero_shot_margin(cfg: dict) -> float:
+    """`promote.min_improvement_over_zero_shot`, checked."""
+    margin = cfg.get("min_improvement_over_zero_shot", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+        raise FreshenError("params.yaml: field 'promote.min_improvement_over_zero_shot': must be a number >= 0, "
+                           f"got {margin!r}")
+    return float(margin)
+
+
+def read_metric(metrics: dict, metrics_file: Path, key: str, param: str) -> float:
+    try:
+        return float(get_dotted(metrics, key))
+    except (KeyError, TypeError):
+        raise FreshenError(f"{metrics_file}: field '{key}' ({param}) not found") from None
 
 
 def is_registered(params: dict, root: Path) -> bool:
@@ -118,13 +158,13 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     from freshen import tracking
 
     cfg = params["promote"]
-    tracking.setup(root, params.get("mlflow", {}).get("experiment", "freshen"))
+    margin = zero_shot_margin(cfg)
     metrics_file = path(root, params["evaluate"]["metrics"])
     metrics = json.loads(metrics_file.read_text())
-    try:
-        value = float(get_dotted(metrics, cfg["metric"]))
-    except (KeyError, TypeError):
-        raise FreshenError(f"{metrics_file}: field '{cfg['metric']}' (promote.metric) not found") from None
+    value = read_metric(metrics, metrics_file, cfg["metric"], "promote.metric")
+    zero_shot_metric = str(cfg.get("zero_shot_metric", ZERO_SHOT_METRIC))
+    zero_shot = read_metric(metrics, metrics_file, zero_shot_metric, "promote.zero_shot_metric")
+    tracking.setup(root, params.get("mlflow", {}).get("experiment", "freshen"))
     model_dir = path(root, params["train"]["out_dir"])
     digest = checkpoint_digest(model_dir)
     name = cfg["registered_model"]
@@ -133,11 +173,17 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     if existing is None:
         dim = json.loads((model_dir / "encoder" / "config.json").read_text())["hidden_size"]
         existing = log_and_register(model_dir, name, digest, dim)
-    decision = decide(client, name, str(existing.version), cfg["metric"], value, float(cfg.get("min_improvement", 0)))
-    decision.update(registered_model=name, metric=cfg["metric"], value=value, model_digest=digest)
+    decision = decide(client, name, str(existing.version), cfg["metric"], value, zero_shot_metric, zero_shot,
+                      float(cfg.get("min_improvement", 0)), margin)
+    decision.update(registered_model=name, metric=cfg["metric"], value=value, model_digest=digest,
+                    zero_shot_metric=zero_shot_metric, zero_shot_value=zero_shot)
     write_json(path(root, cfg["out"]), decision)
-    log.tags({"promotion.decision": "champion" if decision["promoted"] else "challenger",
+    is_champion = decision["champion"] == decision["version"]
+    log.tags({"promotion.decision": "champion" if is_champion else "challenger",
               "promotion.reason": decision["reason"], "registered_version": decision["version"]})
-    log.metrics({"promoted": int(decision["promoted"]), "promoted_metric": value})
-    print(f"promote: {name} v{decision['version']}: {decision['reason']}")
+    log.metrics({"promoted": int(decision["promoted"]), "promoted_metric": value, "zero_shot_value": zero_shot})
+    if is_champion:
+        print(f"promote: {name} v{decision['version']}: {decision['reason']}")
+    else:  # the last stage of `dvc repro`: this is the line the user sees last
+        print(f"promote: NOT promoted: {name} v{decision['version']} stays challenger: {decision['reason']}")
     return decision

@@ -19,12 +19,12 @@ from freshen.errors import FreshenError
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
 from freshen.steps.common import NullLog, path, prepared, read_clusters
-from freshen.training.loop import check_train_params, train
+from freshen.training.loop import check_positive_grade, check_train_params, train
 
 SECTIONS = ["seed", "model", "train"]
 CURVE_FIELDS = ["step", "loss", "corrector_loss", "corrector_ce", "cos_stale_fresh", "cos_corrected_fresh",
                 "dev_ndcg_at_10", "probe_cos_stale_fresh", "probe_cos_corrected_fresh",
-                "overlap_stale_fresh", "overlap_corrected_fresh",
+                "overlap_stale_fresh", "overlap_corrected_fresh", "fn_rank", "fn_margin", "fn_short", "fn_in_batch",
                 "train_passage_passes", "reembed_passes", "wall_seconds"]
 EVAL_FIELDS = ["dev_ndcg_at_10", "probe_cos_stale_fresh", "probe_cos_corrected_fresh", "overlap_stale_fresh",
                "overlap_corrected_fresh"]
@@ -48,11 +48,33 @@ def evaluation(record: dict) -> dict:
     return {"step": record["step"], **{k: record[k] for k in EVAL_FIELDS if k in record}}
 
 
+def verdict(validations: list[dict], best_step: int | None, keep_best: bool) -> tuple[dict, str | None]:
+    """The run against the pre-trained encoder (its step-0 validation on dev): the summary's
+    figures, and a plain sentence when the saved model does not beat it (None when it does)."""
+    dev = [v for v in validations if "dev_ndcg_at_10" in v]
+    if not dev or dev[0]["step"] != 0:
+        return {}, None
+    zero, final = dev[0]["dev_ndcg_at_10"], dev[-1]["dev_ndcg_at_10"]
+    saved = max(v["dev_ndcg_at_10"] for v in dev) if keep_best else final
+    figures = {"zero_shot_dev_ndcg_at_10": zero, "beats_zero_shot": saved > zero}
+    if keep_best and best_step == 0:
+        best_later = max(dev[1:], key=lambda v: v["dev_ndcg_at_10"], default=None)
+        later = f"; the best later step, {best_later['step']}, reached {best_later['dev_ndcg_at_10']:.4f}" \
+            if best_later else ""
+        return figures, (f"training did not beat the pre-trained encoder on dev (nDCG@10 {zero:.4f} at step 0"
+                         f"{later}): the saved model is the pre-trained encoder")
+    if saved <= zero:
+        return figures, (f"the saved model does not beat the pre-trained encoder on dev (nDCG@10 {saved:.4f} "
+                         f"against {zero:.4f} at step 0)")
+    return figures, None
+
+
 def run(params: dict, root: Path, log=NullLog()) -> dict:
     p = params["train"]
     check_train_params(p)  # fail on bad params before loading anything heavy
     set_threads()
     ds = prepared(params, root)
+    check_positive_grade(ds, int(p.get("min_positive_grade", 1)))
     cache = load_cache(path(root, params["cache"]["out_dir"]))
     clusters = read_clusters(path(root, params["cluster"]["out_dir"]))
     teacher = None
@@ -81,7 +103,8 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
                                                "params_hash": params_hash(params, SECTIONS),
                                                "cache_manifest": cache.manifest, "steps": int(p["steps"])})
     last = result.curve[-1]
-    summary = {**result.counters.as_dict(), "final_loss": last["loss"], "steps_run": len(result.curve),
+    figures, warning = verdict(result.validations, result.best_step, bool(p.get("keep_best", True)))
+    summary = {**result.counters.as_dict(), "final_loss": last["loss"], "steps_run": len(result.curve), **figures,
                **({"best_step": result.best_step,
                    "best_dev_ndcg_at_10": max(v.get("dev_ndcg_at_10", float("-inf")) for v in result.validations)}
                   if result.best_step is not None else {}),
@@ -91,8 +114,11 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CURVE_FIELDS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(result.curve)
+    writer.writerows([v for v in result.validations if v["step"] == 0] + result.curve)
     write_text(path(root, p["curve"]), buf.getvalue())
     log.metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     log.artifact(path(root, p["curve"]), "plots")
+    if warning:
+        log.tags({"train.beats_zero_shot": "false"})
+        print(f"freshen train: WARNING: {warning}")
     return summary

@@ -26,6 +26,7 @@ from freshen.encoding import autocast_dtype, encode, encode_into
 from freshen.errors import FreshenError
 from freshen.modeling.corrector import Corrector
 from freshen.retrieval import evaluate_run, overlap_at
+from freshen.sampling.false_negatives import FalseNegativeFilter
 from freshen.sampling.negatives import SELECTIONS, balanced_pick, chunked_topk
 from freshen.sampling.scorer import CacheScorer
 from freshen.sampling.tas import RandomBatches, TASBatches
@@ -47,6 +48,12 @@ class Counters:
     refreshes: int = 0
     query_passes: int = 0
     probe_passes: int = 0
+    # false-negative control: cached candidates removed by the rank rule and by the margin rule,
+    # negatives filled up from removed candidates (masked), in-batch passages masked by the rule
+    fn_rank: int = 0
+    fn_margin: int = 0
+    fn_short: int = 0
+    fn_in_batch: int = 0
     wall_seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -97,6 +104,8 @@ def check_train_params(p: dict) -> None:
                                         ("corrector", cor, "refit_sample", 0), ("corrector", cor, "refit_epochs", 1),
                                         ("negatives", neg, "fresh_overlay_steps", 0)):
         _check_int(values.get(key, least), f"train.{section}.{key}", least)
+    FalseNegativeFilter.from_params(neg.get("false_negatives"))
+    _check_int(p.get("min_positive_grade", 1), "train.min_positive_grade", 1)
     for key in ("probe_passages", "overlap_passages", "overlap_k", "eval_every", "early_stopping_patience"):
         if p.get(key) is not None:
             _check_int(p[key], f"train.{key}", 0)
@@ -131,6 +140,17 @@ def check_teacher_coverage(teacher: dict, train_qids: list[str], positives: dict
                            "(score each training query's positives and its candidate negatives)")
 
 
+def check_positive_grade(dataset, min_grade: int) -> None:
+    """A minimum grade that leaves a judged training query with no positive is refused."""
+    judged, kept = dataset.positives("train"), dataset.positives("train", min_grade)
+    lacking = sorted(set(judged) - set(kept))
+    if lacking:
+        grades = sorted({r for docs in dataset.qrels["train"].values() for r in docs.values() if r > 0})
+        raise FreshenError(f"params.yaml: field 'train.min_positive_grade': {min_grade} leaves {len(lacking)} of "
+                           f"{len(judged)} training queries with no positive, e.g. '{lacking[0]}' (grades in "
+                           f"qrels/train.tsv: {', '.join(map(str, grades))}): lower it")
+
+
 def _ndcg_at_10(qrels: dict, run: dict) -> float:
     return evaluate_run(qrels, run)["ndcg_at_10"]
 
@@ -151,7 +171,12 @@ class Trainer:
         torch.manual_seed(seed)
         self.teacher = teacher
 
-        self.positives = dataset.positives("train")
+        # training positives: judged at least min_positive_grade; every passage judged relevant at
+        # all (any grade > 0) is never a negative and is masked out of in-batch softmaxes
+        min_grade = int(p.get("min_positive_grade", 1))
+        check_positive_grade(dataset, min_grade)
+        self.positives = dataset.positives("train", min_grade)
+        judged = dataset.positives("train")
         self.train_qids = sorted(q for q in self.positives if q in cluster_of or p.get("batching") == "random")
         if not self.train_qids:
             raise FreshenError("no training queries with positives (check qrels/train.tsv and the clusters)")
@@ -162,7 +187,8 @@ class Trainer:
             raise FreshenError(f"{cache.path}: cache lacks {len(missing)} judged documents, e.g. '{missing[0]}'")
         self.doc_ids = cache.ids
         self.doc_texts = dataset.doc_texts(self.doc_ids)
-        self.pos_rows = {q: [self.row_of[d] for d in self.positives[q]] for q in self.positives}
+        self.pos_rows = {q: [self.row_of[d] for d in judged[q] if d in self.row_of] for q in judged}
+        self.fn_filter = FalseNegativeFilter.from_params(self.neg_p.get("false_negatives"))
         if teacher is not None:
             check_teacher_coverage(teacher, self.train_qids, self.positives, self.row_of)
             if self.strategy != "in_batch":
@@ -246,17 +272,27 @@ class Trainer:
         q_emb = q_emb.float().cpu()
 
         neg_rows = torch.empty((len(qids), 0), dtype=torch.long)
+        unusable = torch.zeros((len(qids), 0), dtype=torch.bool)  # filled-up negatives, masked out of the loss
+        fn_counts: dict = {}
         if self.teacher is not None:
             neg_rows = self._teacher_negatives(qids, pos_docs)
         elif self.k > 0:
             correcting = self.correcting(step)
             overlay = bool(self.overlay_steps) and correcting
-            neg_rows = self.scorer.select(q_emb.detach(), int(self.neg_p.get("candidates", 100)) if overlay else self.k,
-                                          [self.pos_rows[q] for q in qids], [self.row_of[d] for d in pos_docs],
-                                          corrector=self.corrector if correcting else None,
-                                          generator=self.gen, rng=self.pick_rng)
+            exclude, pos_rows = [self.pos_rows[q] for q in qids], [self.row_of[d] for d in pos_docs]
+            corrector = self.corrector if correcting else None
+            if self.fn_filter.active and not overlay:
+                neg_rows, unusable, fn_counts = self.scorer.select_filtered(
+                    q_emb.detach(), self.k, exclude, pos_rows, self.fn_filter, corrector=corrector,
+                    generator=self.gen, rng=self.pick_rng)
+            else:
+                neg_rows = self.scorer.select(q_emb.detach(), int(self.neg_p.get("candidates", 100)) if overlay
+                                              else self.k, exclude, pos_rows, corrector=corrector,
+                                              generator=self.gen, rng=self.pick_rng)
+                unusable = torch.zeros(neg_rows.shape, dtype=torch.bool)
             if overlay:
                 neg_rows = self._overlay_rerank(step, q_emb.detach(), neg_rows)
+                unusable = torch.zeros(neg_rows.shape, dtype=torch.bool)
         self.last_negatives = (qids, neg_rows)
 
         rows = [self.row_of[d] for d in pos_docs] + neg_rows.flatten().tolist()
@@ -270,13 +306,19 @@ class Trainer:
 
         sample = self._drift_sample()  # embedded by the encoder the step's targets saw, before its update
         mask = self._other_positives(qids, rows)
+        b = len(qids)
+        mask[:, b:] |= torch.block_diag(*unusable.unbind(0)) if unusable.numel() else False
+        if self.fn_filter.in_batch and self.fn_filter.has_margin:
+            fn_counts["fn_in_batch"] = self._mask_likely_positives(q_emb.detach(), p_emb.detach(), mask)
         loss = self._retriever_loss(qids, pos_docs, rows, neg_rows, q_emb, p_emb, mask)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), float(self.p.get("grad_clip", 1.0)))
         self.opt.step()
         self.sched.step()
-        record = {"step": step, "loss": float(loss.detach())}
+        record = {"step": step, "loss": float(loss.detach()), **fn_counts}
+        for key, n in fn_counts.items():
+            setattr(self.counters, key, getattr(self.counters, key) + n)
         if self.teacher is not None:
             record["teacher_inbatch_pairs"] = self.teacher_inbatch_pairs
         if self.corrector is not None:
@@ -320,6 +362,17 @@ class Trainer:
             mask[i] = torch.isin(rows_t, torch.tensor(self.pos_rows[q]))
             mask[i, i] = False
         return mask
+
+    def _mask_likely_positives(self, q_emb: torch.Tensor, p_emb: torch.Tensor, mask: torch.Tensor) -> int:
+        """Mask (in place) every passage of the step that the false-negative margin rule flags for a
+        query, scored fresh against the query's own positive (column i); returns how many it added."""
+        scores = q_emb @ p_emb.T
+        b = len(q_emb)
+        flagged = self.fn_filter.too_close(scores, scores[torch.arange(b), torch.arange(b)])
+        flagged[torch.arange(b), torch.arange(b)] = False
+        added = flagged & ~mask
+        mask |= flagged
+        return int(added.sum())
 
     def _retriever_loss(self, qids, pos_docs, rows, neg_rows, q_emb, p_emb, mask):
         if self.teacher is None:
@@ -493,11 +546,27 @@ class Trainer:
             rec["overlap_corrected_fresh"] = overlap_at(top(self.corrector(cached)), fresh_top)
         return rec
 
+    def _snapshot(self) -> tuple[dict, dict | None]:
+        return (copy.deepcopy(self.encoder.state_dict()),
+                copy.deepcopy(self.corrector.state_dict()) if self.corrector else None)
+
     def run(self) -> TrainResult:
         steps, eval_every = int(self.p["steps"]), int(self.p.get("eval_every", 0) or 0)
         patience = int(self.p.get("early_stopping_patience", 0) or 0)
         best, best_step, best_state, bad = float("-inf"), None, None, 0
         started = time.perf_counter()
+        if eval_every:  # step 0: the pre-trained encoder, validated like every later step; keep_best may keep it
+            val = self.validate(0)
+            self.validations.append(val)
+            if val.get("dev_ndcg_at_10") is not None:
+                best, best_step, best_state = val["dev_ndcg_at_10"], 0, self._snapshot()
+            self.counters.wall_seconds = time.perf_counter() - started
+            record = {**val, "train_passage_passes": 0, "reembed_passes": 0,
+                      "wall_seconds": round(self.counters.wall_seconds, 3)}
+            if self.on_log:
+                self.on_log(record, 0)
+            if self.on_eval:
+                self.on_eval(record, self.counters)
         self.encoder.train()
         for step in tqdm(range(1, steps + 1), desc="train", unit="step", mininterval=20, disable=False):
             record = self.step(step)
@@ -512,9 +581,7 @@ class Trainer:
                 record.update({k: v for k, v in val.items() if k != "step"})
                 score = val.get("dev_ndcg_at_10")
                 if score is not None and score > best:
-                    best, best_step, bad = score, step, 0
-                    best_state = (copy.deepcopy(self.encoder.state_dict()),
-                                  copy.deepcopy(self.corrector.state_dict()) if self.corrector else None)
+                    best, best_step, bad, best_state = score, step, 0, self._snapshot()
                 elif score is not None:
                     bad += 1
             self.counters.wall_seconds = time.perf_counter() - started

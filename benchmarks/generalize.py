@@ -1,0 +1,335 @@
+"""Does the default recipe help on data nobody tuned for? One command: for each dataset and
+stress variant, the whole pipeline (`freshen prepare ... promote`, the README's "another
+dataset" path: a BEIR folder with graded qrels and a dev split, `data.verify: false`) on each
+seed, and a table of zero-shot against trained test nDCG@10.
+
+    python benchmarks/generalize.py                               # scifact + both stress variants, seeds 13-17
+    python benchmarks/generalize.py --datasets scifact-dense --seeds 13
+    python benchmarks/generalize.py --dataset mine=/data/beir/mine   # any BEIR folder as well
+    python benchmarks/generalize.py --set train.lr=2e-5 --out benchmarks/results/generalize-lr2e-5
+
+Stress variants, built from SciFact (`--source`) into the work folder, never committed:
+- `scifact-incomplete`: a seeded `--drop` fraction of the train and dev judgements removed (a
+  query left with none leaves the split); test intact. The removed positives stay in the corpus,
+  unjudged, where the sampler may pick them as negatives.
+- `scifact-dense`: every abstract cut into passages of `--sentences` sentences, each with the
+  title; every passage of a relevant abstract is relevant, graded 2 for the passage sharing the
+  most words with the query and 1 for the others; train and dev keep the grade-2 passage and a
+  seeded half of the others (dense relevance, incompletely judged); test judges every passage.
+
+Each (dataset, seed) runs in its own project folder under `--work` (its own MLflow store and
+registry); the prepared data and the initial cache are built once per dataset and shared by its
+seeds. A finished (dataset, seed) is not run again, so a stopped benchmark resumes. Not a test:
+about 15 minutes a run on 2 CPU cores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("scifact-incomplete", "scifact-dense")
+DEFAULT_DATASETS = ("scifact", *VARIANTS)
+PIPELINE = ("prepare", "cluster-queries", "embed-cache", "train", "reembed", "evaluate", "promote")
+SHARED = ("prepare", "embed-cache")  # seed-independent: once per dataset
+# the goal: trained above zero-shot on the mean, and no seed below it by more than this
+WORST_SEED_GOAL = -0.005
+WORD = re.compile(r"[a-z0-9]+")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
+
+
+# -- the stress variants -----------------------------------------------------------------
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        cols = line.split("\t")
+        if i == 0 and not cols[-1].strip().lstrip("-").isdigit():
+            continue  # header
+        out.setdefault(cols[0], {})[cols[1]] = int(cols[2])
+    return out
+
+
+def write_qrels(path: Path, qrels: dict[str, dict[str, int]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{r}" for q, docs in qrels.items() for d, r in docs.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def split_dev(train: dict, fraction: float, rng: np.random.Generator) -> tuple[dict, dict]:
+    """(train, dev) by query: a seeded `fraction` of the queries, at least one, goes to dev."""
+    qids = sorted(train)
+    n_dev = max(1, math.ceil(fraction * len(qids)))
+    dev = {qids[i] for i in rng.permutation(len(qids))[:n_dev]}
+    return {q: train[q] for q in qids if q not in dev}, {q: train[q] for q in qids if q in dev}
+
+
+def drop_judgements(qrels: dict, fraction: float, rng: np.random.Generator, keep=None) -> dict:
+    """Each positive judgement removed with probability `fraction` (except those `keep(q, d)`
+    protects); a query left with no positive is dropped."""
+    out = {}
+    for q in sorted(qrels):
+        docs = {d: r for d, r in sorted(qrels[q].items())
+                if r <= 0 or (keep is not None and keep(q, d)) or rng.random() >= fraction}
+        if any(r > 0 for r in docs.values()):
+            out[q] = docs
+    return out
+
+
+def _copy_base(source: Path, out: Path, corpus: list[dict] | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / "corpus.jsonl", corpus if corpus is not None else _read_jsonl(source / "corpus.jsonl"))
+    queries = [{"_id": q["_id"], "text": q["text"]} for q in _read_jsonl(source / "queries.jsonl")]
+    _write_jsonl(out / "queries.jsonl", queries)
+
+
+def make_incomplete(source: Path, out: Path, drop: float = 0.5, dev_fraction: float = 0.1, seed: int = 0) -> dict:
+    """SciFact with a seeded `drop` fraction of its train and dev positives removed; test intact."""
+    rng = np.random.default_rng([seed, 1])
+    train, dev = split_dev(read_qrels(source / "qrels" / "train.tsv"), dev_fraction, rng)
+    _copy_base(source, out)
+    splits = {"train": drop_judgements(train, drop, rng), "dev": drop_judgements(dev, drop, rng),
+              "test": read_qrels(source / "qrels" / "test.tsv")}
+    for name, qrels in splits.items():
+        write_qrels(out / "qrels" / f"{name}.tsv", qrels)
+    return _describe(out, splits)
+
+
+def passages_of(doc: dict, sentences: int) -> list[dict]:
+    """An abstract cut into passages of `sentences` sentences, each carrying the title."""
+    parts = [s for s in SENTENCE_END.split(doc.get("text", "").strip()) if s.strip()] or [doc.get("text", "")]
+    chunks = [" ".join(parts[i:i + sentences]) for i in range(0, len(parts), sentences)]
+    return [{"_id": f"{doc['_id']}#{i}", "title": doc.get("title", ""), "text": c} for i, c in enumerate(chunks)]
+
+
+def grade_passages(query: str, passages: list[dict]) -> dict[str, int]:
+    """2 for the passage sharing the most words with the query (the first on a tie), 1 for the rest."""
+    words = set(WORD.findall(query.lower()))
+    shared = [len(words & set(WORD.findall(p["text"].lower()))) for p in passages]
+    best = int(np.argmax(shared))
+    return {p["_id"]: 2 if i == best else 1 for i, p in enumerate(passages)}
+
+
+def make_dense(source: Path, out: Path, sentences: int = 3, keep_other: float = 0.5, dev_fraction: float = 0.1,
+               seed: int = 0) -> dict:
+    """SciFact with every abstract cut into passages: dense, graded relevance; train and dev judge
+    the grade-2 passage and a seeded `keep_other` share of the rest, test judges them all."""
+    rng = np.random.default_rng([seed, 2])
+    docs = _read_jsonl(source / "corpus.jsonl")
+    passages = {d["_id"]: passages_of(d, sentences) for d in docs}
+    queries = {q["_id"]: q["text"] for q in _read_jsonl(source / "queries.jsonl")}
+    _copy_base(source, out, [p for d in docs for p in passages[d["_id"]]])
+
+    def expand(qrels: dict) -> dict:
+        return {q: {pid: g for d, r in sorted(docs_.items()) if r > 0
+                    for pid, g in grade_passages(queries[q], passages[d]).items()}
+                for q, docs_ in qrels.items()}
+
+    train, dev = split_dev(read_qrels(source / "qrels" / "train.tsv"), dev_fraction, rng)
+    splits = {"train": expand(train), "dev": expand(dev), "test": expand(read_qrels(source / "qrels" / "test.tsv"))}
+    for name in ("train", "dev"):
+        graded = splits[name]
+        splits[name] = drop_judgements(graded, 1.0 - keep_other, rng, keep=lambda q, d, g=graded: g[q][d] == 2)
+    for name, qrels in splits.items():
+        write_qrels(out / "qrels" / f"{name}.tsv", qrels)
+    return _describe(out, splits)
+
+
+def _describe(out: Path, splits: dict) -> dict:
+    info = {"docs": sum(1 for line in open(out / "corpus.jsonl", encoding="utf-8") if line.strip())}
+    for name, qrels in splits.items():
+        pos = [sum(1 for r in docs.values() if r > 0) for docs in qrels.values()]
+        info[name] = {"queries": len(qrels), "positives_per_query": round(float(np.mean(pos)), 2) if pos else 0.0}
+    (out / "VARIANT.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+BUILDERS = {"scifact-incomplete": make_incomplete, "scifact-dense": make_dense}
+
+
+# -- running the pipeline -------------------------------------------------------------------
+def dataset_params(base: dict, name: str, folder: Path, shared: Path, seed: int, overrides: dict) -> dict:
+    """One run's params: the project's params.yaml, the dataset as a BEIR folder of the user's
+    own (no checksums), the seed, the shared prepared data and cache, then `--set` overrides."""
+    p = json.loads(json.dumps(base))
+    p["seed"] = seed
+    p["data"].update(name=name, local_dir=str(folder), verify=False, sha256={}, out_dir=str(shared / "prepared"))
+    p["cache"]["out_dir"] = str(shared / "cache")
+    for key, value in overrides.items():
+        node = p
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        if last not in node:
+            raise SystemExit(f"--set {key}: no such key in params.yaml")
+        node[last] = value
+    return p
+
+
+def freshen(step: str, project: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("FRESHEN_DATA_DIR", None)
+    subprocess.run([sys.executable, "-m", "freshen", "--root", str(project), "--params", "params.yaml", step],
+                   check=True, env=env)
+
+
+def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, overrides: dict, base_seed: int) -> dict:
+    project = work / name / f"seed{seed}"
+    done = project / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    shared = work / name / "shared"
+    project.mkdir(parents=True, exist_ok=True)
+    p = dataset_params(base, name, folder, shared, seed, overrides)
+    started = time.perf_counter()
+    for step in PIPELINE:
+        if step in SHARED and (shared / ("prepared" if step == "prepare" else "cache")).is_dir():
+            continue
+        # the shared steps run with the base seed: every seed trains on the same dev split and cache
+        run_p = {**p, "seed": base_seed} if step in SHARED else p
+        (project / "params.yaml").write_text(yaml.safe_dump(run_p, sort_keys=False))
+        freshen(step, project)
+    ev = json.loads((project / p["evaluate"]["metrics"]).read_text())
+    tr = json.loads((project / p["train"]["metrics"]).read_text())
+    promo = json.loads((project / p["promote"]["out"]).read_text())
+    result = {"dataset": name, "seed": seed,
+              **{f"{split}_{system}": ev[split][system]["ndcg_at_10"] for split in ("dev", "test")
+                 for system in ("zero_shot", "trained", "bm25") if system in ev[split]},
+              "best_step": tr.get("best_step"), "steps_run": tr.get("steps_run"),
+              "false_negatives": {k: v for k, v in tr.items() if k.startswith("fn_")},
+              "promoted": promo.get("promoted"), "promotion_reason": promo.get("reason"),
+              "wall_seconds": round(time.perf_counter() - started, 1)}
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# -- the report -------------------------------------------------------------------------------
+def summarise(results: list[dict]) -> list[dict]:
+    """Per dataset: zero-shot, BM25, the trained mean and se over seeds, and the goal."""
+    rows = []
+    for name in dict.fromkeys(r["dataset"] for r in results):
+        rs = [r for r in results if r["dataset"] == name]
+        diff = np.array([r["test_trained"] - r["test_zero_shot"] for r in rs])
+        trained = np.array([r["test_trained"] for r in rs])
+        se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        rows.append({"dataset": name, "seeds": [r["seed"] for r in rs], "zero_shot": rs[0]["test_zero_shot"],
+                     "bm25": rs[0].get("test_bm25"), "trained": [r["test_trained"] for r in rs],
+                     "trained_mean": float(trained.mean()), "diff_mean": float(diff.mean()), "diff_se": se,
+                     "worst_diff": float(diff.min()), "promoted": sum(bool(r["promoted"]) for r in rs),
+                     "met": bool(diff.mean() > 0 and diff.min() >= WORST_SEED_GOAL)})
+    return rows
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, no GPU used, python {platform.python_version()}"
+
+
+def report(results: list[dict], command: str, overrides: dict) -> str:
+    out = ["# Zero-shot against trained, per dataset (test nDCG@10)", "",
+           f"Machine: {machine()}", f"Command: `{command}`",
+           f"Params: the project's params.yaml{', with ' + json.dumps(overrides) if overrides else ''}.", "",
+           "| dataset | zero-shot | BM25 | trained, per seed | trained mean | minus zero-shot (se) | worst seed | "
+           "promoted | goal |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in summarise(results):
+        per_seed = ", ".join(f"{s}: {v:.4f}" for s, v in zip(r["seeds"], r["trained"]))
+        bm25 = f"{r['bm25']:.4f}" if r["bm25"] is not None else "-"
+        out.append(f"| {r['dataset']} | {r['zero_shot']:.4f} | {bm25} | {per_seed} | {r['trained_mean']:.4f} | "
+                   f"{r['diff_mean']:+.4f} ({r['diff_se']:.4f}) | {r['worst_diff']:+.4f} | "
+                   f"{r['promoted']} of {len(r['seeds'])} | {'met' if r['met'] else 'not met'} |")
+    out += ["", f"Goal: trained above zero-shot on the mean, and no seed below it by more than {-WORST_SEED_GOAL}. "
+            "`promoted`: seeds whose model `promote` made champion (it must beat zero-shot on dev).", "",
+            "| dataset | seed | dev zero-shot | dev trained | best step | test zero-shot | test trained | "
+            "promotion | false negatives removed |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        fn = ", ".join(f"{k.removeprefix('fn_')} {v}" for k, v in sorted(r.get("false_negatives", {}).items())) or "-"
+        out.append(f"| {r['dataset']} | {r['seed']} | {r['dev_zero_shot']:.4f} | {r['dev_trained']:.4f} | "
+                   f"{r['best_step']} | {r['test_zero_shot']:.4f} | {r['test_trained']:.4f} | "
+                   f"{r['promotion_reason']} | {fn} |")
+    return "\n".join(out) + "\n"
+
+
+def parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item}: must look like key.sub=value")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="scifact and/or the stress variants")
+    ap.add_argument("--dataset", action="append", default=[], metavar="NAME=FOLDER", help="another BEIR folder")
+    ap.add_argument("--seeds", default="13,14,15,16,17")
+    ap.add_argument("--source", default=str(ROOT.parent / "shared" / "datasets" / "scifact"), help="SciFact folder")
+    ap.add_argument("--work", default=str(ROOT / "artifacts" / "generalize"), help="run folders (not git)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generalize"), help="report folder")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--drop", type=float, default=0.5, help="scifact-incomplete: judgements removed")
+    ap.add_argument("--sentences", type=int, default=3, help="scifact-dense: sentences a passage")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs")
+    args = ap.parse_args()
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overrides = parse_set(args.overrides)
+    work = Path(args.work).resolve()
+    source = Path(args.source).resolve()
+    folders = {}
+    for name in [d for d in args.datasets.split(",") if d]:
+        if name == "scifact":
+            folders[name] = source
+        elif name in BUILDERS:
+            folders[name] = work / "datasets" / name
+            if not (folders[name] / "VARIANT.json").is_file() and not args.report_only:
+                options = {"drop": args.drop} if name == "scifact-incomplete" else {"sentences": args.sentences}
+                print(name, BUILDERS[name](source, folders[name], seed=int(base["seed"]), **options))
+        else:
+            raise SystemExit(f"unknown dataset '{name}': expected scifact, {', '.join(VARIANTS)} or --dataset NAME=FOLDER")
+    for item in args.dataset:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--dataset {item}: must look like NAME=FOLDER")
+        folders[name] = Path(folder).resolve()
+    results = []
+    for name, folder in folders.items():
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            if args.report_only:
+                done = work / name / f"seed{seed}" / "result.json"
+                if done.is_file():
+                    results.append(json.loads(done.read_text()))
+                continue
+            results.append(run_one(base, name, folder, seed, work, overrides, int(base["seed"])))
+            print(json.dumps(results[-1]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/generalize.py"] + sys.argv[1:])
+    (out / "report.md").write_text(report(results, command, overrides))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(report(results, command, overrides))
+
+
+if __name__ == "__main__":
+    main()

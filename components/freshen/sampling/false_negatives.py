@@ -1,0 +1,105 @@
+"""False-negative control. On data with incomplete labels and dense relevance, the passages that
+score highest for a query without being judged relevant are often relevant all the same, and
+training pushes the query away from them. Two rules, as sentence-transformers'
+`mine_hard_negatives` names them (NV-Retriever's "TopK-PercPos" is the relative one):
+
+- a margin rule: a candidate scoring above `(1 - relative_margin) * s(q, positive)`, or above
+  `s(q, positive) - absolute_margin`, is a likely positive;
+- a rank rule: the first `range_min` candidates of the list are skipped.
+
+Cached negatives are picked only among candidates that pass both; in-batch passages that the
+margin rule flags for a query are masked out of that query's softmax."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from freshen.errors import FreshenError
+from freshen.sampling.negatives import balanced_pick
+
+
+@dataclass(frozen=True)
+class FalseNegativeFilter:
+    relative_margin: float | None = None
+    absolute_margin: float | None = None
+    range_min: int = 0
+    in_batch: bool = True
+
+    @classmethod
+    def from_params(cls, p: dict | None) -> FalseNegativeFilter:
+        """From `train.negatives.false_negatives`; checked here, before any training."""
+        p = p or {}
+        for key in ("relative_margin", "absolute_margin"):
+            value = p.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0.0 <= value <= 1.0):
+                raise FreshenError(f"params.yaml: field 'train.negatives.false_negatives.{key}': must be a number "
+                                   f"in [0, 1] or null, got {value!r}")
+        range_min = p.get("range_min", 0)
+        if not isinstance(range_min, int) or isinstance(range_min, bool) or range_min < 0:
+            raise FreshenError("params.yaml: field 'train.negatives.false_negatives.range_min': must be an integer "
+                               f">= 0, got {range_min!r}")
+        if not isinstance(p.get("in_batch", True), bool):
+            raise FreshenError("params.yaml: field 'train.negatives.false_negatives.in_batch': must be true or "
+                               f"false, got {p.get('in_batch')!r}")
+        return cls(p.get("relative_margin"), p.get("absolute_margin"), range_min, p.get("in_batch", True))
+
+    @property
+    def has_margin(self) -> bool:
+        return self.relative_margin is not None or self.absolute_margin is not None
+
+    @property
+    def active(self) -> bool:
+        """Whether cached negatives go through the filter at all."""
+        return self.has_margin or self.range_min > 0
+
+    def too_close(self, scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        """[b, m] bool: `scores[i, j]` is within the margin of query i's positive score `positive[i]`."""
+        flagged = torch.zeros(scores.shape, dtype=torch.bool)
+        pos = positive.float()[:, None]
+        if self.relative_margin is not None:
+            flagged |= scores > (1.0 - self.relative_margin) * pos
+        if self.absolute_margin is not None:
+            flagged |= scores > pos - self.absolute_margin
+        return flagged
+
+    def pick(self, rows: torch.Tensor, scores: torch.Tensor, positive: torch.Tensor, k: int, selection: str,
+             beta: float = 20.0, bins: int = 10, generator: torch.Generator | None = None,
+             rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """k negatives per query from its candidate list (`rows`, `scores` [b, m], best first; rows
+        of -1 / scores of -inf where there were fewer), picked by `selection` among the candidates
+        that pass the rules. A query with fewer than k passing candidates is filled up with the best
+        remaining ones, which come back flagged in `unusable` [b, k] (mask them out of the loss).
+        Counts: candidates the rank rule and the margin rule removed, and fill-ups."""
+        b, m = rows.shape
+        valid = rows >= 0
+        by_rank = valid & (torch.arange(m) < self.range_min)[None, :]
+        by_margin = valid & ~by_rank & self.too_close(scores, positive)
+        keep = valid & ~by_rank & ~by_margin
+        out = torch.empty((b, k), dtype=torch.long)
+        unusable = torch.zeros((b, k), dtype=torch.bool)
+        for i in range(b):
+            kept = keep[i].nonzero().flatten()
+            if selection == "gumbel" and len(kept) > k:
+                u = torch.rand(len(kept), generator=generator).clamp_(1e-20, 1.0 - 1e-7)
+                order = (beta * scores[i, kept] - torch.log(-torch.log(u))).topk(k).indices
+                chosen = kept[order]
+            elif selection == "balanced" and len(kept) > k:
+                margins = (positive[i] - scores[i, kept]).numpy()
+                chosen = kept[torch.tensor(balanced_pick(margins, k, bins, rng))]
+            else:
+                chosen = kept[:k]
+            if len(chosen) < k:  # too few left: the best of the rest, masked out of the loss
+                rest = (valid[i] & ~keep[i]).nonzero().flatten()
+                fill = rest[: k - len(chosen)]
+                if len(chosen) + len(fill) < k:
+                    raise FreshenError(f"fewer than {k} candidate negatives for a query: raise "
+                                       "train.negatives.candidates or lower train.negatives.k")
+                unusable[i, len(chosen):] = True
+                chosen = torch.cat([chosen, fill])
+            out[i] = rows[i, chosen]
+        counts = {"fn_rank": int(by_rank.sum()), "fn_margin": int(by_margin.sum()), "fn_short": int(unusable.sum())}
+        return out, unusable, counts

@@ -1,0 +1,100 @@
+"""benchmarks/generalize.py: the stress variants keep their promises (test intact, seeded,
+graded, a valid BEIR folder with a dev split) and the summary judges the goal as stated."""
+
+import json
+
+import pytest
+
+from bench import load_benchmark
+from freshen.data.beir import load_beir
+from tiny import make_beir
+
+gen = load_benchmark("generalize")
+
+
+def _long_abstracts(root):
+    """The tiny corpus with several sentences an abstract, so that the dense variant cuts it."""
+    docs = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
+    for d in docs:
+        d["text"] = " ".join(f"Part{i} {d['text']}." for i in range(5))
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return root
+
+
+@pytest.fixture()
+def source(tmp_path):
+    root = make_beir(tmp_path / "src", n_docs=40, n_train=30, n_test=10)
+    qrels = (root / "qrels" / "train.tsv").read_text().splitlines()
+    extra = [f"q{i}\td{(i + 7) % 40}\t1" for i in range(0, 30, 2)]  # half the queries get a second positive
+    (root / "qrels" / "train.tsv").write_text("\n".join(qrels + extra) + "\n")
+    return _long_abstracts(root)
+
+
+def test_incomplete_drops_train_and_dev_judgements_and_keeps_test(source, tmp_path):
+    info = gen.make_incomplete(source, tmp_path / "inc", drop=0.5, seed=3)
+    before = gen.read_qrels(source / "qrels" / "train.tsv")
+    after = {**gen.read_qrels(tmp_path / "inc" / "qrels" / "train.tsv"),
+             **gen.read_qrels(tmp_path / "inc" / "qrels" / "dev.tsv")}
+    pairs = lambda qrels: {(q, d) for q, docs in qrels.items() for d in docs}  # noqa: E731
+    assert pairs(after) < pairs(before)
+    assert 0.3 < 1 - len(pairs(after)) / len(pairs(before)) < 0.7
+    assert all(any(r > 0 for r in docs.values()) for docs in after.values())  # no query left without positive
+    assert (tmp_path / "inc" / "qrels" / "test.tsv").read_text().splitlines()[1:] == \
+        (source / "qrels" / "test.tsv").read_text().splitlines()[1:]
+    assert info["train"]["queries"] + info["dev"]["queries"] == len(after)
+    # seeded: the same folder twice
+    gen.make_incomplete(source, tmp_path / "inc2", drop=0.5, seed=3)
+    for name in ("train", "dev", "test"):
+        assert (tmp_path / "inc" / "qrels" / f"{name}.tsv").read_bytes() == \
+            (tmp_path / "inc2" / "qrels" / f"{name}.tsv").read_bytes()
+    ds = load_beir(tmp_path / "inc", required=("train", "dev", "test"))  # a BEIR folder freshen reads
+    assert set(ds.qrels) == {"train", "dev", "test"}
+
+
+def test_dense_cuts_abstracts_into_graded_passages(source, tmp_path):
+    gen.make_dense(source, tmp_path / "dense", sentences=2, keep_other=0.5, seed=3)
+    ds = load_beir(tmp_path / "dense", required=("train", "dev", "test"))
+    assert all("#" in d for d in ds.corpus) and len(ds.corpus) == 40 * 3  # 5 sentences, 2 a passage
+    assert all(doc["title"] for doc in ds.corpus.values())  # every passage carries its title
+    original_test = gen.read_qrels(source / "qrels" / "test.tsv")
+    for q, docs in ds.qrels["test"].items():  # test judges every passage of a relevant abstract
+        assert {d.split("#")[0] for d in docs} == set(original_test[q])
+        assert len(docs) == 3 * len(original_test[q])
+        assert sorted(docs.values()).count(2) == len(original_test[q])  # one grade-2 passage an abstract
+    train_pairs = sum(len(d) for s in ("train", "dev") for d in ds.qrels[s].values())
+    full_pairs = sum(3 * len(d) for d in gen.read_qrels(source / "qrels" / "train.tsv").values())
+    assert train_pairs < full_pairs  # train and dev judge only part of the passages ...
+    for split in ("train", "dev"):  # ... and always the grade-2 one
+        for docs in ds.qrels[split].values():
+            assert 2 in docs.values()
+
+
+def test_grade_two_goes_to_the_passage_sharing_most_words():
+    passages = [{"_id": "a#0", "text": "nothing here"}, {"_id": "a#1", "text": "aspirin prevents stroke"}]
+    assert gen.grade_passages("Does aspirin prevent stroke?", passages) == {"a#0": 1, "a#1": 2}
+
+
+def test_the_goal_needs_the_mean_above_zero_shot_and_no_seed_far_below():
+    def run(dataset, seed, trained):
+        return {"dataset": dataset, "seed": seed, "test_zero_shot": 0.50, "test_trained": trained,
+                "test_bm25": 0.4, "promoted": trained > 0.5}
+
+    rows = gen.summarise([run("a", 1, 0.52), run("a", 2, 0.497), run("b", 1, 0.56), run("b", 2, 0.49),
+                          run("c", 1, 0.49), run("c", 2, 0.505)])
+    by = {r["dataset"]: r for r in rows}
+    assert by["a"]["met"] and by["a"]["diff_mean"] == pytest.approx(0.0085)
+    assert not by["b"]["met"] and by["b"]["worst_diff"] == pytest.approx(-0.01)  # one seed too far below
+    assert not by["c"]["met"]  # the mean is below zero-shot
+    assert by["a"]["promoted"] == 1
+
+
+def test_run_params_point_at_the_folder_with_no_checksums(tmp_path):
+    import yaml
+
+    base = yaml.safe_load((gen.ROOT / "params.yaml").read_text())
+    p = gen.dataset_params(base, "mine", tmp_path / "mine", tmp_path / "shared", 14, {"train.lr": 2e-5})
+    assert p["data"]["local_dir"] == str(tmp_path / "mine") and p["data"]["verify"] is False
+    assert p["seed"] == 14 and p["train"]["lr"] == 2e-5
+    assert p["cache"]["out_dir"] == str(tmp_path / "shared" / "cache")
+    with pytest.raises(SystemExit, match="no such key"):
+        gen.dataset_params(base, "mine", tmp_path, tmp_path, 1, {"train.nope": 1})
