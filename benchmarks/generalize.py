@@ -222,6 +222,65 @@ def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, override
     return result
 
 
+# -- how many cached negatives are unjudged positives ----------------------------------------
+def full_labels(name: str, source: Path, folder: Path) -> dict[str, set[str]]:
+    """Every passage relevant to each training query by the complete SciFact judgements: the
+    labels the variant's train split only partly shows."""
+    judged = {q: {d for d, r in docs.items() if r > 0} for q, docs in read_qrels(source / "qrels" / "train.tsv").items()}
+    if name != "scifact-dense":
+        return judged
+    ids = [json.loads(line)["_id"] for line in (folder / "corpus.jsonl").read_text().splitlines() if line.strip()]
+    by_doc: dict[str, set[str]] = {}
+    for pid in ids:
+        by_doc.setdefault(pid.split("#")[0], set()).add(pid)
+    return {q: set().union(*(by_doc[d] for d in docs)) for q, docs in judged.items()}
+
+
+def audit(name: str, source: Path, folder: Path, shared: Path, k: int, candidates: int, margins: list[float]) -> list[dict]:
+    """For every (training query, judged positive) of the variant: of the top-k negatives the
+    pre-trained encoder's cache gives (judged passages excluded), the share that the complete
+    labels call relevant, without and with the relative-margin rule; and how many candidates the
+    rule removes. No training: the cache and the pre-trained query encoder only."""
+    import torch
+
+    from freshen.cache import load_cache
+    from freshen.encoding import encode
+    from freshen.modeling.encoder import Encoder
+    from freshen.sampling.false_negatives import FalseNegativeFilter
+
+    train = read_qrels(shared / "prepared" / "qrels" / "train.tsv")
+    full = full_labels(name, source, folder)
+    cache = load_cache(shared / "cache")
+    row_of = {d: i for i, d in enumerate(cache.ids)}
+    table = torch.from_numpy(np.asarray(cache.embeddings, dtype=np.float32))
+    qids = sorted(q for q in train if q in full)
+    queries = {q["_id"]: q["text"] for q in _read_jsonl(source / "queries.jsonl")}
+    q_emb = torch.from_numpy(encode(Encoder.from_params({"name_or_path": None}), [queries[q] for q in qids], "query"))
+    scores = q_emb @ table.T
+    out = []
+    for margin in [None, *margins]:
+        rule = FalseNegativeFilter(relative_margin=margin)
+        picked = relevant = removed = removed_relevant = 0
+        for i, q in enumerate(qids):
+            judged = {row_of[d] for d, r in train[q].items() if r > 0}
+            s = scores[i].clone()
+            s[list(judged)] = float("-inf")
+            top = s.topk(candidates)
+            truth = torch.tensor([cache.ids[int(r)] in full[q] for r in top.indices])
+            for pos in sorted(judged):
+                flagged = rule.too_close(top.values[None, :], scores[i, pos][None])[0] if margin is not None \
+                    else torch.zeros(candidates, dtype=torch.bool)
+                chosen = (~flagged).nonzero().flatten()[:k]
+                picked += len(chosen)
+                relevant += int(truth[chosen].sum())
+                removed += int(flagged.sum())
+                removed_relevant += int((flagged & truth).sum())
+        out.append({"relative_margin": margin, "negatives_relevant": relevant / max(picked, 1),
+                    "removed_per_pair": removed / max(sum(len(train[q]) for q in qids), 1),
+                    "removed_relevant": removed_relevant / max(removed, 1)})
+    return out
+
+
 # -- the report -------------------------------------------------------------------------------
 def summarise(results: list[dict]) -> list[dict]:
     """Per dataset: zero-shot, BM25, the trained mean and se over seeds, and the goal."""
@@ -270,6 +329,10 @@ def report(results: list[dict], command: str, overrides: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in ["benchmarks/generalize.py"] + sys.argv[1:])
+
+
 def parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -292,6 +355,9 @@ def main() -> None:
     ap.add_argument("--drop", type=float, default=0.5, help="scifact-incomplete: judgements removed")
     ap.add_argument("--sentences", type=int, default=3, help="scifact-dense: sentences a passage")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs")
+    ap.add_argument("--audit", action="store_true", help="no training: the share of the cache's top-k negatives "
+                    "that the complete labels call relevant, without and with the relative-margin rule "
+                    "(stress variants whose shared cache exists)")
     args = ap.parse_args()
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     overrides = parse_set(args.overrides)
@@ -313,6 +379,19 @@ def main() -> None:
         if not sep:
             raise SystemExit(f"--dataset {item}: must look like NAME=FOLDER")
         folders[name] = Path(folder).resolve()
+    if args.audit:
+        lines = ["# Cached negatives that are unjudged positives (pre-trained encoder, no training)", "",
+                 f"Machine: {machine()}", f"Command: `{command_line()}`", "",
+                 "| dataset | relative margin | top-4 negatives relevant by the complete labels | "
+                 "candidates removed a (query, positive) | of which relevant |", "| --- | --- | --- | --- | --- |"]
+        for name in (n for n in folders if n in BUILDERS):
+            for r in audit(name, source, folders[name], work / name / "shared", 4, 100, [0.01, 0.02, 0.05, 0.1]):
+                lines.append(f"| {name} | {r['relative_margin'] if r['relative_margin'] is not None else 'off'} | "
+                             f"{r['negatives_relevant']:.3f} | {r['removed_per_pair']:.2f} | {r['removed_relevant']:.3f} |")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "audit.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     results = []
     for name, folder in folders.items():
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -325,7 +404,7 @@ def main() -> None:
             print(json.dumps(results[-1]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/generalize.py"] + sys.argv[1:])
+    command = command_line()
     (out / "report.md").write_text(report(results, command, overrides))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(report(results, command, overrides))

@@ -24,7 +24,7 @@ from freshen.orchestration.commands import StepSkipped
 from freshen.orchestration.runners import XCOM_FIELD, cli_argv, container_operator, run_local
 
 TRAIN_PARAMS = ("train.steps", "train.batch_size", "train.lr", "train.negatives.strategy", "train.negatives.k",
-                "promote.min_improvement")
+                "promote.min_improvement", "promote.min_improvement_over_zero_shot")
 REFRESH_PARAMS = ("orchestration.num_shards", "orchestration.dvc.enabled", "orchestration.dvc.push",
                   "encode.batch_size")
 JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
