@@ -16,6 +16,9 @@ Stress variants, built from SciFact (`--source`) into the work folder, never com
   title; every passage of a relevant abstract is relevant, graded 2 for the passage sharing the
   most words with the query and 1 for the others; train and dev keep the grade-2 passage and a
   seeded half of the others (dense relevance, incompletely judged); test judges every passage.
+- `scifact-topics`: each split's queries clustered into topics of about 20; a query's own
+  abstracts are grade 2, the other abstracts of its topic grade 1: dozens of graded positives a
+  query, most of them only on topic (as in a corpus whose labels come from topic pages).
 
 Each (dataset, seed) runs in its own project folder under `--work` (its own MLflow store and
 registry); the prepared data and the initial cache are built once per dataset and shared by its
@@ -40,7 +43,7 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("scifact-incomplete", "scifact-dense")
+VARIANTS = ("scifact-incomplete", "scifact-dense", "scifact-topics")
 DEFAULT_DATASETS = ("scifact", *VARIANTS)
 PIPELINE = ("prepare", "cluster-queries", "embed-cache", "train", "reembed", "evaluate", "promote")
 SHARED = ("prepare", "embed-cache")  # seed-independent: once per dataset
@@ -154,6 +157,42 @@ def make_dense(source: Path, out: Path, sentences: int = 3, keep_other: float = 
     return _describe(out, splits)
 
 
+def make_topics(source: Path, out: Path, per_topic: int = 20, dev_fraction: float = 0.1, seed: int = 0,
+                model: dict | None = None) -> dict:
+    """SciFact with topical relevance: the queries of each split clustered (k-means on the
+    pre-trained encoder, about `per_topic` queries a topic); a query's own judged abstracts are
+    grade 2, those of the other queries of its topic grade 1 (dozens of positives, most of them
+    only on topic). Train and dev are so labelled; test too, from test's own queries. `model`:
+    params.yaml's `model` section (default: the pre-trained encoder)."""
+    from freshen.encoding import encode
+    from freshen.modeling.encoder import Encoder
+    from freshen.steps.cluster_queries import kmeans
+
+    rng = np.random.default_rng([seed, 3])
+    queries = {q["_id"]: q["text"] for q in _read_jsonl(source / "queries.jsonl")}
+    encoder = Encoder.from_params(model or {"name_or_path": None})
+    _copy_base(source, out)
+
+    def topical(qrels: dict) -> dict:
+        qids = sorted(qrels)
+        emb = encode(encoder, [queries[q] for q in qids], "query")
+        _, topic, _ = kmeans(emb, max(1, round(len(qids) / per_topic)), 25, seed, spherical=True)
+        members: dict[int, list[str]] = {}
+        for q, t in zip(qids, topic.tolist()):
+            members.setdefault(t, []).append(q)
+        out_ = {}
+        for q, t in zip(qids, topic.tolist()):
+            weak = {d: 1 for other in members[t] for d, r in qrels[other].items() if r > 0}
+            out_[q] = {**weak, **{d: 2 for d, r in qrels[q].items() if r > 0}}
+        return out_
+
+    train, dev = split_dev(read_qrels(source / "qrels" / "train.tsv"), dev_fraction, rng)
+    splits = {"train": topical(train), "dev": topical(dev), "test": topical(read_qrels(source / "qrels" / "test.tsv"))}
+    for name, qrels in splits.items():
+        write_qrels(out / "qrels" / f"{name}.tsv", qrels)
+    return _describe(out, splits)
+
+
 def _describe(out: Path, splits: dict) -> dict:
     info = {"docs": sum(1 for line in open(out / "corpus.jsonl", encoding="utf-8") if line.strip())}
     for name, qrels in splits.items():
@@ -163,7 +202,7 @@ def _describe(out: Path, splits: dict) -> dict:
     return info
 
 
-BUILDERS = {"scifact-incomplete": make_incomplete, "scifact-dense": make_dense}
+BUILDERS = {"scifact-incomplete": make_incomplete, "scifact-dense": make_dense, "scifact-topics": make_topics}
 
 
 # -- running the pipeline -------------------------------------------------------------------
@@ -236,7 +275,8 @@ def full_labels(name: str, source: Path, folder: Path) -> dict[str, set[str]]:
     return {q: set().union(*(by_doc[d] for d in docs)) for q, docs in judged.items()}
 
 
-def audit(name: str, source: Path, folder: Path, shared: Path, k: int, candidates: int, margins: list[float]) -> list[dict]:
+def audit(name: str, source: Path, folder: Path, shared: Path, k: int, candidates: int, margins: list[float],
+          model: dict | None = None) -> list[dict]:
     """For every (training query, judged positive) of the variant: of the top-k negatives the
     pre-trained encoder's cache gives (judged passages excluded), the share that the complete
     labels call relevant, without and with the relative-margin rule; and how many candidates the
@@ -255,7 +295,8 @@ def audit(name: str, source: Path, folder: Path, shared: Path, k: int, candidate
     table = torch.from_numpy(np.asarray(cache.embeddings, dtype=np.float32))
     qids = sorted(q for q in train if q in full)
     queries = {q["_id"]: q["text"] for q in _read_jsonl(source / "queries.jsonl")}
-    q_emb = torch.from_numpy(encode(Encoder.from_params({"name_or_path": None}), [queries[q] for q in qids], "query"))
+    q_emb = torch.from_numpy(encode(Encoder.from_params(model or {"name_or_path": None}), [queries[q] for q in qids],
+                                    "query"))
     scores = q_emb @ table.T
     out = []
     for margin in [None, *margins]:
@@ -370,7 +411,8 @@ def main() -> None:
         elif name in BUILDERS:
             folders[name] = work / "datasets" / name
             if not (folders[name] / "VARIANT.json").is_file() and not args.report_only:
-                options = {"drop": args.drop} if name == "scifact-incomplete" else {"sentences": args.sentences}
+                options = {"scifact-incomplete": {"drop": args.drop}, "scifact-dense": {"sentences": args.sentences},
+                           "scifact-topics": {"model": base["model"]}}[name]
                 print(name, BUILDERS[name](source, folders[name], seed=int(base["seed"]), **options))
         else:
             raise SystemExit(f"unknown dataset '{name}': expected scifact, {', '.join(VARIANTS)} or --dataset NAME=FOLDER")
@@ -384,8 +426,9 @@ def main() -> None:
                  f"Machine: {machine()}", f"Command: `{command_line()}`", "",
                  "| dataset | relative margin | top-4 negatives relevant by the complete labels | "
                  "candidates removed a (query, positive) | of which relevant |", "| --- | --- | --- | --- | --- |"]
-        for name in (n for n in folders if n in BUILDERS):
-            for r in audit(name, source, folders[name], work / name / "shared", 4, 100, [0.01, 0.02, 0.05, 0.1]):
+        for name in (n for n in folders if n in ("scifact-incomplete", "scifact-dense")):  # complete labels known
+            for r in audit(name, source, folders[name], work / name / "shared", 4, 100, [0.01, 0.02, 0.05, 0.1],
+                           base["model"]):
                 lines.append(f"| {name} | {r['relative_margin'] if r['relative_margin'] is not None else 'off'} | "
                              f"{r['negatives_relevant']:.3f} | {r['removed_per_pair']:.2f} | {r['removed_relevant']:.3f} |")
         Path(args.out).mkdir(parents=True, exist_ok=True)

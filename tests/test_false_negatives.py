@@ -124,3 +124,32 @@ def test_a_dev_split_too_small_to_judge_promotion_is_refused(tiny_params, tmp_pa
                                         r"at least 30 \(data.min_dev_queries\)"):
         prepare.run(params, tmp_path)
     assert not (tmp_path / params["data"]["out_dir"]).exists()  # nothing written
+
+
+@pytest.mark.parametrize("corrector_arch", [None, "residual_mlp", "linear"])
+def test_filtered_selection_is_the_same_on_the_exact_and_the_ann_path(corrector_arch):
+    """Both paths hand the filter the same top candidates, rescored through the corrector (a
+    linear one included, whose exact path searches with W^T q), so they pick the same rows; no
+    excluded (judged) row is ever a candidate."""
+    from freshen.modeling.corrector import Corrector
+    from freshen.sampling.scorer import CacheScorer
+
+    g = torch.Generator().manual_seed(4)
+    cache = torch.nn.functional.normalize(torch.randn(3000, 16, generator=g), dim=-1).half()
+    q = torch.nn.functional.normalize(torch.randn(6, 16, generator=g), dim=-1)
+    h = None if corrector_arch is None else Corrector(16, corrector_arch, hidden=16)
+    if h is not None:
+        with torch.no_grad():
+            for w in h.parameters():
+                w.add_(0.05 * torch.randn(w.shape, generator=g))
+    exclude = [[i, i + 10, i + 20] for i in range(6)]
+    positives = [e[0] for e in exclude]
+    rule = FalseNegativeFilter(relative_margin=0.05, range_min=2)
+    picks = []
+    for p in ({"candidates": 40}, {"candidates": 40, "ann_threshold": 1000, "ann_candidates": 300, "ann_index": "Flat"}):
+        scorer = CacheScorer(cache, p)
+        rows, unusable, counts = scorer.select_filtered(q, 4, exclude, positives, rule, corrector=h)
+        assert rows.shape == unusable.shape == (6, 4) and counts["fn_rank"] == 6 * 2
+        assert all(not set(rows[i].tolist()) & set(exclude[i]) for i in range(6))
+        picks.append(rows)
+    assert torch.equal(picks[0], picks[1])

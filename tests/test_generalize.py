@@ -98,3 +98,30 @@ def test_run_params_point_at_the_folder_with_no_checksums(tmp_path):
     assert p["cache"]["out_dir"] == str(tmp_path / "shared" / "cache")
     with pytest.raises(SystemExit, match="no such key"):
         gen.dataset_params(base, "mine", tmp_path, tmp_path, 1, {"train.nope": 1})
+
+
+def test_full_labels_expand_to_every_passage_of_a_relevant_abstract(source, tmp_path):
+    gen.make_dense(source, tmp_path / "dense", sentences=2, keep_other=0.5, seed=3)
+    full = gen.full_labels("scifact-dense", source, tmp_path / "dense")
+    judged = gen.read_qrels(source / "qrels" / "train.tsv")
+    assert full["q0"] == {f"{d}#{i}" for d in judged["q0"] for i in range(3)}
+    # the variant's own train split judges only part of them
+    shown = {**gen.read_qrels(tmp_path / "dense" / "qrels" / "train.tsv"),
+             **gen.read_qrels(tmp_path / "dense" / "qrels" / "dev.tsv")}
+    assert all(set(shown[q]) <= full[q] for q in shown) and any(set(shown[q]) < full[q] for q in shown)
+    assert gen.full_labels("scifact-incomplete", source, tmp_path / "dense")["q0"] == set(judged["q0"])
+
+
+def test_topics_grade_own_abstracts_2_and_the_topic_s_others_1(source, tmp_path, tiny_model):
+    info = gen.make_topics(source, tmp_path / "topics", per_topic=5, seed=3,
+                           model={"name_or_path": str(tiny_model)})
+    ds = load_beir(tmp_path / "topics", required=("train", "dev", "test"))
+    original = {**gen.read_qrels(source / "qrels" / "train.tsv"), **gen.read_qrels(source / "qrels" / "test.tsv")}
+    for split in ("train", "dev", "test"):
+        for q, docs in ds.qrels[split].items():
+            assert {d for d, g in docs.items() if g == 2} == set(original[q])  # its own judged abstracts
+            weak = {d for d, g in docs.items() if g == 1}
+            # grade 1: judged for another query of the same split (its topic), never for this one
+            others = set().union(*(set(original[o]) for o in ds.qrels[split] if o != q))
+            assert weak <= others and not weak & set(original[q])
+    assert info["test"]["positives_per_query"] > 1.5  # topics of about 5 queries: several positives each
