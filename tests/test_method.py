@@ -259,7 +259,7 @@ def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):
     trainers, seen, reranked = [], [], []
     for steps in (0, 3):
         p = _params(params, steps=4, eval_every=0, negatives={"strategy": "corrected", "fresh_overlay_steps": steps,
-                                                             "candidates": 10})
+                                                             "candidates": 10, "false_negatives": {"relative_margin": None}})
         p["corrector"] = {**p["corrector"], "warmup_steps": 0}
         t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
         seen.append(_record_batches(t))
@@ -288,6 +288,9 @@ def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):
     assert without[0, 0] != 3 and rows[0, 0] == 3 and torch.equal(rows[1], without[1])
     with pytest.raises(FreshenError, match="fresh_overlay_steps"):
         check_train_params({"negatives": {"strategy": "corrected", "fresh_overlay_steps": 2, "selection": "gumbel"}})
+    with pytest.raises(FreshenError, match="fresh_overlay_steps.*without false-negative control"):
+        check_train_params({"negatives": {"strategy": "corrected", "fresh_overlay_steps": 2,
+                                          "false_negatives": {"range_min": 1}}})
 
 
 @pytest.mark.parametrize("selection", ["gumbel", "balanced"])

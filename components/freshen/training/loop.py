@@ -104,7 +104,10 @@ def check_train_params(p: dict) -> None:
                                         ("corrector", cor, "refit_sample", 0), ("corrector", cor, "refit_epochs", 1),
                                         ("negatives", neg, "fresh_overlay_steps", 0)):
         _check_int(values.get(key, least), f"train.{section}.{key}", least)
-    FalseNegativeFilter.from_params(neg.get("false_negatives"))
+    if FalseNegativeFilter.from_params(neg.get("false_negatives")).active and neg.get("fresh_overlay_steps", 0):
+        raise FreshenError("params.yaml: field 'train.negatives.fresh_overlay_steps': works without false-negative "
+                           "control only (set train.negatives.false_negatives.relative_margin and absolute_margin "
+                           "to null and range_min to 0)")
     _check_int(p.get("min_positive_grade", 1), "train.min_positive_grade", 1)
     for key in ("probe_passages", "overlap_passages", "overlap_k", "eval_every", "early_stopping_patience"):
         if p.get(key) is not None:
@@ -281,7 +284,7 @@ class Trainer:
             overlay = bool(self.overlay_steps) and correcting
             exclude, pos_rows = [self.pos_rows[q] for q in qids], [self.row_of[d] for d in pos_docs]
             corrector = self.corrector if correcting else None
-            if self.fn_filter.active and not overlay:
+            if self.fn_filter.active:  # (never with the overlay: check_train_params refuses both)
                 neg_rows, unusable, fn_counts = self.scorer.select_filtered(
                     q_emb.detach(), self.k, exclude, pos_rows, self.fn_filter, corrector=corrector,
                     generator=self.gen, rng=self.pick_rng)
@@ -289,9 +292,8 @@ class Trainer:
                 neg_rows = self.scorer.select(q_emb.detach(), int(self.neg_p.get("candidates", 100)) if overlay
                                               else self.k, exclude, pos_rows, corrector=corrector,
                                               generator=self.gen, rng=self.pick_rng)
-                unusable = torch.zeros(neg_rows.shape, dtype=torch.bool)
-            if overlay:
-                neg_rows = self._overlay_rerank(step, q_emb.detach(), neg_rows)
+                if overlay:
+                    neg_rows = self._overlay_rerank(step, q_emb.detach(), neg_rows)
                 unusable = torch.zeros(neg_rows.shape, dtype=torch.bool)
         self.last_negatives = (qids, neg_rows)
 
