@@ -47,8 +47,8 @@ VARIANTS = ("scifact-incomplete", "scifact-dense", "scifact-topics")
 DEFAULT_DATASETS = ("scifact", *VARIANTS)
 PIPELINE = ("prepare", "cluster-queries", "embed-cache", "train", "reembed", "evaluate", "promote")
 SHARED = ("prepare", "embed-cache")  # seed-independent: once per dataset
-# the goal: trained above zero-shot on the mean, and no seed below it by more than this
-WORST_SEED_GOAL = -0.005
+# the goal: trained above zero-shot on the mean of GOAL_SEEDS seeds, and no seed below it by more than this
+WORST_SEED_GOAL, GOAL_SEEDS = -0.005, 5
 WORD = re.compile(r"[a-z0-9]+")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
 
@@ -256,6 +256,7 @@ def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, override
               "best_step": tr.get("best_step"), "steps_run": tr.get("steps_run"),
               "false_negatives": {k: v for k, v in tr.items() if k.startswith("fn_")},
               "promoted": promo.get("promoted"), "promotion_reason": promo.get("reason"),
+              "overrides": overrides, "false_negative_params": p["train"]["negatives"].get("false_negatives"),
               "wall_seconds": round(time.perf_counter() - started, 1)}
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -336,6 +337,8 @@ def summarise(results: list[dict]) -> list[dict]:
                      "trained_mean": float(trained.mean()), "diff_mean": float(diff.mean()), "diff_se": se,
                      "worst_diff": float(diff.min()), "promoted": sum(bool(r["promoted"]) for r in rs),
                      "met": bool(diff.mean() > 0 and diff.min() >= WORST_SEED_GOAL)})
+        rows[-1]["verdict"] = ("met" if rows[-1]["met"] else "not met") + \
+            ("" if len(rs) >= GOAL_SEEDS else f" so far ({len(rs)} of {GOAL_SEEDS} seeds)")
     return rows
 
 
@@ -355,10 +358,12 @@ def report(results: list[dict], command: str, overrides: dict) -> str:
     for r in summarise(results):
         per_seed = ", ".join(f"{s}: {v:.4f}" for s, v in zip(r["seeds"], r["trained"]))
         bm25 = f"{r['bm25']:.4f}" if r["bm25"] is not None else "-"
+        se = f"{r['diff_se']:.4f}" if math.isfinite(r["diff_se"]) else "one seed"
         out.append(f"| {r['dataset']} | {r['zero_shot']:.4f} | {bm25} | {per_seed} | {r['trained_mean']:.4f} | "
-                   f"{r['diff_mean']:+.4f} ({r['diff_se']:.4f}) | {r['worst_diff']:+.4f} | "
-                   f"{r['promoted']} of {len(r['seeds'])} | {'met' if r['met'] else 'not met'} |")
-    out += ["", f"Goal: trained above zero-shot on the mean, and no seed below it by more than {-WORST_SEED_GOAL}. "
+                   f"{r['diff_mean']:+.4f} ({se}) | {r['worst_diff']:+.4f} | "
+                   f"{r['promoted']} of {len(r['seeds'])} | {r['verdict']} |")
+    out += ["", f"Goal: trained above zero-shot on the mean of {GOAL_SEEDS} seeds, and no seed below it by more than "
+            f"{-WORST_SEED_GOAL}. "
             "`promoted`: seeds whose model `promote` made champion (it must beat zero-shot on dev).", "",
             "| dataset | seed | dev zero-shot | dev trained | best step | test zero-shot | test trained | "
             "promotion | false negatives removed |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

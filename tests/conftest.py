@@ -37,6 +37,7 @@ def tiny_params(tmp_path, tiny_model, tiny_beir):
     # model) first, and the end-to-end tests promote a trained model; the tests of keep_best set it on
     params["train"].update(steps=6, batch_size=4, log_every=2, passage_max_len=32, lr=1e-3, eval_every=3,
                            probe_passages=8, overlap_passages=30, overlap_k=5, keep_best=False)
+    params["train"]["pilot"]["steps"] = 2
     params["train"]["negatives"].update(k=2)
     params["train"]["corrector"].update(hidden=32, warmup_steps=2)
     return params

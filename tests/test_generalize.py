@@ -85,7 +85,7 @@ def test_the_goal_needs_the_mean_above_zero_shot_and_no_seed_far_below():
     assert by["a"]["met"] and by["a"]["diff_mean"] == pytest.approx(0.0085)
     assert not by["b"]["met"] and by["b"]["worst_diff"] == pytest.approx(-0.01)  # one seed too far below
     assert not by["c"]["met"]  # the mean is below zero-shot
-    assert by["a"]["promoted"] == 1
+    assert by["a"]["promoted"] == 1 and by["a"]["verdict"] == "met so far (2 of 5 seeds)"
 
 
 def test_run_params_point_at_the_folder_with_no_checksums(tmp_path):

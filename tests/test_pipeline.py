@@ -68,6 +68,9 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     # the last evaluation's figures; measurement passes: 3 evaluations (steps 0, 3, 6) x (8 probes + 30 overlap passages)
     assert train["evaluation"]["step"] == 6 and train["probe_passes"] == 3 * (8 + 30)
     assert 0.0 <= train["zero_shot_dev_ndcg_at_10"] <= 1.0 and isinstance(train["beats_zero_shot"], bool)
+    # the pilot: params.yaml's two candidates, 2 steps each (tiny_params), counted apart from training
+    assert train["pilot_choice"] in (0, 1) and train["pilot_passes"] == 2 * 2 * 4 * 3
+    assert [c["overrides"] for c in train["pilot_candidates"]] == tiny_params["train"]["pilot"]["candidates"]
     assert all(0.0 <= train["evaluation"][k] <= 1.0 for k in ("dev_ndcg_at_10", "overlap_stale_fresh",
                                                               "overlap_corrected_fresh", "probe_cos_stale_fresh"))
     assert json.loads((project / "artifacts/model/train_state.json").read_text())["corrector_saved"] is True

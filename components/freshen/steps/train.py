@@ -19,7 +19,8 @@ from freshen.errors import FreshenError
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
 from freshen.steps.common import NullLog, path, prepared, read_clusters
-from freshen.training.loop import check_positive_grade, check_train_params, train
+from freshen.training import pilot
+from freshen.training.loop import Trainer, check_positive_grade, check_train_params, train
 
 SECTIONS = ["seed", "model", "train"]
 CURVE_FIELDS = ["step", "loss", "corrector_loss", "corrector_ce", "cos_stale_fresh", "cos_corrected_fresh",
@@ -82,11 +83,26 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         teacher = read_teacher_scores(path(root, p["teacher"]["scores"]), ds.corpus, ds.queries)
     if (p.get("corrector") or {}).get("init"):
         Corrector.load(path(root, p["corrector"]["init"]), expect_dim=cache.dim)  # fail before training
-    encoder = place(Encoder.from_params(params["model"]), {"device": p.get("device", "auto")})
-    if encoder.dim != cache.dim:
-        raise FreshenError(f"{cache.path}/manifest.json: field 'dim': cache dim {cache.dim} does not match "
-                           f"the encoder's {encoder.dim}")
-    result = train(encoder, ds, cache, clusters, p, int(params["seed"]), teacher=teacher,
+    def pretrained():
+        encoder = place(Encoder.from_params(params["model"]), {"device": p.get("device", "auto")})
+        if encoder.dim != cache.dim:
+            raise FreshenError(f"{cache.path}/manifest.json: field 'dim': cache dim {cache.dim} does not match "
+                               f"the encoder's {encoder.dim}")
+        return encoder
+
+    pilot_summary: dict = {}
+    if pilot.candidates(p):
+        def run_pilot(variant: dict, steps: int) -> tuple[float, int]:
+            res = Trainer(pretrained(), ds, cache, clusters, variant, int(params["seed"]), teacher=teacher).run(steps)
+            return res.validations[-1]["dev_ndcg_at_10"], res.counters.train_passage_passes
+
+        p, pilot_summary = pilot.choose(p, run_pilot)
+        log.metrics({"pilot_passes": pilot_summary["pilot_passes"], "pilot_choice": pilot_summary["pilot_choice"],
+                     **{f"pilot_{i}_dev_ndcg_at_10": c["dev_ndcg_at_10"]
+                        for i, c in enumerate(pilot_summary["pilot_candidates"])}})
+        print(f"freshen train: pilot chose candidate {pilot_summary['pilot_choice']} "
+              f"{pilot_summary['pilot_candidates'][pilot_summary['pilot_choice']]}")
+    result = train(pretrained(), ds, cache, clusters, p, int(params["seed"]), teacher=teacher,
                    on_log=lambda rec, step: log.metrics({k: v for k, v in rec.items() if k != "step"}, step),
                    on_eval=lambda rec, counters: write_json(path(root, p["metrics"]), {
                        **counters.as_dict(), "steps_run": rec["step"], "evaluation": evaluation(rec)}))
@@ -105,6 +121,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     last = result.curve[-1]
     figures, warning = verdict(result.validations, result.best_step, bool(p.get("keep_best", True)))
     summary = {**result.counters.as_dict(), "final_loss": last["loss"], "steps_run": len(result.curve), **figures,
+               **pilot_summary,
                **({"best_step": result.best_step,
                    "best_dev_ndcg_at_10": max(v.get("dev_ndcg_at_10", float("-inf")) for v in result.validations)}
                   if result.best_step is not None else {}),

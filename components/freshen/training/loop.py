@@ -30,6 +30,7 @@ from freshen.sampling.false_negatives import FalseNegativeFilter
 from freshen.sampling.negatives import SELECTIONS, balanced_pick, chunked_topk
 from freshen.sampling.scorer import CacheScorer
 from freshen.sampling.tas import RandomBatches, TASBatches
+from freshen.training import pilot
 from freshen.training.losses import contrastive_loss, corrected_logits_loss, drift_loss, margin_mse, mean_cosine
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ def check_train_params(p: dict) -> None:
     for key in ("probe_passages", "overlap_passages", "overlap_k", "eval_every", "early_stopping_patience"):
         if p.get(key) is not None:
             _check_int(p[key], f"train.{key}", 0)
+    for i, overrides in enumerate(pilot.candidates(p)):
+        check_train_params(pilot.variant(p, overrides, i))
     if cor.get("refit_every", 0) and not cor.get("refit_sample", 0):
         raise FreshenError("params.yaml: field 'train.corrector.refit_sample': must be > 0 when refit_every is set")
     if neg.get("fresh_overlay_steps", 0) and neg.get("selection", "topk") != "topk":
@@ -552,8 +555,10 @@ class Trainer:
         return (copy.deepcopy(self.encoder.state_dict()),
                 copy.deepcopy(self.corrector.state_dict()) if self.corrector else None)
 
-    def run(self) -> TrainResult:
+    def run(self, stop_after: int | None = None) -> TrainResult:
+        """All the steps, or the first `stop_after` of the schedule (a pilot), validated at the last."""
         steps, eval_every = int(self.p["steps"]), int(self.p.get("eval_every", 0) or 0)
+        last = min(steps, stop_after or steps)
         patience = int(self.p.get("early_stopping_patience", 0) or 0)
         best, best_step, best_state, bad = float("-inf"), None, None, 0
         started = time.perf_counter()
@@ -570,13 +575,13 @@ class Trainer:
             if self.on_eval:
                 self.on_eval(record, self.counters)
         self.encoder.train()
-        for step in tqdm(range(1, steps + 1), desc="train", unit="step", mininterval=20, disable=False):
+        for step in tqdm(range(1, last + 1), desc="train", unit="step", mininterval=20, disable=False):
             record = self.step(step)
             if self.refresh_every and step % self.refresh_every == 0 and step < steps:
                 self.refresh(step)
             if self.refit_every and step % self.refit_every == 0 and step < steps:
                 record.update(self.refit(step))
-            evaluated = bool(eval_every) and (step % eval_every == 0 or step == steps)
+            evaluated = (bool(eval_every) and (step % eval_every == 0 or step == steps)) or step == stop_after
             if evaluated:
                 val = self.validate(step)
                 self.validations.append(val)
