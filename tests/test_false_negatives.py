@@ -94,7 +94,7 @@ def test_lower_grades_are_neither_positives_nor_negatives(tiny_training):
     train[q] = {**{d: 2 for d in train[q]}, weak: 1}
     for other in sorted(train)[1:]:
         train[other] = {d: 2 for d in train[other]}
-    p = {**params["train"], "precision": "fp32", "steps": 1, "eval_every": 0, "min_positive_grade": 2}
+    p = {**params["train"], "precision": "fp32", "steps": 2, "eval_every": 0, "min_positive_grade": 2}
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
     assert weak not in t.positives[q]
     assert t.row_of[weak] in t.pos_rows[q]  # excluded from its negatives and masked in-batch
@@ -153,3 +153,20 @@ def test_filtered_selection_is_the_same_on_the_exact_and_the_ann_path(corrector_
         assert all(not set(rows[i].tolist()) & set(exclude[i]) for i in range(6))
         picks.append(rows)
     assert torch.equal(picks[0], picks[1])
+
+
+@pytest.mark.parametrize("grades", ["top", "all"])
+def test_top_grades_train_on_each_query_s_highest_grade_only(tiny_training, grades):
+    ds, cache, clusters, params = tiny_training
+    train = ds.qrels["train"]
+    q, other = sorted(train)[:2]
+    own = next(iter(train[q]))
+    weak = [d for d in ds.doc_ids() if d not in train[q]][:3]
+    train[q] = {own: 2, **{d: 1 for d in weak}}  # one grade-2 passage, three grade-1
+    p = {**params["train"], "precision": "fp32", "steps": 2, "eval_every": 0, "positive_grades": grades}
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
+    assert t.positives[q] == ([own] if grades == "top" else [own, *weak])
+    assert t.positives[other] == list(train[other])  # binary qrels: top changes nothing
+    assert {t.row_of[d] for d in [own, *weak]} == set(t.pos_rows[q])  # all of them never negatives
+    with pytest.raises(FreshenError, match="train.positive_grades"):
+        check_train_params({"negatives": {"strategy": "stale"}, "positive_grades": "best"})

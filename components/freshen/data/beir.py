@@ -29,12 +29,15 @@ class BeirDataset:
     def doc_texts(self, ids: list[str] | None = None) -> list[str]:
         return [doc_text(self.corpus[d]) for d in (ids if ids is not None else self.corpus)]
 
-    def positives(self, split: str, min_grade: int = 1) -> dict[str, list[str]]:
+    def positives(self, split: str, min_grade: int = 1, top: bool = False) -> dict[str, list[str]]:
         """Query id -> doc ids judged at least `min_grade` (default: relevant at all, > 0), for
-        queries that have any."""
+        queries that have any; with `top`, only those of the highest grade the query has."""
         out = {}
         for qid, docs in self.qrels.get(split, {}).items():
             pos = [d for d, rel in docs.items() if rel >= max(min_grade, 1)]
+            if top and pos:
+                best = max(docs[d] for d in pos)
+                pos = [d for d in pos if docs[d] == best]
             if pos:
                 out[qid] = pos
         return out

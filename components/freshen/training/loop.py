@@ -110,6 +110,9 @@ def check_train_params(p: dict) -> None:
                            "control only (set train.negatives.false_negatives.relative_margin and absolute_margin "
                            "to null and range_min to 0)")
     _check_int(p.get("min_positive_grade", 1), "train.min_positive_grade", 1)
+    if p.get("positive_grades", "all") not in ("all", "top"):
+        raise FreshenError(f"params.yaml: field 'train.positive_grades': must be 'all' or 'top', "
+                           f"got {p.get('positive_grades')!r}")
     for key in ("probe_passages", "overlap_passages", "overlap_k", "eval_every", "early_stopping_patience"):
         if p.get(key) is not None:
             _check_int(p[key], f"train.{key}", 0)
@@ -177,11 +180,12 @@ class Trainer:
         torch.manual_seed(seed)
         self.teacher = teacher
 
-        # training positives: judged at least min_positive_grade; every passage judged relevant at
-        # all (any grade > 0) is never a negative and is masked out of in-batch softmaxes
+        # training positives: judged at least min_positive_grade (with positive_grades 'top', only
+        # each query's highest grade); every passage judged relevant at all (any grade > 0) is
+        # never a negative and is masked out of in-batch softmaxes
         min_grade = int(p.get("min_positive_grade", 1))
         check_positive_grade(dataset, min_grade)
-        self.positives = dataset.positives("train", min_grade)
+        self.positives = dataset.positives("train", min_grade, top=p.get("positive_grades", "all") == "top")
         judged = dataset.positives("train")
         self.train_qids = sorted(q for q in self.positives if q in cluster_of or p.get("batching") == "random")
         if not self.train_qids:
