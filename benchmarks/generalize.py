@@ -257,6 +257,7 @@ def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, override
               "false_negatives": {k: v for k, v in tr.items() if k.startswith("fn_")},
               "promoted": promo.get("promoted"), "promotion_reason": promo.get("reason"),
               "overrides": overrides, "false_negative_params": p["train"]["negatives"].get("false_negatives"),
+              "command": command_line(),
               "wall_seconds": round(time.perf_counter() - started, 1)}
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -350,8 +351,9 @@ def machine() -> str:
 
 
 def report(results: list[dict], command: str, overrides: dict) -> str:
+    ran = sorted({r["command"] for r in results if "command" in r})
     out = ["# Zero-shot against trained, per dataset (test nDCG@10)", "",
-           f"Machine: {machine()}", f"Command: `{command}`",
+           f"Machine: {machine()}", *[f"Runs made by: `{c}`" for c in ran], f"Command: `{command}`",
            f"Params: the project's params.yaml{', with ' + json.dumps(overrides) if overrides else ''}.", "",
            "| dataset | zero-shot | BM25 | trained, per seed | trained mean | minus zero-shot (se) | worst seed | "
            "promoted | goal |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -125,3 +125,12 @@ def test_topics_grade_own_abstracts_2_and_the_topic_s_others_1(source, tmp_path,
             others = set().union(*(set(original[o]) for o in ds.qrels[split] if o != q))
             assert weak <= others and not weak & set(original[q])
     assert info["test"]["positives_per_query"] > 1.5  # topics of about 5 queries: several positives each
+
+
+def test_the_report_names_the_command_that_made_the_runs():
+    run = {"dataset": "a", "seed": 1, "test_zero_shot": 0.5, "test_trained": 0.6, "test_bm25": 0.4, "promoted": True,
+           "dev_zero_shot": 0.5, "dev_trained": 0.6, "best_step": 5, "promotion_reason": "beats",
+           "command": "python benchmarks/generalize.py --seeds 1"}
+    text = gen.report([run], "python benchmarks/generalize.py --report-only", {})
+    assert "Runs made by: `python benchmarks/generalize.py --seeds 1`" in text
+    assert "| a | 0.5000 | 0.4000 | 1: 0.6000 | 0.6000 | +0.1000 (one seed) |" in text
