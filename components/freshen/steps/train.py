@@ -20,7 +20,7 @@ from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
 from freshen.steps.common import NullLog, path, prepared, read_clusters
 from freshen.training import pilot
-from freshen.training.loop import Trainer, check_positive_grade, check_train_params, train
+from freshen.training.loop import Trainer, check_train_params, train
 
 SECTIONS = ["seed", "model", "train"]
 CURVE_FIELDS = ["step", "loss", "corrector_loss", "corrector_ce", "cos_stale_fresh", "cos_corrected_fresh",
@@ -75,7 +75,6 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     check_train_params(p)  # fail on bad params before loading anything heavy
     set_threads()
     ds = prepared(params, root)
-    check_positive_grade(ds, int(p.get("min_positive_grade", 1)))
     cache = load_cache(path(root, params["cache"]["out_dir"]))
     clusters = read_clusters(path(root, params["cluster"]["out_dir"]))
     teacher = None

@@ -560,13 +560,14 @@ class Trainer:
                 copy.deepcopy(self.corrector.state_dict()) if self.corrector else None)
 
     def run(self, stop_after: int | None = None) -> TrainResult:
-        """All the steps, or the first `stop_after` of the schedule (a pilot), validated at the last."""
+        """All the steps, or the first `stop_after` of the schedule (a pilot), validated at the last.
+        A pilot skips the step-0 validation: the pre-trained encoder is the same for every candidate."""
         steps, eval_every = int(self.p["steps"]), int(self.p.get("eval_every", 0) or 0)
         last = min(steps, stop_after or steps)
         patience = int(self.p.get("early_stopping_patience", 0) or 0)
         best, best_step, best_state, bad = float("-inf"), None, None, 0
         started = time.perf_counter()
-        if eval_every:  # step 0: the pre-trained encoder, validated like every later step; keep_best may keep it
+        if eval_every and stop_after is None:  # step 0: the pre-trained encoder, validated like every later step; keep_best may keep it
             val = self.validate(0)
             self.validations.append(val)
             if val.get("dev_ndcg_at_10") is not None:
