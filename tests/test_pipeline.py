@@ -83,6 +83,13 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
             assert 0.0 <= ev[split][system]["ndcg_at_10"] <= 1.0
             assert 0.0 <= ev[split][system]["recall_at_100"] <= 1.0
     assert ev["test"]["bm25"]["ndcg_at_10"] > 0.5  # the synthetic queries share words with their doc
+    # eval.json names what it measured: the model there now and both caches
+    from freshen.cache import load_cache
+    from freshen.integrity import checkpoint_digest
+
+    assert ev["measured"] == {"model_digest": checkpoint_digest(project / "artifacts/model"),
+                              "stale_cache": load_cache(project / "artifacts/cache/initial").digest(),
+                              "fresh_cache": load_cache(project / tiny_params["reembed"]["out_dir"]).digest()}
     run_lines = (project / "artifacts/eval/test.trained.trec").read_text().splitlines()
     assert len(run_lines) == 12 * 60 and run_lines[0].split()[1] == "Q0"
     assert "nDCG@10" in (project / "plots/eval.csv").read_text().replace("ndcg_at_10", "nDCG@10")

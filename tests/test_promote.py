@@ -10,6 +10,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from freshen.errors import FreshenError
+from freshen.integrity import checkpoint_digest
 from freshen.steps import promote
 from freshen.steps.evaluate import report
 from freshen.steps.promote import (
@@ -90,14 +91,20 @@ def project(tmp_path, tiny_params, mlflow_uri):
 def _promote(project, tiny_model, trained: float, zero_shot: float, variant: int) -> dict:
     """promote.run over dev nDCG@10 `trained` vs `zero_shot`, for weights told apart by `variant`."""
     root, params = project
-    (root / "metrics").mkdir(parents=True, exist_ok=True)
-    (root / "metrics/eval.json").write_text(json.dumps(
-        {"dev": {"trained": {"ndcg_at_10": trained}, "zero_shot": {"ndcg_at_10": zero_shot}}}))
     encoder = root / params["train"]["out_dir"] / "encoder"
     shutil.rmtree(encoder, ignore_errors=True)
     shutil.copytree(tiny_model, encoder)
     (encoder / "variant.json").write_text(json.dumps(variant))  # other bytes: another model digest
+    _eval_json(project, trained, zero_shot, checkpoint_digest(encoder.parent))
     return promote.run(params, root)
+
+
+def _eval_json(project, trained: float, zero_shot: float, digest: str | None) -> None:
+    root, _ = project
+    (root / "metrics").mkdir(parents=True, exist_ok=True)
+    (root / "metrics/eval.json").write_text(json.dumps(
+        {"dev": {"trained": {"ndcg_at_10": trained}, "zero_shot": {"ndcg_at_10": zero_shot}},
+         **({"measured": {"model_digest": digest}} if digest else {})}))
 
 
 def _alias(client, name, alias):
@@ -193,3 +200,55 @@ def test_the_vs_zero_shot_section_is_no_split_in_the_report():
     m = {"ndcg_at_10": 0.5, "recall_at_100": 0.9, "mrr_at_10": 0.4}
     text = report({"dev": {"trained": m, "zero_shot": m}, "drift": {}, "vs_zero_shot": {"dev": 0.0}})
     assert "vs_zero_shot" not in text and text.count("system") == 1
+
+
+@pytest.mark.parametrize("measured", ["another", None])
+def test_figures_of_another_model_are_never_registered(project, tiny_model, measured):
+    """eval.json written for other weights (or by an older evaluate that did not say which) is
+    refused before the registry is touched: retrain without evaluate cannot promote on stale figures."""
+    root, params = project
+    assert _promote(project, tiny_model, 0.60, 0.50, 1)["promoted"]
+    (root / params["train"]["out_dir"] / "encoder" / "variant.json").write_text("2")  # retrained, not evaluated
+    _eval_json(project, 0.90, 0.50, "0" * 64 if measured else None)
+    with pytest.raises(FreshenError, match=r"eval.json: field 'measured(.model_digest)?'.*run evaluate again"):
+        promote.run(params, root)
+    name = params["promote"]["registered_model"]
+    assert len(MlflowClient().search_model_versions(f"name='{name}'")) == 1
+    assert _alias(MlflowClient(), name, "champion") == "1"
+
+
+def test_a_promote_killed_after_registering_is_finished_by_its_rerun(project, tiny_model, monkeypatch):
+    """Killed after the version exists but before its decision tags: the rerun finds the
+    version by its digest (tagged when it was created) and registers nothing twice."""
+    name = project[1]["promote"]["registered_model"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(MlflowClient, "set_model_version_tag", killed)
+        _promote(project, tiny_model, 0.60, 0.50, 1)
+    versions = MlflowClient().search_model_versions(f"name='{name}'")
+    assert len(versions) == 1 and versions[0].tags[promote.TAG_DIGEST]  # tagged at creation
+    d = _promote(project, tiny_model, 0.60, 0.50, 1)
+    assert d["promoted"] and d["version"] == "1"
+    assert len(MlflowClient().search_model_versions(f"name='{name}'")) == 1
+
+
+def test_a_pyfunc_logged_by_a_killed_promote_is_reused(project, tiny_model, monkeypatch):
+    """Killed between logging the pyfunc and registering it: the rerun registers that logged model."""
+    import mlflow
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(mlflow, "register_model", killed)
+        _promote(project, tiny_model, 0.60, 0.50, 1)
+    logged = mlflow.search_logged_models(output_format="list")
+    assert len(logged) == 1
+    _promote(project, tiny_model, 0.60, 0.50, 1)
+    assert len(mlflow.search_logged_models(output_format="list")) == 1
+    name = project[1]["promote"]["registered_model"]
+    v = MlflowClient().get_model_version(name, "1")
+    assert v.source == logged[0].model_uri

@@ -31,7 +31,16 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Strict JSON: a NaN or Inf (which json.dumps would write as bare `NaN`, invalid JSON that
+    DVC and other readers refuse) stops the step, naming the key, and nothing is written."""
+    from freshen.integrity import nonfinite_key
+
+    key = nonfinite_key(obj)
+    if key is not None:
+        from freshen.errors import DataError
+
+        raise DataError(path, "not a finite number: refusing to write a NaN or Inf", field=key)
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import numpy as np
 
 from freshen.atomic import atomic_dir, replace_dir, write_json
 from freshen.errors import DataError
+from freshen.integrity import check_finite_rows, file_sha256
 
 EMBEDDINGS, IDS, MANIFEST, PROGRESS = "embeddings.npy", "ids.json", "manifest.json", "progress.json"
 FORMAT = "freshen-cache/1"
@@ -37,6 +38,11 @@ class Cache:
     def row_of(self) -> dict[str, int]:
         return {doc_id: i for i, doc_id in enumerate(self.ids)}
 
+    def digest(self) -> str:
+        """What identifies this cache's contents: its manifest holds the digests of its ids and
+        of its array, and says which model, corpus and settings made it."""
+        return file_sha256(self.path / MANIFEST)
+
 
 def ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
@@ -46,7 +52,7 @@ def _write_ids_and_manifest(folder: Path, ids: list[str], dim: int, manifest: di
     """The two small files beside embeddings.npy, the same for every way a cache is written."""
     (folder / IDS).write_text(json.dumps(ids))
     full = {**manifest, "format": FORMAT, "count": len(ids), "dim": dim, "dtype": "float16",
-            "ids_sha256": ids_digest(ids)}
+            "ids_sha256": ids_digest(ids), "embeddings_sha256": file_sha256(folder / EMBEDDINGS)}
     (folder / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
 
 
@@ -56,6 +62,7 @@ def write_cache(out_dir: str | Path, ids: list[str], dim: int, fill: Callable[[n
     with atomic_dir(out_dir) as tmp:
         arr = np.lib.format.open_memmap(tmp / EMBEDDINGS, mode="w+", dtype=np.float16, shape=(len(ids), dim))
         fill(arr)
+        check_finite_rows(arr, out_dir, ids, hint="the model that computed it gave NaN or Inf; nothing was written")
         arr.flush()
         del arr
         _write_ids_and_manifest(tmp, ids, dim, manifest)
@@ -66,7 +73,8 @@ def write_corrected_cache(out_dir: str | Path, stale: Cache, corrector, manifest
     """h(C): `corrector` applied to every row of `stale`, chunk by chunk, written as a cache of
     its own (manifest `"corrected": true`): an estimate of a re-embedding at no encoder pass."""
     return write_cache(out_dir, stale.ids, stale.dim, lambda arr: corrector.correct_into(stale.embeddings, arr),
-                       {**manifest, "corrected": True, "stale_model_digest": stale.manifest.get("model_digest")})
+                       {**manifest, "corrected": True, "stale_model_digest": stale.manifest.get("model_digest"),
+                        "corpus_sha256": stale.manifest.get("corpus_sha256")})
 
 
 class NpyRowWriter:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from freshen.cache import Cache, build_cache, ids_digest
 from freshen.encoding import encode_chunks, pick_device
+from freshen.integrity import check_finite_rows
 
 ENCODE_KEYS = ("batch_size", "precision", "max_tokens", "chunk_rows")
 
@@ -38,8 +39,13 @@ def embed_to_cache(encoder, corpus, out_dir: Path, encode_p: dict, manifest: dic
     seen: dict = {}
 
     def encode_rows(start, sink, checkpoint):
+        def checked(first: int, block) -> None:  # a NaN row never reaches the cache
+            check_finite_rows(block, out_dir, corpus.ids, first_row=first,
+                              hint="the encoder gave NaN or Inf (with encode.precision fp16, try fp32)")
+            sink(first, block)
+
         seen["start"] = start
-        seen["stats"] = encode_chunks(encoder, corpus, "passage", sink, max_len=max_len, start_row=start,
+        seen["stats"] = encode_chunks(encoder, corpus, "passage", checked, max_len=max_len, start_row=start,
                                       on_chunk=checkpoint, desc=desc, **opts)
 
     started = time.perf_counter()

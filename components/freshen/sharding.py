@@ -16,6 +16,7 @@ import numpy as np
 
 from freshen.cache import Cache, ids_digest, load_cache, write_cache
 from freshen.embed_corpus import embed_to_cache
+from freshen.integrity import file_sha256
 from freshen.errors import FreshenError
 
 CHUNK = 65536
@@ -55,7 +56,8 @@ def embed_shard(encoder, corpus, index: int, count: int, shards_dir: Path, encod
     cache, _ = embed_to_cache(
         encoder, corpus.slice(start, stop), shards_dir / shard_name(index, count), encode_p,
         {**manifest, "shard": index, "num_shards": count, "start": start, "stop": stop,
-         "corpus_count": len(corpus), "corpus_ids_sha256": ids_digest(corpus.ids)},
+         "corpus_count": len(corpus), "corpus_ids_sha256": ids_digest(corpus.ids),
+         "corpus_sha256": file_sha256(corpus.path)},
         f"re-embed shard {index + 1}/{count}")
     return cache
 
@@ -110,7 +112,7 @@ def merge(shards: list[Cache], out_dir: Path, manifest: dict) -> Cache:
                 arr[row:row + len(block)] = block
                 row += len(block)
 
-    keep = {k: first[k] for k in ("model", "model_digest", "max_len") if k in first}
+    keep = {k: first[k] for k in ("model", "model_digest", "max_len", "corpus_sha256") if k in first}
     return write_cache(out_dir, ids, shards[0].dim, fill,
                        manifest={**keep, **manifest, "num_shards": len(shards), "source": "reembed",
                                  "corrected": False})

@@ -78,8 +78,12 @@ class Corrector(nn.Module):
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise FreshenError(f"{folder / WEIGHTS}: corrector tensor '{bad[0]}' holds NaN or Inf: not saved")
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS))
+        save_file(state, str(folder / WEIGHTS))
         (folder / CONFIG).write_text(json.dumps(self.config(), indent=2))
 
     @classmethod

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from freshen.cache import EMBEDDINGS, Cache, load_cache
 from freshen.data.beir import load_beir
+from freshen.integrity import check_cache_corpus, check_finite_rows
 
 
 class NullLog:
@@ -37,6 +39,14 @@ def shown(p: Path, root: Path) -> str:
 
 def prepared(params: dict, root: Path):
     return load_beir(path(root, params["data"]["out_dir"]), required=("train", "dev", "test"))
+
+
+def checked_cache(folder: Path, params: dict, root: Path, ds) -> Cache:
+    """A cache a step is about to rank or train with: of the prepared corpus, every row finite."""
+    cache = load_cache(folder)
+    check_cache_corpus(cache, ds.corpus, path(root, params["data"]["out_dir"]) / "corpus.jsonl")
+    check_finite_rows(cache.embeddings, cache.path / EMBEDDINGS, cache.ids)
+    return cache
 
 
 def read_clusters(folder: Path) -> dict[str, int]:

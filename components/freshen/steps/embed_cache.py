@@ -9,6 +9,7 @@ from freshen.config import params_hash
 from freshen.data.corpus_file import CorpusFile
 from freshen.embed_corpus import embed_to_cache, place
 from freshen.encoding import set_threads
+from freshen.integrity import file_sha256
 from freshen.modeling.encoder import DEFAULT_MODEL, Encoder, model_digest, resolve_model_path
 from freshen.steps.common import NullLog, path
 
@@ -28,6 +29,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     _, stats = embed_to_cache(encoder, corpus, path(root, params["cache"]["out_dir"]), params["encode"],
                               {"model": str(params["model"].get("name_or_path") or DEFAULT_MODEL),
                                "model_digest": model_digest(base), "params_hash": params_hash(params, SECTIONS),
-                               "source": "embed_cache", "corrected": False}, "embed cache")
+                               "source": "embed_cache", "corrected": False,
+                               "corpus_sha256": file_sha256(corpus.path)}, "embed cache")
     log.metrics({**stats, "threads": threads})
     return stats

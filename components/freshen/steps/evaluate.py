@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from freshen.atomic import atomic_dir, write_json, write_text
-from freshen.cache import load_cache
+from freshen.errors import DataError
+from freshen.integrity import checkpoint_digest
 from freshen.embed_corpus import encode_options, place
 from freshen.encoding import encode, set_threads
 from freshen.modeling.corrector import Corrector
@@ -28,10 +29,11 @@ from freshen.retrieval import (
     to_run,
     write_trec,
 )
-from freshen.steps.common import NullLog, path, prepared
+from freshen.steps.common import NullLog, checked_cache, path, prepared
 
 SECTIONS = ["model", "encode", "evaluate"]
 NOT_SPLITS = ("drift", "vs_zero_shot")  # the top-level sections of the metrics that are no split
+MEASURED = "measured"  # what the figures are of: digests of the model and caches (promote checks them)
 
 
 def make_index(embeddings, cfg: dict):
@@ -49,10 +51,11 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     set_threads()
     cfg, enc_p = params["evaluate"], params["encode"]
     ds = prepared(params, root)
-    stale = load_cache(path(root, params["cache"]["out_dir"]))
-    fresh = load_cache(path(root, params["reembed"]["out_dir"]))
+    stale = checked_cache(path(root, params["cache"]["out_dir"]), params, root, ds)
+    fresh = checked_cache(path(root, params["reembed"]["out_dir"]), params, root, ds)
     if stale.ids != fresh.ids:
-        raise ValueError(f"{fresh.path}: doc ids differ from {stale.path}")
+        raise DataError(fresh.path / "ids.json", f"documents are in another order than in {stale.path}: "
+                                                 "rebuild both caches (dvc repro)")
     model_dir = path(root, params["train"]["out_dir"])
     zero_shot = place(Encoder.from_params(params["model"]), enc_p)
     trained = place(Encoder.load(model_dir / "encoder"), enc_p)
@@ -107,6 +110,8 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     # trained minus zero-shot nDCG@10: what training bought over the pre-trained encoder
     metrics["vs_zero_shot"] = {s: metrics[s]["trained"]["ndcg_at_10"] - metrics[s]["zero_shot"]["ndcg_at_10"]
                                for s in splits}
+    metrics[MEASURED] = {"model_digest": checkpoint_digest(model_dir), "stale_cache": stale.digest(),
+                         "fresh_cache": fresh.digest()}
 
     with atomic_dir(path(root, cfg["out_dir"])) as tmp:
         for name, run_ in runs_out.items():
@@ -137,7 +142,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
 def report(metrics: dict) -> str:
     lines = []
     for split, systems in metrics.items():
-        if split in NOT_SPLITS:
+        if split in NOT_SPLITS or split == MEASURED:
             continue
         lines.append(f"{split:>5} {'system':<26} nDCG@10  R@100   MRR@10")
         for system, m in systems.items():

@@ -8,14 +8,13 @@ promoting the same version twice changes nothing."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from freshen.atomic import write_json
 from freshen.config import get_dotted
 from freshen.errors import FreshenError
-from freshen.modeling.encoder import model_digest
+from freshen.integrity import check_measured, checkpoint_digest
 from freshen.steps.common import NullLog, path
 
 SECTIONS = ["promote", "mlflow"]
@@ -24,13 +23,6 @@ TAG_DECISION, TAG_REASON = "freshen.promotion.decision", "freshen.promotion.reas
 TAG_VS_CHAMPION, TAG_VS_ZERO_SHOT = "freshen.promotion.vs_champion", "freshen.promotion.vs_zero_shot"
 TAG_ZERO_SHOT_METRIC, TAG_ZERO_SHOT_VALUE = "freshen.zero_shot_metric", "freshen.zero_shot_value"
 ZERO_SHOT_METRIC = "dev.zero_shot.ndcg_at_10"
-
-
-def checkpoint_digest(model_dir: Path) -> str:
-    h = hashlib.sha256(model_digest(model_dir / "encoder").encode())
-    if (model_dir / "corrector").is_dir():
-        h.update(model_digest(model_dir / "corrector").encode())
-    return h.hexdigest()
 
 
 def find_version(client, name: str, digest: str):
@@ -46,7 +38,19 @@ def find_version(client, name: str, digest: str):
     return None
 
 
+def logged_model(digest: str):
+    """A pyfunc of these weights logged by an earlier promote that died before registering it."""
+    import mlflow
+
+    found = mlflow.search_logged_models(filter_string=f"tags.`{TAG_DIGEST}` = '{digest}'", max_results=1,
+                                        output_format="list")
+    return found[0] if found else None
+
+
 def log_and_register(model_dir: Path, name: str, digest: str, dim: int):
+    """Register the weights as a new version, tagged with their digest in the same call: a
+    promote killed at any point leaves either no version or a tagged one, which the rerun finds
+    (`find_version`) instead of registering the same weights again."""
     import mlflow
     import numpy as np
     from mlflow.models import infer_signature
@@ -54,20 +58,20 @@ def log_and_register(model_dir: Path, name: str, digest: str, dim: int):
     import freshen
     from freshen.serving import FreshenEmbedder
 
-    artifacts = {"encoder": str(model_dir / "encoder")}
-    if (model_dir / "corrector").is_dir():
-        artifacts["corrector"] = str(model_dir / "corrector")
-    # an unnamed string column: accepts a list of strings or a one-column DataFrame
-    signature = infer_signature(["a query"], np.zeros((1, dim), dtype=np.float32), params={"kind": "query"})
-    info = mlflow.pyfunc.log_model(
-        name="retriever", python_model=FreshenEmbedder(), artifacts=artifacts, signature=signature,
-        code_paths=[str(Path(freshen.__file__).parent)],
-        pip_requirements=["torch", "transformers", "safetensors", "numpy", "pandas", "tqdm", "pyyaml"],
-        registered_model_name=name)
-    client = mlflow.tracking.MlflowClient()
-    version = str(info.registered_model_version)
-    client.set_model_version_tag(name, version, TAG_DIGEST, digest)
-    return client.get_model_version(name, version)
+    model = logged_model(digest)
+    if model is not None:
+        uri = model.model_uri
+    else:
+        artifacts = {"encoder": str(model_dir / "encoder")}
+        if (model_dir / "corrector").is_dir():
+            artifacts["corrector"] = str(model_dir / "corrector")
+        # an unnamed string column: accepts a list of strings or a one-column DataFrame
+        signature = infer_signature(["a query"], np.zeros((1, dim), dtype=np.float32), params={"kind": "query"})
+        uri = mlflow.pyfunc.log_model(
+            name="retriever", python_model=FreshenEmbedder(), artifacts=artifacts, signature=signature,
+            code_paths=[str(Path(freshen.__file__).parent)], tags={TAG_DIGEST: digest},
+            pip_requirements=["torch", "transformers", "safetensors", "numpy", "pandas", "tqdm", "pyyaml"]).model_uri
+    return mlflow.register_model(uri, name, tags={TAG_DIGEST: digest})
 
 
 def comparison(value: float, other: float, margin: float) -> str:
@@ -164,9 +168,10 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     value = read_metric(metrics, metrics_file, cfg["metric"], "promote.metric")
     zero_shot_metric = str(cfg.get("zero_shot_metric", ZERO_SHOT_METRIC))
     zero_shot = read_metric(metrics, metrics_file, zero_shot_metric, "promote.zero_shot_metric")
-    tracking.setup(root, params.get("mlflow", {}).get("experiment", "freshen"))
     model_dir = path(root, params["train"]["out_dir"])
     digest = checkpoint_digest(model_dir)
+    check_measured(metrics, metrics_file, {"model_digest": digest})  # before the registry is touched
+    tracking.setup(root, params.get("mlflow", {}).get("experiment", "freshen"))
     name = cfg["registered_model"]
     client = mlflow.tracking.MlflowClient()
     existing = find_version(client, name, digest)

@@ -14,6 +14,7 @@ from freshen.config import params_hash
 from freshen.embed_corpus import embed_to_cache, place
 from freshen.encoding import set_threads
 from freshen.errors import FreshenError
+from freshen.integrity import file_sha256
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder, model_digest
 from freshen.steps.common import NullLog, path, shown
@@ -33,7 +34,8 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         corpus = prepared_corpus(params, root)
         encoder = place(Encoder.load(model_dir / "encoder"), params["encode"])
         _, stats = embed_to_cache(encoder, corpus, path(root, params["reembed"]["out_dir"]), params["encode"],
-                                  {**manifest, "corrected": False}, "re-embed")
+                                  {**manifest, "corrected": False, "corpus_sha256": file_sha256(corpus.path)},
+                                  "re-embed")
     log.metrics(stats)
     return stats
 

@@ -10,7 +10,6 @@ import io
 from pathlib import Path
 
 from freshen.atomic import atomic_dir, write_json, write_text
-from freshen.cache import load_cache
 from freshen.config import params_hash
 from freshen.data.teacher import read_teacher_scores
 from freshen.embed_corpus import place
@@ -18,7 +17,7 @@ from freshen.encoding import set_threads
 from freshen.errors import FreshenError
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
-from freshen.steps.common import NullLog, path, prepared, read_clusters
+from freshen.steps.common import NullLog, checked_cache, path, prepared, read_clusters
 from freshen.training import pilot
 from freshen.training.loop import Trainer, check_train_params, train
 
@@ -75,7 +74,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     check_train_params(p)  # fail on bad params before loading anything heavy
     set_threads()
     ds = prepared(params, root)
-    cache = load_cache(path(root, params["cache"]["out_dir"]))
+    cache = checked_cache(path(root, params["cache"]["out_dir"]), params, root, ds)
     clusters = read_clusters(path(root, params["cluster"]["out_dir"]))
     teacher = None
     if (p.get("teacher") or {}).get("scores"):

@@ -31,6 +31,7 @@ from freshen.sampling.negatives import SELECTIONS, balanced_pick, chunked_topk
 from freshen.sampling.scorer import CacheScorer
 from freshen.sampling.tas import RandomBatches, TASBatches
 from freshen.training import pilot
+from freshen.integrity import check_finite_value, diverged
 from freshen.training.losses import contrastive_loss, corrected_logits_loss, drift_loss, margin_mse, mean_cosine
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,8 @@ class Trainer:
             q_emb = self.encoder.embed([self.ds.queries[q] for q in qids], "query")
         self.counters.query_passes += len(qids)
         q_emb = q_emb.float().cpu()
+        if not torch.isfinite(q_emb).all():  # before they pick negatives from the cache
+            raise diverged(f"train: step {step}: the encoder's query embeddings hold NaN or Inf")
 
         neg_rows = torch.empty((len(qids), 0), dtype=torch.long)
         unusable = torch.zeros((len(qids), 0), dtype=torch.bool)  # filled-up negatives, masked out of the loss
@@ -320,6 +323,7 @@ class Trainer:
         if self.fn_filter.in_batch and self.fn_filter.has_margin:
             fn_counts["fn_in_batch"] = self._mask_likely_positives(q_emb.detach(), p_emb.detach(), mask)
         loss = self._retriever_loss(qids, pos_docs, rows, neg_rows, q_emb, p_emb, mask)
+        check_finite_value(float(loss.detach()), f"train: step {step}: the retriever loss")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), float(self.p.get("grad_clip", 1.0)))
@@ -454,6 +458,7 @@ class Trainer:
                 if update == 0:
                     rec["corrector_ce"] = float(ce.detach())
             self.cor_opt.zero_grad(set_to_none=True)
+            check_finite_value(float(c_loss.detach()), f"train: step {len(self.curve) + 1}: the corrector loss")
             c_loss.backward()
             self.cor_opt.step()
             if update == 0:
