@@ -94,6 +94,30 @@ def test_run_params_become_dotted_overrides():
     assert overrides_from({"train": {"steps": 5, "lr": None}, "set": {}}) == {"train.steps": 5}  # a nesting form
 
 
+def test_the_deployment_overrides_reach_every_step_of_a_run(tmp_path, tiny_params, monkeypatch):
+    """$FRESHEN_SET is applied where the DAGs are parsed and also handed to each `freshen <step>`
+    (which loads params.yaml itself): the steps see the configuration the DAG planned with."""
+    from freshen.cli import apply_set_json
+    from freshen.config import load_params
+    from freshen.orchestration import config
+    from freshen.orchestration.airflow_tasks import run_overrides
+
+    root = project_with(tmp_path, tiny_params)
+    monkeypatch.setenv("FRESHEN_SET", json.dumps({"orchestration.num_shards": 3, "data.verify": False,
+                                                  "train.steps": 9}))
+    project = config.load_project(root)
+    assert project.params["orchestration"]["num_shards"] == 3
+    overrides = run_overrides(project, {"train.steps": 5, "train.lr": None})  # the run's own param wins
+    assert overrides == {"orchestration.num_shards": 3, "data.verify": False, "train.steps": 5}
+    step_params = load_params(root / "params.yaml", [])
+    apply_set_json(step_params, json.dumps(overrides))  # what the step's --set-json does
+    assert step_params["orchestration"]["num_shards"] == 3 and step_params["data"]["verify"] is False
+    assert step_params["train"]["steps"] == 5
+    monkeypatch.setenv("FRESHEN_SET", "[1]")
+    with pytest.raises(Exception, match=r"\$FRESHEN_SET: must be a JSON object"):
+        config.load_project(root)
+
+
 def test_a_bad_orchestration_value_is_an_import_error_naming_the_field(tmp_path, monkeypatch):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["orchestration"]["runner"] = "slurm"
@@ -322,12 +346,13 @@ def test_a_failing_step_fails_the_dag_run_and_the_mlflow_run(tmp_path, tiny_para
     lines = corpus.read_text().splitlines()
     lines[4] = '{"_id": "d4", "title": "x"}'
     corpus.write_text("\n".join(lines) + "\n")
-    tiny_params["orchestration"].update(retries=0)
+    tiny_params["orchestration"].update(retries=2, retry_delay_s=0)
     monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, tiny_params)))
     run = dagbag().dags["freshen_train"].test()
     states = task_states(run)
     assert str(run.state) == "failed"
-    assert states[("prepare", -1)][0] == "failed" and states[("train", -1)][0] == "upstream_failed"
+    # bad data exits 2: failed at once, not retried (retries=2 would have tried it three times)
+    assert states[("prepare", -1)] == ("failed", 1) and states[("train", -1)][0] == "upstream_failed"
     assert states[("end_run", -1)][0] == "success"  # the teardown still closes the MLflow run
     mlflow.set_tracking_uri(mlflow_uri)
     client = MlflowClient()

@@ -15,12 +15,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task, teardown
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freshen.config import flatten, get_dotted
 from freshen.errors import DataError
 from freshen.orchestration import config, runs
-from freshen.orchestration.commands import StepSkipped
+from freshen.orchestration.commands import StepFailed, StepSkipped
 from freshen.orchestration.runners import XCOM_FIELD, cli_argv, container_operator, run_local
 
 TRAIN_PARAMS = ("train.steps", "train.batch_size", "train.lr", "train.negatives.strategy", "train.negatives.k",
@@ -81,6 +81,13 @@ def refresh_schedule(project: config.Project):
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=[champion_asset(project)])
 
 
+def run_overrides(project: config.Project, dag_run_params: dict) -> dict:
+    """What every step of one DAG run is given with --set-json: the deployment's $FRESHEN_SET,
+    then this run's params on top. Steps load params.yaml themselves (in containers too), so an
+    override the DAG saw but the steps did not would split one run between two configurations."""
+    return {**project.overrides, **overrides_from(dag_run_params)}
+
+
 def overrides_from(dag_run_params: dict) -> dict:
     """Dotted overrides from a run's params: `set` first, then every non-null dotted param.
     A form that nests dotted names ({"train": {"steps": 5}}) is flattened back to "train.steps"."""
@@ -111,7 +118,7 @@ def _tracking_env(project: config.Project) -> None:
 def start_run(project: config.Project, kind: str):
     @task(task_id="start_run", retries=0)
     def start_run(**context) -> dict:
-        overrides = overrides_from(context["params"])
+        overrides = run_overrides(project, context["params"])
         ctx = {"set_json": json.dumps(overrides, sort_keys=True)}
         params = run_params(project, ctx)  # an unknown key fails here, before any work
         _tracking_env(project)
@@ -127,6 +134,10 @@ def _local(project: config.Project, argv: list[str]) -> None:
         run_local(argv, project.orch["local_mode"])
     except StepSkipped as exc:
         raise AirflowSkipException(str(exc)) from None
+    except StepFailed as exc:
+        if exc.deterministic:  # bad params or data: a retry would fail the same way, minutes later
+            raise AirflowFailException(f"{exc} (bad params or data: not retried)") from None
+        raise
 
 
 def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str | None = None, **options):

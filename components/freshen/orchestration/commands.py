@@ -7,6 +7,9 @@ re-embedding already replaced) exits with SKIP_EXIT; every runner turns that int
 from __future__ import annotations
 
 SKIP_EXIT = 99
+# what `freshen <step>` exits with on a FreshenError (bad params or data): the same input fails the
+# same way again, so the runners fail such a task at once instead of retrying it
+DETERMINISTIC_EXIT = 2
 
 # steps: modules under freshen.steps with run(params, root, log, **options), each in an MLflow child run
 ORCHESTRATION_STEPS = ("fetch_champion", "corrected_index", "reembed_shard", "merge_shards", "build_index",
@@ -21,3 +24,11 @@ class StepSkipped(Exception):
 
 class StepFailed(Exception):
     """Raised by a runner when the step exited with any other non-zero code."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def deterministic(self) -> bool:
+        return self.code == DETERMINISTIC_EXIT

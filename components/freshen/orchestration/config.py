@@ -7,12 +7,14 @@ Every bad value is reported with the file and the dotted field."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from freshen.config import set_dotted
 from freshen.errors import DataError, FreshenError
 
 RUNNERS = ("local", "docker", "kubernetes")
@@ -29,6 +31,8 @@ class Project:
     root: Path
     params_file: str
     params: dict = field(repr=False, hash=False, compare=False)
+    # $FRESHEN_SET of this deployment: already in `params`, and handed to every step of a run
+    overrides: dict = field(default_factory=dict, repr=False, hash=False, compare=False)
 
     @property
     def params_path(self) -> Path:
@@ -125,12 +129,25 @@ def load_project(default_root: str | Path | None = None, prefer_env: bool = True
     params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(params, dict) or not isinstance(params.get("orchestration"), dict):
         raise DataError(path, "section missing (see params.yaml in the repository)", field="orchestration")
-    if os.environ.get(SET_ENV):
-        from freshen.cli import apply_set_json
-
+    overrides = deployment_overrides()
+    for key, value in overrides.items():
         try:
-            apply_set_json(params, os.environ[SET_ENV])
+            set_dotted(params, key, value)
         except FreshenError as exc:
             raise FreshenError(f"${SET_ENV}: {exc}") from None
     validate(params["orchestration"], path)
-    return Project(root, params_file, params)
+    return Project(root, params_file, params, overrides)
+
+
+def deployment_overrides() -> dict:
+    """$FRESHEN_SET as a dict of dotted keys ({} when unset)."""
+    raw = os.environ.get(SET_ENV)
+    if not raw:
+        return {}
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise FreshenError(f"${SET_ENV}: not valid JSON ({exc})") from None
+    if not isinstance(values, dict):
+        raise FreshenError(f"${SET_ENV}: must be a JSON object of dotted keys, got {raw!r}")
+    return values

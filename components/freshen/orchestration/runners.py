@@ -42,7 +42,7 @@ def run_local(argv: list[str], mode: str = "inprocess") -> None:
     if code == SKIP_EXIT:
         raise StepSkipped(f"freshen {argv[0]}: skipped (see the log above for why)")
     if code:
-        raise StepFailed(f"freshen {' '.join(argv)} exited with {code}; its error is in the log above")
+        raise StepFailed(f"freshen {' '.join(argv)} exited with {code}; its error is in the log above", code)
 
 
 def docker_memory(value: str | None) -> str | None:
