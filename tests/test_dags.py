@@ -312,6 +312,9 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
                                atol=1e-3, rtol=0)
     pointer = read_pointer(root / orch["serving_dir"])
     assert pointer["corrected"] is False and pointer["folder"].startswith("reembedded-v1-")
+    # one digest per model version: the registry's (encoder + corrector), as in promotion.json
+    digest = client.get_model_version(name, "1").tags["freshen.model_digest"]
+    assert pointer["model_digest"] == digest != pointer["encoder_digest"]
     corrected_folder = pointer["history"][1]
     assert corrected_folder.startswith("corrected-v1-")
     assert load_cache(root / orch["serving_dir"] / corrected_folder).manifest["corrected"] is True
@@ -319,6 +322,7 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
     served = asset_events("freshen_serving_index")  # the corrected index, then the re-embedded one
     assert [(e["folder"], e["corrected"], e["champion_version"]) for e in served] == [
         (corrected_folder, True, "1"), (pointer["folder"], False, "1")]
+    assert {e["model_digest"] for e in served} == {digest}
 
     refresh_parent = next(r for r in client.search_runs([exp.experiment_id])
                           if r.data.tags.get("freshen.pipeline") == "refresh")

@@ -127,3 +127,13 @@ def test_a_partial_cache_from_other_settings_is_started_again(encoder, tiny_beir
     monkeypatch.setattr(embed_corpus, "encode_chunks", real)
     _, stats = embed_to_cache(encoder, corpus, tmp_path / "cache", SETTINGS, {"model_digest": "new"}, "other model")
     assert stats["resumed_from_row"] == 0 and stats["passes"] == len(corpus)
+
+
+def test_progress_goes_to_stdout_when_stderr_is_no_terminal(capsys):
+    """Airflow files every stderr line of a task as ERROR: off a terminal the bars go to stdout."""
+    from freshen.progress import QUIET_INTERVAL, progress
+
+    bar = progress(range(3), desc="work")
+    assert list(bar) == [0, 1, 2] and bar.mininterval >= QUIET_INTERVAL
+    out, err = capsys.readouterr()
+    assert "work" in out and "work" not in err

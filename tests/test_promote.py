@@ -252,3 +252,14 @@ def test_a_pyfunc_logged_by_a_killed_promote_is_reused(project, tiny_model, monk
     name = project[1]["promote"]["registered_model"]
     v = MlflowClient().get_model_version(name, "1")
     assert v.source == logged[0].model_uri
+
+
+def test_promote_logs_the_model_without_mlflow_advice_warnings(project, tiny_model):
+    """The signature is given, so MLflow's hints about inferring one are noise in every task log."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _promote(project, tiny_model, 0.60, 0.50, 1)
+    advice = [str(w.message) for w in caught if "type hint" in str(w.message) or "input example" in str(w.message)]
+    assert advice == []

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from freshen.errors import FreshenError
+from freshen.progress import progress
 
 SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -115,7 +115,7 @@ def encode_chunks(encoder, texts, kind: str, sink, batch_size: int = 64, precisi
     was_training = encoder.training
     encoder.eval()
     try:
-        with torch.inference_mode(), tqdm(total=n, initial=start_row, desc=desc or f"embed {kind}", unit="text",
+        with torch.inference_mode(), progress(total=n, initial=start_row, desc=desc or f"embed {kind}", unit="text",
                                           mininterval=10) as bar:
             for first in range(start_row, n, chunk_rows):
                 chunk = [clean_text(t) for t in _read(texts, first, min(n, first + chunk_rows))]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 
 def _texts(model_input) -> list[str]:
@@ -26,7 +27,9 @@ class FreshenEmbedder(mlflow.pyfunc.PythonModel):
         self.encoder = Encoder.load(context.artifacts["encoder"])
         self.encoder.eval()
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    # a DataFrame hint: MLflow validates the input against the logged signature (one string
+    # column) and infers nothing from the hint
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         from freshen.encoding import encode
 
         kind = (params or {}).get("kind", "query")

@@ -13,10 +13,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from freshen.atomic import replace_dir
 from freshen.errors import DataError, FreshenError
+from freshen.progress import progress
 
 log = logging.getLogger(__name__)
 ENV_VAR = "FRESHEN_DATA_DIR"
@@ -83,7 +82,7 @@ def download(url: str, dest: Path, checksums: dict[str, str]) -> Path:
         try:
             with urllib.request.urlopen(url, timeout=60) as resp, open(archive, "wb") as out:
                 total = int(resp.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+                with progress(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
                     while block := resp.read(1 << 20):
                         out.write(block)
                         bar.update(len(block))

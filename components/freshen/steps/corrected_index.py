@@ -14,7 +14,7 @@ from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import model_digest
 from freshen.retrieval import index_settings
 from freshen.steps.common import NullLog, path
-from freshen.steps.fetch_champion import read_champion
+from freshen.steps.fetch_champion import champion_identity, read_champion
 
 SECTIONS = ["cache", "orchestration", "evaluate"]
 OPTIONS = ()
@@ -25,7 +25,7 @@ def skip_reason(params: dict, root: Path) -> str | None:
     if not champ.get("has_corrector"):
         return f"champion v{champ['version']} has no corrector"
     current = read_pointer(path(root, params["orchestration"]["serving_dir"])) or {}
-    if current.get("corrected") is False and current.get("model_digest") == champ["encoder_digest"]:
+    if current.get("corrected") is False and current.get("encoder_digest") == champ["encoder_digest"]:
         return f"the re-embedded index of champion v{champ['version']} is already serving ({current['folder']})"
     return None
 
@@ -42,8 +42,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         "corrector_digest": model_digest(champ["corrector_dir"]), "source": "corrected_index",
         "stale_cache": str(stale.path), "champion_version": champ["version"]})
     write_index(cache, settings=index_settings(params.get("evaluate")))
-    pointer = publish(serving, folder, {"corrected": True, "champion_version": champ["version"],
-                                        "model_digest": champ["encoder_digest"]},
+    pointer = publish(serving, folder, {"corrected": True, **champion_identity(champ)},
                       keep=int(params["orchestration"]["keep_serving"]))
     log.metrics({"docs": len(cache)})
     print(f"corrected-index: champion v{champ['version']} serves {folder} (corrected from {stale.path})")

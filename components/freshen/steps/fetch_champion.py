@@ -21,6 +21,14 @@ OPTIONS = ()
 INFO = "champion.json"
 
 
+def champion_identity(champ: dict) -> dict:
+    """How the serving pointer and the Asset events name a champion: its version, the registry's
+    digest of the whole checkpoint (`model_digest`, as in promotion.json and the version's tag)
+    and its encoder's alone (`encoder_digest`, what a cache manifest's `model_digest` names)."""
+    return {"champion_version": champ["version"], "model_digest": champ["checkpoint_digest"],
+            "encoder_digest": champ["encoder_digest"]}
+
+
 def read_champion(params: dict, root: Path) -> dict:
     """champion.json of the fetched champion, with absolute encoder/corrector paths."""
     folder = path(root, params["orchestration"]["champion_dir"])

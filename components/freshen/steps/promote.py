@@ -9,6 +9,7 @@ promoting the same version twice changes nothing."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from freshen.atomic import write_json
@@ -67,10 +68,12 @@ def log_and_register(model_dir: Path, name: str, digest: str, dim: int):
             artifacts["corrector"] = str(model_dir / "corrector")
         # an unnamed string column: accepts a list of strings or a one-column DataFrame
         signature = infer_signature(["a query"], np.zeros((1, dim), dtype=np.float32), params={"kind": "query"})
-        uri = mlflow.pyfunc.log_model(
-            name="retriever", python_model=FreshenEmbedder(), artifacts=artifacts, signature=signature,
-            code_paths=[str(Path(freshen.__file__).parent)], tags={TAG_DIGEST: digest},
-            pip_requirements=["torch", "transformers", "safetensors", "numpy", "pandas", "tqdm", "pyyaml"]).model_uri
+        with warnings.catch_warnings():  # advice for models that infer their signature: this one states it
+            warnings.filterwarnings("ignore", message=".*(type hints|input example).*", category=UserWarning)
+            uri = mlflow.pyfunc.log_model(
+                name="retriever", python_model=FreshenEmbedder(), artifacts=artifacts, signature=signature,
+                code_paths=[str(Path(freshen.__file__).parent)], tags={TAG_DIGEST: digest},
+                pip_requirements=["torch", "transformers", "safetensors", "numpy", "pandas", "tqdm", "pyyaml"]).model_uri
     return mlflow.register_model(uri, name, tags={TAG_DIGEST: digest})
 
 

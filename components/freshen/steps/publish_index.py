@@ -10,7 +10,7 @@ from freshen.cache import load_cache
 from freshen.errors import FreshenError
 from freshen.index_store import INDEX_FILE, check_index, link_tree, publish
 from freshen.steps.common import NullLog, path
-from freshen.steps.fetch_champion import read_champion
+from freshen.steps.fetch_champion import champion_identity, read_champion
 
 SECTIONS = ["orchestration"]
 OPTIONS = ()
@@ -28,8 +28,7 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     serving = path(root, orch["serving_dir"])
     folder = serving / f"reembedded-v{champ['version']}-{champ['encoder_digest'][:12]}"
     link_tree(cache.path, folder)
-    pointer = publish(serving, folder, {"corrected": False, "champion_version": champ["version"],
-                                        "model_digest": champ["encoder_digest"]}, keep=int(orch["keep_serving"]))
+    pointer = publish(serving, folder, {"corrected": False, **champion_identity(champ)}, keep=int(orch["keep_serving"]))
     log.tags({"serving_folder": folder.name})
     print(f"publish-index: champion v{champ['version']} serves {folder}")
     return pointer

@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from freshen.encoding import autocast_dtype, encode, encode_into
 from freshen.errors import FreshenError
+from freshen.integrity import check_finite_value, diverged
 from freshen.modeling.corrector import Corrector
+from freshen.progress import progress
 from freshen.retrieval import evaluate_run, overlap_at
 from freshen.sampling.false_negatives import FalseNegativeFilter
 from freshen.sampling.negatives import SELECTIONS, balanced_pick, chunked_topk
 from freshen.sampling.scorer import CacheScorer
 from freshen.sampling.tas import RandomBatches, TASBatches
 from freshen.training import pilot
-from freshen.integrity import check_finite_value, diverged
 from freshen.training.losses import contrastive_loss, corrected_logits_loss, drift_loss, margin_mse, mean_cosine
 
 log = logging.getLogger(__name__)
@@ -585,7 +585,7 @@ class Trainer:
             if self.on_eval:
                 self.on_eval(record, self.counters)
         self.encoder.train()
-        for step in tqdm(range(1, last + 1), desc="train", unit="step", mininterval=20, disable=False):
+        for step in progress(range(1, last + 1), desc="train", unit="step", mininterval=20, disable=False):
             record = self.step(step)
             if self.refresh_every and step % self.refresh_every == 0 and step < steps:
                 self.refresh(step)
