@@ -341,6 +341,20 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
     assert len(asset_events("freshen_champion")) == 1
 
 
+def test_a_refresh_before_any_champion_is_skipped_not_failed(tmp_path, tiny_params, mlflow_uri, monkeypatch):
+    """Unpausing the refresh DAG runs its latest cron tick at once: with no champion yet that run
+    skips, once, instead of failing fetch_champion three times."""
+    migrate_db()
+    tiny_params["orchestration"].update(retries=2, retry_delay_s=0)
+    monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, tiny_params)))
+    run = dagbag().dags["freshen_cache_refresh"].test()
+    states = task_states(run)
+    assert str(run.state) == "success", states
+    assert states[("fetch_champion", -1)] == ("skipped", 1)
+    assert states[("publish_index", -1)][0] == "skipped" and states[("end_run", -1)][0] == "success"
+    assert not any(state == "failed" for state, _ in states.values())
+
+
 def test_a_failing_step_fails_the_dag_run_and_the_mlflow_run(tmp_path, tiny_params, mlflow_uri, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient

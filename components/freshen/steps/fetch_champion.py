@@ -41,6 +41,23 @@ def read_champion(params: dict, root: Path) -> dict:
     return info
 
 
+def skip_reason(params: dict, root: Path) -> str | None:
+    """Nothing to refresh before the first promotion: unpausing the refresh DAG runs its latest
+    cron tick at once, which must not leave a failed run (and three failed attempts) behind."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from freshen import tracking
+
+    tracking.setup(root, params.get("mlflow", {}).get("experiment", "freshen"))
+    name = params["promote"]["registered_model"]
+    try:
+        mlflow.tracking.MlflowClient().get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return f"registered model '{name}' has no 'champion' yet: nothing to refresh (run freshen_train first)"
+    return None
+
+
 def run(params: dict, root: Path, log=NullLog()) -> dict:
     import mlflow
     from mlflow.exceptions import MlflowException

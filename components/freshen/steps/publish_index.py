@@ -11,9 +11,14 @@ from freshen.errors import FreshenError
 from freshen.index_store import INDEX_FILE, check_index, link_tree, publish
 from freshen.steps.common import NullLog, path
 from freshen.steps.fetch_champion import champion_identity, read_champion
+from freshen.steps.fetch_champion import skip_reason as no_champion
 
 SECTIONS = ["orchestration"]
 OPTIONS = ()
+
+
+def skip_reason(params: dict, root: Path) -> str | None:
+    return no_champion(params, root)  # the whole refresh was skipped: it runs after skipped upstreams
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
