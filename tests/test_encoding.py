@@ -127,3 +127,16 @@ def test_a_partial_cache_from_other_settings_is_started_again(encoder, tiny_beir
     monkeypatch.setattr(embed_corpus, "encode_chunks", real)
     _, stats = embed_to_cache(encoder, corpus, tmp_path / "cache", SETTINGS, {"model_digest": "new"}, "other model")
     assert stats["resumed_from_row"] == 0 and stats["passes"] == len(corpus)
+
+
+@pytest.mark.parametrize("key,value", [("chunk_rows", 0), ("chunk_rows", -1), ("batch_size", 0),
+                                       ("chunk_rows", 2.5), ("max_tokens", -1)])
+def test_bad_encode_settings_are_refused_before_anything_is_written(encoder, tiny_beir, tmp_path, key, value):
+    """chunk_rows 0 used to fail inside the first chunk, leaving `.cache.partial/` behind."""
+    from freshen.errors import FreshenError
+
+    corpus = CorpusFile(tiny_beir / "corpus.jsonl")
+    work = tmp_path / "work"
+    with pytest.raises(FreshenError, match=rf"field 'encode.{key}': must be an integer >= 1, got {value}"):
+        embed_to_cache(encoder, corpus, work / "cache", {**SETTINGS, key: value}, {}, "bad")
+    assert not work.exists()
