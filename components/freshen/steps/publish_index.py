@@ -9,6 +9,7 @@ from pathlib import Path
 from freshen.cache import load_cache
 from freshen.errors import FreshenError
 from freshen.index_store import INDEX_FILE, check_index, link_tree, publish
+from freshen.locks import hold
 from freshen.steps.common import NullLog, path
 from freshen.steps.fetch_champion import read_champion
 
@@ -27,9 +28,12 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     check_index(cache, cache.path / INDEX_FILE)
     serving = path(root, orch["serving_dir"])
     folder = serving / f"reembedded-v{champ['version']}-{champ['encoder_digest'][:12]}"
-    link_tree(cache.path, folder)
-    pointer = publish(serving, folder, {"corrected": False, "champion_version": champ["version"],
-                                        "model_digest": champ["encoder_digest"]}, keep=int(orch["keep_serving"]))
+    # the serving folder has one writer at a time, this step or corrected_index; holding the new
+    # folder's lock too clears what a killed attempt left beside it, inside the serving folder
+    with hold(serving, folder):
+        link_tree(cache.path, folder)
+        pointer = publish(serving, folder, {"corrected": False, "champion_version": champ["version"],
+                                            "model_digest": champ["encoder_digest"]}, keep=int(orch["keep_serving"]))
     log.tags({"serving_folder": folder.name})
     print(f"publish-index: champion v{champ['version']} serves {folder}")
     return pointer

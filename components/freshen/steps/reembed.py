@@ -11,9 +11,10 @@ from pathlib import Path
 
 from freshen.cache import load_cache, write_corrected_cache
 from freshen.config import params_hash
-from freshen.embed_corpus import embed_to_cache, place
+from freshen.embed_corpus import embed_to_cache, encode_options, place
 from freshen.encoding import set_threads
 from freshen.errors import FreshenError
+from freshen.locks import hold
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder, model_digest
 from freshen.steps.common import NullLog, path, shown
@@ -23,6 +24,15 @@ SECTIONS = ["encode", "reembed"]
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
+    encode_options(params["encode"])  # bad settings fail before anything is written
+    with hold(path(root, params["reembed"]["out_dir"])):  # one reembed of this project at a time
+        stats = reembed(params, root)
+    log.metrics(stats)
+    return stats
+
+
+def reembed(params: dict, root: Path) -> dict:
+    """The new cache, encoded with the trained encoder or, with `reembed.corrector`, h(cache)."""
     model_dir = path(root, params["train"]["out_dir"])
     manifest = {"model": shown(model_dir / "encoder", root), "model_digest": model_digest(model_dir / "encoder"),
                 "params_hash": params_hash(params, SECTIONS), "source": "reembed"}
@@ -34,7 +44,6 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         encoder = place(Encoder.load(model_dir / "encoder"), params["encode"])
         _, stats = embed_to_cache(encoder, corpus, path(root, params["reembed"]["out_dir"]), params["encode"],
                                   {**manifest, "corrected": False}, "re-embed")
-    log.metrics(stats)
     return stats
 
 
