@@ -137,3 +137,16 @@ def test_progress_goes_to_stdout_when_stderr_is_no_terminal(capsys):
     assert list(bar) == [0, 1, 2] and bar.mininterval >= QUIET_INTERVAL
     out, err = capsys.readouterr()
     assert "work" in out and "work" not in err
+
+
+@pytest.mark.parametrize("key,value", [("chunk_rows", 0), ("chunk_rows", -1), ("batch_size", 0),
+                                       ("chunk_rows", 2.5), ("max_tokens", -1)])
+def test_bad_encode_settings_are_refused_before_anything_is_written(encoder, tiny_beir, tmp_path, key, value):
+    """chunk_rows 0 used to fail inside the first chunk, leaving `.cache.partial/` behind."""
+    from freshen.errors import FreshenError
+
+    corpus = CorpusFile(tiny_beir / "corpus.jsonl")
+    work = tmp_path / "work"
+    with pytest.raises(FreshenError, match=rf"field 'encode.{key}': must be an integer >= 1, got {value}"):
+        embed_to_cache(encoder, corpus, work / "cache", {**SETTINGS, key: value}, {}, "bad")
+    assert not work.exists()

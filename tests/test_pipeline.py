@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -295,3 +296,159 @@ def test_seed_benchmark_runs_each_seed_and_pairs_them(project, mlflow_uri):
     assert not list(project.glob(".seed*"))  # the temporary params copies are gone
     summary = (project / "seeds/seeds.md").read_text()
     assert "| 5 |" in summary and "| 6 |" in summary and "met on" in summary
+
+
+# `freshen` with every embedding chunk held until a file `go` appears (after writing the chunk,
+# so the run is mid-way: its lock held, its `.partial` folder half full); `paused` says it got there
+PAUSED_FRESHEN = '''
+import sys
+import time
+import time
+from pathlib import Path
+
+from freshen import cli, embed_corpus
+
+signals = Path(sys.argv[1])
+real = embed_corpus.encode_chunks
+
+
+def paused(encoder, texts, kind, sink, on_chunk=None, **kw):
+    def checkpoint(rows_done):
+        on_chunk(rows_done)
+        (signals / "paused").touch()
+        while not (signals / "go").exists():
+            time.sleep(0.05)
+    return real(encoder, texts, kind, sink, on_chunk=checkpoint, **kw)
+
+
+embed_corpus.encode_chunks = paused
+raise SystemExit(cli.main(sys.argv[2:]))
+'''
+
+
+def start_paused(root, work, *args):
+    """Start `freshen *args` in its own process; return it once its first chunk is written."""
+    script, signals = work / "paused_freshen.py", work / "signals"
+    script.write_text(PAUSED_FRESHEN)
+    signals.mkdir()
+    log = open(work / "paused.log", "w")
+    proc = subprocess.Popen([sys.executable, str(script), str(signals), *args], cwd=root, env=_env(),
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not (signals / "paused").exists():
+        assert proc.poll() is None, (work / "paused.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the paused run never wrote its first chunk"
+        time.sleep(0.1)
+    return proc, signals
+
+
+def step_statuses(uri, step):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("freshen")
+    return sorted(r.info.status for r in client.search_runs([exp.experiment_id]) if r.info.run_name == step)
+
+
+@pytest.fixture()
+def embedded(project):
+    """The project prepared and embedded once (in this process), 10 rows a chunk: a good cache
+    that a later embed-cache replaces, and whose bytes a refused run must leave alone."""
+    from freshen.steps import embed_cache, prepare
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["encode"]["chunk_rows"] = 10
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    prepare.run(params, project)
+    embed_cache.run(params, project)
+    return project, params
+
+
+def files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_second_embed_cache_is_refused_at_once_and_the_first_finishes_intact(embedded, mlflow_uri, tmp_path):
+    from freshen.cache import load_cache
+
+    project, _ = embedded
+    out = project / "artifacts/cache/initial"
+    previous = files(out)
+    before = np.array(load_cache(out).embeddings, dtype=np.float32)
+    first, signals = start_paused(project, tmp_path, "embed-cache")
+    try:
+        second = freshen(project, "embed-cache", ok=False)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"{out} is being written by another run (pid {first.pid}, since " in second.stderr
+        assert "Traceback" not in second.stderr
+        assert files(out) == previous  # the good cache, untouched while the first runs
+        progress = json.loads((project / "artifacts/cache/.initial.partial/progress.json").read_text())
+        assert progress["rows_done"] == 10  # the first run's work in progress: not deleted, not taken over
+        (signals / "go").touch()
+        assert first.wait(timeout=300) == 0, (tmp_path / "paused.log").read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert sorted(files(out)) == ["embeddings.npy", "ids.json", "manifest.json"]
+    cache = load_cache(out)
+    assert cache.ids == json.loads(previous["ids.json"]) and len(cache) == 60
+    np.testing.assert_allclose(np.asarray(cache.embeddings, dtype=np.float32), before, atol=1e-3)  # same model
+    assert sorted(p.name for p in out.parent.iterdir()) == ["initial"]  # no .partial, lock or temporary left
+    assert step_statuses(mlflow_uri, "embed_cache") == ["FAILED", "FINISHED"]
+
+
+def test_sigterm_ends_the_step_run_failed_and_keeps_the_resume_folder(embedded, mlflow_uri, tmp_path):
+    import signal
+
+    from freshen.steps import embed_cache
+
+    project, params = embedded
+    out = project / "artifacts/cache/initial"
+    previous = files(out)
+    first, _ = start_paused(project, tmp_path, "embed-cache")
+    first.send_signal(signal.SIGTERM)  # docker stop, a deleted pod, Airflow failing the task
+    try:
+        assert first.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert "stopped by SIGTERM" in (tmp_path / "paused.log").read_text()
+    assert step_statuses(mlflow_uri, "embed_cache") == ["FAILED"]  # not RUNNING for ever
+    assert files(out) == previous
+    partial = project / "artifacts/cache/.initial.partial"
+    assert json.loads((partial / "progress.json").read_text())["rows_done"] == 10
+    assert sorted(p.name for p in out.parent.iterdir()) == [".initial.partial", "initial"]  # lock released
+    assert embed_cache.run(params, project)["resumed_from_row"] == 10  # the next run resumes it
+
+
+def test_step_runs_a_dead_process_left_running_are_marked_killed(tmp_path, mlflow_uri, tiny_params):
+    """A SIGKILL (the OOM killer, kill -9) leaves no chance to end a run: the next step of the
+    project on this host marks KILLED the runs whose process is gone, and only those."""
+    import socket
+
+    from freshen import tracking
+
+    tracking.setup(tmp_path, "freshen")
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("freshen").experiment_id
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        host = socket.gethostname()
+        left = {name: client.create_run(exp, run_name="train", tags={"freshen.pid": str(pid), "freshen.host": h})
+                .info.run_id for name, pid, h in (("dead", dead.pid, host), ("live", live.pid, host),
+                                                  ("elsewhere", dead.pid, "another-host"),
+                                                  ("same pid before", os.getpid(), host))}
+        untagged = client.create_run(exp, run_name="pipeline").info.run_id  # a parent run: no pid of its own
+        with tracking.step_run("evaluate", tiny_params, tmp_path, None, ["seed"]) as (run, _):
+            this = run.info.run_id
+    finally:
+        live.kill()
+        live.wait()
+    status = {name: client.get_run(run_id).info.status for name, run_id in left.items()}
+    assert status == {"dead": "KILLED", "live": "RUNNING", "elsewhere": "RUNNING", "same pid before": "KILLED"}
+    assert client.get_run(untagged).info.status == "RUNNING"
+    this_run = client.get_run(this)
+    assert this_run.info.status == "FINISHED" and this_run.data.tags["freshen.pid"] == str(os.getpid())
+    assert this_run.data.tags["freshen.host"] == host

@@ -1,5 +1,7 @@
 """Training on tiny data: forward-pass accounting, no positive as a negative, determinism."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,84 @@ def test_bad_params_fail_before_training():
         check_train_params({"negatives": {"strategy": "stale"}, "batching": "topic"})
     with pytest.raises(FreshenError, match="train.overlap_k"):
         check_train_params({"negatives": {"strategy": "stale"}, "overlap_k": 2.5})
+
+
+@pytest.mark.parametrize("steps", [0, -5, 2.5, "ten", True, None])
+def test_train_steps_must_be_a_positive_integer(steps):
+    with pytest.raises(FreshenError, match=rf"field 'train.steps': must be an integer >= 1, got {steps!r}"):
+        check_train_params({"steps": steps, "negatives": {"strategy": "stale"}})
+    # checked before the pilot, whose own check would blame train.pilot.steps
+    with pytest.raises(FreshenError, match=r"'train.steps'"):
+        check_train_params({"steps": steps, "negatives": {"strategy": "stale"},
+                            "pilot": {"steps": 2, "candidates": [{}, {"lr": 1e-4}]}})
+
+
+@pytest.fixture()
+def project(tmp_path, tiny_params):
+    """A project with prepared data, clusters and the initial cache (what `train` reads), and a
+    one-step model trained there; the pilot off, so that each train run trains once."""
+    from freshen.steps import cluster_queries, embed_cache, prepare
+    from freshen.steps import train as train_step
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    tiny_params["train"]["pilot"]["candidates"] = []
+    tiny_params["train"]["steps"] = 1
+    for step in (prepare, cluster_queries, embed_cache, train_step):
+        step.run(tiny_params, root)
+    return root, tiny_params
+
+
+def snapshot(*paths: Path) -> dict:
+    """Every file under `paths`, as bytes."""
+    out = {}
+    for p in paths:
+        for f in ([p] if p.is_file() else sorted(p.rglob("*"))):
+            if f.is_file():
+                out[str(f)] = f.read_bytes()
+    return out
+
+
+@pytest.mark.parametrize("steps", [0, -5])
+def test_a_refused_train_leaves_the_previous_model_byte_identical(project, steps):
+    from freshen.steps import train as train_step
+
+    root, params = project
+    model = root / params["train"]["out_dir"]
+    outputs = (model, root / params["train"]["metrics"], root / params["train"]["curve"])
+    before = snapshot(*outputs)
+    assert any(name.endswith("model.safetensors") for name in before)
+    siblings = sorted(p.name for p in model.parent.iterdir())
+    params["train"]["steps"] = steps
+    with pytest.raises(FreshenError, match=rf"field 'train.steps': must be an integer >= 1, got {steps}"):
+        train_step.run(params, root)
+    assert snapshot(*outputs) == before
+    assert sorted(p.name for p in model.parent.iterdir()) == siblings  # no temporary, no lock left
+
+
+def test_train_clears_what_a_killed_save_left_and_not_a_live_runs_work(project, tmp_path):
+    """A kill while the model is saved leaves `.model.<pid>.<rand>.tmp` (45 MB for MiniLM); the
+    next train removes it once it holds the model's lock, and leaves a live process's alone."""
+    import subprocess
+    import sys
+
+    from freshen.steps import train as train_step
+
+    root, params = project
+    model = root / params["train"]["out_dir"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = model.with_name(f".model.{dead.pid}.0badc0de.tmp")
+        busy = model.with_name(f".model.{live.pid}.0badc0de.tmp")
+        for tmp in (stale, busy):
+            (tmp / "encoder").mkdir(parents=True)
+            (tmp / "encoder" / "model.safetensors").write_bytes(b"half")
+        train_step.run(params, root)
+        assert not stale.exists()
+        assert (busy / "encoder" / "model.safetensors").read_bytes() == b"half"
+        assert (model / "encoder" / "model.safetensors").is_file()
+    finally:
+        live.kill()
+        live.wait()

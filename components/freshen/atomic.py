@@ -1,22 +1,60 @@
 """Atomic writes: an artifact is either complete or absent, so retries are always safe.
 
 Files go to a temporary sibling and are renamed into place; directories are built in a
-temporary sibling and swapped in with two renames (the old one removed after)."""
+temporary sibling and swapped in with two renames (the old one removed after).
+
+A temporary is named `.<name>.<pid>.<random>.tmp` after its output and the process writing it,
+so a later run can tell what a dead run left (removed by `remove_stale_temps` once that run
+holds the output's lock, see freshen.locks) from another live run's work (left alone).
+Temporaries are created with mode 0666 / 0777 less the umask, as open() and mkdir() create
+anything else: mkstemp's 0600 / 0700 would make a published index or current.json unreadable
+to every consumer but its writer."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import time
 from pathlib import Path
+
+STALE_AFTER = 24 * 3600  # seconds: a temporary without a pid in its name is a dead run's this old
+
+
+def temp_sibling(path: Path) -> Path:
+    """A fresh temporary name beside `path`: `.<name>.<pid>.<8 hex digits>.tmp`."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _new_temp_file(path: Path) -> tuple[int, Path]:
+    """Create a temporary file beside `path`; returns its descriptor (open for writing) and name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = temp_sibling(path)
+        try:  # mode 0666: the kernel applies the umask, as for any file open() creates
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _new_temp_dir(path: Path) -> Path:
+    """Create a temporary folder beside `path` (mode 0777 less the umask) and return it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = temp_sibling(path)
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_temp_file(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -44,13 +82,28 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 @contextlib.contextmanager
+def atomic_file(path: str | Path):
+    """Yield a temporary file name beside `path` for a writer that wants a name (faiss.write_index);
+    on success it replaces `path`, on any error it is removed and `path` is left as it was."""
+    path = Path(path)
+    fd, tmp = _new_temp_file(path)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | Path):
     """Yield a fresh temporary directory; on success it replaces `path` whole.
 
     On any error the temporary directory is removed and `path` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = _new_temp_dir(path)
     try:
         yield tmp
     except BaseException:
@@ -70,3 +123,51 @@ def replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (one of another user's counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_stale(entry: Path, name: str) -> bool:
+    """Whether `entry`, beside output `name`, is a leftover of a dead run of that output."""
+    escaped = re.escape(name)
+    with_pid = (re.fullmatch(rf"\.{escaped}\.(\d+)\.[0-9a-f]{{8}}\.tmp", entry.name)  # temp_sibling
+                or re.fullmatch(rf"\.{escaped}\.old-(\d+)", entry.name))           # replace_dir, killed mid-way
+    if with_pid:
+        # our own pid too: we are only now taking the output's lock, so a temporary with our pid
+        # is an earlier process's that had the same pid (a container's step is pid 1 every retry)
+        pid = int(with_pid.group(1))
+        return pid == os.getpid() or not pid_alive(pid)
+    if re.fullmatch(rf"\.{escaped}\.[A-Za-z0-9_]{{8}}\.tmp", entry.name):  # mkstemp's names: no pid to ask
+        return time.time() - entry.lstat().st_mtime > STALE_AFTER
+    return False
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove what dead runs left beside `path` (a killed save leaves a whole model there) and
+    return it. Call it only on taking `path`'s lock: the lock is what says no other run of this
+    project is writing `path` now; the pid check spares a live process that ignores the lock.
+    `.<name>.partial` (a resumable cache) is never touched: the next run resumes it."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for entry in path.parent.iterdir():
+        if entry.name.startswith(f".{path.name}.") and _is_stale(entry, path.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed.append(entry)
+    return removed

@@ -16,6 +16,7 @@ import numpy as np
 from freshen.atomic import atomic_dir, replace_dir, write_json
 from freshen.errors import DataError
 from freshen.integrity import check_finite_rows, file_sha256
+from freshen.locks import hold
 
 EMBEDDINGS, IDS, MANIFEST, PROGRESS = "embeddings.npy", "ids.json", "manifest.json", "progress.json"
 FORMAT = "freshen-cache/1"
@@ -111,8 +112,17 @@ def build_cache(out_dir: str | Path, ids: list[str], dim: int, encode_rows, mani
     `sink(first_row, block)` and calls `checkpoint(rows_done)` after each chunk. A run that dies
     leaves the partial folder with progress.json; the next run with the same `resume_key` (same
     ids, model and encode settings) continues after the last completed chunk, any other key
-    starts again. Returns the cache and the row it started from."""
+    starts again. Returns the cache and the row it started from.
+
+    The partial folder has one name per output, so it is taken over only under the output's
+    lock (freshen.locks): a second run at the same time fails instead of writing into it."""
     out_dir = Path(out_dir)
+    with hold(out_dir):
+        return _build_cache(out_dir, ids, dim, encode_rows, manifest, resume_key)
+
+
+def _build_cache(out_dir: Path, ids: list[str], dim: int, encode_rows, manifest: dict,
+                 resume_key: str) -> tuple[Cache, int]:
     part = out_dir.with_name(f".{out_dir.name}.partial")
     progress = part / PROGRESS
     start = 0

@@ -7,10 +7,13 @@ Each step runs inside an MLflow child run of the pipeline's parent run."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from freshen.errors import FreshenError
@@ -110,8 +113,37 @@ def run_command(step: str, params: dict, root: Path, args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def stop_cleanly_on_sigterm(step: str):
+    """SIGTERM (docker stop, a deleted pod, Airflow failing a task) becomes SystemExit(143) in the
+    main thread, so every `with` unwinds as on Ctrl-C: the MLflow run ends FAILED instead of
+    RUNNING for ever, temporary folders are removed, locks are let go, and `.partial` caches keep
+    their progress for the resume. A no-op outside the main thread (signals cannot be handled
+    there) and where the host process has a SIGTERM handler of its own (Airflow running the
+    step in-process raises its own exception, which unwinds the same way)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def stop(signum, frame):
+        print(f"freshen {step}: stopped by SIGTERM", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with stop_cleanly_on_sigterm(args.step.replace("-", "_")):
+        return run_step(args)
+
+
+def run_step(args) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -11,16 +11,26 @@ from pathlib import Path
 
 from freshen.cache import Cache, build_cache, ids_digest
 from freshen.encoding import encode_chunks, pick_device
+from freshen.errors import FreshenError
 from freshen.integrity import check_finite_rows
 
 ENCODE_KEYS = ("batch_size", "precision", "max_tokens", "chunk_rows")
 
 
 def encode_options(encode_p: dict) -> dict:
-    """encode.* settings as keyword arguments of encode_chunks."""
-    return {"batch_size": int(encode_p.get("batch_size", 64)), "precision": encode_p.get("precision", "auto"),
-            "max_tokens": int(encode_p["max_tokens"]) if encode_p.get("max_tokens") else None,
-            "chunk_rows": int(encode_p.get("chunk_rows", 4096))}
+    """encode.* settings as keyword arguments of encode_chunks, checked: a bad one fails here,
+    before a cache's partial folder exists, not inside its first chunk."""
+    max_tokens = encode_p.get("max_tokens")  # null or 0: no token budget
+    return {"batch_size": _positive_int(encode_p.get("batch_size", 64), "batch_size"),
+            "precision": encode_p.get("precision", "auto"),
+            "max_tokens": _positive_int(max_tokens, "max_tokens") if max_tokens not in (None, 0) else None,
+            "chunk_rows": _positive_int(encode_p.get("chunk_rows", 4096), "chunk_rows")}
+
+
+def _positive_int(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FreshenError(f"params.yaml: field 'encode.{key}': must be an integer >= 1, got {value!r}")
+    return value
 
 
 def place(encoder, encode_p: dict):

@@ -7,14 +7,12 @@ consumer reads the pointer, then a folder that never changes under it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from freshen.atomic import atomic_dir, write_json
+from freshen.atomic import atomic_dir, atomic_file, write_json
 from freshen.cache import Cache
 from freshen.errors import DataError
 
@@ -36,15 +34,8 @@ def write_index(cache: Cache, out: str | Path | None = None, settings: dict | No
     factory = str(settings.get("kind", "Flat")).strip()
     factory = "Flat" if factory.lower() == "flat" else factory
     index = to_cpu(build_index(cache.embeddings, **settings))
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(out) as tmp:
+        faiss.write_index(index, str(tmp))
     meta = {"kind": "IndexFlatIP" if factory == "Flat" else factory, "count": int(index.ntotal), "dim": cache.dim,
             "file": out.name, "cache": os.path.relpath(cache.path, out.parent),  # relative: same bytes in any checkout
             "ids_sha256": cache.manifest.get("ids_sha256"), "model_digest": cache.manifest.get("model_digest"),

@@ -2,7 +2,11 @@
 
 The tracking store is SQLite in the project folder unless MLFLOW_TRACKING_URI says otherwise.
 The parent run id comes from --parent-run-id / $FRESHEN_PARENT_RUN_ID (Airflow passes it),
-else from .freshen/parent_run (the open pipeline run that DVC stages share); `promote` ends it."""
+else from .freshen/parent_run (the open pipeline run that DVC stages share); `promote` ends it.
+
+A child run ends FAILED when its step raises, or is stopped by SIGTERM (the CLI turns that into
+an exception). A SIGKILL leaves no chance to end it: each child run records its pid and host,
+and the next step on that host marks KILLED the runs left RUNNING by a process that is gone."""
 
 from __future__ import annotations
 
@@ -10,13 +14,16 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
+from freshen.atomic import pid_alive
 from freshen.config import flatten
 
 PARENT_ENV = "FRESHEN_PARENT_RUN_ID"
 STATE_FILE = Path(".freshen") / "parent_run"
+PID_TAG, HOST_TAG = "freshen.pid", "freshen.host"  # which process runs a step's child run
 
 
 def setup(root: Path, experiment: str):
@@ -88,14 +95,34 @@ def end_parent(root: Path, run_id: str, status: str = "FINISHED") -> None:
         state.unlink()
 
 
+def end_dead_runs(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the step runs of this host left RUNNING by a process that no longer exists
+    (SIGKILLed, out of memory, the machine restarted); returns their ids. Only runs tagged with
+    a pid are judged (parent runs outlive their processes), and only on the host of that pid.
+    Our own pid counts as gone: this process opens its step run only after this, so such a run is
+    an earlier process's that had the same pid (a restarted container's step is pid 1 again)."""
+    host = socket.gethostname()
+    runs = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                                             f"tags.`{HOST_TAG}` = '{host}'")
+    ended = []
+    for run in runs:
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
 @contextlib.contextmanager
 def step_run(step: str, params: dict, root: Path, parent: str | None = None, log_sections=None):
-    """A child run for one step, tagged with the git commit and the dvc.lock hashes."""
+    """A child run for one step, tagged with the git commit, the dvc.lock hashes and its process.
+    It ends FAILED on any exception (mlflow.start_run does that), FINISHED otherwise."""
     experiment = params.get("mlflow", {}).get("experiment", "freshen")
     mlflow = setup(root, experiment)
+    end_dead_runs(mlflow.tracking.MlflowClient(), mlflow.get_experiment_by_name(experiment).experiment_id)
     parent_id = parent_run_id(root, parent, experiment)
     tags = {"mlflow.parentRunId": parent_id, "freshen.step": step, "git_commit": git_commit(root),
-            **dvc_lock_tags(root)}
+            PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), **dvc_lock_tags(root)}
     with mlflow.start_run(run_name=step, tags=tags, nested=True) as run:
         chosen = params if log_sections is None else {s: params.get(s) for s in log_sections}
         flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(chosen).items()}

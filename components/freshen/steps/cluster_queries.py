@@ -11,6 +11,7 @@ import numpy as np
 from freshen.atomic import atomic_dir, write_json
 from freshen.embed_corpus import encode_options, place
 from freshen.encoding import encode, set_threads
+from freshen.locks import hold
 from freshen.modeling.encoder import Encoder
 from freshen.steps.common import NullLog, path, prepared
 
@@ -33,6 +34,16 @@ def kmeans(emb: np.ndarray, k: int, niter: int, seed: int, spherical: bool):
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
+    cfg = params["cluster"]
+    encode_options(params["encode"])  # bad settings fail before anything is written
+    with hold(path(root, cfg["out_dir"]), path(root, cfg["metrics"])):  # one cluster-queries at a time
+        stats = cluster(params, root)
+    log.metrics(stats)
+    return stats
+
+
+def cluster(params: dict, root: Path) -> dict:
+    """Embed the training queries, run k-means, write the clusters and their metrics."""
     set_threads()
     ds = prepared(params, root)
     cfg = params["cluster"]
@@ -51,5 +62,4 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         np.save(tmp / "centroids.npy", centroids.astype(np.float32))
         write_json(tmp / "stats.json", {**stats, "sizes": sizes.tolist()})
     write_json(path(root, cfg["metrics"]), stats)
-    log.metrics(stats)
     return stats

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from freshen.cache import load_cache, write_corrected_cache
 from freshen.index_store import publish, read_pointer, write_index
+from freshen.locks import hold
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import model_digest
 from freshen.retrieval import index_settings
@@ -36,14 +37,16 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     corrector = Corrector.load(champ["corrector_dir"], expect_dim=stale.dim).eval()
     serving = path(root, params["orchestration"]["serving_dir"])
     folder = serving / f"corrected-v{champ['version']}-{champ['encoder_digest'][:12]}"
-
-    cache = write_corrected_cache(folder, stale, corrector, {
-        "model": f"models:/{champ['registered_model']}/{champ['version']}", "model_digest": champ["encoder_digest"],
-        "corrector_digest": model_digest(champ["corrector_dir"]), "source": "corrected_index",
-        "stale_cache": str(stale.path), "champion_version": champ["version"]})
-    write_index(cache, settings=index_settings(params.get("evaluate")))
-    pointer = publish(serving, folder, {"corrected": True, **champion_identity(champ)},
-                      keep=int(params["orchestration"]["keep_serving"]))
+    # the serving folder has one writer at a time, this step or publish_index; holding the new
+    # folder's lock too clears what a killed attempt left beside it, inside the serving folder
+    with hold(serving, folder):
+        cache = write_corrected_cache(folder, stale, corrector, {
+            "model": f"models:/{champ['registered_model']}/{champ['version']}",
+            "model_digest": champ["encoder_digest"], "corrector_digest": model_digest(champ["corrector_dir"]),
+            "source": "corrected_index", "stale_cache": str(stale.path), "champion_version": champ["version"]})
+        write_index(cache, settings=index_settings(params.get("evaluate")))
+        pointer = publish(serving, folder, {"corrected": True, **champion_identity(champ)},
+                          keep=int(params["orchestration"]["keep_serving"]))
     log.metrics({"docs": len(cache)})
     print(f"corrected-index: champion v{champ['version']} serves {folder} (corrected from {stale.path})")
     return pointer

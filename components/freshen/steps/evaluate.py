@@ -16,6 +16,7 @@ from freshen.errors import DataError
 from freshen.integrity import checkpoint_digest
 from freshen.embed_corpus import encode_options, place
 from freshen.encoding import encode, set_threads
+from freshen.locks import hold
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
 from freshen.retrieval import (
@@ -48,6 +49,15 @@ def row_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
+    cfg = params["evaluate"]
+    encode_options(params["encode"])  # bad settings fail before anything is written
+    # one evaluate of this project at a time: the runs, the metrics and the plot table
+    with hold(path(root, cfg["out_dir"]), path(root, cfg["metrics"]), path(root, cfg["plot"])):
+        return evaluate_and_write(params, root, log)
+
+
+def evaluate_and_write(params: dict, root: Path, log=NullLog()) -> dict:
+    """Search, score, and write the runs, metrics/eval.json and the plot table; returns the metrics."""
     set_threads()
     cfg, enc_p = params["evaluate"], params["encode"]
     ds = prepared(params, root)

@@ -13,6 +13,7 @@ import yaml
 
 from freshen.atomic import atomic_dir, write_json
 from freshen.errors import FreshenError
+from freshen.locks import hold
 from freshen.modeling.encoder import model_digest
 from freshen.steps.common import NullLog, path
 
@@ -70,6 +71,14 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         raise FreshenError(f"registered model '{name}' (promote.registered_model) has no 'champion' alias yet: "
                            "run the freshen_train DAG or `freshen promote` first") from None
     dest = path(root, params["orchestration"]["champion_dir"])
+    with hold(dest):  # one fetch into this folder at a time
+        return download_champion(name, version, dest, log)
+
+
+def download_champion(name: str, version, dest: Path, log) -> dict:
+    """Download model `version` into `dest` with champion.json, unless that version is already there."""
+    import mlflow
+
     digest_tag = version.tags.get("freshen.model_digest")
     if (dest / INFO).is_file():
         have = json.loads((dest / INFO).read_text())

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from freshen.config import params_hash
+from freshen.locks import hold
 from freshen.modeling.encoder import model_digest
 from freshen.sharding import check_shards, merge
 from freshen.steps.common import NullLog, path, prepared
@@ -22,7 +23,9 @@ def run(params: dict, root: Path, log=NullLog(), num_shards: int | None = None, 
     corpus_ids = prepared(params, root).doc_ids()
     expected = model_digest(model_dir_for(params, root, model_dir))
     shards = check_shards(path(root, orch["shards_dir"]), count, corpus_ids, expected)
-    cache = merge(shards, path(root, orch["refresh_dir"]), {"params_hash": params_hash(params, SECTIONS)})
+    refreshed = path(root, orch["refresh_dir"])
+    with hold(refreshed):  # the refreshed cache has one writer at a time: this step, build_index, version_cache
+        cache = merge(shards, refreshed, {"params_hash": params_hash(params, SECTIONS)})
     stats = {"docs": len(cache), "num_shards": count}
     log.metrics(stats)
     print(f"merge-shards: {count} shards, {len(cache)} rows -> {cache.path}")

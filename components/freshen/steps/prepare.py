@@ -10,6 +10,7 @@ from freshen.atomic import atomic_dir, write_json
 from freshen.data.beir import carve_dev, load_beir, write_qrels
 from freshen.data.fetch import resolve_dataset_dir
 from freshen.errors import DataError
+from freshen.locks import hold
 from freshen.steps.common import NullLog, path
 
 SECTIONS = ["seed", "data"]
@@ -30,6 +31,15 @@ def check_dev_size(dev: dict, least: int, source: Path, given: bool) -> None:
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
+    out = path(root, params["data"]["out_dir"])
+    with hold(out):  # one prepare of this project at a time
+        summary = write_prepared(params, root, out)
+    log.metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return summary
+
+
+def write_prepared(params: dict, root: Path, out: Path) -> dict:
+    """Read and check the dataset, then write its normalised copy to `out`; returns the summary."""
     data = params["data"]
     source = resolve_dataset_dir(data, root)
     ds = load_beir(source, required=("train", "test"))
@@ -38,7 +48,6 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         splits["train"], splits["dev"] = carve_dev(splits["train"], float(data.get("dev_fraction", 0.1)),
                                                    int(params["seed"]))
     check_dev_size(splits["dev"], int(data.get("min_dev_queries", 0) or 0), source, "dev" in ds.qrels)
-    out = path(root, data["out_dir"])
     with atomic_dir(out) as tmp:
         with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as fh:
             for doc_id, doc in ds.corpus.items():
@@ -52,5 +61,4 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
                    **{f"{s}_queries": len(q) for s, q in splits.items()},
                    "dev_carved": "dev" not in ds.qrels}
         write_json(tmp / "manifest.json", {**summary, "source": str(source)})
-    log.metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return summary

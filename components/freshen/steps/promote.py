@@ -16,6 +16,7 @@ from freshen.atomic import write_json
 from freshen.config import get_dotted
 from freshen.errors import FreshenError
 from freshen.integrity import check_measured, checkpoint_digest
+from freshen.locks import hold
 from freshen.steps.common import NullLog, path
 
 SECTIONS = ["promote", "mlflow"]
@@ -160,12 +161,19 @@ def is_registered(params: dict, root: Path) -> bool:
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
+    cfg = params["promote"]
+    margin = zero_shot_margin(cfg)
+    with hold(path(root, cfg["out"])):  # one promote of this project at a time
+        return register_and_decide(params, root, log, margin)
+
+
+def register_and_decide(params: dict, root: Path, log, margin: float) -> dict:
+    """Register the trained model (once), move the aliases, write metrics/promotion.json."""
     import mlflow
 
     from freshen import tracking
 
     cfg = params["promote"]
-    margin = zero_shot_margin(cfg)
     metrics_file = path(root, params["evaluate"]["metrics"])
     metrics = json.loads(metrics_file.read_text())
     value = read_metric(metrics, metrics_file, cfg["metric"], "promote.metric")

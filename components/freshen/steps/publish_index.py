@@ -9,6 +9,7 @@ from pathlib import Path
 from freshen.cache import load_cache
 from freshen.errors import FreshenError
 from freshen.index_store import INDEX_FILE, check_index, link_tree, publish
+from freshen.locks import hold
 from freshen.steps.common import NullLog, path
 from freshen.steps.fetch_champion import champion_identity, read_champion
 from freshen.steps.fetch_champion import skip_reason as no_champion
@@ -32,8 +33,12 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     check_index(cache, cache.path / INDEX_FILE)
     serving = path(root, orch["serving_dir"])
     folder = serving / f"reembedded-v{champ['version']}-{champ['encoder_digest'][:12]}"
-    link_tree(cache.path, folder)
-    pointer = publish(serving, folder, {"corrected": False, **champion_identity(champ)}, keep=int(orch["keep_serving"]))
+    # the serving folder has one writer at a time, this step or corrected_index; holding the new
+    # folder's lock too clears what a killed attempt left beside it, inside the serving folder
+    with hold(serving, folder):
+        link_tree(cache.path, folder)
+        pointer = publish(serving, folder, {"corrected": False, **champion_identity(champ)},
+                          keep=int(orch["keep_serving"]))
     log.tags({"serving_folder": folder.name})
     print(f"publish-index: champion v{champ['version']} serves {folder}")
     return pointer

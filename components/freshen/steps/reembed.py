@@ -11,10 +11,11 @@ from pathlib import Path
 
 from freshen.cache import load_cache, write_corrected_cache
 from freshen.config import params_hash
-from freshen.embed_corpus import embed_to_cache, place
+from freshen.embed_corpus import embed_to_cache, encode_options, place
 from freshen.encoding import set_threads
 from freshen.errors import FreshenError
 from freshen.integrity import file_sha256
+from freshen.locks import hold
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder, model_digest
 from freshen.steps.common import NullLog, path, shown
@@ -24,6 +25,15 @@ SECTIONS = ["encode", "reembed"]
 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
+    encode_options(params["encode"])  # bad settings fail before anything is written
+    with hold(path(root, params["reembed"]["out_dir"])):  # one reembed of this project at a time
+        stats = reembed(params, root)
+    log.metrics(stats)
+    return stats
+
+
+def reembed(params: dict, root: Path) -> dict:
+    """The new cache, encoded with the trained encoder or, with `reembed.corrector`, h(cache)."""
     model_dir = path(root, params["train"]["out_dir"])
     manifest = {"model": shown(model_dir / "encoder", root), "model_digest": model_digest(model_dir / "encoder"),
                 "params_hash": params_hash(params, SECTIONS), "source": "reembed"}
@@ -36,7 +46,6 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         _, stats = embed_to_cache(encoder, corpus, path(root, params["reembed"]["out_dir"]), params["encode"],
                                   {**manifest, "corrected": False, "corpus_sha256": file_sha256(corpus.path)},
                                   "re-embed")
-    log.metrics(stats)
     return stats
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from freshen.config import params_hash
-from freshen.embed_corpus import place
+from freshen.embed_corpus import encode_options, place
 from freshen.encoding import set_threads
 from freshen.errors import FreshenError
+from freshen.locks import hold
 from freshen.modeling.encoder import Encoder, model_digest
-from freshen.sharding import embed_shard, shard_bounds
+from freshen.sharding import embed_shard, shard_bounds, shard_name
 from freshen.steps.common import NullLog, path, shown
 from freshen.steps.embed_cache import prepared_corpus
 from freshen.steps.fetch_champion import read_champion
@@ -34,12 +35,15 @@ def run(params: dict, root: Path, log=NullLog(), shard: int | None = None, num_s
     corpus = prepared_corpus(params, root)
     ids = corpus.ids
     start, stop = shard_bounds(len(ids), shard, count)  # fail on a bad shard before loading the model
-    mdir = model_dir_for(params, root, model_dir)
-    encoder = place(Encoder.load(mdir), params["encode"])
-    cache = embed_shard(encoder, corpus, shard, count, path(root, params["orchestration"]["shards_dir"]),
-                        params["encode"], {"model": shown(mdir, root), "model_digest": model_digest(mdir),
-                                           "params_hash": params_hash(params, ["encode"]), "source": "reembed_shard",
-                                           "corrected": False})
+    encode_options(params["encode"])
+    shards_dir = path(root, params["orchestration"]["shards_dir"])
+    with hold(shards_dir / shard_name(shard, count)):  # other shards run in parallel; this one, once
+        mdir = model_dir_for(params, root, model_dir)
+        encoder = place(Encoder.load(mdir), params["encode"])
+        cache = embed_shard(encoder, corpus, shard, count, shards_dir, params["encode"],
+                            {"model": shown(mdir, root), "model_digest": model_digest(mdir),
+                             "params_hash": params_hash(params, ["encode"]), "source": "reembed_shard",
+                             "corrected": False})
     stats = {"shard": shard, "num_shards": count, "docs": stop - start}
     log.metrics(stats)
     print(f"reembed-shard: rows {start}..{stop} of {len(ids)} -> {cache.path}")

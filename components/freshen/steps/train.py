@@ -15,6 +15,7 @@ from freshen.data.teacher import read_teacher_scores
 from freshen.embed_corpus import place
 from freshen.encoding import set_threads
 from freshen.errors import FreshenError
+from freshen.locks import hold
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
 from freshen.steps.common import NullLog, checked_cache, path, prepared, read_clusters
@@ -71,7 +72,15 @@ def verdict(validations: list[dict], best_step: int | None, keep_best: bool) -> 
 
 def run(params: dict, root: Path, log=NullLog()) -> dict:
     p = params["train"]
-    check_train_params(p)  # fail on bad params before loading anything heavy
+    check_train_params(p)  # fail on bad params before loading anything heavy or touching an output
+    # one train of this project at a time: the model, the metrics rewritten at every evaluation, the curve
+    with hold(path(root, p["out_dir"]), path(root, p["metrics"]), path(root, p["curve"])):
+        return train_and_save(params, root, log)
+
+
+def train_and_save(params: dict, root: Path, log=NullLog()) -> dict:
+    """The pilot when there is one, training, then the model, metrics and curve written."""
+    p = params["train"]
     set_threads()
     ds = prepared(params, root)
     cache = checked_cache(path(root, params["cache"]["out_dir"]), params, root, ds)

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from freshen.errors import FreshenError
+from freshen.locks import hold
 from freshen.steps.common import NullLog, path
 
 SECTIONS = ["orchestration"]
@@ -37,11 +38,12 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     if not target.is_dir():
         raise FreshenError(f"{target}: no refreshed cache to version (run merge-shards first)")
     rel = str(target.resolve().relative_to(root.resolve()))
-    dvc(root, "add", rel)
-    dvc_file = root / f"{rel}.dvc"
-    out = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])[0]
-    if orch["dvc"]["push"]:
-        dvc(root, "push", str(dvc_file.relative_to(root)))
+    with hold(target):  # no merge-shards or build-index changes the folder while DVC hashes it
+        dvc(root, "add", rel)
+        dvc_file = root / f"{rel}.dvc"
+        out = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])[0]
+        if orch["dvc"]["push"]:
+            dvc(root, "push", str(dvc_file.relative_to(root)))
     info = {"dvc_file": str(dvc_file.relative_to(root)), "md5": out.get("md5"), "pushed": bool(orch["dvc"]["push"])}
     log.tags({"dvc.refreshed.md5": info["md5"]})
     print(f"version-cache: {rel} -> {info['dvc_file']} (md5 {info['md5']})")

@@ -73,6 +73,10 @@ class TrainResult:
 
 
 def check_train_params(p: dict) -> None:
+    """Refuse bad `train` params, before train loads anything or touches an output (train.steps 0
+    used to replace the model with the untrained encoder, then fail)."""
+    if "steps" in p:  # params.yaml always has it (--set cannot remove a key); unit tests' sections may not
+        _check_int(p["steps"], "train.steps", 1)  # first: the pilot's check below compares with it
     neg = p.get("negatives", {})
     if neg.get("strategy") not in STRATEGIES:
         raise FreshenError(f"params.yaml: field 'train.negatives.strategy': must be one of {STRATEGIES}, "
