@@ -16,6 +16,7 @@ from freshen.cache import load_cache
 from freshen.cli import main
 from freshen.errors import FreshenError
 from freshen.index_store import INDEX_FILE, check_index, read_pointer
+from freshen.integrity import checkpoint_digest
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder, model_digest
 from freshen.steps import build_index, corrected_index, merge_shards, prepare, reembed, reembed_shard
@@ -169,7 +170,7 @@ def make_champion(root, params, version="3"):
     corrector.save(champ / "corrector")
     (champ / "champion.json").write_text(json.dumps({
         "registered_model": "freshen-retriever", "version": version, "encoder_digest": model_digest(champ / "encoder"),
-        "has_corrector": True}))
+        "checkpoint_digest": checkpoint_digest(champ), "has_corrector": True}))
     return champ, corrector
 
 
@@ -209,7 +210,8 @@ def test_publish_refuses_a_cache_made_by_another_model(project):
     build_index.run(params, root)
     make_champion(root, params)
     (root / params["orchestration"]["champion_dir"] / "champion.json").write_text(json.dumps({
-        "registered_model": "freshen-retriever", "version": "4", "encoder_digest": "f" * 64, "has_corrector": False}))
+        "registered_model": "freshen-retriever", "version": "4", "encoder_digest": "f" * 64, "checkpoint_digest": "e" * 64,
+        "has_corrector": False}))
     from freshen.steps import publish_index
 
     with pytest.raises(FreshenError, match="field 'model_digest'.*not by champion v4"):
