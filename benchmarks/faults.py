@@ -286,7 +286,7 @@ def case_concurrent_embed(root: Path) -> Outcome:
         return Outcome("lost", f"final cache holds {files}")
     if second.returncode not in (0, 2) or "Traceback" in second.stderr:
         return Outcome("traceback", second.stderr.strip().splitlines()[-1][:200])
-    how = "waited and found it done" if second.returncode == 0 else second.stderr.strip().splitlines()[-1][:160]
+    how = "exit 0 (it ran after the first)" if second.returncode == 0 else second.stderr.strip().splitlines()[-1][:160]
     return Outcome("recovered", f"first run complete and byte-identical; second: {how}")
 
 
