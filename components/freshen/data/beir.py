@@ -28,7 +28,7 @@ class BeirDataset:
     corpus: dict[str, dict]  # doc id -> {"title": str, "text": str}, file order kept
     queries: dict[str, str]  # query id -> text
     qrels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # split -> qid -> docid -> rel
-    _evaluated: dict = field(default_factory=dict, repr=False, compare=False)  # split -> evaluation_qrels
+    _evaluated: dict = field(default_factory=dict, repr=False, compare=False)  # split -> (qrels, evaluation_qrels)
 
     def doc_ids(self) -> list[str]:
         return list(self.corpus)
@@ -53,9 +53,10 @@ class BeirDataset:
         """The split's judgements as evaluation uses them: a query with no judgement > 0 would
         score 0 for every system and only lower the mean, so it is left out, with a warning
         naming the file and the count (once per split)."""
-        if split not in self._evaluated:
-            self._evaluated[split] = relevant_queries(self.qrels[split], self.root / "qrels" / f"{split}.tsv")
-        return self._evaluated[split]
+        source = self.qrels[split]
+        if split not in self._evaluated or self._evaluated[split][0] is not source:  # computed, for these qrels
+            self._evaluated[split] = (source, relevant_queries(source, self.root / "qrels" / f"{split}.tsv"))
+        return self._evaluated[split][1]
 
 
 def relevant_queries(qrels: dict[str, dict[str, int]], path: Path) -> dict[str, dict[str, int]]:
