@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from freshen.errors import DataError
+from freshen.jsonfile import json_message
 
 SPLITS = ("train", "dev", "test")
 BOM = "\ufeff"
@@ -91,13 +92,6 @@ def _read_lines(path: Path):
             yield lineno, at, text.removeprefix(BOM) if lineno == 1 else text
 
 
-def _json_message(exc: json.JSONDecodeError) -> str:
-    """json's message with the column: "Expecting value at column 5", "Unterminated string
-    starting at column 9" (that message already ends in "at")."""
-    at = "" if exc.msg.endswith(" at") else " at"
-    return f"{exc.msg}{at} column {exc.colno}"
-
-
 def _read_jsonl(path: Path, offsets: bool = False):
     """(line number, object) per non-blank line; with `offsets`, (line number, byte offset, object)."""
     for lineno, at, text in _read_lines(path):
@@ -107,7 +101,7 @@ def _read_jsonl(path: Path, offsets: bool = False):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(path, f"not valid JSON ({_json_message(exc)})", lineno) from None
+            raise DataError(path, f"not valid JSON ({json_message(exc, line=False)})", lineno) from None
         if not isinstance(obj, dict):
             raise DataError(path, "each line must be a JSON object", lineno)
         yield (lineno, at, obj) if offsets else (lineno, obj)
