@@ -75,12 +75,17 @@ def test_nprobe_is_honoured_and_training_is_seeded():
 
 
 def test_invalid_index_names_the_param():
+    """A user's setting: a FreshenError (one line from the CLI, exit 2), not a ValueError."""
+    from freshen.errors import FreshenError
+
     x, _, _ = clustered(n=500)
-    with pytest.raises(ValueError, match=r"evaluate\.index: 'IVFx,Flat' is not a valid faiss index_factory"):
+    with pytest.raises(FreshenError, match=r"params\.yaml: field 'evaluate\.index': 'IVFx,Flat' is not a valid faiss "
+                                           r"index_factory"):
         build_index(x, "IVFx,Flat", param="evaluate.index")
-    with pytest.raises(ValueError, match=r"evaluate\.index: 'IVF1024,Flat' has 1024 inverted lists but .* 500 rows"):
+    with pytest.raises(FreshenError, match=r"field 'evaluate\.index': 'IVF1024,Flat' has 1024 inverted lists but .* "
+                                           r"500 rows"):
         make_index(x, {"index": "IVF1024,Flat"})
-    with pytest.raises(ValueError, match=r"train\.negatives\.ann_index: 'bogus'"):
+    with pytest.raises(FreshenError, match=r"field 'train\.negatives\.ann_index': 'bogus'"):
         CacheScorer(torch.from_numpy(x), {"ann_threshold": 100, "ann_index": "bogus"})
 
 

@@ -78,7 +78,7 @@ def doc_text(doc: dict) -> str:
     return f"{title} {text}".strip() if title else text.strip()
 
 
-def _read_lines(path: Path):
+def read_lines(path: Path):
     """(line number, byte offset, text) per line of a UTF-8 file, line ending kept; a BOM
     starting the file is dropped, and bytes that are not UTF-8 are reported with their line."""
     offset = 0
@@ -94,7 +94,7 @@ def _read_lines(path: Path):
 
 def _read_jsonl(path: Path, offsets: bool = False):
     """(line number, object) per non-blank line; with `offsets`, (line number, byte offset, object)."""
-    for lineno, at, text in _read_lines(path):
+    for lineno, at, text in read_lines(path):
         line = text.strip()
         if not line:
             continue
@@ -125,7 +125,7 @@ def _first_line_of(path: Path, key: str) -> int | None:
     return None
 
 
-def _check_id_text(path: Path, lineno: int, field_name: str, key: str) -> None:
+def check_id_text(path: Path, lineno: int, field_name: str, key: str) -> None:
     """An id is written into TREC run files, whose fields are separated by whitespace."""
     if key == "":
         raise DataError(path, "empty: an id is needed", lineno, field_name)
@@ -140,7 +140,7 @@ def _check_id(path: Path, lineno: int, obj: dict, seen: set, first_line: dict[st
     if not isinstance(raw, (str, int)) or isinstance(raw, bool) or str(raw).strip() == "":
         raise DataError(path, f"must be a non-empty string, got {raw!r}", lineno, "_id")
     key = str(raw)
-    _check_id_text(path, lineno, "_id", key)
+    check_id_text(path, lineno, "_id", key)
     _check_unicode(path, lineno, "_id", key)
     if key in seen:
         first = first_line[key] if first_line is not None else _first_line_of(path, key)
@@ -222,7 +222,7 @@ def read_scored_pairs(path: str | Path, corpus: dict, queries: dict, parse, doc_
     ValueError saying what it must be. With `trec`, `qid Q0 docid rel` rows are read too."""
     path = Path(path)
     pairs: dict[str, dict] = {}
-    for lineno, _, raw in _read_lines(path):
+    for lineno, _, raw in read_lines(path):
         line = raw.rstrip("\r\n")
         if not line.strip():
             continue
@@ -234,8 +234,8 @@ def read_scored_pairs(path: str | Path, corpus: dict, queries: dict, parse, doc_
             if lineno == 1 and not _is_number(raw_value) and qid not in queries and docid not in corpus:
                 continue
             raise DataError(path, f"{exc}, got {raw_value!r}", lineno, "score") from None
-        _check_id_text(path, lineno, "query-id", qid)
-        _check_id_text(path, lineno, doc_field, docid)
+        check_id_text(path, lineno, "query-id", qid)
+        check_id_text(path, lineno, doc_field, docid)
         if qid not in queries:
             raise DataError(path, f"unknown query id '{qid}' (not in queries.jsonl)", lineno, "query-id")
         if docid not in corpus:
