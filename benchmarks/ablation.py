@@ -97,11 +97,11 @@ def run_arm(base: dict, arm: str, args) -> dict:
 
         ds = prepared(base, ROOT)
         cache = load_cache(ROOT / base["cache"]["out_dir"])
-        qids = sorted(ds.qrels["test"])
+        qids = sorted(ds.evaluation_qrels("test"))
         q = encode(Encoder.from_params(base["model"]), [ds.queries[x] for x in qids], "query",
                    precision=base["encode"]["precision"])
         scores, rows = search(build_index(cache.embeddings), q, 100)
-        test = evaluate_run(ds.qrels["test"], exclude_self(to_run(qids, cache.ids, scores, rows)))
+        test = evaluate_run(ds.evaluation_qrels("test"), exclude_self(to_run(qids, cache.ids, scores, rows)))
         return {"arm": arm, "test": test, "train_passage_passes": 0, "reembed_passes": 0, "refreshes": 0,
                 "wall_seconds": round(time.perf_counter() - started, 1)}
     p = arm_params(base, arm, args.steps, refresh_interval(args.steps, args.refreshes, args.refresh_every), work,

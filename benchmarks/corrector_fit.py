@@ -78,7 +78,7 @@ def main() -> None:
     fresh = torch.from_numpy(np.asarray(fresh_c.embeddings, dtype=np.float32))
     model_dir = path(ROOT, params["train"]["out_dir"])
     encoder = place(Encoder.load(model_dir / "encoder"), params["encode"])
-    qids = sorted(ds.qrels[args.split])
+    qids = sorted(ds.evaluation_qrels(args.split))
     queries = encode(encoder, [ds.queries[q] for q in qids], "query", **encode_options(params["encode"]))
     cfg = {**params["evaluate"], "use_gpu": False}
     _, fresh_rows = search(make_index(fresh.numpy(), cfg), queries, 100)
@@ -86,7 +86,7 @@ def main() -> None:
 
     def row(name: str, n: int | str, table: torch.Tensor, held: torch.Tensor, seconds: float) -> str:
         scores, rows = search(make_index(np.ascontiguousarray(table.numpy()), cfg), queries, 100)
-        m = evaluate_run(ds.qrels[args.split], exclude_self(to_run(qids, stale_c.ids, scores, rows)))
+        m = evaluate_run(ds.evaluation_qrels(args.split), exclude_self(to_run(qids, stale_c.ids, scores, rows)))
         cos = torch.nn.functional.cosine_similarity(table[held], fresh[held], dim=-1).mean()
         return (f"| {name} | {n} | {float(cos):.4f} | {m['ndcg_at_10']:.4f} | {overlap_at(rows, fresh_rows):.4f} "
                 f"| {overlap_at(rows[:, :10], fresh_rows[:, :10]):.4f} | {seconds:.0f} |")

@@ -62,3 +62,78 @@ def test_atomic_dir_never_publishes_partial(tmp_path):
             (tmp / "half").write_text("x")
             raise ValueError
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name,body,message", [
+    ("manifest.json", "{not json", r"manifest\.json: not valid JSON \(Expecting property name enclosed in double "
+                                    r"quotes at line 1 column 2\)"),
+    ("manifest.json", "", r"manifest\.json: not valid JSON \(the file is empty\)"),
+    ("manifest.json", "[1, 2]", r"manifest\.json: must be a JSON object, got a list"),
+    ("ids.json", '["a", "b"', r"ids\.json: not valid JSON"),
+    ("ids.json", '{"a": 0}', r"ids\.json: must be a JSON list of document ids, got a dict"),
+    ("ids.json", '["a", 2]', r"ids\.json: must be a JSON list of document ids \(strings\), item 2 is 2"),
+])
+def test_unreadable_manifest_or_ids_is_named(tmp_path, name, body, message):
+    write_cache(tmp_path / "c", ["a", "b"], 3, _fill(np.ones((2, 3))), {})
+    (tmp_path / "c" / name).write_text(body)
+    with pytest.raises(DataError, match=message):
+        load_cache(tmp_path / "c")
+
+
+@pytest.mark.parametrize("field", ["format", "count", "dim", "dtype"])
+def test_manifest_without_a_field_is_named(tmp_path, field):
+    write_cache(tmp_path / "c", ["a", "b"], 3, _fill(np.ones((2, 3))), {})
+    mf = tmp_path / "c" / "manifest.json"
+    m = json.loads(mf.read_text())
+    del m[field]
+    mf.write_text(json.dumps(m))
+    with pytest.raises(DataError, match=rf"manifest\.json: field '{field}': missing"):
+        load_cache(tmp_path / "c")
+
+
+@pytest.mark.parametrize("keep,message", [
+    (0, r"embeddings\.npy: the file is empty \(0 bytes\)"),
+    (20, r"embeddings\.npy: not a readable \.npy array, truncated or damaged"),
+    (-6, r"embeddings\.npy: not a readable \.npy array, truncated or damaged"),
+])
+def test_empty_or_truncated_embeddings_are_named(tmp_path, keep, message):
+    write_cache(tmp_path / "c", ["a", "b"], 3, _fill(np.ones((2, 3))), {})
+    emb = tmp_path / "c" / "embeddings.npy"
+    data = emb.read_bytes()
+    emb.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+    with pytest.raises(DataError, match=message):
+        load_cache(tmp_path / "c")
+
+
+def test_a_garbled_progress_file_starts_the_cache_again(tmp_path):
+    """progress.json is only a resume hint: unreadable, the build starts from row 0."""
+    from freshen.cache import build_cache
+
+    part = tmp_path / ".c.partial"
+    part.mkdir()
+    (part / "embeddings.npy").write_bytes(b"")
+    (part / "progress.json").write_text('{"resume_key": ')
+
+    def encode_rows(start, sink, checkpoint):
+        sink(start, np.full((2 - start, 3), 4.0))
+        checkpoint(2)
+
+    cache, start = build_cache(tmp_path / "c", ["a", "b"], 3, encode_rows, {}, resume_key="k")
+    assert start == 0 and float(cache.embeddings[1, 2]) == 4.0 and not part.exists()
+
+
+def test_a_damaged_partial_array_starts_the_cache_again(tmp_path):
+    from freshen.atomic import write_json
+    from freshen.cache import build_cache
+
+    part = tmp_path / ".c.partial"
+    part.mkdir()
+    (part / "embeddings.npy").write_bytes(b"\x93NUMPY")  # the build died while creating it
+    write_json(part / "progress.json", {"resume_key": "k", "rows_done": 1, "rows": 2})
+
+    def encode_rows(start, sink, checkpoint):
+        sink(start, np.full((2 - start, 3), 4.0))
+        checkpoint(2)
+
+    cache, start = build_cache(tmp_path / "c", ["a", "b"], 3, encode_rows, {}, resume_key="k")
+    assert start == 0 and float(cache.embeddings[0, 0]) == 4.0

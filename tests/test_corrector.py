@@ -138,3 +138,52 @@ def test_cross_entropy_term_aligns_the_corrected_ranking():
         loss.backward()
         opt.step()
     assert before < 0.5 and agreement() > 0.6
+
+
+def _saved(tmp_path, **kw):
+    h = Corrector(8, "residual_mlp", hidden=12, **kw)
+    h.save(tmp_path / "c")
+    return tmp_path / "c"
+
+
+@pytest.mark.parametrize("keep", [0, 4, 40, -8])
+def test_truncated_weights_are_named(tmp_path, keep):
+    from freshen.errors import DataError
+
+    weights = _saved(tmp_path) / "corrector.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+    with pytest.raises(DataError, match=r"corrector\.safetensors: not a readable safetensors file"):
+        Corrector.load(tmp_path / "c")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"hidden": 16}, r"corrector\.safetensors: the weights do not fit .*corrector\.json: size mismatch for mlp\.0\.weight"),
+    ({"arch": "linear"}, r"corrector\.safetensors: the weights do not fit .*corrector\.json: missing linear\.weight"),
+    ({"depth": 2}, r"corrector\.safetensors: the weights do not fit .*corrector\.json: missing mlp\.4\.weight"),
+])
+def test_config_and_weights_that_disagree_are_named(tmp_path, change, message):
+    import json
+
+    from freshen.errors import DataError
+
+    folder = _saved(tmp_path)
+    cfg = json.loads((folder / "corrector.json").read_text())
+    (folder / "corrector.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(DataError, match=message):
+        Corrector.load(folder, expect_dim=8)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("{", r"corrector\.json: not valid JSON"),
+    ('{"arch": "linear"}', r"corrector\.json: field 'dim': missing"),
+    ('{"dim": 8, "width": 3}', r"corrector\.json: field 'width': unknown setting"),
+    ('{"dim": "eight"}', r"corrector\.json: field 'dim': must be an integer >= 1, got 'eight'"),
+])
+def test_a_bad_corrector_config_is_named(tmp_path, body, message):
+    from freshen.errors import DataError
+
+    folder = _saved(tmp_path)
+    (folder / "corrector.json").write_text(body)
+    with pytest.raises(DataError, match=message):
+        Corrector.load(folder, expect_dim=8)

@@ -111,3 +111,135 @@ def test_non_utf8_line_is_named(tiny_beir):
     path.write_bytes(b"\n".join(lines) + b"\n")
     with pytest.raises(DataError, match=r"corpus\.jsonl:9: not valid UTF-8"):
         load_beir(tiny_beir)
+
+
+def _qrels_line(tiny_beir, lineno, new, split="test"):
+    _rewrite_line(tiny_beir / "qrels" / f"{split}.tsv", lineno, new)
+
+
+@pytest.mark.parametrize("score", ["0.7", "1.5", "abc", "nan", "inf", "1e400"])
+def test_qrels_score_must_be_an_integer_grade(tiny_beir, score):
+    """A fractional grade is refused, not truncated (0.7 used to become 0: the positive vanished)."""
+    _qrels_line(tiny_beir, 3, f"q31\td31\t{score}")
+    with pytest.raises(DataError, match=rf"test\.tsv:3: field 'score': must be an integer grade .*got '{score}'"):
+        load_beir(tiny_beir)
+
+
+def test_qrels_integer_grades_are_read_as_written(tiny_beir):
+    _qrels_line(tiny_beir, 3, "q31\td31\t2")
+    _qrels_line(tiny_beir, 4, "q32\td32\t2.0")  # an integer written as a float is that integer
+    _qrels_line(tiny_beir, 5, "q33\td33\t-1")
+    test = load_beir(tiny_beir).qrels["test"]
+    assert test["q31"] == {"d31": 2} and test["q32"] == {"d32": 2} and test["q33"] == {"d33": -1}
+    assert all(isinstance(r, int) for docs in test.values() for r in docs.values())
+
+
+@pytest.mark.parametrize("bad", ["d 2", "d\t2", "d2\n", " d2", "d\u00a02"])
+def test_corpus_and_query_ids_with_whitespace_are_refused(tiny_beir, bad):
+    """TREC run files separate fields by whitespace: such an id would make evaluate's runs unreadable."""
+    _rewrite_line(tiny_beir / "corpus.jsonl", 3, json.dumps({"_id": bad, "title": "", "text": "x"}))
+    with pytest.raises(DataError, match=r"corpus\.jsonl:3: field '_id': must not contain whitespace"):
+        load_beir(tiny_beir)
+    make_beir(tiny_beir)
+    _rewrite_line(tiny_beir / "queries.jsonl", 2, json.dumps({"_id": bad.replace("d", "q"), "text": "x"}))
+    with pytest.raises(DataError, match=r"queries\.jsonl:2: field '_id': must not contain whitespace"):
+        load_beir(tiny_beir)
+
+
+@pytest.mark.parametrize("row,field,message", [
+    ("q31 x\td31\t1", "query-id", "must not contain whitespace"),
+    ("q31\td 31\t1", "corpus-id", "must not contain whitespace"),
+    ("\td31\t1", "query-id", "empty"),
+    ("q31\t\t1", "corpus-id", "empty"),
+])
+def test_qrels_ids_with_whitespace_or_empty_are_refused(tiny_beir, row, field, message):
+    _qrels_line(tiny_beir, 3, row)
+    with pytest.raises(DataError, match=rf"test\.tsv:3: field '{field}': {message}"):
+        load_beir(tiny_beir)
+
+
+def test_qrels_four_columns_are_named_as_such(tiny_beir):
+    _qrels_line(tiny_beir, 3, "q31\td31\t1\textra")
+    with pytest.raises(DataError, match=r"test\.tsv:3: the row has 4 columns, 3 expected \(query-id, corpus-id, "
+                                        r"score\)") as err:
+        load_beir(tiny_beir)
+    assert err.value.field is None  # not blamed on 'score'
+    _qrels_line(tiny_beir, 3, "q31 Q0 d31 2")  # a TREC qrels row still reads
+    assert load_beir(tiny_beir).qrels["test"]["q31"] == {"d31": 2}
+
+
+@pytest.mark.parametrize("name,lineno", [("qrels/test.tsv", 4), ("queries.jsonl", 6), ("corpus.jsonl", 9)])
+def test_non_utf8_bytes_name_the_file_and_line(tiny_beir, name, lineno):
+    path = tiny_beir / name
+    lines = path.read_bytes().splitlines()
+    lines[lineno - 1] = lines[lineno - 1].replace(b"\t", b"\t\xe9", 1).replace(b'"text": "', b'"text": "\xe9', 1)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError, match=rf"{name.replace('.', '[.]')}:{lineno}: not valid UTF-8"):
+        load_beir(tiny_beir)
+
+
+def test_a_utf8_bom_is_stripped(tiny_beir):
+    """Editors on Windows start files with a BOM; it is not part of the first id or the header."""
+    from freshen.data.corpus_file import CorpusFile
+
+    make_beir(tiny_beir, header=False)
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "qrels/train.tsv"):
+        path = tiny_beir / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    ds = load_beir(tiny_beir)
+    assert "d0" in ds.corpus and "q0" in ds.queries and ds.qrels["train"]["q0"] == {"d0": 1}
+    assert ds.qrels["test"]["q30"] == {"d30": 1}
+    corpus = CorpusFile(tiny_beir / "corpus.jsonl")
+    assert corpus.ids[0] == "d0" and corpus.read(0, 1) == ds.doc_texts(["d0"])
+
+
+def test_json_error_message_reads_plainly(tiny_beir):
+    _rewrite_line(tiny_beir / "corpus.jsonl", 3, '{"_id": "d2", "text": "abc')
+    with pytest.raises(DataError, match=r"corpus\.jsonl:3: not valid JSON \(Unterminated string starting at "
+                                        r"column 23\)") as err:
+        load_beir(tiny_beir)
+    assert "at at" not in str(err.value)
+
+
+def _zero_judged(tiny_beir, qids):
+    """Judge each of `qids` (test queries q30..) only with score 0."""
+    path = tiny_beir / "qrels" / "test.tsv"
+    lines = [line for line in path.read_text().splitlines() if line.split("\t")[0] not in qids]
+    lines += [f"{q}\td{q[1:]}\t0" for q in qids] + [f"{q}\td0\t0" for q in qids]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_queries_without_a_relevant_judgement_are_left_out_of_evaluation(tiny_beir, caplog):
+    _zero_judged(tiny_beir, ["q31", "q35", "q40"])
+    ds = load_beir(tiny_beir)
+    assert ds.qrels["test"]["q31"] == {"d31": 0, "d0": 0}  # read as written
+    with caplog.at_level("WARNING"):
+        judged = ds.evaluation_qrels("test")
+        assert ds.evaluation_qrels("test") is judged  # asked again: no second warning
+    assert set(judged) == set(ds.qrels["test"]) - {"q31", "q35", "q40"} and len(judged) == 9
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{tiny_beir / 'qrels' / 'test.tsv'}: 3 queries have no relevant judgement (score > 0); "
+                        "left out of evaluation"]
+
+
+def test_a_split_with_no_relevant_judgement_cannot_be_evaluated(tiny_beir):
+    _zero_judged(tiny_beir, [f"q{i}" for i in range(30, 42)])
+    ds = load_beir(tiny_beir)
+    with pytest.raises(DataError, match=r"test\.tsv: no query has a relevant judgement \(score > 0\): "
+                                        r"nothing to evaluate"):
+        ds.evaluation_qrels("test")
+
+
+def test_failed_download_names_the_url_and_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    url = (tmp_path / "no-such.zip").as_uri()
+    data = {"name": "tiny", "local_dir": str(tmp_path / "not-here"), "url": url,
+            "download_dir": str(tmp_path / "downloads"), "sha256": {}}
+    with pytest.raises(FreshenError) as err:
+        resolve_dataset_dir(data, tmp_path)
+    message = str(err.value)
+    assert url in message and str(tmp_path / "downloads" / "tiny") in message and str(tmp_path / "not-here") in message
+    (tmp_path / "no-such.zip").write_text("not a zip archive")
+    with pytest.raises(DataError, match=r"no-such\.zip: not a zip archive"):
+        resolve_dataset_dir(data, tmp_path)
+    assert not (tmp_path / "downloads" / "tiny").exists()

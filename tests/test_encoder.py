@@ -107,3 +107,45 @@ def test_saved_folder_does_not_depend_on_where_the_default_model_is_installed(ti
         assert json.loads((tmp_path / f"saved{i}" / "freshen_encoder.json").read_text())["base_model"] == DEFAULT_MODEL
         digests.append(model_digest(tmp_path / f"saved{i}"))
     assert digests[0] == digests[1]
+
+
+@pytest.fixture()
+def saved_encoder(tiny_model, tmp_path):
+    Encoder.from_params({"name_or_path": str(tiny_model)}).save(tmp_path / "enc")
+    return tmp_path / "enc"
+
+
+@pytest.mark.parametrize("keep", [0, 4, 100, -16])
+def test_truncated_encoder_weights_are_named(saved_encoder, keep):
+    from freshen.errors import DataError
+
+    weights = saved_encoder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+    with pytest.raises(DataError, match=r"enc/model\.safetensors: not a readable safetensors file"):
+        Encoder.load(saved_encoder)
+
+
+def test_encoder_weights_that_do_not_fit_the_config_are_named(saved_encoder):
+    from freshen.errors import DataError
+
+    cfg = json.loads((saved_encoder / "config.json").read_text())
+    (saved_encoder / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 48}))
+    with pytest.raises(DataError, match=r"enc/model\.safetensors: the weights do not fit .*enc/config\.json"):
+        Encoder.load(saved_encoder)
+
+
+def test_missing_encoder_weights_and_bad_meta_are_named(saved_encoder):
+    from freshen.errors import DataError
+
+    meta = saved_encoder / "freshen_encoder.json"
+    meta.write_text("{")
+    with pytest.raises(DataError, match=r"freshen_encoder\.json: not valid JSON"):
+        Encoder.load(saved_encoder)
+    meta.write_text('{"pooling": "mean", "layers": 3}')
+    with pytest.raises(DataError, match=r"freshen_encoder\.json: field 'layers': unknown setting"):
+        Encoder.load(saved_encoder)
+    meta.write_text('{"pooling": "mean"}')
+    (saved_encoder / "model.safetensors").unlink()
+    with pytest.raises(DataError, match=r"enc: cannot load the model: .*no file named model\.safetensors"):
+        Encoder.load(saved_encoder)

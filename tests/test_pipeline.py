@@ -452,3 +452,43 @@ def test_step_runs_a_dead_process_left_running_are_marked_killed(tmp_path, mlflo
     this_run = client.get_run(this)
     assert this_run.info.status == "FINISHED" and this_run.data.tags["freshen.pid"] == str(os.getpid())
     assert this_run.data.tags["freshen.host"] == host
+
+
+def test_a_fractional_grade_stops_prepare_with_the_file_line_and_field(project, mlflow_uri, tiny_params):
+    qrels = Path(tiny_params["data"]["local_dir"]) / "qrels" / "test.tsv"
+    qrels.write_text(qrels.read_text().replace("q31\td31\t1", "q31\td31\t0.7"))
+    res = freshen(project, "prepare", ok=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "qrels/test.tsv:3: field 'score': must be an integer grade (0, 1, 2, ...), got '0.7'" in res.stderr
+    assert not (project / "data").exists()
+
+
+def _fail_loading_params(monkeypatch, exc):
+    def load_params(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr("freshen.config.load_params", load_params)
+
+
+def test_an_unexpected_error_is_one_line_with_a_hint_and_exit_1(tmp_path, monkeypatch, capsys):
+    from freshen.cli import main
+
+    _fail_loading_params(monkeypatch, RuntimeError("boom\nmore detail"))
+    assert main(["prepare", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["freshen prepare: error: RuntimeError: boom "
+                                "(unexpected; rerun with -v for the traceback)"]
+    assert main(["prepare", "--root", str(tmp_path), "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "more detail" in err
+    assert err.splitlines()[-1] == "freshen prepare: error: RuntimeError: boom"
+
+
+def test_a_freshen_error_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from freshen.cli import main
+    from freshen.errors import DataError
+
+    _fail_loading_params(monkeypatch, DataError("qrels/test.tsv", "must be an integer grade", 3, "score"))
+    assert main(["prepare", "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "freshen prepare: error: qrels/test.tsv:3: field 'score': must be an integer grade"]

@@ -119,3 +119,51 @@ def test_balanced_pick_spreads_over_bins():
     assert large > 0.5  # 10% of candidates, but they fill most non-empty bins
     assert all(len(set(ps)) == 2 for ps in picks)
     assert balanced_pick(np.zeros(5), 3, 10, rng) and len(set(balanced_pick(np.zeros(5), 5, 10, rng))) == 5
+
+
+def test_batches_too_large_for_the_training_queries_name_the_param():
+    from freshen.errors import FreshenError
+
+    rng = np.random.default_rng(0)
+    with pytest.raises(FreshenError, match=r"params\.yaml: field 'train\.batch_size': 3 training queries cannot fill "
+                                           r"a batch of 8"):
+        TASBatches(_clusters([3]), 8, 1, rng)
+    with pytest.raises(FreshenError, match=r"field 'train\.batch_size': 3 training queries cannot fill a batch of 8"):
+        RandomBatches(["q0", "q1", "q2"], 8, rng)
+    with pytest.raises(FreshenError, match=r"field 'train\.batch_size': must be an integer >= 1, got 0"):
+        TASBatches(_clusters([3]), 0, 1, rng)
+    with pytest.raises(FreshenError, match=r"field 'train\.clusters_per_batch': must be an integer >= 1, got 0"):
+        TASBatches(_clusters([3]), 2, 0, rng)
+
+
+def _assignments(tmp_path, text):
+    (tmp_path / "assignments.tsv").write_text(text)
+    return tmp_path
+
+
+def test_cluster_assignments_are_read(tmp_path):
+    from freshen.steps.common import read_clusters
+
+    assert read_clusters(_assignments(tmp_path, "query-id\tcluster\nq0\t1\nq1\t0\r\n\n")) == {"q0": 1, "q1": 0}
+
+
+@pytest.mark.parametrize("text,message", [
+    (None, r"assignments\.tsv: cluster assignments missing \(run cluster_queries first\)"),
+    ("", r"assignments\.tsv: no cluster assignments \(run cluster_queries again\)"),
+    ("query-id\tcluster\n", r"assignments\.tsv: no cluster assignments"),
+    ("query-id\tcluster\nq0\t1\nq1\tx\n", r"assignments\.tsv:3: field 'cluster': must be an integer >= 0, got 'x'"),
+    ("query-id\tcluster\nq0\t-1\n", r"assignments\.tsv:2: field 'cluster': must be an integer >= 0, got '-1'"),
+    ("query-id\tcluster\nq0 1\n", r"assignments\.tsv:2: the row has 1 columns, 2 expected \(query-id, cluster\)"),
+    ("query-id\tcluster\nq0\t1\t2\n", r"assignments\.tsv:2: the row has 3 columns, 2 expected"),
+    ("query-id\tcluster\nq0\t1\nq0\t2\n", r"assignments\.tsv:3: field 'query-id': duplicate query id 'q0'"),
+    ("query-id\tcluster\n\t1\n", r"assignments\.tsv:2: field 'query-id': empty"),
+    ("query-id\tcluster\nq0\t\xe91\n", r"assignments\.tsv:2: not valid UTF-8"),
+])
+def test_missing_or_garbled_cluster_assignments_are_named(tmp_path, text, message):
+    from freshen.errors import DataError
+    from freshen.steps.common import read_clusters
+
+    if text is not None:
+        (tmp_path / "assignments.tsv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(DataError, match=message):
+        read_clusters(tmp_path)

@@ -75,12 +75,17 @@ def test_nprobe_is_honoured_and_training_is_seeded():
 
 
 def test_invalid_index_names_the_param():
+    """A user's setting: a FreshenError (one line from the CLI, exit 2), not a ValueError."""
+    from freshen.errors import FreshenError
+
     x, _, _ = clustered(n=500)
-    with pytest.raises(ValueError, match=r"evaluate\.index: 'IVFx,Flat' is not a valid faiss index_factory"):
+    with pytest.raises(FreshenError, match=r"params\.yaml: field 'evaluate\.index': 'IVFx,Flat' is not a valid faiss "
+                                           r"index_factory"):
         build_index(x, "IVFx,Flat", param="evaluate.index")
-    with pytest.raises(ValueError, match=r"evaluate\.index: 'IVF1024,Flat' has 1024 inverted lists but .* 500 rows"):
+    with pytest.raises(FreshenError, match=r"field 'evaluate\.index': 'IVF1024,Flat' has 1024 inverted lists but .* "
+                                           r"500 rows"):
         make_index(x, {"index": "IVF1024,Flat"})
-    with pytest.raises(ValueError, match=r"train\.negatives\.ann_index: 'bogus'"):
+    with pytest.raises(FreshenError, match=r"field 'train\.negatives\.ann_index': 'bogus'"):
         CacheScorer(torch.from_numpy(x), {"ann_threshold": 100, "ann_index": "bogus"})
 
 
@@ -170,3 +175,48 @@ def test_scorer_ann_falls_back_to_exact_when_candidates_run_out():
         assert not set(rows[i].tolist()) & set(exclude[i]) and len(set(rows[i].tolist())) == 10
         if i < 8:
             assert set(rows[i].tolist()) == set(exact[i].tolist())
+
+
+def test_evaluate_leaves_out_test_queries_without_a_relevant_judgement(tiny_params, tmp_path, caplog):
+    """A test query judged only 0 would score 0 for every system and lower every mean: evaluate
+    leaves it out of the metrics and the run files, and says so with the file and the count."""
+    import copy
+    import json
+    from pathlib import Path
+
+    import ir_measures
+
+    from freshen.cache import write_cache
+    from freshen.data.beir import load_beir
+    from freshen.encoding import encode_into
+    from freshen.modeling.encoder import Encoder
+    from freshen.retrieval import evaluate_run
+    from freshen.steps import evaluate, prepare
+
+    params, root = copy.deepcopy(tiny_params), tmp_path / "proj"
+    params["evaluate"].update(bm25=False, splits=["test"])
+    qrels = Path(params["data"]["local_dir"]) / "qrels" / "test.tsv"
+    qrels.write_text(qrels.read_text().replace("q31\td31\t1", "q31\td31\t0"))
+    prepare.run(params, root)
+    ds = load_beir(root / params["data"]["out_dir"])
+    assert ds.qrels["test"]["q31"] == {"d31": 0}
+    encoder = Encoder.from_params(params["model"])
+    encoder.save(root / params["train"]["out_dir"] / "encoder")
+    ids = ds.doc_ids()
+    for out in (params["cache"]["out_dir"], params["reembed"]["out_dir"]):
+        write_cache(root / out, ids, encoder.dim,
+                    lambda arr: encode_into(encoder, ds.doc_texts(ids), "passage", arr, precision="fp32"), {})
+    with caplog.at_level("WARNING"):
+        metrics = evaluate.run(params, root)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{root / params['data']['out_dir'] / 'qrels' / 'test.tsv'}: 1 query has no relevant judgement (score > 0); "
+        "left out of evaluation"]
+    run = ir_measures.read_trec_run(str(root / params["evaluate"]["out_dir"] / "test.trained.trec"))
+    by_query: dict = {}
+    for row in run:
+        by_query.setdefault(row.query_id, {})[row.doc_id] = row.score
+    assert set(by_query) == set(ds.qrels["test"]) - {"q31"}
+    judged = {q: docs for q, docs in ds.qrels["test"].items() if q != "q31"}
+    assert metrics["test"]["trained"] == pytest.approx(evaluate_run(judged, by_query))
+    assert metrics["test"]["trained"]["ndcg_at_10"] > evaluate_run(ds.qrels["test"], by_query)["ndcg_at_10"]
+    assert json.loads((root / params["evaluate"]["metrics"]).read_text())["test"] == metrics["test"]

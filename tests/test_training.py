@@ -205,3 +205,22 @@ def test_train_clears_what_a_killed_save_left_and_not_a_live_runs_work(project, 
     finally:
         live.kill()
         live.wait()
+
+
+def test_validation_leaves_out_dev_queries_without_a_relevant_judgement(setup, caplog):
+    """A dev query judged only 0 scores 0 for any model: it is left out of dev nDCG@10 (which
+    keep_best, the pilot and promotion read), not averaged in."""
+    from freshen.data.beir import BeirDataset
+    from freshen.training.loop import Trainer
+
+    ds, cache, clusters, params = setup
+    p = {**params["train"], "precision": "fp32"}
+    judged = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5).validate(0)
+    unjudged = {"q40": {"d40": 0}, "q41": {"d41": 0, "d0": 0}}
+    padded = BeirDataset(ds.root, ds.corpus, ds.queries, {**ds.qrels, "dev": {**ds.qrels["dev"], **unjudged}})
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(Encoder.from_params(params["model"]), padded, cache, clusters, p, seed=5)
+    assert trainer.validate(0)["dev_ndcg_at_10"] == pytest.approx(judged["dev_ndcg_at_10"], abs=1e-6)
+    assert judged["dev_ndcg_at_10"] > 0  # so averaging in two zeros would have shown
+    assert any("dev.tsv: 2 queries have no relevant judgement (score > 0); left out of evaluation" in r.getMessage()
+               for r in caplog.records)

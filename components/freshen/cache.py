@@ -16,6 +16,7 @@ import numpy as np
 from freshen.atomic import atomic_dir, replace_dir, write_json
 from freshen.errors import DataError
 from freshen.integrity import check_finite_rows, file_sha256
+from freshen.jsonfile import read_json
 from freshen.locks import hold
 
 EMBEDDINGS, IDS, MANIFEST, PROGRESS = "embeddings.npy", "ids.json", "manifest.json", "progress.json"
@@ -125,11 +126,7 @@ def _build_cache(out_dir: Path, ids: list[str], dim: int, encode_rows, manifest:
                  resume_key: str) -> tuple[Cache, int]:
     part = out_dir.with_name(f".{out_dir.name}.partial")
     progress = part / PROGRESS
-    start = 0
-    if progress.is_file() and (part / EMBEDDINGS).is_file():
-        state = json.loads(progress.read_text())
-        if state.get("resume_key") == resume_key and 0 <= int(state.get("rows_done", -1)) <= len(ids):
-            start = int(state["rows_done"])
+    start = _resume_row(part, resume_key, len(ids))
     if start == 0:
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir(parents=True)
@@ -151,18 +148,55 @@ def _build_cache(out_dir: Path, ids: list[str], dim: int, encode_rows, manifest:
     return load_cache(out_dir), start
 
 
+def _resume_row(part: Path, resume_key: str, rows: int) -> int:
+    """The row a partial build continues from: its progress.json's, when that file is readable and
+    was written for the same `resume_key`; else 0 (the build starts again)."""
+    progress = part / PROGRESS
+    if not (progress.is_file() and (part / EMBEDDINGS).is_file()):
+        return 0
+    try:
+        state = read_json(progress)
+        done = int(state.get("rows_done", -1))
+        partial_rows = np.load(part / EMBEDDINGS, mmap_mode="r").shape[0]
+    except (DataError, TypeError, ValueError, EOFError, OSError):
+        return 0  # a damaged partial build costs a restart, nothing else
+    same = state.get("resume_key") == resume_key and partial_rows == rows
+    return done if same and 0 <= done <= rows else 0
+
+
+def _read_ids(path: Path) -> list[str]:
+    ids = read_json(path, expect=None)
+    if not isinstance(ids, list):
+        raise DataError(path, f"must be a JSON list of document ids, got a {type(ids).__name__}")
+    for i, doc_id in enumerate(ids, start=1):
+        if not isinstance(doc_id, str):
+            raise DataError(path, f"must be a JSON list of document ids (strings), item {i} is {doc_id!r}")
+    return ids
+
+
+def _open_embeddings(path: Path) -> np.ndarray:
+    """embeddings.npy memory-mapped; an empty, truncated or damaged file is named."""
+    if path.stat().st_size == 0:
+        raise DataError(path, "the file is empty (0 bytes): rebuild the cache (embed_cache or reembed)")
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, EOFError, OSError) as exc:
+        raise DataError(path, f"not a readable .npy array, truncated or damaged ({exc}): rebuild the cache "
+                              "(embed_cache or reembed)") from None
+
+
 def load_cache(path: str | Path) -> Cache:
     path = Path(path)
     for name in (EMBEDDINGS, IDS, MANIFEST):
         if not (path / name).is_file():
             raise DataError(path / name, "cache file missing (run embed_cache or reembed first)")
-    manifest = json.loads((path / MANIFEST).read_text())
-    ids = json.loads((path / IDS).read_text())
-    try:
-        emb = np.load(path / EMBEDDINGS, mmap_mode="r")
-    except ValueError as exc:
-        raise DataError(path / EMBEDDINGS, f"not a readable .npy array ({exc})") from None
     mpath = path / MANIFEST
+    manifest = read_json(mpath)
+    for name in ("format", "count", "dim", "dtype"):
+        if name not in manifest:
+            raise DataError(mpath, "missing", field=name)
+    ids = _read_ids(path / IDS)
+    emb = _open_embeddings(path / EMBEDDINGS)
     if manifest.get("format") != FORMAT:
         raise DataError(mpath, f"expected '{FORMAT}', got {manifest.get('format')!r}", field="format")
     if emb.ndim != 2:

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 from freshen.errors import FreshenError
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", default=".", help="project folder that relative paths start from")
     parser.add_argument("--parent-run-id", default=None, help="MLflow parent run to attach to "
                         "(default: $FRESHEN_PARENT_RUN_ID or the open pipeline run)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of an error")
     add_orchestration_options(parser)
     return parser
 
@@ -172,7 +174,20 @@ def run_step(args) -> int:
             module.run(params, root, log, **options)
         if step == "promote" and not (args.parent_run_id or os.environ.get(tracking.PARENT_ENV)):
             tracking.end_parent(root, parent)
-    except FreshenError as exc:
+    except FreshenError as exc:  # bad input or settings: the message says what to fix
+        if args.verbose:
+            traceback.print_exc()
         print(f"freshen {step}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug or an environment problem: one line, the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if args.verbose else " (unexpected; rerun with -v for the traceback)"
+        print(f"freshen {step}: error: {type(exc).__name__}: {first_line(exc)}{hint}", file=sys.stderr)
+        return 1
     return 0
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"

@@ -12,6 +12,8 @@ import ir_measures
 import numpy as np
 from ir_measures import RR, R, nDCG
 
+from freshen.errors import FreshenError
+
 MEASURES = {"ndcg_at_10": nDCG @ 10, "recall_at_100": R @ 100, "mrr_at_10": RR @ 10}
 ADD_CHUNK = 65536        # rows converted to float32 and added at once
 TRAIN_SAMPLE = 100_000   # at most this many rows (a seeded random sample) train an index that needs training
@@ -43,13 +45,14 @@ def build_index(embeddings, kind: str = "Flat", nprobe: int | None = 32, ef_sear
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
-        raise ValueError(f"{param}: '{kind}' is not a valid faiss index_factory string "
-                         f"(e.g. 'Flat', 'HNSW32', 'IVF4096,Flat'): {_faiss_message(err)}") from None
+        raise FreshenError(f"params.yaml: field '{param}': '{kind}' is not a valid faiss index_factory string "
+                           f"(e.g. 'Flat', 'HNSW32', 'IVF4096,Flat'): {_faiss_message(err)}") from None
     ivf = faiss.try_extract_index_ivf(index)
     nlist = int(ivf.nlist) if ivf is not None else 0
     if nlist and n < nlist:
-        raise ValueError(f"{param}: '{kind}' has {nlist} inverted lists but there are only {n} rows to train "
-                         f"it on (use fewer lists, e.g. 'IVF{max(1, 4 * int(np.sqrt(n)))},Flat', or 'Flat')")
+        raise FreshenError(f"params.yaml: field '{param}': '{kind}' has {nlist} inverted lists but there are only "
+                           f"{n} rows to train it on (use fewer lists, e.g. 'IVF{max(1, 4 * int(np.sqrt(n)))},Flat', "
+                           "or 'Flat')")
     if not index.is_trained:
         if n > train_size:
             sample = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
@@ -59,7 +62,8 @@ def build_index(embeddings, kind: str = "Flat", nprobe: int | None = 32, ef_sear
         try:
             index.train(train)
         except RuntimeError as err:
-            raise ValueError(f"{param}: could not train '{kind}' on {len(train)} rows: {_faiss_message(err)}") from None
+            raise FreshenError(f"params.yaml: field '{param}': could not train '{kind}' on {len(train)} rows: "
+                               f"{_faiss_message(err)}") from None
         del train
     hnsw = _is_hnsw(index)
     if _gpu_count(use_gpu, param) and isinstance(index, (faiss.IndexFlat, faiss.IndexIVF)) and not hnsw:

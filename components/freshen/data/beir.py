@@ -1,10 +1,14 @@
 """Read and validate a BEIR-format dataset: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
 
-Every problem is reported with the file, line and field it sits on."""
+Every problem is reported with the file, line and field it sits on. The rules: files are UTF-8
+(a leading BOM is ignored); ids are non-empty and contain no whitespace (TREC run files are
+whitespace-separated); qrels grades are integers. A query with no judgement > 0 in a split is
+left out of that split's evaluation (`BeirDataset.evaluation_qrels`)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from freshen.errors import DataError
+from freshen.jsonfile import json_message
 
 SPLITS = ("train", "dev", "test")
+BOM = "\ufeff"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,6 +29,7 @@ class BeirDataset:
     corpus: dict[str, dict]  # doc id -> {"title": str, "text": str}, file order kept
     queries: dict[str, str]  # query id -> text
     qrels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # split -> qid -> docid -> rel
+    _evaluated: dict = field(default_factory=dict, repr=False, compare=False)  # split -> (qrels, evaluation_qrels)
 
     def doc_ids(self) -> list[str]:
         return list(self.corpus)
@@ -42,6 +50,27 @@ class BeirDataset:
                 out[qid] = pos
         return out
 
+    def evaluation_qrels(self, split: str) -> dict[str, dict[str, int]]:
+        """The split's judgements as evaluation uses them: a query with no judgement > 0 would
+        score 0 for every system and only lower the mean, so it is left out, with a warning
+        naming the file and the count (once per split)."""
+        source = self.qrels[split]
+        if split not in self._evaluated or self._evaluated[split][0] is not source:  # computed, for these qrels
+            self._evaluated[split] = (source, relevant_queries(source, self.root / "qrels" / f"{split}.tsv"))
+        return self._evaluated[split][1]
+
+
+def relevant_queries(qrels: dict[str, dict[str, int]], path: Path) -> dict[str, dict[str, int]]:
+    """The queries of `qrels` with at least one judgement > 0; `path` names the split in messages."""
+    kept = {qid: docs for qid, docs in qrels.items() if any(rel > 0 for rel in docs.values())}
+    if not kept:
+        raise DataError(path, "no query has a relevant judgement (score > 0): nothing to evaluate")
+    left_out = len(qrels) - len(kept)
+    if left_out:
+        queries = "1 query has" if left_out == 1 else f"{left_out} queries have"
+        log.warning("%s: %s no relevant judgement (score > 0); left out of evaluation", path, queries)
+    return kept
+
 
 def doc_text(doc: dict) -> str:
     """The text a passage is embedded from: title and body, as BEIR's dense baselines do."""
@@ -49,25 +78,33 @@ def doc_text(doc: dict) -> str:
     return f"{title} {text}".strip() if title else text.strip()
 
 
-def _read_jsonl(path: Path, offsets: bool = False):
-    """(line number, object) per non-blank line; with `offsets`, (line number, byte offset, object)."""
+def read_lines(path: Path):
+    """(line number, byte offset, text) per line of a UTF-8 file, line ending kept; a BOM
+    starting the file is dropped, and bytes that are not UTF-8 are reported with their line."""
     offset = 0
     with open(path, "rb") as fh:
         for lineno, raw_bytes in enumerate(fh, start=1):
             at, offset = offset, offset + len(raw_bytes)
             try:
-                line = raw_bytes.decode("utf-8").strip()
+                text = raw_bytes.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(path, f"not valid UTF-8 (byte {exc.start + 1})", lineno) from None
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, f"not valid JSON ({exc.msg} at column {exc.colno})", lineno) from None
-            if not isinstance(obj, dict):
-                raise DataError(path, "each line must be a JSON object", lineno)
-            yield (lineno, at, obj) if offsets else (lineno, obj)
+            yield lineno, at, text.removeprefix(BOM) if lineno == 1 else text
+
+
+def _read_jsonl(path: Path, offsets: bool = False):
+    """(line number, object) per non-blank line; with `offsets`, (line number, byte offset, object)."""
+    for lineno, at, text in read_lines(path):
+        line = text.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"not valid JSON ({json_message(exc, line=False)})", lineno) from None
+        if not isinstance(obj, dict):
+            raise DataError(path, "each line must be a JSON object", lineno)
+        yield (lineno, at, obj) if offsets else (lineno, obj)
 
 
 def _check_unicode(path: Path, lineno: int, field_name: str, value: str) -> None:
@@ -88,6 +125,14 @@ def _first_line_of(path: Path, key: str) -> int | None:
     return None
 
 
+def check_id_text(path: Path, lineno: int, field_name: str, key: str) -> None:
+    """An id is written into TREC run files, whose fields are separated by whitespace."""
+    if key == "":
+        raise DataError(path, "empty: an id is needed", lineno, field_name)
+    if any(ch.isspace() for ch in key):
+        raise DataError(path, f"must not contain whitespace (space, tab, newline), got {key!r}", lineno, field_name)
+
+
 def _check_id(path: Path, lineno: int, obj: dict, seen: set, first_line: dict[str, int] | None = None) -> str:
     if "_id" not in obj:
         raise DataError(path, "missing", lineno, "_id")
@@ -95,6 +140,7 @@ def _check_id(path: Path, lineno: int, obj: dict, seen: set, first_line: dict[st
     if not isinstance(raw, (str, int)) or isinstance(raw, bool) or str(raw).strip() == "":
         raise DataError(path, f"must be a non-empty string, got {raw!r}", lineno, "_id")
     key = str(raw)
+    check_id_text(path, lineno, "_id", key)
     _check_unicode(path, lineno, "_id", key)
     if key in seen:
         first = first_line[key] if first_line is not None else _first_line_of(path, key)
@@ -158,6 +204,17 @@ def _is_number(text: str) -> bool:
         return False
 
 
+def _columns(line: str, trec: bool, doc_field: str, path: Path, lineno: int) -> list[str]:
+    """The three columns of a row: tab-separated, or with `trec` also a whitespace-separated
+    `qid Q0 docid rel` row (its second column "0" or "Q0"); any other width is refused."""
+    cols = line.split("\t") if "\t" in line or not trec else line.split()
+    if trec and len(cols) == 4 and cols[1].strip() in ("0", "Q0"):
+        cols = [cols[0], cols[2], cols[3]]
+    if len(cols) != 3:
+        raise DataError(path, f"the row has {len(cols)} columns, 3 expected (query-id, {doc_field}, score)", lineno)
+    return [c.strip() for c in cols]
+
+
 def read_scored_pairs(path: str | Path, corpus: dict, queries: dict, parse, doc_field: str = "corpus-id",
                       trec: bool = False) -> dict[str, dict[str, float]]:
     """Rows of `query-id<TAB>doc-id<TAB>value` (qrels, teacher scores), header line optional, LF or
@@ -165,37 +222,37 @@ def read_scored_pairs(path: str | Path, corpus: dict, queries: dict, parse, doc_
     ValueError saying what it must be. With `trec`, `qid Q0 docid rel` rows are read too."""
     path = Path(path)
     pairs: dict[str, dict] = {}
-    with open(path, encoding="utf-8", newline="") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
+    for lineno, _, raw in read_lines(path):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        qid, docid, raw_value = _columns(line, trec, doc_field, path, lineno)
+        try:
+            value = parse(raw_value)
+        except ValueError as exc:
+            # a header, e.g. "query-id corpus-id score": line 1, its ids no known ids
+            if lineno == 1 and not _is_number(raw_value) and qid not in queries and docid not in corpus:
                 continue
-            cols = line.split("\t") if "\t" in line or not trec else line.split()
-            if trec and len(cols) == 4:  # TREC: qid Q0 docid rel
-                cols = [cols[0], cols[2], cols[3]]
-            if len(cols) != 3:
-                raise DataError(path, f"expected 3 tab-separated columns, got {len(cols)}", lineno)
-            qid, docid, raw_value = (c.strip() for c in cols)
-            try:
-                value = parse(raw_value)
-            except ValueError as exc:
-                # a header, e.g. "query-id corpus-id score": line 1, its ids no known ids
-                if lineno == 1 and not _is_number(raw_value) and qid not in queries and docid not in corpus:
-                    continue
-                raise DataError(path, f"{exc}, got {raw_value!r}", lineno, "score") from None
-            if qid not in queries:
-                raise DataError(path, f"unknown query id '{qid}' (not in queries.jsonl)", lineno, "query-id")
-            if docid not in corpus:
-                raise DataError(path, f"unknown document id '{docid}' (not in corpus.jsonl)", lineno, doc_field)
-            pairs.setdefault(qid, {})[docid] = value
+            raise DataError(path, f"{exc}, got {raw_value!r}", lineno, "score") from None
+        check_id_text(path, lineno, "query-id", qid)
+        check_id_text(path, lineno, doc_field, docid)
+        if qid not in queries:
+            raise DataError(path, f"unknown query id '{qid}' (not in queries.jsonl)", lineno, "query-id")
+        if docid not in corpus:
+            raise DataError(path, f"unknown document id '{docid}' (not in corpus.jsonl)", lineno, doc_field)
+        pairs.setdefault(qid, {})[docid] = value
     return pairs
 
 
 def _relevance(text: str) -> int:
+    """A qrels grade: an integer (`2.0` is read as 2); `0.7` is refused, not truncated to 0."""
     try:
-        return int(float(text))
+        value = float(text)
     except ValueError:
-        raise ValueError("must be an integer") from None
+        value = math.nan
+    if not value.is_integer():
+        raise ValueError("must be an integer grade (0, 1, 2, ...)")
+    return int(value)
 
 
 def read_qrels(path: str | Path, corpus: dict, queries: dict) -> dict[str, dict[str, int]]:

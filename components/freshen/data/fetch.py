@@ -5,6 +5,7 @@ wherever the files came from (set `data.verify: false` for a dataset of your own
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -60,7 +61,7 @@ def resolve_dataset_dir(data: dict, root: Path) -> Path:
                 found = path
         if found is None and data.get("url"):
             found = download(data["url"], Path(data.get("download_dir") or "~/.cache/freshen/datasets").expanduser()
-                             / data.get("name", "dataset"), data.get("sha256") or {})
+                             / data.get("name", "dataset"), data.get("sha256") or {}, looked)
         if found is None:
             raise FreshenError(
                 f"dataset '{data.get('name')}' not found: looked in {', '.join(looked) or 'nowhere'}; "
@@ -71,8 +72,9 @@ def resolve_dataset_dir(data: dict, root: Path) -> Path:
     return found
 
 
-def download(url: str, dest: Path, checksums: dict[str, str]) -> Path:
-    """Download a BEIR zip once; the folder appears only after its checksums pass."""
+def download(url: str, dest: Path, checksums: dict[str, str], looked: list[str] = ()) -> Path:
+    """Download a BEIR zip once; the folder appears only after its checksums pass. `looked`:
+    the folders searched before, named when the download fails."""
     if (dest / "corpus.jsonl").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -86,10 +88,15 @@ def download(url: str, dest: Path, checksums: dict[str, str]) -> Path:
                     while block := resp.read(1 << 20):
                         out.write(block)
                         bar.update(len(block))
-        except OSError as exc:
-            raise FreshenError(f"could not download {url}: {exc}. Set {ENV_VAR} to a local copy.") from None
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(Path(tmp) / "x")
+        except (OSError, http.client.HTTPException) as exc:
+            also = f" (the dataset was not in {', '.join(looked)} either)" if looked else ""
+            raise FreshenError(f"could not download {url} into {dest}: {getattr(exc, 'reason', exc)}{also}. "
+                               f"Set data.local_dir in params.yaml, or {ENV_VAR}, to a local copy.") from None
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(Path(tmp) / "x")
+        except zipfile.BadZipFile as exc:
+            raise DataError(url, f"not a zip archive ({exc}); nothing was written to {dest}") from None
         hits = list((Path(tmp) / "x").rglob("corpus.jsonl"))
         if not hits:
             raise DataError(url, "archive has no corpus.jsonl")

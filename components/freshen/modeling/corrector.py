@@ -13,13 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from freshen.errors import FreshenError
+from freshen.errors import DataError, FreshenError
+from freshen.jsonfile import read_json
 
 ARCHS = ("linear", "residual_mlp")
 WEIGHTS, CONFIG = "corrector.safetensors", "corrector.json"
+INT_SETTINGS = ("dim", "hidden", "depth")  # corrector.json: every setting is one of these or arch / normalize
 
 
 class Corrector(nn.Module):
@@ -92,16 +95,64 @@ class Corrector(nn.Module):
         cfg_file = folder / CONFIG
         if not cfg_file.is_file():
             raise FreshenError(f"{cfg_file}: corrector config not found")
-        cfg = json.loads(cfg_file.read_text())
+        cfg = read_config(cfg_file)
         if expect_dim is not None and cfg["dim"] != expect_dim:
             raise FreshenError(
                 f"{cfg_file}: field 'dim': corrector dimension {cfg['dim']} does not match the cache dimension {expect_dim}"
             )
         model = cls(**cfg)
-        model.load_state_dict(load_file(str(folder / WEIGHTS)))
+        weights = read_weights(folder / WEIGHTS)
+        check_weights_fit(model, weights, folder / WEIGHTS, cfg_file)
+        model.load_state_dict(weights)
         return model
 
     @classmethod
     def from_params(cls, dim: int, p: dict) -> "Corrector":
         return cls(dim, p.get("arch", "residual_mlp"), int(p.get("hidden", dim)), int(p.get("depth", 1)),
                    bool(p.get("normalize", False)))
+
+
+def read_config(path: Path) -> dict:
+    """corrector.json, checked setting by setting (a folder saved before `normalize` lacks it)."""
+    cfg = read_json(path)
+    for name in cfg:
+        if name not in (*INT_SETTINGS, "arch", "normalize"):
+            raise DataError(path, f"unknown setting (known: {', '.join(INT_SETTINGS)}, arch, normalize)", field=name)
+    if "dim" not in cfg:
+        raise DataError(path, "missing", field="dim")
+    for name in INT_SETTINGS:
+        value = cfg.get(name, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise DataError(path, f"must be an integer >= 1, got {value!r}", field=name)
+    if cfg.get("arch", "residual_mlp") not in ARCHS:
+        raise DataError(path, f"must be one of {ARCHS}, got {cfg['arch']!r}", field="arch")
+    if not isinstance(cfg.get("normalize", False), bool):
+        raise DataError(path, f"must be true or false, got {cfg['normalize']!r}", field="normalize")
+    return cfg
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise DataError(path, "corrector weights not found")
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise DataError(path, f"not a readable safetensors file, truncated or damaged ({exc})") from None
+
+
+def check_weights_fit(model: nn.Module, weights: dict[str, torch.Tensor], path: Path, cfg_file: Path) -> None:
+    """The tensors in the file are those the config builds, name for name and shape for shape."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in weights.items()}
+    problems = []
+    missing = [name for name in expected if name not in found]
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    unexpected = [name for name in found if name not in expected]
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected)}")
+    for name in (n for n in expected if n in found and found[n] != expected[n]):
+        problems.append(f"size mismatch for {name}: {list(found[name])} in the file, {list(expected[name])} by the config")
+    if problems:
+        raise DataError(path, f"the weights do not fit {cfg_file}: {'; '.join(problems)} (a folder mixed from two "
+                              "correctors?)")

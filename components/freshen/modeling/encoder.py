@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from transformers import AutoModel, AutoTokenizer
 
-from freshen.errors import FreshenError
+from freshen.errors import DataError, FreshenError
+from freshen.jsonfile import read_json
 
 POOLINGS = ("mean", "cls", "max")
 META_FILE = "freshen_encoder.json"
@@ -55,14 +57,14 @@ def declared_pooling(path: Path) -> tuple[str, bool]:
     modules_file = path / "modules.json"
     if not modules_file.is_file():
         return "mean", False
-    modules = json.loads(modules_file.read_text())
+    modules = read_json(modules_file, expect=list)
     pooling, normalize = "mean", False
     for mod in modules:
         kind = mod.get("type", "")
         if kind.endswith("Pooling"):
             cfg_file = path / mod.get("path", "") / "config.json"
             if cfg_file.is_file():
-                cfg = json.loads(cfg_file.read_text())
+                cfg = read_json(cfg_file)
                 if cfg.get("pooling_mode_cls_token"):
                     pooling = "cls"
                 elif cfg.get("pooling_mode_max_tokens"):
@@ -128,8 +130,8 @@ class Encoder(torch.nn.Module):
         # checkpoint (and its digest) must not depend on where the package was installed
         cfg = EncoderConfig(pooling, normalize, towers, int(model.get("query_max_len", 64)),
                             int(model.get("passage_max_len", 256)), str(model.get("name_or_path") or DEFAULT_MODEL))
-        passage = AutoModel.from_pretrained(path)
-        query = AutoModel.from_pretrained(path) if towers == "separate" else None
+        passage = load_tower(path)
+        query = load_tower(path) if towers == "separate" else None
         return cls(passage, query, AutoTokenizer.from_pretrained(path), cfg)
 
     @classmethod
@@ -138,9 +140,9 @@ class Encoder(torch.nn.Module):
         meta_file = path / META_FILE
         if not meta_file.is_file():
             raise FreshenError(f"{meta_file}: not a Freshen encoder checkpoint")
-        cfg = EncoderConfig(**json.loads(meta_file.read_text()))
-        passage = AutoModel.from_pretrained(path)
-        query = AutoModel.from_pretrained(path / QUERY_SUBDIR) if cfg.towers == "separate" else None
+        cfg = read_encoder_config(meta_file)
+        passage = load_tower(path)
+        query = load_tower(path / QUERY_SUBDIR) if cfg.towers == "separate" else None
         return cls(passage, query, AutoTokenizer.from_pretrained(path), cfg)
 
     def tower(self, kind: str):
@@ -175,6 +177,35 @@ class Encoder(torch.nn.Module):
         if not self.shared:
             _save_tower(self.query_model, self.tokenizer, self.config, path / QUERY_SUBDIR, query=True)
         (path / META_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+
+
+def read_encoder_config(path: Path) -> EncoderConfig:
+    """freshen_encoder.json: only settings EncoderConfig knows (the others keep their defaults)."""
+    cfg = read_json(path)
+    known = [f.name for f in fields(EncoderConfig)]
+    for name in cfg:
+        if name not in known:
+            raise DataError(path, f"unknown setting (known: {', '.join(known)})", field=name)
+    return EncoderConfig(**cfg)
+
+
+def load_tower(path: Path):
+    """AutoModel.from_pretrained(path); weights that are missing, truncated or do not fit the
+    folder's config.json are a DataError naming the file."""
+    weights = path / "model.safetensors"
+    named = weights if weights.is_file() else path
+    try:
+        return AutoModel.from_pretrained(path)
+    except SafetensorError as exc:
+        raise DataError(named, f"not a readable safetensors file, truncated or damaged ({exc})") from None
+    except RuntimeError as exc:
+        if "mismatch" not in str(exc):
+            raise
+        raise DataError(named, f"the weights do not fit {path / 'config.json'}: tensor sizes differ (the load "
+                               "report above names them); a folder mixed from two models?") from None
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(path, f"cannot load the model: {reason}") from None
 
 
 def _save_tower(model, tokenizer, cfg: EncoderConfig, path: Path, query: bool = False) -> None:

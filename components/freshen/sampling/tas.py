@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from freshen.errors import FreshenError
+
+
+def check_batch_size(n_queries: int, batch_size: int) -> None:
+    """`train.batch_size` queries, all different, must fit in the training queries."""
+    if batch_size < 1:
+        raise FreshenError(f"params.yaml: field 'train.batch_size': must be an integer >= 1, got {batch_size}")
+    if n_queries < batch_size:
+        raise FreshenError(f"params.yaml: field 'train.batch_size': {n_queries} training queries cannot fill a "
+                           f"batch of {batch_size} (lower it)")
+
 
 class TASBatches:
     def __init__(self, cluster_of: dict[str, int], batch_size: int, clusters_per_batch: int,
                  rng: np.random.Generator):
-        if batch_size < 1 or clusters_per_batch < 1:
-            raise ValueError("batch_size and clusters_per_batch must be >= 1")
-        if len(cluster_of) < batch_size:
-            raise ValueError(f"{len(cluster_of)} training queries cannot fill a batch of {batch_size}")
+        if clusters_per_batch < 1:
+            raise FreshenError("params.yaml: field 'train.clusters_per_batch': must be an integer >= 1, "
+                               f"got {clusters_per_batch}")
+        check_batch_size(len(cluster_of), batch_size)
         self.members: dict[int, list[str]] = {}
         for qid in sorted(cluster_of):
             self.members.setdefault(int(cluster_of[qid]), []).append(qid)
@@ -44,8 +55,7 @@ class RandomBatches:
     """Uniform random batches (the baseline TAS is compared against)."""
 
     def __init__(self, qids: list[str], batch_size: int, rng: np.random.Generator):
-        if len(qids) < batch_size:
-            raise ValueError(f"{len(qids)} training queries cannot fill a batch of {batch_size}")
+        check_batch_size(len(qids), batch_size)
         self.qids, self.batch_size, self.rng = sorted(qids), batch_size, rng
 
     def __iter__(self):

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from freshen.cache import EMBEDDINGS, Cache, load_cache
-from freshen.data.beir import load_beir
+from freshen.data.beir import check_id_text, load_beir, read_lines
+from freshen.errors import DataError
 from freshen.integrity import check_cache_corpus, check_finite_rows
+
+ASSIGNMENTS_HEADER = ["query-id", "cluster"]
 
 
 class NullLog:
@@ -50,8 +53,24 @@ def checked_cache(folder: Path, params: dict, root: Path, ds) -> Cache:
 
 
 def read_clusters(folder: Path) -> dict[str, int]:
-    out = {}
-    for line in (folder / "assignments.tsv").read_text().splitlines()[1:]:
-        qid, cluster = line.split("\t")
+    """cluster_queries' assignments.tsv: `query-id<TAB>cluster` rows under a header line."""
+    path = Path(folder) / "assignments.tsv"
+    if not path.is_file():
+        raise DataError(path, "cluster assignments missing (run cluster_queries first)")
+    out: dict[str, int] = {}
+    for lineno, _, raw in read_lines(path):
+        cols = raw.rstrip("\r\n").split("\t")
+        if cols == [""] or (lineno == 1 and cols == ASSIGNMENTS_HEADER):
+            continue
+        if len(cols) != 2:
+            raise DataError(path, f"the row has {len(cols)} columns, 2 expected (query-id, cluster)", lineno)
+        qid, cluster = cols
+        check_id_text(path, lineno, "query-id", qid)
+        if qid in out:
+            raise DataError(path, f"duplicate query id '{qid}'", lineno, "query-id")
+        if not (cluster.isascii() and cluster.isdigit()):
+            raise DataError(path, f"must be an integer >= 0, got {cluster!r}", lineno, "cluster")
         out[qid] = int(cluster)
+    if not out:
+        raise DataError(path, "no cluster assignments (run cluster_queries again)")
     return out

@@ -90,7 +90,8 @@ def evaluate_and_write(params: dict, root: Path, log=NullLog()) -> dict:
     doc_texts = ds.doc_texts(stale.ids)
     splits = cfg.get("splits", ["dev", "test"])
     for split in splits:
-        qids = sorted(ds.qrels[split])
+        qrels = ds.evaluation_qrels(split)  # queries with a relevant judgement only
+        qids = sorted(qrels)
         texts = [ds.queries[q] for q in qids]
         q_emb = {name: encode(enc, texts, "query", **encode_options(enc_p))
                  for name, enc in (("zero_shot", zero_shot), ("trained", trained))}
@@ -100,11 +101,11 @@ def evaluate_and_write(params: dict, root: Path, log=NullLog()) -> dict:
             scores, rows = search(indexes[index_name], q_emb[enc_name], k)
             found[system] = rows
             run_ = exclude_self(to_run(qids, stale.ids, scores, rows))
-            metrics[split][system] = evaluate_run(ds.qrels[split], run_)
+            metrics[split][system] = evaluate_run(qrels, run_)
             runs_out[f"{split}.{system}"] = run_
         if cfg.get("bm25", True):
             run_ = exclude_self(bm25_run(stale.ids, doc_texts, qids, texts, k))
-            metrics[split]["bm25"] = evaluate_run(ds.qrels[split], run_)
+            metrics[split]["bm25"] = evaluate_run(qrels, run_)
             runs_out[f"{split}.bm25"] = run_
         # how close the stale and corrected caches' top-100 are to the fresh cache's
         if measured:

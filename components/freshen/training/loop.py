@@ -192,6 +192,8 @@ class Trainer:
         check_positive_grade(dataset, min_grade)
         self.positives = dataset.positives("train", min_grade, top=p.get("positive_grades", "all") == "top")
         judged = dataset.positives("train")
+        # dev queries with a relevant judgement (the others are left out, with a warning)
+        self.dev = dataset.evaluation_qrels("dev") if dataset.qrels.get("dev") else None
         self.train_qids = sorted(q for q in self.positives if q in cluster_of or p.get("batching") == "random")
         if not self.train_qids:
             raise FreshenError("no training queries with positives (check qrels/train.tsv and the clusters)")
@@ -521,7 +523,7 @@ class Trainer:
         """dev nDCG@10 on the training-time index (corrected cache when a corrector is in use):
         no re-embedding needed. Plus the drift on held-out probe passages, embedded fresh."""
         rec: dict = {"step": step}
-        dev = self.ds.qrels.get("dev")
+        dev = self.dev
         corrector = self.corrector if (self.corrector is not None and self.correcting(step)) else None
         if dev:
             qids = sorted(dev)
