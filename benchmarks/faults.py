@@ -422,6 +422,25 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, python {platform.python_version()}"
 
 
+def write_report(out: Path, rows: list, args, done: bool) -> dict:
+    """report.md with the cases run so far (rewritten after each, so a stopped run leaves its table)."""
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {k: sum(1 for _, o, _ in rows if o.kind == k) for k in ("refused", "recovered", "warned", *BAD)}
+    goal = "met" if not any(counts[k] for k in BAD) else "not met"
+    lines = ["# Fault injection", "", f"Machine: {machine()}",
+             f"Command: `python benchmarks/faults.py{' --only ' + args.only if args.only else ''}` "
+             f"({args.docs} documents, a random-weight BERT)", "",
+             f"Cases run: {len(rows)}{'' if done else ' (stopped before the end)'}. Outcomes: "
+             + ", ".join(f"{k} {v}" for k, v in counts.items()),
+             f"Goal: no lost, wrong or traceback outcome: **{goal}**",
+             "", "| case | outcome | seconds | what happened |", "| --- | --- | --- | --- |"]
+    lines += [f"| {n} | {o.kind} | {s:.0f} | {o.detail.replace('|', '/')} |" for n, o, s in rows]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    if done:
+        print(f"wrote {out / 'report.md'}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated name prefixes, e.g. kill,data/qrels")
@@ -447,20 +466,9 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             rows.append((name, outcome, seconds))
             print(f"{name:<40} {outcome.kind:<10} {seconds:5.0f} s  {outcome.detail}", flush=True)
+            write_report(Path(args.out), rows, args, done=False)
             shutil.rmtree(root, ignore_errors=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {k: sum(1 for _, o, _ in rows if o.kind == k) for k in
-              ("refused", "recovered", "warned", *BAD)}
-    lines = ["# Fault injection", "", f"Machine: {machine()}",
-             f"Command: `python benchmarks/faults.py{' --only ' + args.only if args.only else ''}` "
-             f"({args.docs} documents, a random-weight BERT)", "",
-             "Outcomes: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
-             f"Goal: no lost, wrong or traceback outcome: **{'met' if not any(counts[k] for k in BAD) else 'not met'}**",
-             "", "| case | outcome | seconds | what happened |", "| --- | --- | --- | --- |"]
-    lines += [f"| {n} | {o.kind} | {s:.0f} | {o.detail.replace('|', '/')} |" for n, o, s in rows]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'report.md'}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    counts = write_report(Path(args.out), rows, args, done=True)
     sys.exit(1 if any(counts[k] for k in BAD) else 0)
 
 
