@@ -28,6 +28,7 @@ about 15 minutes a run on 2 CPU cores."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -231,6 +232,12 @@ def freshen(step: str, project: Path) -> None:
                    check=True, env=env)
 
 
+def weights_md5(model_dir: Path) -> dict[str, str]:
+    """md5 of every weights file of a trained model (encoder and corrector), to compare runs."""
+    return {str(f.relative_to(model_dir)): hashlib.md5(f.read_bytes()).hexdigest()
+            for f in sorted(model_dir.rglob("*.safetensors"))}
+
+
 def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, overrides: dict, base_seed: int) -> dict:
     project = work / name / f"seed{seed}"
     done = project / "result.json"
@@ -256,6 +263,8 @@ def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, override
               "best_step": tr.get("best_step"), "steps_run": tr.get("steps_run"),
               "false_negatives": {k: v for k, v in tr.items() if k.startswith("fn_")},
               "promoted": promo.get("promoted"), "promotion_reason": promo.get("reason"),
+              "model_digest": (ev.get("measured") or {}).get("model_digest"),
+              "weights_md5": weights_md5(project / p["train"]["out_dir"]),
               "overrides": overrides, "false_negative_params": p["train"]["negatives"].get("false_negatives"),
               "command": command_line(),
               "wall_seconds": round(time.perf_counter() - started, 1)}
