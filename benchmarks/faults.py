@@ -363,7 +363,7 @@ CASES = {
                                            "train.tsv:2"),
     "data/qrels-text-score": refusal("prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\td0\tabc")),
                                      "train.tsv:2"),
-    "data/qrels-four-columns": refusal("prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\t0\td0\t1")),
+    "data/qrels-four-columns": refusal("prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\td0\t1\t7")),
                                        "train.tsv:2"),
     "data/qrels-unknown-doc": refusal("prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\tnope\t1")),
                                       "train.tsv:2"),
@@ -445,6 +445,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated name prefixes, e.g. kill,data/qrels")
     ap.add_argument("--docs", type=int, default=2000, help="corpus size (the kill cases need a few seconds of work)")
+    ap.add_argument("--keep", default="", help="copy the case projects here for inspection")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faults"))
     args = ap.parse_args()
     prefixes = [p for p in args.only.split(",") if p]
@@ -461,13 +462,16 @@ def main() -> None:
             t0 = time.perf_counter()
             try:
                 outcome = CASES[name](root)
-            except AssertionError as exc:
-                outcome = Outcome("traceback", f"case setup failed: {str(exc)[:200]}")
+            except (AssertionError, OSError) as exc:
+                outcome = Outcome("traceback", f"case setup failed: {type(exc).__name__}: {str(exc)[:200]}")
             seconds = time.perf_counter() - t0
             rows.append((name, outcome, seconds))
             print(f"{name:<40} {outcome.kind:<10} {seconds:5.0f} s  {outcome.detail}", flush=True)
             write_report(Path(args.out), rows, args, done=False)
-            shutil.rmtree(root, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            shutil.copytree(work, args.keep, symlinks=True, dirs_exist_ok=True)
     counts = write_report(Path(args.out), rows, args, done=True)
     sys.exit(1 if any(counts[k] for k in BAD) else 0)
 
