@@ -176,7 +176,9 @@ def make_topics(source: Path, out: Path, per_topic: int = 20, dev_fraction: floa
 
     def topical(qrels: dict) -> dict:
         qids = sorted(qrels)
-        emb = encode(encoder, [queries[q] for q in qids], "query")
+        # fp32, not the "auto" bf16 of CPUs that have it: bf16 moved queries across topics, so one
+        # seed's test split differed from another's built on another host
+        emb = encode(encoder, [queries[q] for q in qids], "query", precision="fp32")
         _, topic, _ = kmeans(emb, max(1, round(len(qids) / per_topic)), 25, seed, spherical=True)
         members: dict[int, list[str]] = {}
         for q, t in zip(qids, topic.tolist()):
@@ -194,8 +196,21 @@ def make_topics(source: Path, out: Path, per_topic: int = 20, dev_fraction: floa
     return _describe(out, splits)
 
 
+def dataset_digest(folder: Path) -> str:
+    """sha256 of a BEIR folder's corpus, queries and qrels: runs of one dataset are compared
+    only when they trained and were judged on the same bytes."""
+    h = hashlib.sha256()
+    for f in [folder / "corpus.jsonl", folder / "queries.jsonl", *sorted((folder / "qrels").glob("*.tsv"))]:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def _describe(out: Path, splits: dict) -> dict:
-    info = {"docs": sum(1 for line in open(out / "corpus.jsonl", encoding="utf-8") if line.strip())}
+    info = {"docs": sum(1 for line in open(out / "corpus.jsonl", encoding="utf-8") if line.strip()),
+            "sha256": dataset_digest(out)}
     for name, qrels in splits.items():
         pos = [sum(1 for r in docs.values() if r > 0) for docs in qrels.values()]
         info[name] = {"queries": len(qrels), "positives_per_query": round(float(np.mean(pos)), 2) if pos else 0.0}
@@ -203,6 +218,8 @@ def _describe(out: Path, splits: dict) -> dict:
     return info
 
 
+# raised whenever a builder's output changes (2: topics from fp32 query embeddings)
+BUILDER_VERSION = 2
 BUILDERS = {"scifact-incomplete": make_incomplete, "scifact-dense": make_dense, "scifact-topics": make_topics}
 
 
@@ -257,7 +274,7 @@ def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, override
     ev = json.loads((project / p["evaluate"]["metrics"]).read_text())
     tr = json.loads((project / p["train"]["metrics"]).read_text())
     promo = json.loads((project / p["promote"]["out"]).read_text())
-    result = {"dataset": name, "seed": seed,
+    result = {"dataset": name, "seed": seed, "data_sha256": dataset_digest(folder),
               **{f"{split}_{system}": ev[split][system]["ndcg_at_10"] for split in ("dev", "test")
                  for system in ("zero_shot", "trained", "bm25") if system in ev[split]},
               "best_step": tr.get("best_step"), "steps_run": tr.get("steps_run"),
@@ -349,6 +366,10 @@ def summarise(results: list[dict]) -> list[dict]:
                      "met": bool(diff.mean() > 0 and diff.min() >= WORST_SEED_GOAL)})
         rows[-1]["verdict"] = ("met" if rows[-1]["met"] else "not met") + \
             ("" if len(rs) >= GOAL_SEEDS else f" so far ({len(rs)} of {GOAL_SEEDS} seeds)")
+        versions = {r.get("data_sha256", "unrecorded") for r in rs}
+        if len(versions) > 1:  # seeds that saw different bytes are not seeds of one experiment
+            rows[-1]["met"] = False
+            rows[-1]["verdict"] = f"not comparable: {len(versions)} versions of the data ({', '.join(sorted(v[:12] for v in versions))})"
     return rows
 
 
@@ -426,10 +447,15 @@ def main() -> None:
             folders[name] = source
         elif name in BUILDERS:
             folders[name] = work / "datasets" / name
-            if not (folders[name] / "VARIANT.json").is_file() and not args.report_only:
-                options = {"scifact-incomplete": {"drop": args.drop}, "scifact-dense": {"sentences": args.sentences},
-                           "scifact-topics": {"model": base["model"]}}[name]
-                print(name, BUILDERS[name](source, folders[name], seed=int(base["seed"]), **options))
+            options = {"scifact-incomplete": {"drop": args.drop}, "scifact-dense": {"sentences": args.sentences},
+                       "scifact-topics": {"model": base["model"]}}[name]
+            built_with = {"builder": BUILDER_VERSION, "seed": int(base["seed"]), **options}
+            marker = folders[name] / "VARIANT.json"
+            stale = not marker.is_file() or json.loads(marker.read_text()).get("built_with") != built_with
+            if stale and not args.report_only:  # built once; again when the builder or its options change
+                info = {**BUILDERS[name](source, folders[name], seed=int(base["seed"]), **options), "built_with": built_with}
+                marker.write_text(json.dumps(info, indent=2) + "\n")
+                print(name, info)
         else:
             raise SystemExit(f"unknown dataset '{name}': expected scifact, {', '.join(VARIANTS)} or --dataset NAME=FOLDER")
     for item in args.dataset:
