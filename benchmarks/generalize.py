@@ -443,6 +443,8 @@ def main() -> None:
     source = Path(args.source).resolve()
     folders = {}
     for name in [d for d in args.datasets.split(",") if d]:
+        if (name == "scifact" or name in BUILDERS) and not (source / "corpus.jsonl").is_file():
+            raise SystemExit(f"--source {source}: no corpus.jsonl there; {name} needs a BEIR SciFact folder")
         if name == "scifact":
             folders[name] = source
         elif name in BUILDERS:
