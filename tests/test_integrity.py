@@ -153,3 +153,28 @@ def test_evaluate_refuses_a_cache_of_another_corpus_or_with_a_nan_row(embedded, 
     assert str(root / params[cache]["out_dir"]) in str(err.value)
     assert metrics.read_text() == '{"previous": "figures"}\n'
     assert not (root / params["evaluate"]["out_dir"]).exists() and not (root / params["evaluate"]["plot"]).exists()
+
+
+@pytest.mark.parametrize("previous", ['{"steps_run": 6, "previous": "run"}\n', None])
+def test_a_diverging_train_leaves_metrics_train_json_as_it_was(embedded, previous):
+    """train rewrites metrics/train.json at every evaluation; a run that then fails (here it
+    diverges) puts back the file of the run before it (or none), so the figures beside the
+    model there are never those of a run that did not replace it."""
+    import copy
+
+    root, params = embedded
+    params = copy.deepcopy(params)
+    params["train"].update(lr=1e8, warmup_ratio=0, steps=6)  # step 0 is evaluated (and written) first
+    params["train"]["pilot"]["candidates"] = [{}]  # no pilot: the run itself diverges
+    metrics = root / params["train"]["metrics"]
+    if previous is not None:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(previous)
+    with pytest.raises(FreshenError, match="training diverged"):
+        train.run(params, root)
+    if previous is None:
+        assert not metrics.exists()
+    else:
+        assert metrics.read_text() == previous
+    assert not (root / params["train"]["out_dir"]).exists()
+    assert [p.name for p in metrics.parent.iterdir() if p.name.startswith(".train.json.")] == []
