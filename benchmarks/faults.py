@@ -228,7 +228,7 @@ def retrained_not_evaluated(root: Path) -> None:
 def case_nan_metric_never_written(root: Path) -> Outcome:
     """A diverging run (lr 1e8) stops naming the step; train.json stays valid JSON."""
     before = tree_digest(root)
-    res = freshen(root, "train", "--set", "train.lr=1e8", "--set", "train.warmup_steps=0", "--set",
+    res = freshen(root, "train", "--set", "train.lr=1e8", "--set", "train.warmup_ratio=0", "--set",
                   "train.steps=6", "--set", "train.pilot.candidates=[{}]")
     out = judged(res, before, tree_digest(root), "diverged")
     return out
