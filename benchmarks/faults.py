@@ -3,7 +3,7 @@ points and concurrent runs, each on its own copy of a tiny project (synthetic BE
 random-weight BERT, made on the spot). Every case's outcome is classified and the table written
 to `--out/report.md`.
 
-    python benchmarks/faults.py                       # every case (about 10 minutes on 2 CPU cores)
+    python benchmarks/faults.py                       # every case (about 20 minutes on 2 CPU cores)
     python benchmarks/faults.py --only kill,concurrent
 
 Outcomes:
@@ -226,7 +226,9 @@ def retrained_not_evaluated(root: Path) -> None:
 
 
 def case_nan_metric_never_written(root: Path) -> Outcome:
-    """A diverging run (lr 1e8) stops naming the step; train.json stays valid JSON."""
+    """A diverging run (lr 1e8) of a trained project stops naming the step; the previous model,
+    metrics/train.json (rewritten at every evaluation) included, stays as it was."""
+    trained(root)
     before = tree_digest(root)
     res = freshen(root, "train", "--set", "train.lr=1e8", "--set", "train.warmup_ratio=0", "--set",
                   "train.steps=6", "--set", "train.pilot.candidates=[{}]")
