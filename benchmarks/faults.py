@@ -3,7 +3,7 @@ points and concurrent runs, each on its own copy of a tiny project (synthetic BE
 random-weight BERT, made on the spot). Every case's outcome is classified and the table written
 to `--out/report.md`.
 
-    python benchmarks/faults.py                       # every case (about 10 minutes on 2 CPU cores)
+    python benchmarks/faults.py                       # every case (about 20 minutes on 2 CPU cores)
     python benchmarks/faults.py --only kill,concurrent
 
 Outcomes:
@@ -13,17 +13,21 @@ Outcomes:
 - `warned`: the step ran, and said plainly what it left out
 - `lost`: an earlier good output is gone or changed
 - `wrong`: exit 0 with a wrong or invalid result (NaN, a subset, stale figures)
+- `litter`: refused, but left something behind that was not there before (a new output,
+  temporary, `.partial` or folder; a step's `.<output>.lock` aside)
 - `traceback`: a Python traceback or an exit code other than 0/2
 
-Goal: no `lost`, `wrong` or `traceback` outcome."""
+Goal: no `lost`, `wrong`, `litter` or `traceback` outcome."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -40,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from tiny import make_beir, make_tiny_bert  # noqa: E402  (the tests' synthetic material)
 
-BAD = ("lost", "wrong", "traceback")
+BAD = ("lost", "wrong", "litter", "traceback")
 OUTPUTS = ("data", "artifacts", "metrics", "plots")
 
 
@@ -86,18 +90,36 @@ def freshen(root: Path, *args: str, timeout: int = 900) -> subprocess.CompletedP
                           text=True, timeout=timeout)
 
 
-def start(root: Path, *args: str) -> subprocess.Popen:
+def start(root: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
+    """`freshen *args` in the background; with `log`, its output goes to that file (a run that
+    talks a lot cannot then block on a full pipe nobody reads while the case waits for it)."""
+    if log is not None:
+        with open(log, "w") as fh:
+            return subprocess.Popen([sys.executable, "-m", "freshen", *args], cwd=root, env=env(), stdout=fh,
+                                    stderr=subprocess.STDOUT, text=True)
     return subprocess.Popen([sys.executable, "-m", "freshen", *args], cwd=root, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
+def is_lock(p: Path) -> bool:
+    """A step's lock file `.<output>.lock` (freshen.locks): it may stay behind by design."""
+    return p.name.startswith(".") and p.name.endswith(".lock") and p.is_file()
+
+
 def tree_digest(root: Path) -> dict[str, str]:
-    """Every output file's sha256 (locks and MLflow's own files aside)."""
+    """Every output file's sha256 and every output folder (as "dir"), dot-entries included
+    (temporaries, `.partial` caches); locks and MLflow's own files (outside OUTPUTS) aside."""
     out = {}
     for top in OUTPUTS:
         for p in sorted((root / top).rglob("*")) if (root / top).exists() else ():
-            if p.is_file() and not p.name.endswith(".lock"):
+            if is_lock(p):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                out[str(p.relative_to(root))] = "dir"
+            elif p.is_file():
                 out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                out[str(p.relative_to(root))] = "other"
     return out
 
 
@@ -112,6 +134,9 @@ def judged(res: subprocess.CompletedProcess, before: dict, after: dict, names: s
     changed = sorted(k for k in before if before[k] != after.get(k))
     if changed:
         return Outcome("lost", f"refused, but changed {changed[:3]}")
+    added = sorted(k for k in after if k not in before)
+    if added:  # a refused run writes nothing: no new output, temporary, `.partial` or folder (locks aside)
+        return Outcome("litter", f"refused, but left {added[:3]}{' ...' if len(added) > 3 else ''}: {last[:120]}")
     if names and names not in last:
         return Outcome("traceback", f"refused without naming {names!r}: {last[:200]}")
     return Outcome("refused", last[:220])
@@ -201,9 +226,11 @@ def retrained_not_evaluated(root: Path) -> None:
 
 
 def case_nan_metric_never_written(root: Path) -> Outcome:
-    """A diverging run (lr 1e8) stops naming the step; train.json stays valid JSON."""
+    """A diverging run (lr 1e8) of a trained project stops naming the step; the previous model,
+    metrics/train.json (rewritten at every evaluation) included, stays as it was."""
+    trained(root)
     before = tree_digest(root)
-    res = freshen(root, "train", "--set", "train.lr=1e8", "--set", "train.warmup_steps=0", "--set",
+    res = freshen(root, "train", "--set", "train.lr=1e8", "--set", "train.warmup_ratio=0", "--set",
                   "train.steps=6", "--set", "train.pilot.candidates=[{}]")
     out = judged(res, before, tree_digest(root), "diverged")
     return out
@@ -226,12 +253,12 @@ def case_zero_test_queries(root: Path) -> Outcome:
     return Outcome("wrong", "evaluated with the unjudged query, no warning")
 
 
-def wait_for(cond, timeout: float = 300) -> bool:
+def wait_for(cond, timeout: float = 300, poll: float = 0.05) -> bool:
     end = time.time() + timeout
     while time.time() < end:
         if cond():
             return True
-        time.sleep(0.05)
+        time.sleep(poll)
     return False
 
 
@@ -249,7 +276,7 @@ def kill_embed_at(rows: int):
     def case(root: Path) -> Outcome:
         reference = (root / "artifacts/cache/initial/embeddings.npy").read_bytes()
         shutil.rmtree(root / "artifacts/cache/initial")
-        proc = start(root, "embed-cache")
+        proc = start(root, "embed-cache", log=root / "embed-cache.log")
         if not wait_for(lambda: rows_done(root) >= rows or proc.poll() is not None):
             proc.kill()
             return Outcome("traceback", "never reached the kill point")
@@ -290,40 +317,97 @@ def case_concurrent_embed(root: Path) -> Outcome:
     return Outcome("recovered", f"first run complete and byte-identical; second: {how}")
 
 
+def model_temps(parent: Path, pid: int | None = None) -> list[str]:
+    """The temporaries of the model save beside `artifacts/model`: atomic.temp_sibling names them
+    `.model.<pid>.<8 hex>.tmp` (replace_dir's `.model.old-<pid>` too); `.model.lock` is no temporary."""
+    who = str(pid) if pid is not None else r"\d+"
+    return sorted(p.name for p in parent.iterdir()
+                  if re.fullmatch(rf"\.model\.{who}\.[0-9a-f]{{8}}\.tmp|\.model\.old-{who}", p.name))
+
+
 def case_kill_train_while_saving(root: Path) -> Outcome:
-    """kill -9 train while the model folder is written: the rerun leaves no temp folder behind."""
+    """kill -9 train while the model folder is written (its temporary exists): the previous model
+    is untouched, and the rerun removes the dead run's temporary and writes the model."""
     trained(root)
-    before = tree_digest(root)
-    proc = start(root, "train", "--set", "seed=21")
     parent = root / "artifacts"
-    saw = wait_for(lambda: any(p.name.startswith(".model.") for p in parent.iterdir()) or proc.poll() is not None,
-                   timeout=600)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    leftovers = [p.name for p in parent.iterdir() if p.name.startswith(".model.")]
+    before = tree_digest(root)
+    model_files = {k: v for k, v in before.items() if k.startswith("artifacts/model/")}
+    caught, tries = [], 0
+    for tries in range(1, 4):  # the save takes a fraction of a second: stop the process the moment it starts
+        log = root / f"train-{tries}.log"  # beside the project's outputs, not among them
+        proc = start(root, "train", "--set", "seed=21", log=log)
+        seen = wait_for(lambda: bool(model_temps(parent, proc.pid)) or proc.poll() is not None, timeout=900,
+                        poll=0.001)
+        if seen and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGSTOP)  # frozen where it is; then killed there
+            caught = model_temps(parent, proc.pid)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if not caught:  # finished (or renamed) before it was stopped: an undisturbed run, put the old model back
+            if proc.returncode not in (0, -signal.SIGKILL):
+                return Outcome("traceback", f"train exit {proc.returncode}: {log.read_text().strip()[-200:]}")
+            trained(root)
+            before = tree_digest(root)
+            model_files = {k: v for k, v in before.items() if k.startswith("artifacts/model/")}
+            continue
+        break
+    if not caught:
+        return Outcome("traceback", f"never caught train while it saved the model ({tries} tries)")
     after_kill = tree_digest(root)
-    model_files = [k for k in before if k.startswith("artifacts/model/")]
-    if any(before[k] != after_kill.get(k) for k in model_files) and not saw:
-        return Outcome("lost", "the model changed without a completed train")
+    changed = [k for k in model_files if model_files[k] != after_kill.get(k)]
+    added = [k for k in after_kill if k.startswith("artifacts/model/") and k not in model_files]
+    if changed or added:
+        return Outcome("lost", f"killed while saving, and the previous model changed: {(changed + added)[:3]}")
     res = freshen(root, "train", "--set", "seed=21")
     if res.returncode:
         return Outcome("traceback", res.stderr.strip().splitlines()[-1][:200])
-    still = [p.name for p in parent.iterdir() if p.name.startswith(".model.")]
+    still = model_temps(parent)
     if still:
-        return Outcome("lost", f"temp folders left after the rerun: {still}")
-    return Outcome("recovered", f"killed {'while saving' if saw else 'before saving'} (left {len(leftovers)} temp "
-                                "folders); the rerun removed them and wrote the model")
+        return Outcome("lost", f"temporaries left after the rerun: {still}")
+    if not (root / "artifacts/model/encoder").is_dir():
+        return Outcome("lost", "no model after the rerun")
+    return Outcome("recovered", f"killed while saving (try {tries}: {caught} existed, the previous model untouched); "
+                                "the rerun removed the temporary and wrote the model")
+
+
+def registered_versions(root: Path) -> int:
+    """Model versions in the project's MLflow registry (its SQLite file), read without MLflow."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{root / 'mlflow.db'}?mode=ro", uri=True, timeout=1)) as db:
+            return int(db.execute("SELECT count(*) FROM model_versions").fetchone()[0])
+    except sqlite3.Error:  # not created yet, or locked by a writer this instant
+        return -1
 
 
 def case_kill_promote(root: Path) -> Outcome:
-    """kill -9 promote at several points: one version of these weights, tagged, after the rerun."""
+    """kill -9 promote the moment its model version exists (before the aliases and decision
+    tags), then at fixed times: after the rerun, one version of these weights, tagged and decided."""
     trained(root)
     import mlflow
 
+    before = registered_versions(root)
+    proc = start(root, "promote", log=root / "promote-0.log")
+    wait_for(lambda: registered_versions(root) > max(before, 0) or proc.poll() is not None, timeout=600, poll=0.005)
+    at_creation = proc.poll() is None
+    if at_creation:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    client = mlflow.tracking.MlflowClient()
+    name = yaml.safe_load((root / "params.yaml").read_text())["promote"]["registered_model"]
+    if not at_creation:
+        return Outcome("traceback", f"promote ended (exit {proc.returncode}) before it was killed at the version's "
+                                    "creation")
+    first = client.search_model_versions(f"name='{name}'")
+    if len(first) != 1 or "freshen.model_digest" not in first[0].tags:
+        return Outcome("wrong", f"killed as the version was created: {len(first)} versions, "
+                                f"tags {[sorted(v.tags) for v in first]}")
     kills = []
-    for delay in (1.0, 3.0, 6.0):
-        proc = start(root, "promote")
+    for i, delay in enumerate((1.0, 3.0, 6.0), 1):
+        proc = start(root, "promote", log=root / f"promote-{i}.log")
         time.sleep(delay)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -332,13 +416,14 @@ def case_kill_promote(root: Path) -> Outcome:
     res = freshen(root, "promote")
     if res.returncode:
         return Outcome("traceback", res.stderr.strip().splitlines()[-1][:200])
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    name = yaml.safe_load((root / "params.yaml").read_text())["promote"]["registered_model"]
-    versions = mlflow.tracking.MlflowClient().search_model_versions(f"name='{name}'")
+    versions = client.search_model_versions(f"name='{name}'")
     untagged = [v.version for v in versions if "freshen.model_digest" not in v.tags]
-    if len(versions) != 1 or untagged:
-        return Outcome("wrong", f"{len(versions)} versions of one model, untagged: {untagged}")
-    return Outcome("recovered", f"killed after {kills} s; one tagged version after the rerun")
+    undecided = [v.version for v in versions if "freshen.promotion.decision" not in v.tags]
+    if len(versions) != 1 or untagged or undecided:
+        return Outcome("wrong", f"{len(versions)} versions of one model, untagged: {untagged}, undecided: {undecided}")
+    state = "already decided" if "freshen.promotion.decision" in first[0].tags else "not yet decided"
+    return Outcome("recovered", f"killed as version {first[0].version} was created (digest-tagged, {state}), "
+                                f"then after {kills} s; one tagged, decided version after the rerun")
 
 
 CASES = {
@@ -403,8 +488,8 @@ CASES = {
     "artifact/model-weights-truncated": refusal("evaluate", lambda root: trained(root) or in_project(
         "artifacts/model/encoder/model.safetensors", lambda b: b[:len(b) // 3])(root), "model.safetensors"),
     "artifact/corrector-config-mismatch": refusal("evaluate", lambda root: trained(root) or in_project(
-        "artifacts/model/corrector/config.json",
-        lambda b: json.dumps({**json.loads(b), "hidden": 7}).encode())(root), "corrector"),
+        "artifacts/model/corrector/corrector.json",  # corrector.py's CONFIG: a config the weights do not fit
+        lambda b: json.dumps({**json.loads(b), "hidden": 7}).encode())(root), "corrector.json"),
     "artifact/eval-of-another-model": refusal("promote", retrained_not_evaluated, "measured.model_digest"),
     "artifact/metrics-nan": case_nan_metric_never_written,
     # kills and concurrency
@@ -432,7 +517,7 @@ def write_report(out: Path, rows: list, args, done: bool) -> dict:
              f"({args.docs} documents, a random-weight BERT)", "",
              f"Cases run: {len(rows)}{'' if done else ' (stopped before the end)'}. Outcomes: "
              + ", ".join(f"{k} {v}" for k, v in counts.items()),
-             f"Goal: no lost, wrong or traceback outcome: **{goal}**",
+             f"Goal: no lost, wrong, litter or traceback outcome: **{goal}**",
              "", "| case | outcome | seconds | what happened |", "| --- | --- | --- | --- |"]
     lines += [f"| {n} | {o.kind} | {s:.0f} | {o.detail.replace('|', '/')} |" for n, o, s in rows]
     (out / "report.md").write_text("\n".join(lines) + "\n")

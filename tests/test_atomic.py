@@ -181,3 +181,24 @@ def test_taking_a_lock_removes_what_dead_runs_left_and_nothing_else(tmp_path, li
     assert [p for p in gone if p.exists()] == []
     assert [p for p in kept if not p.exists()] == []
     assert (kept[0] / "encoder" / "model.safetensors").read_bytes() == b"w" * 1000
+
+
+def test_restored_on_failure_puts_the_file_back_until_kept(tmp_path):
+    from freshen.atomic import restored_on_failure, write_text
+
+    f = tmp_path / "train.json"
+    f.write_bytes(b"previous \xff")
+    with pytest.raises(RuntimeError), restored_on_failure(f):
+        write_text(f, "half-way")
+        raise RuntimeError("failed")
+    assert f.read_bytes() == b"previous \xff"  # byte for byte, UTF-8 or not
+    with pytest.raises(RuntimeError), restored_on_failure(tmp_path / "new.json"):
+        write_text(tmp_path / "new.json", "half-way")
+        raise RuntimeError("failed")
+    assert not (tmp_path / "new.json").exists()
+    with pytest.raises(RuntimeError), restored_on_failure(f) as keep:
+        write_text(f, "the new model's")
+        keep()
+        raise RuntimeError("failed after the model was saved")
+    assert f.read_text() == "the new model's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.json"]

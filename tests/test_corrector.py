@@ -187,3 +187,19 @@ def test_a_bad_corrector_config_is_named(tmp_path, body, message):
     (folder / "corrector.json").write_text(body)
     with pytest.raises(DataError, match=message):
         Corrector.load(folder, expect_dim=8)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_file(tmp_path, bad):
+    """A corrector file with a NaN or Inf weight (written by another tool, or damaged) is refused
+    on load, naming the file and the tensor: it would turn every corrected embedding into NaN."""
+    from safetensors.torch import load_file, save_file
+
+    from freshen.errors import DataError
+
+    weights = _saved(tmp_path) / "corrector.safetensors"
+    state = load_file(str(weights))
+    state["mlp.0.weight"][1, 2] = bad
+    save_file(state, str(weights))
+    with pytest.raises(DataError, match=r"corrector\.safetensors: tensor 'mlp\.0\.weight' holds NaN or Inf"):
+        Corrector.load(tmp_path / "c", expect_dim=8)

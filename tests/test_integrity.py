@@ -113,3 +113,68 @@ def test_a_corrector_with_nan_weights_is_not_saved(tmp_path):
     with pytest.raises(FreshenError, match="holds NaN or Inf: not saved"):
         c.save(tmp_path / "corrector")
     assert not (tmp_path / "corrector").exists()
+
+
+def _nan_row(folder: Path, row: int = 3) -> None:
+    arr = np.load(folder / "embeddings.npy", mmap_mode="r+")
+    arr[row, 5] = np.nan
+    arr.flush()
+    del arr
+
+
+def _other_corpus(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "corpus_sha256": "0" * 64}))
+
+
+@pytest.mark.parametrize("cache", ["cache", "reembed"])
+@pytest.mark.parametrize("fault, message", [
+    pytest.param(_other_corpus, r"manifest.json: field 'corpus_sha256': the cache was embedded from another corpus",
+                 id="other-corpus"),
+    pytest.param(_nan_row, r"embeddings.npy: row 3 \(document '[^']+'\) holds NaN or Inf", id="nan-row"),
+])
+def test_evaluate_refuses_a_cache_of_another_corpus_or_with_a_nan_row(embedded, cache, fault, message):
+    """Either cache evaluate ranks with (the stale one, the re-embedded one): of another corpus, or
+    with a NaN row, it stops naming the file; metrics/eval.json keeps the previous figures, and no
+    run files or plot table are written."""
+    import shutil
+
+    from freshen.steps import evaluate
+
+    root, params = embedded
+    stale = root / params["cache"]["out_dir"]
+    shutil.copytree(stale, root / params["reembed"]["out_dir"])  # a valid re-embedded cache of the same corpus
+    fault(root / params[cache]["out_dir"])
+    metrics = root / params["evaluate"]["metrics"]
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text('{"previous": "figures"}\n')
+    with pytest.raises(DataError, match=message) as err:
+        evaluate.run(params, root)
+    assert str(root / params[cache]["out_dir"]) in str(err.value)
+    assert metrics.read_text() == '{"previous": "figures"}\n'
+    assert not (root / params["evaluate"]["out_dir"]).exists() and not (root / params["evaluate"]["plot"]).exists()
+
+
+@pytest.mark.parametrize("previous", ['{"steps_run": 6, "previous": "run"}\n', None])
+def test_a_diverging_train_leaves_metrics_train_json_as_it_was(embedded, previous):
+    """train rewrites metrics/train.json at every evaluation; a run that then fails (here it
+    diverges) puts back the file of the run before it (or none), so the figures beside the
+    model there are never those of a run that did not replace it."""
+    import copy
+
+    root, params = embedded
+    params = copy.deepcopy(params)
+    params["train"].update(lr=1e8, warmup_ratio=0, steps=6)  # step 0 is evaluated (and written) first
+    params["train"]["pilot"]["candidates"] = [{}]  # no pilot: the run itself diverges
+    metrics = root / params["train"]["metrics"]
+    if previous is not None:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(previous)
+    with pytest.raises(FreshenError, match="training diverged"):
+        train.run(params, root)
+    if previous is None:
+        assert not metrics.exists()
+    else:
+        assert metrics.read_text() == previous
+    assert not (root / params["train"]["out_dir"]).exists()
+    assert [p.name for p in metrics.parent.iterdir() if p.name.startswith(".train.json.")] == []

@@ -99,12 +99,12 @@ def _promote(project, tiny_model, trained: float, zero_shot: float, variant: int
     return promote.run(params, root)
 
 
-def _eval_json(project, trained: float, zero_shot: float, digest: str | None) -> None:
+def _eval_json(project, trained: float, zero_shot: float, digest: str | None, **caches: str) -> None:
     root, _ = project
     (root / "metrics").mkdir(parents=True, exist_ok=True)
     (root / "metrics/eval.json").write_text(json.dumps(
         {"dev": {"trained": {"ndcg_at_10": trained}, "zero_shot": {"ndcg_at_10": zero_shot}},
-         **({"measured": {"model_digest": digest}} if digest else {})}))
+         **({"measured": {"model_digest": digest, **caches}} if digest else {})}))
 
 
 def _alias(client, name, alias):
@@ -263,3 +263,58 @@ def test_promote_logs_the_model_without_mlflow_advice_warnings(project, tiny_mod
         _promote(project, tiny_model, 0.60, 0.50, 1)
     advice = [str(w.message) for w in caught if "type hint" in str(w.message) or "input example" in str(w.message)]
     assert advice == []
+
+
+@pytest.mark.parametrize("body", [None, b"", b'{"dev": {"trained": ', b'{"dev": "\xff"}', b"[1, 2]"])
+def test_an_unreadable_eval_json_exits_as_a_named_data_error(project, tiny_model, monkeypatch, capsys, body):
+    """eval.json missing, empty, cut short, not UTF-8 or not an object: `freshen promote` exits 2
+    with one line naming the file, never a traceback, and registers nothing."""
+    from freshen.cli import main
+
+    root, params = project
+    _promote(project, tiny_model, 0.60, 0.50, 1)  # a model and a readable eval.json first
+    name = params["promote"]["registered_model"]
+    metrics_file = root / "metrics/eval.json"
+    if body is None:
+        metrics_file.unlink()
+    else:
+        metrics_file.write_bytes(body)
+    (root / params["train"]["out_dir"] / "encoder" / "variant.json").write_text("2")  # weights not yet registered
+    monkeypatch.setattr("freshen.config.load_params", lambda *args, **kwargs: params)
+    capsys.readouterr()
+    assert main(["promote", "--root", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"freshen promote: error: {metrics_file}: "), err
+    assert ("not found: run evaluate first" if body is None else "not valid" if body[:1] != b"[" else
+            "must be a JSON object") in err[0]
+    assert len(MlflowClient().search_model_versions(f"name='{name}'")) == 1
+
+
+def test_figures_measured_on_another_cache_are_never_registered(project, tiny_model):
+    """eval.json records the caches it ranked with: a cache rebuilt since (here the re-embedded one,
+    at another precision) makes its figures stale, and promote refuses them until evaluate reruns."""
+    from freshen.integrity import file_sha256
+
+    root, params = project
+    manifests = {key: root / params[section]["out_dir"] / "manifest.json"
+                 for key, section in (("stale_cache", "cache"), ("fresh_cache", "reembed"))}
+    for key, manifest in manifests.items():
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps({"cache": key, "precision": "fp32"}))
+    measured = {key: file_sha256(m) for key, m in manifests.items()}
+    encoder = root / params["train"]["out_dir"] / "encoder"
+    shutil.copytree(tiny_model, encoder)
+    _eval_json(project, 0.60, 0.50, checkpoint_digest(encoder.parent), **measured)
+    assert promote.run(params, root)["promoted"]  # the caches it measured: registered
+
+    (encoder / "variant.json").write_text("2")  # retrained and evaluated, then the fresh cache rebuilt
+    _eval_json(project, 0.90, 0.50, checkpoint_digest(encoder.parent), **measured)
+    manifests["fresh_cache"].write_text(json.dumps({"cache": "fresh_cache", "precision": "bf16"}))
+    with pytest.raises(FreshenError, match=r"eval.json: field 'measured.fresh_cache': measured another fresh cache "
+                                           r".*run evaluate again"):
+        promote.run(params, root)
+    name = params["promote"]["registered_model"]
+    assert len(MlflowClient().search_model_versions(f"name='{name}'")) == 1
+    measured["fresh_cache"] = file_sha256(manifests["fresh_cache"])  # evaluated again: registered
+    _eval_json(project, 0.90, 0.50, checkpoint_digest(encoder.parent), **measured)
+    assert promote.run(params, root)["version"] == "2"

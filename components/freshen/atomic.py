@@ -53,11 +53,15 @@ def _new_temp_dir(path: Path) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     fd, tmp = _new_temp_file(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -79,6 +83,33 @@ def write_json(path: str | Path, obj) -> Path:
 
         raise DataError(path, "not a finite number: refusing to write a NaN or Inf", field=key)
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+@contextlib.contextmanager
+def restored_on_failure(path: str | Path):
+    """For a file a step rewrites while it runs (train's metrics at every evaluation): if the
+    block fails, `path` is put back as it was before (or removed, when it was not there), so a
+    failed run leaves the previous run's file. Call the yielded `keep()` once the run's result
+    has replaced what the file described (the model), from when on its rewrites stay.
+    A SIGKILLed process cannot put anything back: its last rewrite stays."""
+    path = Path(path)
+    before = path.read_bytes() if path.is_file() else None
+    kept = False
+
+    def keep() -> None:
+        nonlocal kept
+        kept = True
+
+    try:
+        yield keep
+    except BaseException:
+        if not kept:
+            if before is None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            else:
+                write_bytes(path, before)
+        raise
 
 
 @contextlib.contextmanager

@@ -135,9 +135,13 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise DataError(path, "corrector weights not found")
     try:
-        return load_file(str(path))
+        weights = load_file(str(path))
     except SafetensorError as exc:
         raise DataError(path, f"not a readable safetensors file, truncated or damaged ({exc})") from None
+    for name, tensor in weights.items():  # a NaN weight would make every corrected embedding NaN
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise DataError(path, f"tensor '{name}' holds NaN or Inf: the corrector is corrupt (train it again)")
+    return weights
 
 
 def check_weights_fit(model: nn.Module, weights: dict[str, torch.Tensor], path: Path, cfg_file: Path) -> None:

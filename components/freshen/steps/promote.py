@@ -8,14 +8,15 @@ promoting the same version twice changes nothing."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 from freshen.atomic import write_json
+from freshen.cache import MANIFEST
 from freshen.config import get_dotted
-from freshen.errors import FreshenError
-from freshen.integrity import check_measured, checkpoint_digest
+from freshen.errors import DataError, FreshenError
+from freshen.integrity import check_measured, checkpoint_digest, file_sha256
+from freshen.jsonfile import read_json
 from freshen.locks import hold
 from freshen.steps.common import NullLog, path
 
@@ -143,6 +144,26 @@ def read_metric(metrics: dict, metrics_file: Path, key: str, param: str) -> floa
         raise FreshenError(f"{metrics_file}: field '{key}' ({param}) not found") from None
 
 
+def cache_digests(params: dict, root: Path) -> dict[str, str]:
+    """The digests (as eval.json's `measured` records them, see Cache.digest) of the caches
+    evaluate ranked with, as they are now: a cache rebuilt since (another precision, `reembed.corrector`)
+    makes the figures stale. A cache no longer there is not compared: nothing can be ranked with it."""
+    out = {}
+    for key, folder in (("stale_cache", params["cache"]["out_dir"]), ("fresh_cache", params["reembed"]["out_dir"])):
+        manifest = path(root, folder) / MANIFEST
+        if manifest.is_file():
+            out[key] = file_sha256(manifest)
+    return out
+
+
+def encoder_dim(config: Path) -> int:
+    """The embedding size the pyfunc's signature states: the encoder's `hidden_size`."""
+    dim = read_json(config).get("hidden_size")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise DataError(config, f"must be an integer >= 1, got {dim!r}", field="hidden_size")
+    return dim
+
+
 def is_registered(params: dict, root: Path) -> bool:
     """Whether the registry this machine tracks to holds the trained model (by its weights'
     digest). The registry lives in MLflow (`mlflow.db` by default), not in DVC: on a fresh clone
@@ -175,19 +196,22 @@ def register_and_decide(params: dict, root: Path, log, margin: float) -> dict:
 
     cfg = params["promote"]
     metrics_file = path(root, params["evaluate"]["metrics"])
-    metrics = json.loads(metrics_file.read_text())
+    if not metrics_file.is_file():
+        raise DataError(metrics_file, "not found: run evaluate first (freshen evaluate, or dvc repro)")
+    metrics = read_json(metrics_file)
     value = read_metric(metrics, metrics_file, cfg["metric"], "promote.metric")
     zero_shot_metric = str(cfg.get("zero_shot_metric", ZERO_SHOT_METRIC))
     zero_shot = read_metric(metrics, metrics_file, zero_shot_metric, "promote.zero_shot_metric")
     model_dir = path(root, params["train"]["out_dir"])
     digest = checkpoint_digest(model_dir)
-    check_measured(metrics, metrics_file, {"model_digest": digest})  # before the registry is touched
+    # before the registry is touched: the figures are of these weights, on these caches
+    check_measured(metrics, metrics_file, {"model_digest": digest, **cache_digests(params, root)})
     tracking.setup(root, params.get("mlflow", {}).get("experiment", "freshen"))
     name = cfg["registered_model"]
     client = mlflow.tracking.MlflowClient()
     existing = find_version(client, name, digest)
     if existing is None:
-        dim = json.loads((model_dir / "encoder" / "config.json").read_text())["hidden_size"]
+        dim = encoder_dim(model_dir / "encoder" / "config.json")
         existing = log_and_register(model_dir, name, digest, dim)
     decision = decide(client, name, str(existing.version), cfg["metric"], value, zero_shot_metric, zero_shot,
                       float(cfg.get("min_improvement", 0)), margin)

@@ -1,7 +1,9 @@
 """Step 3, train: the retriever and its corrector, from the stale cache and the clusters.
 `train.metrics` is rewritten after every evaluation (the counters and that evaluation's
-figures), so a run stopped half-way leaves its last measurements; the end of the run writes
-the summary there."""
+figures), so a run killed half-way (kill -9) leaves its last measurements; the end of the run
+writes the summary there. A run that fails or is stopped (an error, Ctrl-C, SIGTERM) before its
+model replaced the previous one puts the previous run's file back (or none): the figures there
+describe the model there (the failed run's measurements are in its MLflow run and its log)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import csv
 import io
 from pathlib import Path
 
-from freshen.atomic import atomic_dir, write_json, write_text
+from freshen.atomic import atomic_dir, restored_on_failure, write_json, write_text
 from freshen.config import params_hash
 from freshen.data.teacher import read_teacher_scores
 from freshen.embed_corpus import place
@@ -74,12 +76,14 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
     p = params["train"]
     check_train_params(p)  # fail on bad params before loading anything heavy or touching an output
     # one train of this project at a time: the model, the metrics rewritten at every evaluation, the curve
-    with hold(path(root, p["out_dir"]), path(root, p["metrics"]), path(root, p["curve"])):
-        return train_and_save(params, root, log)
+    with hold(path(root, p["out_dir"]), path(root, p["metrics"]), path(root, p["curve"])), \
+            restored_on_failure(path(root, p["metrics"])) as model_saved:
+        return train_and_save(params, root, log, model_saved)
 
 
-def train_and_save(params: dict, root: Path, log=NullLog()) -> dict:
-    """The pilot when there is one, training, then the model, metrics and curve written."""
+def train_and_save(params: dict, root: Path, log=NullLog(), model_saved=lambda: None) -> dict:
+    """The pilot when there is one, training, then the model, metrics and curve written;
+    `model_saved()` is called once the new model has replaced the previous one."""
     p = params["train"]
     set_threads()
     ds = prepared(params, root)
@@ -125,6 +129,7 @@ def train_and_save(params: dict, root: Path, log=NullLog()) -> dict:
                                                **({"corrector_not_saved": not_saved} if not_saved else {}),
                                                "params_hash": params_hash(params, SECTIONS),
                                                "cache_manifest": cache.manifest, "steps": int(p["steps"])})
+    model_saved()  # from here on the metrics describe the model there, even if writing the summary fails
     last = result.curve[-1]
     figures, warning = verdict(result.validations, result.best_step, bool(p.get("keep_best", True)))
     summary = {**result.counters.as_dict(), "final_loss": last["loss"], "steps_run": len(result.curve), **figures,
