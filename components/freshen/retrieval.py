@@ -159,7 +159,7 @@ def write_trec(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
 
 
 def bm25_run(doc_ids: list[str], doc_texts: list[str], qids: list[str], query_texts: list[str], k: int = 100):
-    """BM25 baseline with bm25s (English stopwords), as in METHOD.md's reference figures."""
+    """BM25 baseline with bm25s (English stopwords), as in docs/method.md's reference figures."""
     import bm25s
 
     retriever = bm25s.BM25()
