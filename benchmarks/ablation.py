@@ -2,8 +2,8 @@
 same seed, steps and batch composition, re-embeds, evaluates on test, and writes a markdown
 table, a plot of nDCG@10 against target-encoder forward passes, and one MLflow run per arm.
 
-    python benchmarks/ablation.py                  # all arms on params.yaml's dataset
-    python benchmarks/ablation.py --arms corrected,refresh --steps 100
+    python -m benchmarks.ablation                  # all arms on params.yaml's dataset
+    python -m benchmarks.ablation --arms corrected,refresh --steps 100
 
 Arms: zero_shot; in_batch; stale; corrected (no re-embedding); refresh (re-embed every N steps,
 N = --refresh-every, else steps // (refreshes + 1), at least `--refreshes` refreshes); best_random (TAS versus random
@@ -17,25 +17,20 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import RESULTS, ROOT, command_line, machine, write_keeping_notes
 from freshen import atomic
 
-ROOT = Path(__file__).resolve().parents[1]
 ARMS = ["zero_shot", "in_batch", "stale", "corrected", "refresh", "best_random"]
 # `<arm>_random`: that arm with random instead of TAS batches (TAS versus random for any strategy)
 RANDOM_OF = ("in_batch", "stale", "corrected", "refresh")
 KNOWN_ARMS = ARMS + [f"{a}_random" for a in RANDOM_OF]
 # the issue's goals: corrected minus refresh (nDCG@10), corrected / refresh passes, best arm's nDCG@10
 GAP_GOAL, PASS_RATIO_GOAL, BEST_GOAL = -0.005, 0.1, 0.73
-# a report's hand-written part starts at this line; regenerating the report keeps it
-NOTES_MARKER = "<!-- Notes below are written by hand and kept when this report is regenerated. -->"
 
 
 def refresh_interval(steps: int, refreshes: int, refresh_every: int | None) -> int:
@@ -178,31 +173,6 @@ def goals(results: list[dict]) -> list[str]:
     return lines
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, no GPU used, python {platform.python_version()}"
-
-
-def command_line() -> str:
-    """How this script was called, as a report's `Command:` line shows it."""
-    return "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix()] + sys.argv[1:])
-
-
-def write_keeping_notes(path: Path, generated: str) -> None:
-    """Write a generated report atomically, keeping the old file's hand-written notes (everything
-    from NOTES_MARKER on): results and how they were obtained stay in one file, and rewriting the
-    tables with --report-only must not lose the second."""
-    notes = ""
-    if path.is_file():
-        old = path.read_text()
-        if NOTES_MARKER in old:
-            notes = "\n" + old[old.index(NOTES_MARKER):]
-    atomic.write_text(path, generated + notes)
-
-
 def write_report(results: list[dict], out: Path, command: str) -> None:
     rows = ["| arm | nDCG@10 | R@100 | MRR@10 | training passes | re-embedding passes | total passes | train wall s | arm wall s |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -256,7 +226,7 @@ def main() -> None:
     ap.add_argument("--refresh-every", type=int, default=None,
                     help="N for the refresh arm (default: the largest N giving --refreshes refreshes); "
                          "refresh often so the baseline is the strongest one without a corrector")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ablation"))
+    ap.add_argument("--out", default=str(RESULTS / "ablation"))
     ap.add_argument("--force", action="store_true", help="rerun arms that already have results")
     ap.add_argument("--keep-best", action="store_true",
                     help="each arm restores its best validated checkpoint (default: its final one, the same rule for all)")
@@ -285,7 +255,7 @@ def main() -> None:
             arm = resolve_arm(arm, results)
             if (out / f"{arm}.json").is_file():
                 results.append(json.loads((out / f"{arm}.json").read_text()))
-        write_report(results, out, args.command or "python benchmarks/ablation.py")
+        write_report(results, out, args.command or command_line("ablation", []))
         print((out / "ablation.md").read_text())
         return
     set_threads()
@@ -306,8 +276,8 @@ def main() -> None:
         atomic.write_json(done, result)
         log_mlflow(base, result)
         results.append(result)
-        write_report(results, out, " ".join(["python benchmarks/ablation.py"] + sys.argv[1:]))
-    write_report(results, out, " ".join(["python benchmarks/ablation.py"] + sys.argv[1:]))
+        write_report(results, out, command_line("ablation"))
+    write_report(results, out, command_line("ablation"))
     print((out / "ablation.md").read_text())
 
 

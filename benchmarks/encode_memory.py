@@ -3,8 +3,8 @@ synthetic corpora of 20k and 200k passages (words drawn from a real vocabulary, 
 the same streaming job `freshen reembed` runs (CorpusFile -> embed_to_cache) on each in a fresh
 process, and compares the processes' peak RSS. The goal: 200k within 10% of 20k.
 
-    python benchmarks/encode_memory.py                          # 20k and 200k, the default encoder
-    python benchmarks/encode_memory.py --sizes 2000,20000 --max-len 64 --out /tmp/rss.md
+    python -m benchmarks.encode_memory                          # 20k and 200k, the default encoder
+    python -m benchmarks.encode_memory --sizes 2000,20000 --max-len 64 --out /tmp/rss.md
 
 Peak RSS is ru_maxrss of each child process, so model weights and the torch runtime are in both
 figures; only what grows with the corpus (ids, offsets, written rows) can make them differ."""
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import resource
 import subprocess
@@ -23,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import RESULTS, ROOT, command_line, machine, write_report
 
 
 def vocabulary() -> list[str]:
@@ -89,14 +87,6 @@ def child(args) -> None:
                       "threads": threads}))
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {cores} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="20000,200000")
@@ -109,7 +99,7 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=4096)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--workdir", default=None, help="where the synthetic corpora and caches go (default: a temp dir)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "encode_memory.md"))
+    ap.add_argument("--out", default=str(RESULTS / "encode_memory.md"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
@@ -132,17 +122,17 @@ def main() -> None:
         corpus = work / f"corpus-{n}.jsonl"
         if not corpus.is_file():
             write_corpus(corpus, n, words)
-        argv = [sys.executable, __file__, "--child", "--corpus", str(corpus), "--cache", str(work / f"cache-{n}"),
+        argv = [sys.executable, "-m", "benchmarks.encode_memory", "--child", "--corpus", str(corpus), "--cache", str(work / f"cache-{n}"),
                 "--max-len", str(args.max_len), "--batch-size", str(args.batch_size), "--max-tokens",
                 str(args.max_tokens), "--chunk-rows", str(args.chunk_rows), "--precision", args.precision]
         if args.model:
             argv += ["--model", args.model]
-        res = subprocess.run(argv, check=True, capture_output=True, text=True)
+        res = subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, text=True)
         results.append({"size_mib_corpus": round(corpus.stat().st_size / 2**20, 1), **json.loads(res.stdout.splitlines()[-1])})
         print(results[-1], flush=True)
     base, top = results[0]["peak_rss_mib"], results[-1]["peak_rss_mib"]
     growth = (top - base) / base
-    command = " ".join(["python benchmarks/encode_memory.py"] + sys.argv[1:])
+    command = command_line("encode_memory")
     lines = [
         "# Peak RSS while re-embedding synthetic corpora (streaming CorpusFile -> embed_to_cache)", "",
         f"Command: `{command}`  ", f"Machine: {machine()}  ",
@@ -154,8 +144,7 @@ def main() -> None:
     verdict = "met" if growth <= 0.10 else "not met"
     lines += ["", f"Peak RSS at {results[-1]['passages']} passages is {growth:+.1%} of the peak at "
                   f"{results[0]['passages']} (goal: within 10%): **{verdict}**."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    write_report(Path(args.out), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -2,26 +2,20 @@
 the same texts, the same max length and batch size. Checks the outputs agree (cosine per text)
 and reports throughput and the ratio. Not a test: run it by hand.
 
-    python benchmarks/encode_throughput.py --docs 1000 --out benchmarks/results/encode_throughput.md
+    python -m benchmarks.encode_throughput --docs 1000 --out benchmarks/results/encode_throughput.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+from benchmarks.common import command_line, machine, write_report
 
 
 def main() -> None:
@@ -69,17 +63,17 @@ def main() -> None:
         "sentence_transformers_docs_per_s": round(len(texts) / st_s, 2),
         "freshen_docs_per_s": round(len(texts) / ours_s, 2), "ratio": round(st_s / ours_s, 3),
         "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
-        "agree_at_0999": bool(cos.min() >= 0.999), "machine": f"{cpu_model()}, "
+        "agree_at_0999": bool(cos.min() >= 0.999), "machine": f"{machine()}, "
         f"{threads} threads, torch {torch.__version__}",
     }
     print(json.dumps(result, indent=2))
     if args.out:
         rows = "\n".join(f"| {k} | {v} |" for k, v in result.items())
-        Path(args.out).write_text(
+        write_report(
+            Path(args.out),
             "# Encoding throughput: Freshen vs sentence-transformers\n\n"
-            f"Command: `python benchmarks/encode_throughput.py --docs {args.docs} --max-len {args.max_len} "
-            f"--batch-size {args.batch_size} --precision {args.precision} --max-tokens {args.max_tokens}`\n\n| what | value |\n| --- | --- |\n"
-            f"{rows}\n")
+            f"Command: `{command_line('encode_throughput')}`\n\n| what | value |\n| --- | --- |\n{rows}\n",
+        )
 
 
 if __name__ == "__main__":

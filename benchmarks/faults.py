@@ -3,8 +3,8 @@ points and concurrent runs, each on its own copy of a tiny project (synthetic BE
 random-weight BERT, made on the spot). Every case's outcome is classified and the table written
 to `--out/report.md`.
 
-    python benchmarks/faults.py                       # every case (about 20 minutes on 2 CPU cores)
-    python benchmarks/faults.py --only kill,concurrent
+    python -m benchmarks.faults                       # every case (about 20 minutes on 2 CPU cores)
+    python -m benchmarks.faults --only kill,concurrent
 
 Outcomes:
 - `refused`: exit 2, one line naming the file (and line or field), every earlier output unchanged
@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -40,9 +39,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from tiny import make_beir, make_tiny_bert  # noqa: E402  (the tests' synthetic material)
+from benchmarks.common import RESULTS, ROOT, command_line, machine, write_report
+from tests.tiny import make_beir, make_tiny_bert  # the tests' synthetic material
 
 BAD = ("lost", "wrong", "litter", "traceback")
 OUTPUTS = ("data", "artifacts", "metrics", "plots")
@@ -502,25 +500,19 @@ CASES = {
 }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, python {platform.python_version()}"
-
-
-def write_report(out: Path, rows: list, args, done: bool) -> dict:
+def write_table(out: Path, rows: list, args, done: bool) -> dict:
     """report.md with the cases run so far (rewritten after each, so a stopped run leaves its table)."""
-    out.mkdir(parents=True, exist_ok=True)
     counts = {k: sum(1 for _, o, _ in rows if o.kind == k) for k in ("refused", "recovered", "warned", *BAD)}
     goal = "met" if not any(counts[k] for k in BAD) else "not met"
     lines = ["# Fault injection", "", f"Machine: {machine()}",
-             f"Command: `python benchmarks/faults.py{' --only ' + args.only if args.only else ''}` "
+             f"Command: `{command_line('faults')}` "
              f"({args.docs} documents, a random-weight BERT)", "",
              f"Cases run: {len(rows)}{'' if done else ' (stopped before the end)'}. Outcomes: "
              + ", ".join(f"{k} {v}" for k, v in counts.items()),
              f"Goal: no lost, wrong, litter or traceback outcome: **{goal}**",
              "", "| case | outcome | seconds | what happened |", "| --- | --- | --- | --- |"]
     lines += [f"| {n} | {o.kind} | {s:.0f} | {o.detail.replace('|', '/')} |" for n, o, s in rows]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_report(out / "report.md", "\n".join(lines) + "\n")
     if done:
         print(f"wrote {out / 'report.md'}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return counts
@@ -531,7 +523,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated name prefixes, e.g. kill,data/qrels")
     ap.add_argument("--docs", type=int, default=2000, help="corpus size (the kill cases need a few seconds of work)")
     ap.add_argument("--keep", default="", help="copy the case projects here for inspection")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faults"))
+    ap.add_argument("--out", default=str(RESULTS / "faults"))
     args = ap.parse_args()
     prefixes = [p for p in args.only.split(",") if p]
     names = [n for n in CASES if not prefixes or any(n.startswith(p) for p in prefixes)]
@@ -552,12 +544,12 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             rows.append((name, outcome, seconds))
             print(f"{name:<40} {outcome.kind:<10} {seconds:5.0f} s  {outcome.detail}", flush=True)
-            write_report(Path(args.out), rows, args, done=False)
+            write_table(Path(args.out), rows, args, done=False)
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
         if args.keep:
             shutil.copytree(work, args.keep, symlinks=True, dirs_exist_ok=True)
-    counts = write_report(Path(args.out), rows, args, done=True)
+    counts = write_table(Path(args.out), rows, args, done=True)
     sys.exit(1 if any(counts[k] for k in BAD) else 0)
 
 

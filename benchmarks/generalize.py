@@ -3,10 +3,10 @@ stress variant, the whole pipeline (`freshen prepare ... promote`, the README's 
 dataset" path: a BEIR folder with graded qrels and a dev split, `data.verify: false`) on each
 seed, and a table of zero-shot against trained test nDCG@10.
 
-    python benchmarks/generalize.py                               # scifact + both stress variants, seeds 13-17
-    python benchmarks/generalize.py --datasets scifact-dense --seeds 13
-    python benchmarks/generalize.py --dataset mine=/data/beir/mine   # any BEIR folder as well
-    python benchmarks/generalize.py --set train.lr=2e-5 --out benchmarks/results/generalize-lr2e-5
+    python -m benchmarks.generalize                               # scifact + both stress variants, seeds 13-17
+    python -m benchmarks.generalize --datasets scifact-dense --seeds 13
+    python -m benchmarks.generalize --dataset mine=/data/beir/mine   # any BEIR folder as well
+    python -m benchmarks.generalize --set train.lr=2e-5 --out benchmarks/results/generalize-lr2e-5
 
 Stress variants, built from SciFact (`--source`) into the work folder, never committed:
 - `scifact-incomplete`: a seeded `--drop` fraction of the train and dev judgements removed (a
@@ -32,9 +32,7 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -43,7 +41,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import RESULTS, ROOT, command_line, machine, write_report
+
 VARIANTS = ("scifact-incomplete", "scifact-dense", "scifact-topics")
 DEFAULT_DATASETS = ("scifact", *VARIANTS)
 PIPELINE = ("prepare", "cluster-queries", "embed-cache", "train", "reembed", "evaluate", "promote")
@@ -283,7 +282,7 @@ def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, override
               "model_digest": (ev.get("measured") or {}).get("model_digest"),
               "weights_md5": weights_md5(project / p["train"]["out_dir"]),
               "overrides": overrides, "false_negative_params": p["train"]["negatives"].get("false_negatives"),
-              "command": command_line(),
+              "command": command_line("generalize"),
               "wall_seconds": round(time.perf_counter() - started, 1)}
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -373,13 +372,6 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, no GPU used, python {platform.python_version()}"
-
-
 def report(results: list[dict], command: str, overrides: dict) -> str:
     ran = sorted({r["command"] for r in results if "command" in r})
     out = ["# Zero-shot against trained, per dataset (test nDCG@10)", "",
@@ -407,10 +399,6 @@ def report(results: list[dict], command: str, overrides: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def command_line() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in ["benchmarks/generalize.py"] + sys.argv[1:])
-
-
 def parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -428,7 +416,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="13,14,15,16,17")
     ap.add_argument("--source", default=str(ROOT.parent / "shared" / "datasets" / "scifact"), help="SciFact folder")
     ap.add_argument("--work", default=str(ROOT / "artifacts" / "generalize"), help="run folders (not git)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generalize"), help="report folder")
+    ap.add_argument("--out", default=str(RESULTS / "generalize"), help="report folder")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--drop", type=float, default=0.5, help="scifact-incomplete: judgements removed")
     ap.add_argument("--sentences", type=int, default=3, help="scifact-dense: sentences a passage")
@@ -465,9 +453,10 @@ def main() -> None:
         if not sep:
             raise SystemExit(f"--dataset {item}: must look like NAME=FOLDER")
         folders[name] = Path(folder).resolve()
+    command = command_line("generalize")
     if args.audit:
         lines = ["# Cached negatives that are unjudged positives (pre-trained encoder, no training)", "",
-                 f"Machine: {machine()}", f"Command: `{command_line()}`", "",
+                 f"Machine: {machine()}", f"Command: `{command}`", "",
                  "| dataset | relative margin | top-4 negatives relevant by the complete labels | "
                  "candidates removed a (query, positive) | of which relevant |", "| --- | --- | --- | --- | --- |"]
         for name in (n for n in folders if n in ("scifact-incomplete", "scifact-dense")):  # complete labels known
@@ -475,8 +464,7 @@ def main() -> None:
                            base["model"]):
                 lines.append(f"| {name} | {r['relative_margin'] if r['relative_margin'] is not None else 'off'} | "
                              f"{r['negatives_relevant']:.3f} | {r['removed_per_pair']:.2f} | {r['removed_relevant']:.3f} |")
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "audit.md").write_text("\n".join(lines) + "\n")
+        write_report(Path(args.out) / "audit.md", "\n".join(lines) + "\n")
         print("\n".join(lines))
         return
     results = []
@@ -490,10 +478,8 @@ def main() -> None:
             results.append(run_one(base, name, folder, seed, work, overrides, int(base["seed"])))
             print(json.dumps(results[-1]))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    command = command_line()
-    (out / "report.md").write_text(report(results, command, overrides))
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(out / "report.md", report(results, command, overrides))
+    write_report(out / "results.json", json.dumps(results, indent=2) + "\n")
     print(report(results, command, overrides))
 
 

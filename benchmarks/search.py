@@ -4,35 +4,24 @@ selection as training does it past `ann_threshold`: CacheScorer candidates from 
 rescored through a residual-MLP corrector, time per select() call and overlap with the exact
 corrected top-k; (c) peak memory. Not a test: run it by hand.
 
-    python benchmarks/search.py --rows 1000000 --out benchmarks/results/search.md
+    python -m benchmarks.search --rows 1000000
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.common import RESULTS, command_line, machine, write_report
+
 GOAL_S = 1.0  # corrected-negative selection for one batch of 32 queries, on the CPU
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def unit(a: np.ndarray) -> np.ndarray:
@@ -108,7 +97,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed select() calls after a warm-up")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="benchmarks/results/search.md", help="markdown report")
+    ap.add_argument("--out", default=str(RESULTS / "search.md"), help="markdown report")
     args = ap.parse_args()
 
     import faiss
@@ -171,14 +160,14 @@ def main() -> None:
     met = all(r["median_s"] < GOAL_S for r in b)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    command = "python " + " ".join(shlex.quote(x) for x in sys.argv)
-    machine = (f"{platform.platform()}; CPU {cpu_model()}, {os.cpu_count()} cores, {args.threads} threads used; "
-               f"faiss {faiss.__version__}, {gpus} GPU(s) visible to faiss; torch {torch.__version__}")
+    command = command_line("search")
+    software = (f"{args.threads} threads used; faiss {faiss.__version__}, {gpus} GPU(s) visible to faiss; "
+                f"torch {torch.__version__}")
     data = (f"{args.rows:,} x {args.dim} float16 rows, L2-normalised, around {args.centres} Gaussian centres on the "
             f"unit sphere (noise {args.noise}), seed {args.seed}; queries drawn near corpus rows "
             f"(noise {args.query_noise}). Generated in {gen_s:.1f} s.")
     lines = ["# Search: exact vs ANN, and corrected-negative selection at corpus scale", "",
-             f"Command: `{command}`", "", f"Machine: {machine}", "", f"Data: {data}", "",
+             f"Command: `{command}`", "", f"Machine: {machine()}; {software}", "", f"Data: {data}", "",
              f"## (a) Exact vs ANN search ({len(queries)} queries, k=10)", "",
              "| index | build s | search s | ms / query | recall@10 vs exact |", "| --- | --- | --- | --- | --- |"]
     for name in ("exact", "ann"):
@@ -208,9 +197,7 @@ def main() -> None:
     lines += ["", goal, "", "## (c) Memory", "", f"Peak RSS of the process: {peak_mib:,.0f} MiB", ""]
     report = "\n".join(lines)
     print(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
+    write_report(Path(args.out), report)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
 """The ablation's headline comparison over several training seeds, paired seed by seed.
 
 One seed cannot settle a 0.005 goal on SciFact: an arm moves by about 0.01 nDCG@10 from seed to
-seed. This runs `benchmarks/ablation.py` once per seed (same params, data, clusters and initial
+seed. This runs `benchmarks.ablation` once per seed (same params, data, clusters and initial
 cache; only `seed` changes, so batch order, negative sampling and initialisation differ) and
 writes `seeds.md`: each seed's arms, the paired differences, and their mean, standard deviation
 and standard error, with each goal judged per seed and on the mean.
 
-    python benchmarks/seeds.py --seeds 13,14,15,16 --arms corrected,refresh --refresh-every 5 --no-repro
-    python benchmarks/seeds.py --report-only --dirs 13=benchmarks/results/ablation,14=benchmarks/results/ablation-seed14
+    python -m benchmarks.seeds --seeds 13,14,15,16 --arms corrected,refresh --refresh-every 5 --no-repro
+    python -m benchmarks.seeds --report-only --dirs 13=benchmarks/results/ablation-final,14=benchmarks/results/ablation-final/seed14
 
 Each seed's arms go to `--out-pattern` (default benchmarks/results/ablation-seed{seed}); an arm
-already there is not run again (ablation.py resumes), so the command can be stopped and restarted."""
+already there is not run again (the ablation resumes), so the command can be stopped and restarted."""
 
 from __future__ import annotations
 
@@ -24,9 +24,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from ablation import BEST_GOAL, GAP_GOAL, PASS_RATIO_GOAL, RANDOM_OF, cost, machine, write_keeping_notes  # noqa: E402
+from benchmarks.ablation import BEST_GOAL, GAP_GOAL, PASS_RATIO_GOAL, RANDOM_OF, cost
+from benchmarks.common import RESULTS, ROOT, command_line, machine, write_keeping_notes
 
 
 def load_seed(folder: Path) -> dict[str, dict]:
@@ -181,8 +180,8 @@ def run_seed(params: Path, seed: int, out: Path, ablation_args: list[str]) -> No
                                      delete=False) as f:
         yaml.safe_dump(p, f, sort_keys=False)
     try:
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--params", f.name,
-                        "--out", str(out), *ablation_args], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.ablation", "--params", f.name, "--out", str(out.resolve()),
+                        *ablation_args], cwd=ROOT, check=True)
     finally:
         Path(f.name).unlink(missing_ok=True)
 
@@ -191,7 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="13,14", help="comma-separated training seeds")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--out-pattern", default=str(ROOT / "benchmarks" / "results" / "ablation-seed{seed}"))
+    ap.add_argument("--out-pattern", default=str(RESULTS / "ablation-seed{seed}"))
     ap.add_argument("--summary", default=None, help="where seeds.md goes (default: beside the first seed's folder)")
     ap.add_argument("--report-only", action="store_true", help="summarise folders that already hold results")
     ap.add_argument("--dirs", default=None, help="with --report-only: SEED=FOLDER,... (default: --out-pattern)")
@@ -206,7 +205,7 @@ def main() -> None:
             run_seed(Path(args.params).resolve(), seed, folder, ablation_args)
     runs = {seed: load_seed(folder) for seed, folder in folders.items()}
     summary = Path(args.summary) if args.summary else next(iter(folders.values())).parent / "seeds.md"
-    text = report(runs, " ".join(["python benchmarks/seeds.py"] + sys.argv[1:]))
+    text = report(runs, command_line("seeds"))
     write_keeping_notes(summary, text)
     print(text)
 

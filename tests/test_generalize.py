@@ -1,4 +1,4 @@
-"""benchmarks/generalize.py: the stress variants keep their promises (test intact, seeded,
+"""benchmarks.generalize: the stress variants keep their promises (test intact, seeded,
 graded, a valid BEIR folder with a dev split) and the summary judges the goal as stated."""
 
 import inspect
@@ -6,11 +6,9 @@ import json
 
 import pytest
 
-from bench import load_benchmark
+from benchmarks import generalize as gen
 from freshen.data.beir import load_beir
 from tiny import make_beir
-
-gen = load_benchmark("generalize")
 
 
 def _long_abstracts(root):
@@ -131,9 +129,9 @@ def test_topics_grade_own_abstracts_2_and_the_topic_s_others_1(source, tmp_path,
 def test_the_report_names_the_command_that_made_the_runs():
     run = {"dataset": "a", "seed": 1, "test_zero_shot": 0.5, "test_trained": 0.6, "test_bm25": 0.4, "promoted": True,
            "dev_zero_shot": 0.5, "dev_trained": 0.6, "best_step": 5, "promotion_reason": "beats",
-           "command": "python benchmarks/generalize.py --seeds 1"}
-    text = gen.report([run], "python benchmarks/generalize.py --report-only", {})
-    assert "Runs made by: `python benchmarks/generalize.py --seeds 1`" in text
+           "command": "python -m benchmarks.generalize --seeds 1"}
+    text = gen.report([run], "python -m benchmarks.generalize --report-only", {})
+    assert "Runs made by: `python -m benchmarks.generalize --seeds 1`" in text
     assert "| a | 0.5000 | 0.4000 | 1: 0.6000 | 0.6000 | +0.1000 (one seed) |" in text
 
 

@@ -255,7 +255,7 @@ def test_ablation_benchmark_smoke(project, mlflow_uri):
     sh(project, "git", "init", "-q")
     sh(project, sys.executable, "-m", "dvc", "init", "-q")
     out = project / "benchmarks/results/ablation"
-    cmd = [sys.executable, "benchmarks/ablation.py", "--arms", "zero_shot,stale,corrected,refresh,best_random",
+    cmd = [sys.executable, "-m", "benchmarks.ablation", "--arms", "zero_shot,stale,corrected,refresh,best_random",
            "--steps", "4", "--refreshes", "1"]
     sh(project, *cmd)
     arms = {a: json.loads((out / f"{a}.json").read_text()) for a in ("zero_shot", "stale", "corrected", "refresh")}
@@ -273,20 +273,20 @@ def test_ablation_benchmark_smoke(project, mlflow_uri):
     table = (out / "ablation.md").read_text()
     assert all(f"| {a} |" in table for a in arms) and (out / "ablation.png").is_file()
     before = (out / "corrected.json").stat().st_mtime
-    again = sh(project, *cmd[:3], "corrected", "--steps", "4")
+    again = sh(project, *cmd[:4], "corrected", "--steps", "4")
     assert (out / "corrected.json").stat().st_mtime == before and "| corrected |" in again.stdout
     runs = MlflowClient(mlflow_uri).search_runs([MlflowClient(mlflow_uri).get_experiment_by_name("freshen-ablation").experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(["corrected", "refresh", "stale", "zero_shot", f"{best}_random"])
 
 
 def test_seed_benchmark_runs_each_seed_and_pairs_them(project, mlflow_uri):
-    """benchmarks/seeds.py runs the ablation once per seed, each with its own seed, leaves
+    """benchmarks.seeds runs the ablation once per seed, each with its own seed, leaves
     params.yaml as it was, and summarises the seeds side by side."""
     shutil.copytree(REPO / "benchmarks", project / "benchmarks", ignore=shutil.ignore_patterns("results"))
     sh(project, "git", "init", "-q")
     sh(project, sys.executable, "-m", "dvc", "init", "-q")
     params_before = (project / "params.yaml").read_text()
-    sh(project, sys.executable, "benchmarks/seeds.py", "--seeds", "5,6", "--out-pattern", "seeds/s{seed}",
+    sh(project, sys.executable, "-m", "benchmarks.seeds", "--seeds", "5,6", "--out-pattern", "seeds/s{seed}",
        "--arms", "corrected,refresh", "--steps", "2", "--refreshes", "1")
     for seed in (5, 6):
         arms = {a: json.loads((project / f"seeds/s{seed}/{a}.json").read_text()) for a in ("corrected", "refresh")}

@@ -1,14 +1,17 @@
-"""benchmarks/seeds.py judges the goals per seed and on the mean of the paired differences."""
+"""benchmarks.seeds judges the goals per seed and on the mean of the paired differences."""
 
 import json
 
 import pytest
-from bench import load_benchmark
+
+from benchmarks import ablation
+from benchmarks import seeds as seeds_module
+from benchmarks.common import NOTES_MARKER
 
 
 @pytest.fixture(scope="module")
 def seeds():
-    return load_benchmark("seeds")
+    return seeds_module
 
 
 def arm(name, ndcg, train=8000, reembed=0, overlap=None):
@@ -66,8 +69,6 @@ def test_variants_of_the_corrected_arm_are_paired_with_refresh_and_corrected(see
 
 
 def test_regenerating_a_report_keeps_its_hand_written_notes(seeds, tmp_path):
-    from ablation import NOTES_MARKER  # on sys.path once seeds.py is loaded
-
     report = tmp_path / "seeds.md"
     report.write_text("# old table\n| 13 | 0.7000 |\n\n" + NOTES_MARKER + "\n## How it was run\n- by hand\n")
     seeds.write_keeping_notes(report, "# new table\n| 13 | 0.7400 |\n")
@@ -92,7 +93,6 @@ def test_tas_minus_random_is_paired_for_every_strategy_that_ran_both(seeds):
 
 
 def test_ablation_arms_set_strategy_and_batching_and_unknown_arms_are_refused(tmp_path):
-    ablation = load_benchmark("ablation")
     base = {"train": {"steps": 100, "batching": "tas", "negatives": {"strategy": "corrected", "refresh_every": 0}},
             "reembed": {}, "evaluate": {}}
     got = {a: ablation.arm_params(base, a, 100, 5, tmp_path) for a in ("corrected", "refresh", "refresh_random", "stale_random")}

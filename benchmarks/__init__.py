@@ -1,0 +1,12 @@
+"""Benchmarks a user reruns, each a module run from the repository root as
+`python -m benchmarks.<name> --help`; their committed reports are under benchmarks/results/.
+
+- generalize: the whole pipeline per dataset and seed, zero-shot against trained test nDCG@10
+- ablation: the method's arms (in-batch, stale, corrected, refresh, random batches) at one seed
+- seeds: the ablation once per seed, paired seed by seed
+- faults: fault injection against the CLI (bad input, damaged artifacts, kills, concurrent runs)
+- search: exact against ANN search and corrected-negative selection at corpus scale
+- encode_throughput: Freshen's encoder against sentence-transformers on the same weights
+- encode_memory: peak memory of re-embedding corpora of different sizes
+
+common.py holds what their reports share (machine line, command line, writing)."""

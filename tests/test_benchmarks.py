@@ -1,0 +1,60 @@
+"""The benchmarks package: every benchmark imports as a module of it (no sys.path edits), and the
+report helpers they share write what they say."""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import common
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py") if p.stem not in ("__init__", "common"))
+
+
+def test_the_benchmarks_are_the_ones_the_package_documents():
+    documented = importlib.import_module("benchmarks").__doc__
+    assert BENCHMARKS == sorted(
+        ["ablation", "encode_memory", "encode_throughput", "faults", "generalize", "search", "seeds"]
+    )
+    assert all(f"- {name}:" in documented for name in BENCHMARKS)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_benchmark_is_a_module_with_a_main_and_no_path_edits(name):
+    module = importlib.import_module(f"benchmarks.{name}")
+    assert callable(module.main)
+    assert "sys.path" not in (REPO / "benchmarks" / f"{name}.py").read_text()
+
+
+def test_a_benchmark_runs_from_the_repository_root_as_a_module():
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.faults", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--only" in done.stdout
+
+
+def test_the_command_line_names_the_module_and_quotes_its_arguments():
+    assert common.command_line("generalize", ["--seeds", "13", "--set", "a b=1"]) == (
+        "python -m benchmarks.generalize --seeds 13 --set 'a b=1'"
+    )
+    assert common.command_line("seeds", []) == "python -m benchmarks.seeds"
+
+
+def test_the_machine_line_names_cpu_cores_and_python():
+    line = common.machine()
+    assert f"{common.cores()} cores" in line and line.startswith(common.cpu_model())
+    assert "python 3." in line
+
+
+def test_a_report_is_written_with_its_folder_and_keeps_its_notes(tmp_path):
+    report = tmp_path / "new" / "report.md"
+    common.write_keeping_notes(report, "# table 1\n")
+    assert report.read_text() == "# table 1\n"
+    report.write_text("# table 1\n\n" + common.NOTES_MARKER + "\nhow it was run\n")
+    common.write_keeping_notes(report, "# table 2\n")
+    assert report.read_text() == "# table 2\n\n" + common.NOTES_MARKER + "\nhow it was run\n"
+    assert [p.name for p in report.parent.iterdir()] == ["report.md"]  # no temporary left behind
