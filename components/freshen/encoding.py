@@ -55,7 +55,7 @@ def pick_device(name: str | None = "auto") -> torch.device:
 
 
 def clean_text(text: str) -> str:
-    """The rule for awkward input (README, "Large corpora and awkward text"): blank or
+    """The rule for awkward input (docs/pipeline.md, "Large corpora and awkward text"): blank or
     whitespace-only text is embedded as the empty string; unpaired surrogates (which JSON escapes
     can carry, but UTF-8 cannot) become U+FFFD. Text past max_len is truncated, and counted."""
     text = text.strip()
