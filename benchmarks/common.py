@@ -32,21 +32,24 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def gpu() -> str:
-    """The first CUDA device's name, or "no GPU". Looks only if torch is already imported, so a
-    report of a benchmark that never uses torch does not pay for importing it."""
+def gpu() -> str | None:
+    """The first CUDA device's name, "no GPU", or None when torch is not imported: a benchmark
+    that never uses torch in its own process does not pay for importing it, and its report says
+    nothing about a GPU rather than something unchecked."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return "no GPU"
+    if torch is None:
+        return None
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
 
 
 def machine() -> str:
     """One line for a report's `Machine:` field."""
-    line = f"{cpu_model()}, {cores()} cores"
+    parts = [cpu_model(), f"{cores()} cores"]
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
-        line += f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
-    return f"{line}, {gpu()}, python {platform.python_version()}"
+        parts.append(f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM")
+    if gpu() is not None:
+        parts.append(gpu())
+    return ", ".join([*parts, f"python {platform.python_version()}"])
 
 
 def command_line(module: str, argv: list[str] | None = None) -> str:
