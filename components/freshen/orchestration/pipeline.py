@@ -23,10 +23,6 @@ from pathlib import Path
 
 from freshen.errors import DataError
 
-# the options a mapped step gets, one value of `shard` per task
-MAP_OPTIONS = ("shard", "num_shards")
-
-
 @dataclass(frozen=True)
 class Step:
     """One `freshen <verb>` call: the module freshen.steps.<name>, one task in every runner."""
@@ -35,7 +31,7 @@ class Step:
     about: str
     after: tuple[str, ...] = ()  # steps that must finish first
     gpu: bool = False  # encodes text or trains: in orchestration.gpu.steps by default
-    mapped: bool = False  # one task per corpus shard (options MAP_OPTIONS), in parallel
+    mapped: bool = False  # K tasks in parallel, one per corpus shard: `--shard i --num-shards K`
     serves: bool = False  # makes a new index the serving one (Airflow: the freshen_serving_index Asset)
     after_skipped: bool = False  # runs when a step before it was skipped (Airflow trigger rule none_failed)
 
