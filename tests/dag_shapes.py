@@ -7,13 +7,21 @@ from freshen.orchestration.pipeline import REFRESH, TRAIN
 
 TRAIN_STEPS = TRAIN.names
 TRAIN_TASKS = {"start_run", *TRAIN_STEPS, "publish_champion", "end_run"}
-TRAIN_EDGES = {("start_run", t) for t in TRAIN_TASKS - {"start_run"}} | TRAIN.edges() | {
-    (last, "publish_champion") for last in TRAIN.last()} | {("publish_champion", "end_run")}
+TRAIN_EDGES = (
+    {("start_run", t) for t in TRAIN_TASKS - {"start_run"}}
+    | TRAIN.edges()
+    | {(last, "publish_champion") for last in TRAIN.last()}
+    | {("publish_champion", "end_run")}
+)
 
 MAPPED = {s.name for s in REFRESH.steps if s.mapped}
 REFRESH_TASKS = {"start_run", *REFRESH.names, "plan_shards", "end_run"}
-REFRESH_EDGES = {("start_run", t) for t in REFRESH_TASKS - {"start_run", *MAPPED}} | REFRESH.edges() | {
-    ("plan_shards", m) for m in MAPPED} | {(last, "end_run") for last in REFRESH.last()}
+REFRESH_EDGES = (
+    {("start_run", t) for t in REFRESH_TASKS - {"start_run", *MAPPED}}
+    | REFRESH.edges()
+    | {("plan_shards", m) for m in MAPPED}
+    | {(last, "end_run") for last in REFRESH.last()}
+)
 
 
 def edges_of(dag) -> set[tuple[str, str]]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from freshen.errors import DataError
 
+
 @dataclass(frozen=True)
 class Step:
     """One `freshen <verb>` call: the module freshen.steps.<name>, one task in every runner."""
@@ -67,30 +68,61 @@ class Pipeline:
         return tuple(n for n in self.names if not any(n in s.after for s in self.steps))
 
 
-TRAIN = Pipeline("train", "freshen_train", "train a retriever and its corrector, evaluate it, promote it", (
-    Step("prepare", "the dataset, checked, with a dev split carved from train when it has none"),
-    Step("cluster_queries", "k-means over the training queries' embeddings (TAS batches)", ("prepare",), gpu=True),
-    Step("embed_cache", "the corpus embedded by the pre-trained encoder: the stale cache", ("prepare",), gpu=True),
-    Step("train", "the encoder and its corrector, negatives from the stale cache",
-         ("cluster_queries", "embed_cache"), gpu=True),
-    Step("reembed", "the corpus re-embedded by the trained encoder: the fresh cache", ("train",), gpu=True),
-    Step("evaluate", "zero-shot, trained, corrected (and BM25) on dev and test", ("reembed",), gpu=True),
-    Step("promote", "registers the model; moves `champion` when it beats the current one", ("evaluate",)),
-))
+TRAIN = Pipeline(
+    "train",
+    "freshen_train",
+    "train a retriever and its corrector, evaluate it, promote it",
+    (
+        Step("prepare", "the dataset, checked, with a dev split carved from train when it has none"),
+        Step("cluster_queries", "k-means over the training queries' embeddings (TAS batches)", ("prepare",), gpu=True),
+        Step("embed_cache", "the corpus embedded by the pre-trained encoder: the stale cache", ("prepare",), gpu=True),
+        Step(
+            "train",
+            "the encoder and its corrector, negatives from the stale cache",
+            ("cluster_queries", "embed_cache"),
+            gpu=True,
+        ),
+        Step("reembed", "the corpus re-embedded by the trained encoder: the fresh cache", ("train",), gpu=True),
+        Step("evaluate", "zero-shot, trained, corrected (and BM25) on dev and test", ("reembed",), gpu=True),
+        Step("promote", "registers the model; moves `champion` when it beats the current one", ("evaluate",)),
+    ),
+)
 
-REFRESH = Pipeline("refresh", "freshen_cache_refresh", "re-embed the corpus with the champion, serve a fresh index", (
-    Step("fetch_champion", "copies the registry's champion (encoder + corrector) to orchestration.champion_dir"),
-    Step("corrected_index", "serves at once: the champion's corrector over the old cache, with an index",
-         ("fetch_champion",), serves=True),
-    Step("reembed_shard", "one corpus shard embedded by the champion's encoder", ("fetch_champion",), gpu=True,
-         mapped=True),
-    Step("merge_shards", "checks the shard set and merges it into orchestration.refresh_dir", ("reembed_shard",)),
-    Step("build_index", "a faiss index over the merged cache", ("merge_shards",)),
-    Step("version_cache", "`dvc add` of the merged cache (skipped unless orchestration.dvc.enabled)",
-         ("build_index",)),
-    Step("publish_index", "serves the re-embedded cache and its index, replacing the corrected one",
-         ("version_cache", "corrected_index"), serves=True, after_skipped=True),
-))
+REFRESH = Pipeline(
+    "refresh",
+    "freshen_cache_refresh",
+    "re-embed the corpus with the champion, serve a fresh index",
+    (
+        Step("fetch_champion", "copies the registry's champion (encoder + corrector) to orchestration.champion_dir"),
+        Step(
+            "corrected_index",
+            "serves at once: the champion's corrector over the old cache, with an index",
+            ("fetch_champion",),
+            serves=True,
+        ),
+        Step(
+            "reembed_shard",
+            "one corpus shard embedded by the champion's encoder",
+            ("fetch_champion",),
+            gpu=True,
+            mapped=True,
+        ),
+        Step("merge_shards", "checks the shard set and merges it into orchestration.refresh_dir", ("reembed_shard",)),
+        Step("build_index", "a faiss index over the merged cache", ("merge_shards",)),
+        Step(
+            "version_cache",
+            "`dvc add` of the merged cache (skipped unless orchestration.dvc.enabled)",
+            ("build_index",),
+        ),
+        Step(
+            "publish_index",
+            "serves the re-embedded cache and its index, replacing the corrected one",
+            ("version_cache", "corrected_index"),
+            serves=True,
+            after_skipped=True,
+        ),
+    ),
+)
 
 PIPELINES = {p.kind: p for p in (TRAIN, REFRESH)}
 
@@ -108,12 +140,22 @@ def check_gpu_steps(params: dict, params_path: Path) -> None:
     known = {s.name for s in all_steps()}
     for name in params["orchestration"]["gpu"]["steps"] or ():
         if name not in known:
-            raise DataError(params_path, f"unknown step {name!r} (steps: {', '.join(sorted(known))})",
-                            field="orchestration.gpu.steps")
+            raise DataError(
+                params_path,
+                f"unknown step {name!r} (steps: {', '.join(sorted(known))})",
+                field="orchestration.gpu.steps",
+            )
 
 
-def cli_argv(step: str, root, params_file, parent_run_id, set_json, options: dict | None = None,
-             skip_exit_code: int | None = None) -> list:
+def cli_argv(
+    step: str,
+    root,
+    params_file,
+    parent_run_id,
+    set_json,
+    options: dict | None = None,
+    skip_exit_code: int | None = None,
+) -> list:
     """`freshen` arguments (after the entrypoint) for one step, as every runner passes them.
 
     Values may be strings or a runner's placeholders (Airflow templates, Kubeflow inputs): they
@@ -144,8 +186,10 @@ def steps_table(pipeline: Pipeline) -> str:
 
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "orchestration.md"
-BEGIN, END = "<!-- steps of {kind}: generated by `python -m freshen.orchestration.pipeline --docs` -->", \
-    "<!-- end of steps of {kind} -->"
+BEGIN, END = (
+    "<!-- steps of {kind}: generated by `python -m freshen.orchestration.pipeline --docs` -->",
+    "<!-- end of steps of {kind} -->",
+)
 
 
 def doc_with_tables(text: str) -> str:
@@ -161,8 +205,10 @@ def doc_with_tables(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m freshen.orchestration.pipeline",
-                                     description="Print the pipelines' steps, or rewrite their tables in the docs.")
+    parser = argparse.ArgumentParser(
+        prog="python -m freshen.orchestration.pipeline",
+        description="Print the pipelines' steps, or rewrite their tables in the docs.",
+    )
     parser.add_argument("--docs", action="store_true", help=f"rewrite the step tables in {DOC.name}")
     args = parser.parse_args(argv)
     if args.docs:

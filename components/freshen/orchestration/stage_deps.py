@@ -3,8 +3,7 @@
 A DVC stage re-runs when a dep changes, so a module the step imports but dvc.yaml does not list
 would let `dvc repro` keep a result the code no longer gives. For each stage whose cmd is
 `freshen <verb>`, this reads the step module freshen.steps.<name> and every freshen module it
-imports (transitively, imports inside functions too, by reading the source: nothing is imported)
-and reports:
+imports (transitively, imports inside functions too: see step_code) and reports:
 
 - a module file no dep covers (the file itself, or a folder above it);
 - a code dep (a path under components/) that covers no module the step imports;
@@ -13,28 +12,25 @@ and reports:
   names as `${section.key}` in its deps or outs (DVC already re-runs when those change).
 
 The CLI driver (freshen/cli.py: parsing, MLflow child run, seeding with `seed`) is shared by every
-step and not counted. Parent packages' __init__.py files run on import but are not counted either.
+step and not counted.
 
     python -m freshen.orchestration.stage_deps        # the problems, and each stage's code deps"""
 
 from __future__ import annotations
 
 import argparse
-import ast
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import reduce
 from pathlib import Path
 
 import yaml
 
-from freshen.config import get_dotted
 from freshen.errors import DataError
+from freshen.orchestration.step_code import PACKAGE, closure, module_file, params_read
 
-PACKAGE = "freshen"
 SOURCE_DIR = "components"  # where the package lives in the project, as dvc.yaml's deps name it
 TEMPLATE = re.compile(r"\$\{\s*([\w.]+)\s*\}")
-PARAMS_NAME = "params"  # what the steps call the whole params dict
 
 
 @dataclass(frozen=True)
@@ -62,154 +58,46 @@ def load_stages(dvc_yaml: Path, params_yaml: Path) -> dict[str, Stage]:
     def resolve(text: str, name: str) -> str:
         def value(match: re.Match) -> str:
             try:
-                return str(get_dotted(params, match.group(1)))
+                return str(reduce(lambda node, key: node[key], match.group(1).split("."), params))
             except (KeyError, TypeError):
-                raise DataError(dvc_yaml, f"${{{match.group(1)}}} is not in {params_yaml.name}",
-                                field=f"stages.{name}") from None
+                raise DataError(
+                    dvc_yaml, f"${{{match.group(1)}}} is not in {params_yaml.name}", field=f"stages.{name}"
+                ) from None
 
         return TEMPLATE.sub(value, text)
 
     out = {}
     for name, spec in stages.items():
-        paths = _entries(spec.get("deps")) + [p for key in ("outs", "metrics", "plots") for p in _entries(spec.get(key))]
+        paths = _entries(spec.get("deps")) + [
+            p for key in ("outs", "metrics", "plots") for p in _entries(spec.get(key))
+        ]
         templated = frozenset(m for p in paths for m in TEMPLATE.findall(p))
-        out[name] = Stage(name, str(spec.get("cmd", "")), tuple(resolve(p, name) for p in _entries(spec.get("deps"))),
-                          tuple(resolve(p, name) for key in ("outs", "metrics", "plots")
-                                for p in _entries(spec.get(key))),
-                          tuple(_entries(spec.get("params"))), templated)
+        out[name] = Stage(
+            name,
+            str(spec.get("cmd", "")),
+            tuple(resolve(p, name) for p in _entries(spec.get("deps"))),
+            tuple(resolve(p, name) for key in ("outs", "metrics", "plots") for p in _entries(spec.get(key))),
+            tuple(_entries(spec.get("params"))),
+            templated,
+        )
     return out
 
 
 def stage_edges(stages: dict[str, Stage]) -> set[tuple[str, str]]:
     """(upstream, downstream) as DVC links stages: a dep at, inside or above another stage's out."""
+
     def related(a: str, b: str) -> bool:
         a, b = a.rstrip("/"), b.rstrip("/")
         return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
-    return {(up.name, down.name) for down in stages.values() for up in stages.values()
-            if up is not down and any(related(d, o) for d in down.deps for o in up.outs)}
+    return {
+        (up.name, down.name)
+        for down in stages.values()
+        for up in stages.values()
+        if up is not down and any(related(d, o) for d in down.deps for o in up.outs)
+    }
 
 
-# ---------------------------------------------------------------- what a step imports and reads
-
-def module_file(source: Path, module: str) -> Path | None:
-    """The file of a freshen module under `source` (components/), or None when there is none."""
-    base = source.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imports(source: Path, file: Path) -> set[str]:
-    """The freshen modules `file` imports anywhere in it (`from pkg import mod` names mod)."""
-    tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
-    package = ".".join(file.relative_to(source).with_suffix("").parts)
-    if file.name != "__init__.py":
-        package = package.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parent + ([base] if base else []))
-            for alias in node.names:
-                sub = f"{base}.{alias.name}"
-                found.add(sub if module_file(source, sub) else base)
-    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
-
-
-def closure(source: Path, module: str) -> set[Path]:
-    """`module`'s file and those of every freshen module it imports, transitively."""
-    seen: set[Path] = set()
-    todo = [module]
-    while todo:
-        file = module_file(source, todo.pop())
-        if file is None or file in seen:
-            continue
-        seen.add(file)
-        todo.extend(_imports(source, file))
-    return seen
-
-
-@cache
-def _names(file: Path) -> tuple[dict[str, ast.AST], list[ast.stmt], dict[str, tuple[str, str | None]]]:
-    """A module's top-level functions and classes by name, its other top-level statements, and
-    what each name it imports (anywhere) stands for: (module, None) or (module, attribute)."""
-    tree = ast.parse(file.read_text(encoding="utf-8"))
-    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    other = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-    imported: dict[str, tuple[str, str | None]] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                imported[alias.asname or alias.name.split(".")[0]] = (alias.name if alias.asname else
-                                                                      alias.name.split(".")[0], None)
-        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            for alias in node.names:
-                imported[alias.asname or alias.name] = (node.module, alias.name)
-    return defs, other, imported
-
-
-def params_read(source: Path, module: str, entry: tuple[str, ...] = ("run", "skip_reason")) -> dict[str, set]:
-    """section -> the keys read under it as `params[section][key]` (None: the section used whole:
-    bound to a name, passed on, `params.get(section)`), in the code `entry` of `module` reaches:
-    its module-level statements, those functions, and every freshen function or class they name,
-    transitively (a class counts whole)."""
-    read: dict[str, set] = {}
-    start = module_file(source, module)
-    todo: list[tuple[Path, str | None]] = [(start, None)] + [(start, name) for name in entry]
-    seen: set[tuple[Path, str | None]] = set()
-    while todo:
-        file, name = todo.pop()
-        if (file, name) in seen:
-            continue
-        seen.add((file, name))
-        defs, other, imported = _names(file)
-        if name is not None and name not in defs:
-            continue
-        nodes = other if name is None else [defs[name]]
-        parents = {child: n for top in nodes for n in ast.walk(top) for child in ast.iter_child_nodes(n)}
-        for node in (n for top in nodes for n in ast.walk(top)):
-            section = _section_of(node)
-            if section is not None:
-                outer = parents.get(node)
-                key = _constant(outer.slice) if isinstance(outer, ast.Subscript) and outer.value is node else None
-                read.setdefault(section, set()).add(key)
-            elif isinstance(node, ast.Name) and node.id in defs:
-                todo.append((file, node.id))
-            elif isinstance(node, ast.Name) and node.id in imported:
-                target, attr = imported[node.id]
-                target_file = module_file(source, target) if target.startswith(PACKAGE) else None
-                if target_file is not None and attr is not None and module_file(source, f"{target}.{attr}") is None:
-                    todo.append((target_file, attr))
-            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in imported:
-                target, attr = imported[node.value.id]
-                full = f"{target}.{attr}" if attr else target
-                target_file = module_file(source, full) if full.startswith(PACKAGE) else None
-                if target_file is not None:
-                    todo.append((target_file, node.attr))
-    return read
-
-
-def _constant(node) -> str | None:
-    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
-
-
-def _section_of(node) -> str | None:
-    """The section in `params["x"]` or `params.get("x", ...)`, else None."""
-    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == PARAMS_NAME:
-        return _constant(node.slice)
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
-            and isinstance(node.func.value, ast.Name) and node.func.value.id == PARAMS_NAME and node.args:
-        return _constant(node.args[0])
-    return None
-
-
-@cache
 def _step_module(verb_cmd: str) -> str | None:
     words = verb_cmd.split()
     if len(words) != 2 or words[0] != PACKAGE:
@@ -250,16 +138,20 @@ def problems(dvc_yaml: Path, params_yaml: Path, project: Path | None = None) -> 
         read = params_read(project / SOURCE_DIR, module)
         for section, keys in sorted(read.items()):
             listed = section in stage.params
-            if listed or (None not in keys and all(f"{section}.{k}" in stage.templated or f"{section}.{k}"
-                                                    in stage.params for k in keys)):
+            if listed or (
+                None not in keys
+                and all(f"{section}.{k}" in stage.templated or f"{section}.{k}" in stage.params for k in keys)
+            ):
                 continue
             out.append(f"{dvc_yaml.name}: stage {stage.name}: params lack {section} (read by {module})")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m freshen.orchestration.stage_deps",
-                                     description="Check dvc.yaml's deps and params against what each step imports.")
+    parser = argparse.ArgumentParser(
+        prog="python -m freshen.orchestration.stage_deps",
+        description="Check dvc.yaml's deps and params against what each step imports.",
+    )
     parser.add_argument("--project-dir", default=".", help="folder with dvc.yaml, params.yaml and components/")
     args = parser.parse_args(argv)
     root = Path(args.project_dir).resolve()
