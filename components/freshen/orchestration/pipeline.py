@@ -29,7 +29,7 @@ class Step:
     """One `freshen <verb>` call: the module freshen.steps.<name>, one task in every runner."""
 
     name: str
-    about: str
+    about: str = ""  # one line for the docs and the Airflow UI
     after: tuple[str, ...] = ()  # steps that must finish first
     gpu: bool = False  # encodes text or trains: in orchestration.gpu.steps by default
     mapped: bool = False  # K tasks in parallel, one per corpus shard: `--shard i --num-shards K`
@@ -56,9 +56,6 @@ class Pipeline:
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.steps)
 
-    def step(self, name: str) -> Step:
-        return next(s for s in self.steps if s.name == name)
-
     def edges(self) -> set[tuple[str, str]]:
         """(upstream, downstream) pairs, as written in `after`."""
         return {(up, s.name) for s in self.steps for up in s.after}
@@ -69,60 +66,47 @@ class Pipeline:
 
 
 TRAIN = Pipeline(
-    "train",
-    "freshen_train",
-    "train a retriever and its corrector, evaluate it, promote it",
-    (
-        Step("prepare", "the dataset, checked, with a dev split carved from train when it has none"),
-        Step("cluster_queries", "k-means over the training queries' embeddings (TAS batches)", ("prepare",), gpu=True),
-        Step("embed_cache", "the corpus embedded by the pre-trained encoder: the stale cache", ("prepare",), gpu=True),
-        Step(
-            "train",
-            "the encoder and its corrector, negatives from the stale cache",
-            ("cluster_queries", "embed_cache"),
-            gpu=True,
-        ),
-        Step("reembed", "the corpus re-embedded by the trained encoder: the fresh cache", ("train",), gpu=True),
-        Step("evaluate", "zero-shot, trained, corrected (and BM25) on dev and test", ("reembed",), gpu=True),
-        Step("promote", "registers the model; moves `champion` when it beats the current one", ("evaluate",)),
+    kind="train",
+    dag_id="freshen_train",
+    about="train a retriever and its corrector, evaluate it, promote it",
+    steps=(
+        Step("prepare", about="the dataset, checked, with a dev split carved from train when it has none"),
+        Step("cluster_queries", after=("prepare",), gpu=True,
+             about="k-means over the training queries' embeddings (TAS batches)"),
+        Step("embed_cache", after=("prepare",), gpu=True,
+             about="the corpus embedded by the pre-trained encoder: the stale cache"),
+        Step("train", after=("cluster_queries", "embed_cache"), gpu=True,
+             about="the encoder and its corrector, negatives from the stale cache"),
+        Step("reembed", after=("train",), gpu=True,
+             about="the corpus re-embedded by the trained encoder: the fresh cache"),
+        Step("evaluate", after=("reembed",), gpu=True,
+             about="zero-shot, trained, corrected (and BM25) on dev and test"),
+        Step("promote", after=("evaluate",),
+             about="registers the model; moves `champion` when it beats the current one"),
     ),
-)
+)  # fmt: skip
 
 REFRESH = Pipeline(
-    "refresh",
-    "freshen_cache_refresh",
-    "re-embed the corpus with the champion, serve a fresh index",
-    (
-        Step("fetch_champion", "copies the registry's champion (encoder + corrector) to orchestration.champion_dir"),
-        Step(
-            "corrected_index",
-            "serves at once: the champion's corrector over the old cache, with an index",
-            ("fetch_champion",),
-            serves=True,
-        ),
-        Step(
-            "reembed_shard",
-            "one corpus shard embedded by the champion's encoder",
-            ("fetch_champion",),
-            gpu=True,
-            mapped=True,
-        ),
-        Step("merge_shards", "checks the shard set and merges it into orchestration.refresh_dir", ("reembed_shard",)),
-        Step("build_index", "a faiss index over the merged cache", ("merge_shards",)),
-        Step(
-            "version_cache",
-            "`dvc add` of the merged cache (skipped unless orchestration.dvc.enabled)",
-            ("build_index",),
-        ),
-        Step(
-            "publish_index",
-            "serves the re-embedded cache and its index, replacing the corrected one",
-            ("version_cache", "corrected_index"),
-            serves=True,
-            after_skipped=True,
-        ),
+    kind="refresh",
+    dag_id="freshen_cache_refresh",
+    about="re-embed the corpus with the champion, serve a fresh index",
+    steps=(
+        Step("fetch_champion",
+             about="copies the registry's champion (encoder + corrector) to orchestration.champion_dir"),
+        Step("corrected_index", after=("fetch_champion",), serves=True,
+             about="serves at once: the champion's corrector over the old cache, with an index"),
+        Step("reembed_shard", after=("fetch_champion",), gpu=True, mapped=True,
+             about="one corpus shard embedded by the champion's encoder"),
+        Step("merge_shards", after=("reembed_shard",),
+             about="checks the shard set and merges it into orchestration.refresh_dir"),
+        Step("build_index", after=("merge_shards",),
+             about="a faiss index over the merged cache"),
+        Step("version_cache", after=("build_index",),
+             about="`dvc add` of the merged cache (skipped unless orchestration.dvc.enabled)"),
+        Step("publish_index", after=("version_cache", "corrected_index"), serves=True, after_skipped=True,
+             about="serves the re-embedded cache and its index, replacing the corrected one"),
     ),
-)
+)  # fmt: skip
 
 PIPELINES = {p.kind: p for p in (TRAIN, REFRESH)}
 
