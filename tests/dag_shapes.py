@@ -1,18 +1,27 @@
-"""The DAGs as docs/orchestration.md documents them: task ids and edges (upstream, downstream)."""
+"""The DAGs' expected tasks and edges (upstream, downstream): the steps and edges of
+freshen.orchestration.pipeline, plus what Airflow adds around them: start_run before every task
+that reads its XCom, plan_shards before the mapped step, publish_champion after the train
+pipeline, end_run last."""
 
-TRAIN_STEPS = ("prepare", "cluster_queries", "embed_cache", "train", "reembed", "evaluate", "promote")
+from freshen.orchestration.pipeline import REFRESH, TRAIN
+
+TRAIN_STEPS = TRAIN.names
 TRAIN_TASKS = {"start_run", *TRAIN_STEPS, "publish_champion", "end_run"}
-TRAIN_EDGES = {("start_run", t) for t in TRAIN_TASKS - {"start_run"}} | {
-    ("prepare", "cluster_queries"), ("prepare", "embed_cache"), ("cluster_queries", "train"),
-    ("embed_cache", "train"), ("train", "reembed"), ("reembed", "evaluate"), ("evaluate", "promote"),
-    ("promote", "publish_champion"), ("publish_champion", "end_run")}
+TRAIN_EDGES = (
+    {("start_run", t) for t in TRAIN_TASKS - {"start_run"}}
+    | TRAIN.edges()
+    | {(last, "publish_champion") for last in TRAIN.last()}
+    | {("publish_champion", "end_run")}
+)
 
-REFRESH_TASKS = {"start_run", "fetch_champion", "corrected_index", "plan_shards", "reembed_shard", "merge_shards",
-                 "build_index", "version_cache", "publish_index", "end_run"}
-REFRESH_EDGES = {("start_run", t) for t in REFRESH_TASKS - {"start_run", "reembed_shard"}} | {
-    ("fetch_champion", "corrected_index"), ("fetch_champion", "reembed_shard"), ("plan_shards", "reembed_shard"),
-    ("reembed_shard", "merge_shards"), ("merge_shards", "build_index"), ("build_index", "version_cache"),
-    ("version_cache", "publish_index"), ("corrected_index", "publish_index"), ("publish_index", "end_run")}
+MAPPED = {s.name for s in REFRESH.steps if s.mapped}
+REFRESH_TASKS = {"start_run", *REFRESH.names, "plan_shards", "end_run"}
+REFRESH_EDGES = (
+    {("start_run", t) for t in REFRESH_TASKS - {"start_run", *MAPPED}}
+    | REFRESH.edges()
+    | {("plan_shards", m) for m in MAPPED}
+    | {(last, "end_run") for last in REFRESH.last()}
+)
 
 
 def edges_of(dag) -> set[tuple[str, str]]:

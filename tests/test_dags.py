@@ -19,8 +19,11 @@ use_temp_airflow_home()  # before anything imports airflow
 
 from dag_shapes import REFRESH_EDGES, REFRESH_TASKS, TRAIN_EDGES, TRAIN_STEPS, TRAIN_TASKS, edges_of  # noqa: E402
 
+from freshen.orchestration.pipeline import TRAIN, cli_argv, steps_table  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 PARENT_XCOM = "{{ ti.xcom_pull(task_ids='start_run')['parent_run_id'] }}"
+SET_JSON_XCOM = "{{ ti.xcom_pull(task_ids='start_run')['set_json'] }}"
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +70,7 @@ def test_training_dag_tasks_edges_params_and_asset():
     assert dag.params["train.steps"] is None  # null keeps params.yaml
     outlets = dag.task_dict["publish_champion"].outlets
     assert [a.name for a in outlets] == ["freshen_champion"]
+    assert steps_table(TRAIN) in dag.doc_md  # the UI shows the definition's steps
 
 
 def test_refresh_dag_schedule_tasks_and_edges():
@@ -128,6 +132,15 @@ def test_a_bad_orchestration_value_is_an_import_error_naming_the_field(tmp_path,
                for e in errors.values())
 
 
+def test_an_unknown_gpu_step_is_an_import_error_naming_the_field(tmp_path, monkeypatch):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["orchestration"]["gpu"]["steps"] = ["train", "re_embed"]
+    monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, params)))
+    errors = dagbag().import_errors
+    assert len(errors) == 2
+    assert all("field 'orchestration.gpu.steps': unknown step 're_embed'" in e for e in errors.values())
+
+
 DOCKER_ARGS = ("command", "image", "docker_url", "network_mode", "mounts", "mount_tmp_dir", "auto_remove",
                "private_environment", "mem_limit", "skip_on_exit_code", "device_requests")
 POD_ARGS = ("arguments", "namespace", "image", "name", "env_vars", "env_from", "container_resources", "volumes",
@@ -176,8 +189,7 @@ def test_docker_runner_builds_docker_operators_running_the_same_cli(tmp_path, mo
     assert edges_of(train) == TRAIN_EDGES
     op = train.task_dict["train"]
     assert type(op).__name__ == "DockerOperator"
-    assert op.command[:5] == ["train", "--root", "/project", "--params", "params.yaml"]
-    assert op.command[op.command.index("--parent-run-id") + 1] == PARENT_XCOM
+    assert op.command == cli_argv("train", "/project", "params.yaml", PARENT_XCOM, SET_JSON_XCOM)
     kw = op.provider_kwargs
     assert kw["image"] == "freshen:gpu" and kw["device_requests"][0]["Count"] == 1
     assert kw["mounts"][0]["Source"] == "/srv/freshen" and kw["mounts"][0]["Target"] == "/project"

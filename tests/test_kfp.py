@@ -14,6 +14,7 @@ pytest.importorskip("kfp")
 from freshen.cli import build_parser  # noqa: E402
 from freshen.orchestration import kfp_pipeline  # noqa: E402
 from freshen.orchestration.config import load_project  # noqa: E402
+from freshen.orchestration.pipeline import PIPELINES, cli_argv  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,6 +92,26 @@ def test_refresh_pipeline_shards_in_parallel_with_the_airflow_edges(tmp_path):
     ours = {(u, d) for u, d in REFRESH_EDGES if "end_run" not in (u, d) and "plan_shards" not in (u, d)}
     got = {e for e in kfp_edges(spec) if "end_run" not in e}
     assert got - {("start_run", "reembed_shard")} == ours  # Airflow: start_run -> plan_shards -> reembed_shard
+
+
+@pytest.mark.parametrize("which", sorted(PIPELINES))
+def test_every_step_runs_the_argv_the_airflow_tasks_run(tmp_path, which):
+    """One argv builder: Kubeflow's container args are cli_argv's, with the pipeline's inputs in
+    place of the values, and a step with nothing to do exits 0 (Kubeflow has no skipped state)."""
+    spec = compiled(tmp_path, which)
+    params = load_project(REPO, prefer_env=False).params
+
+    def inp(name: str) -> str:
+        return f"{{{{$.inputs.parameters['{name}']}}}}"
+
+    for step in PIPELINES[which].steps:
+        comp = spec["components"][f"comp-{step.verb}"]
+        container = spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]
+        options = {"shard": inp("shard"), "num_shards": inp("num_shards")} if step.mapped else None
+        assert container["args"] == cli_argv(step.name, inp("root"), inp("params_file"), inp("parent_run_id"),
+                                             inp("set_json"), options, skip_exit_code=0)
+        gpu = step.name in params["orchestration"]["gpu"]["steps"] and params["orchestration"]["gpu"]["count"]
+        assert container["image"] == params["orchestration"]["gpu_image" if gpu else "image"]
 
 
 def test_compile_command_writes_yaml(tmp_path):

@@ -1,5 +1,5 @@
-"""The building blocks of the DAGs in dags/, so those files only say which steps run in what
-order. A step is `freshen <step>`; `step()` makes the task that runs it where
+"""The building blocks of the DAGs in dags/. `steps()` adds one task per step of a pipeline of
+freshen.orchestration.pipeline, with its edges; a step is `freshen <step>`, run where
 orchestration.runner says. The MLflow parent run is opened by `start_run`, whose XCom
 (parent run id + the run's overrides as JSON) every step receives, and closed by `end_run`.
 
@@ -21,18 +21,29 @@ from freshen.config import flatten, get_dotted
 from freshen.errors import DataError
 from freshen.orchestration import config, runs
 from freshen.orchestration.commands import StepFailed, StepSkipped
-from freshen.orchestration.runners import XCOM_FIELD, cli_argv, container_operator, run_local
+from freshen.orchestration.pipeline import Pipeline, check_gpu_steps, cli_argv, steps_table
+from freshen.orchestration.runners import XCOM_FIELD, container_operator, run_local
 
-TRAIN_PARAMS = ("train.steps", "train.batch_size", "train.lr", "train.negatives.strategy", "train.negatives.k",
-                "promote.min_improvement", "promote.min_improvement_over_zero_shot")
-REFRESH_PARAMS = ("orchestration.num_shards", "orchestration.dvc.enabled", "orchestration.dvc.push",
-                  "encode.batch_size")
+# the params.yaml keys each DAG offers as run params (by Pipeline.kind)
+RUN_PARAMS = {
+    "train": ("train.steps", "train.batch_size", "train.lr", "train.negatives.strategy", "train.negatives.k",
+              "promote.min_improvement", "promote.min_improvement_over_zero_shot"),
+    "refresh": ("orchestration.num_shards", "orchestration.dvc.enabled", "orchestration.dvc.push",
+                "encode.batch_size"),
+}
 JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
 
 
 def load_project(dag_file: str) -> config.Project:
     """The project a DAG file belongs to: $FRESHEN_PROJECT_DIR, else the folder above dags/."""
-    return config.load_project(Path(dag_file).resolve().parents[1])
+    project = config.load_project(Path(dag_file).resolve().parents[1])
+    check_gpu_steps(project.params, project.params_path)
+    return project
+
+
+def doc_md(pipeline: Pipeline, intro: str) -> str:
+    """The DAG's documentation in the UI: the DAG file's docstring, then the pipeline's steps."""
+    return f"{intro.strip()}\n\n{steps_table(pipeline)}"
 
 
 def dag_params(project: config.Project, keys) -> dict:
@@ -140,7 +151,23 @@ def _local(project: config.Project, argv: list[str]) -> None:
         raise
 
 
-def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str | None = None, **options):
+def steps(project: config.Project, pipeline: Pipeline, ctx) -> dict:
+    """One task per step of `pipeline`, each after the steps its `after` names; every step reads
+    `ctx` (start_run's XCom). Returns the tasks by step name."""
+    tasks: dict = {}
+    for s in pipeline.steps:
+        if s.mapped:
+            task = mapped_step(project, s.name, plan_shards(project, ctx, s.name))
+        else:
+            task = step(project, s.name, ctx, outlets=[serving_asset(project)] if s.serves else (),
+                        trigger_rule="none_failed" if s.after_skipped else None)
+        for upstream in s.after:
+            tasks[upstream] >> task
+        tasks[s.name] = task
+    return tasks
+
+
+def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str | None = None):
     """The task running `freshen <name>` for this DAG run, wherever orchestration.runner says."""
     kwargs = {"task_id": name, "outlets": list(outlets)}
     if trigger_rule:
@@ -151,20 +178,20 @@ def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str 
         @task(**kwargs)
         def local_step(ctx: dict, **context) -> None:
             _local(project, cli_argv(name, project.cli_root(), project.params_file, ctx["parent_run_id"],
-                                     ctx["set_json"], options))
+                                     ctx["set_json"]))
             if serving in kwargs["outlets"]:
                 context["outlet_events"][serving].extra = serving_pointer(project, ctx)
 
         return local_step(ctx)
     argv = cli_argv(name, project.cli_root(), project.params_file, XCOM_FIELD.format(key="parent_run_id"),
-                    XCOM_FIELD.format(key="set_json"), options)
+                    XCOM_FIELD.format(key="set_json"))
     op = container_operator(project, name, argv=argv, **kwargs)
     ctx >> op
     return op
 
 
-def plan_shards(project: config.Project, ctx, name: str = "reembed_shard"):
-    """One argument list per shard; K is orchestration.num_shards of this run."""
+def plan_shards(project: config.Project, ctx, name: str):
+    """One argument list per shard of the mapped step `name`; K is orchestration.num_shards of this run."""
     @task(task_id="plan_shards")
     def plan_shards(ctx: dict) -> list[list[str]]:
         count = int(ctx["num_shards"])

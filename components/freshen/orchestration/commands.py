@@ -6,14 +6,15 @@ re-embedding already replaced) exits with SKIP_EXIT; every runner turns that int
 
 from __future__ import annotations
 
+from freshen.orchestration.pipeline import REFRESH
+
 SKIP_EXIT = 99
 # what `freshen <step>` exits with on a FreshenError (bad params or data): the same input fails the
 # same way again, so the runners fail such a task at once instead of retrying it
 DETERMINISTIC_EXIT = 2
 
 # steps: modules under freshen.steps with run(params, root, log, **options), each in an MLflow child run
-ORCHESTRATION_STEPS = ("fetch_champion", "corrected_index", "reembed_shard", "merge_shards", "build_index",
-                       "version_cache", "publish_index")
+ORCHESTRATION_STEPS = REFRESH.names
 # pipeline-run bookkeeping: no child run of their own
 RUN_COMMANDS = ("start_run", "end_run")
 

@@ -1,5 +1,6 @@
-"""The same pipelines for Kubeflow Pipelines (kfp v2): one container component per step, all
-running `freshen <step>` in the component image, with the edges of the Airflow DAGs.
+"""The same pipelines for Kubeflow Pipelines (kfp v2), built from freshen.orchestration.pipeline:
+one container component per step, all running `freshen <step>` in the component image, with the
+definition's edges (as the Airflow DAGs have them).
 
     python -m freshen.orchestration.kfp_pipeline --out freshen_train.yaml
     python -m freshen.orchestration.kfp_pipeline --pipeline refresh --out freshen_cache_refresh.yaml
@@ -22,35 +23,31 @@ from pathlib import Path
 from kfp import compiler, dsl
 
 from freshen.orchestration.config import PROJECT_ENV, Project, load_project
+from freshen.orchestration.pipeline import PIPELINES, Pipeline, Step, check_gpu_steps, cli_argv
 
 RUN_TAG = "kfp.run_id"
-TRAIN_STEPS = ("prepare", "cluster_queries", "embed_cache", "train", "reembed", "evaluate", "promote")
-REFRESH_STEPS = ("fetch_champion", "corrected_index", "reembed_shard", "merge_shards", "build_index",
-                 "version_cache", "publish_index")
+# a step with nothing to do exits 0 here: Kubeflow has no "skipped" state to turn SKIP_EXIT into
+KFP_SKIP_EXIT = 0
 
 
-def step_component(project: Project, step: str):
-    """A container component running `freshen <step>`; named after the step."""
-    image, verb = project.image_for(step), step.replace("_", "-")
+def step_component(project: Project, step: Step):
+    """A container component running `freshen <step>`; named after the step. A mapped step's
+    component also takes its shard and the shard count."""
+    image = project.image_for(step.name)
 
-    def component(root: str, params_file: str, parent_run_id: str, set_json: str):
-        return dsl.ContainerSpec(image=image, command=["freshen"], args=[
-            verb, "--root", root, "--params", params_file, "--parent-run-id", parent_run_id, "--set-json", set_json,
-            "--skip-exit-code", "0"])
+    def spec(root, params_file, parent_run_id, set_json, options=None):
+        return dsl.ContainerSpec(image=image, command=["freshen"], args=cli_argv(
+            step.name, root, params_file, parent_run_id, set_json, options, skip_exit_code=KFP_SKIP_EXIT))
 
-    component.__name__ = component.__qualname__ = step
+    if step.mapped:
+        def component(root: str, params_file: str, parent_run_id: str, set_json: str, shard: int, num_shards: int):
+            return spec(root, params_file, parent_run_id, set_json, {"shard": shard, "num_shards": num_shards})
+    else:
+        def component(root: str, params_file: str, parent_run_id: str, set_json: str):
+            return spec(root, params_file, parent_run_id, set_json)
+
+    component.__name__ = component.__qualname__ = step.name
     return dsl.container_component(component)
-
-
-def shard_component(project: Project):
-    image = project.image_for("reembed_shard")
-
-    def reembed_shard(root: str, params_file: str, parent_run_id: str, set_json: str, shard: int, num_shards: int):
-        return dsl.ContainerSpec(image=image, command=["freshen"], args=[
-            "reembed-shard", "--root", root, "--params", params_file, "--parent-run-id", parent_run_id,
-            "--set-json", set_json, "--shard", shard, "--num-shards", num_shards])
-
-    return dsl.container_component(reembed_shard)
 
 
 def run_components(project: Project):
@@ -121,54 +118,39 @@ def frame(project: Project, kind: str, steps: dict, root, params_file, set_json)
     return handler, run
 
 
-def train_pipeline(project: Project):
-    steps = {s: step_component(project, s) for s in TRAIN_STEPS}
-
-    @dsl.pipeline(name="freshen-train", description="freshen_train: the Airflow DAG's steps as containers")
-    def freshen_train(root: str = project.orch["container_root"], params_file: str = project.params_file,
-                      set_json: str = "{}"):
-        handler, run = frame(project, "train", steps, root, params_file, set_json)
-        with handler:
-            prepare = run("prepare")
-            clusters = run("cluster_queries").after(prepare)
-            stale_cache = run("embed_cache").after(prepare)
-            trained = run("train").after(clusters, stale_cache)
-            fresh_cache = run("reembed").after(trained)
-            scores = run("evaluate").after(fresh_cache)
-            run("promote").after(scores)
-
-    return freshen_train
-
-
-def refresh_pipeline(project: Project):
-    steps = {s: step_component(project, s) for s in REFRESH_STEPS if s != "reembed_shard"}
-    steps["reembed_shard"] = shard_component(project)
+def build_pipeline(project: Project, pipeline: Pipeline):
+    """The kfp pipeline of `pipeline`: its steps inside start-run's exit handler, with its edges;
+    a mapped step runs once per shard in a ParallelFor (K = orchestration.num_shards when compiled)."""
+    check_gpu_steps(project.params, project.params_path)
+    components = {s.name: step_component(project, s) for s in pipeline.steps}
     count = int(project.orch["num_shards"])
 
-    @dsl.pipeline(name="freshen-cache-refresh", description="freshen_cache_refresh: sharded re-embedding")
-    def freshen_cache_refresh(root: str = project.orch["container_root"], params_file: str = project.params_file,
-                              set_json: str = "{}"):
-        handler, run = frame(project, "refresh", steps, root, params_file, set_json)
+    @dsl.pipeline(name=pipeline.kfp_name, description=f"{pipeline.dag_id}: {pipeline.about}")
+    def run_pipeline(root: str = project.orch["container_root"], params_file: str = project.params_file,
+                     set_json: str = "{}"):
+        handler, run = frame(project, pipeline.kind, components, root, params_file, set_json)
         with handler:
-            champion = run("fetch_champion")
-            corrected = run("corrected_index").after(champion)
-            with dsl.ParallelFor(items=list(range(count)), name="shards") as i:
-                shards = run("reembed_shard", shard=i, num_shards=count).after(champion)
-            merged = run("merge_shards").after(shards)
-            index = run("build_index").after(merged)
-            versioned = run("version_cache").after(index)
-            run("publish_index").after(versioned, corrected)
+            tasks = {}
+            for step in pipeline.steps:
+                upstream = [tasks[name] for name in step.after]
+                if step.mapped:
+                    with dsl.ParallelFor(items=list(range(count)), name="shards") as i:
+                        task = run(step.name, shard=i, num_shards=count)
+                        if upstream:
+                            task.after(*upstream)
+                else:
+                    task = run(step.name)
+                    if upstream:
+                        task.after(*upstream)
+                tasks[step.name] = task
 
-    return freshen_cache_refresh
-
-
-PIPELINES = {"train": train_pipeline, "refresh": refresh_pipeline}
+    return run_pipeline
 
 
 def compile_pipeline(project: Project, out: str | Path, which: str = "train") -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(PIPELINES[which](project), str(out))
+    compiler.Compiler().compile(build_pipeline(project, PIPELINES[which]), str(out))
     return out
 
 

@@ -17,20 +17,6 @@ from freshen.orchestration.config import Project
 XCOM_FIELD = "{{{{ ti.xcom_pull(task_ids='start_run')['{key}'] }}}}"
 
 
-def cli_argv(step: str, root: str, params_file: str, parent_run_id: str | None, set_json: str | None,
-             options: dict | None = None) -> list[str]:
-    """`freshen` arguments (after the entrypoint) for one step."""
-    argv = [step.replace("_", "-"), "--root", root, "--params", params_file]
-    if parent_run_id:
-        argv += ["--parent-run-id", parent_run_id]
-    if set_json:
-        argv += ["--set-json", set_json]
-    for key, value in (options or {}).items():
-        if value is not None:
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-    return argv
-
-
 def run_local(argv: list[str], mode: str = "inprocess") -> None:
     """Run the CLI here; raise StepSkipped / StepFailed on a skip / failure exit code."""
     if mode == "inprocess":
