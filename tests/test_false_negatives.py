@@ -8,34 +8,36 @@ import torch
 from freshen.errors import DataError, FreshenError
 from freshen.modeling.encoder import Encoder
 from freshen.sampling.false_negatives import FalseNegativeFilter
+from freshen.sampling.selection import Selection
 from freshen.training.loop import Trainer, check_train_params
 
 ROWS = torch.tensor([[10, 11, 12, 13, 14, 15]])
 SCORES = torch.tensor([[0.99, 0.90, 0.80, 0.70, 0.60, 0.50]])
 POSITIVE = torch.tensor([1.0])
+TOPK = Selection("topk")
 
 
 def test_relative_margin_drops_candidates_above_the_fraction_of_the_positive():
     f = FalseNegativeFilter(relative_margin=0.15)  # drop scores above 0.85
-    rows, unusable, counts = f.pick(ROWS, SCORES, POSITIVE, k=2, selection="topk")
+    rows, unusable, counts = f.pick(ROWS, SCORES, POSITIVE, k=2, selection=TOPK)
     assert rows.tolist() == [[12, 13]] and not unusable.any()
     assert counts == {"fn_rank": 0, "fn_margin": 2, "fn_short": 0}
 
 
 def test_absolute_margin_and_range_min():
-    rows, _, counts = FalseNegativeFilter(absolute_margin=0.25).pick(ROWS, SCORES, POSITIVE, k=2, selection="topk")
+    rows, _, counts = FalseNegativeFilter(absolute_margin=0.25).pick(ROWS, SCORES, POSITIVE, k=2, selection=TOPK)
     assert rows.tolist() == [[13, 14]] and counts["fn_margin"] == 3  # above 1.0 - 0.25
-    rows, _, counts = FalseNegativeFilter(range_min=3).pick(ROWS, SCORES, POSITIVE, k=2, selection="topk")
+    rows, _, counts = FalseNegativeFilter(range_min=3).pick(ROWS, SCORES, POSITIVE, k=2, selection=TOPK)
     assert rows.tolist() == [[13, 14]] and counts == {"fn_rank": 3, "fn_margin": 0, "fn_short": 0}
     # both: the rank rule takes the first rows, the margin rule counts only what is left
     _, _, counts = FalseNegativeFilter(relative_margin=0.15, range_min=1).pick(ROWS, SCORES, POSITIVE, k=2,
-                                                                                selection="topk")
+                                                                                selection=TOPK)
     assert counts == {"fn_rank": 1, "fn_margin": 1, "fn_short": 0}
 
 
 def test_too_few_candidates_left_are_filled_up_and_flagged_unusable():
     rows, unusable, counts = FalseNegativeFilter(relative_margin=0.35).pick(ROWS, SCORES, POSITIVE, k=3,
-                                                                             selection="topk")
+                                                                             selection=TOPK)
     # only 0.60 and 0.50 pass: the third is the best removed one, flagged so the loss masks it
     assert rows.tolist() == [[14, 15, 10]] and unusable.tolist() == [[False, False, True]]
     assert counts["fn_short"] == 1
@@ -47,7 +49,7 @@ def test_sampled_selections_draw_only_from_candidates_that_pass(selection):
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     picked = set()
     for _ in range(30):
-        rows, unusable, _ = f.pick(ROWS, SCORES, POSITIVE, k=2, selection=selection, beta=1.0, bins=2,
+        rows, unusable, _ = f.pick(ROWS, SCORES, POSITIVE, k=2, selection=Selection(selection, beta=1.0, bins=2),
                                    generator=gen, rng=rng)
         assert not unusable.any() and len(set(rows[0].tolist())) == 2
         picked |= set(rows[0].tolist())
