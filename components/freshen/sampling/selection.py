@@ -30,8 +30,12 @@ class Selection:
 
     @classmethod
     def from_params(cls, neg: dict) -> Selection:
-        return cls(neg.get("selection", "topk"), float(neg.get("beta", 20.0)), int(neg.get("candidates", 100)),
-                   int(neg.get("bins", 10)))
+        return cls(
+            neg.get("selection", "topk"),
+            float(neg.get("beta", 20.0)),
+            int(neg.get("candidates", 100)),
+            int(neg.get("bins", 10)),
+        )
 
     def keys(self, scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """The keys whose top k are the picks: the scores (top-k) or their Gumbel-perturbed
@@ -63,8 +67,9 @@ def balanced_pick(margins: np.ndarray, k: int, bins: int, rng: np.random.Generat
     return picked
 
 
-def balanced(rows: torch.Tensor, scores: torch.Tensor, positive: torch.Tensor, k: int, bins: int,
-             rng: np.random.Generator) -> torch.Tensor:
+def balanced(
+    rows: torch.Tensor, scores: torch.Tensor, positive: torch.Tensor, k: int, bins: int, rng: np.random.Generator
+) -> torch.Tensor:
     """Balanced margin picks for each query [b, k] from its candidates (`rows`, `scores` [b, m];
     -inf scores are no candidate), margins taken to the query's positive score `positive` [b]."""
     out = []
@@ -74,7 +79,8 @@ def balanced(rows: torch.Tensor, scores: torch.Tensor, positive: torch.Tensor, k
     return torch.stack(out)
 
 
-def balanced_one(rows: torch.Tensor, scores: torch.Tensor, positive: torch.Tensor, k: int, bins: int,
-                 rng: np.random.Generator) -> torch.Tensor:
+def balanced_one(
+    rows: torch.Tensor, scores: torch.Tensor, positive: torch.Tensor, k: int, bins: int, rng: np.random.Generator
+) -> torch.Tensor:
     """One query's balanced picks among its candidates `rows` [m] scored `scores` [m]."""
     return rows[balanced_pick((positive - scores).numpy(), k, bins, rng)]

@@ -33,8 +33,18 @@ class CorrectorTrainer:
     """`online`: the corrector samples negatives (strategy 'corrected'), so the drift sample and
     refits apply; otherwise ('stale') it only learns, to measure drift."""
 
-    def __init__(self, cor_p: dict, dim: int, online: bool, probe_rows: list[int], n_docs: int, seed: int,
-                 temperature: float, passages, counters):
+    def __init__(
+        self,
+        cor_p: dict,
+        dim: int,
+        online: bool,
+        probe_rows: list[int],
+        n_docs: int,
+        seed: int,
+        temperature: float,
+        passages,
+        counters,
+    ):
         self.p, self.online, self.passages, self.counters = cor_p, online, passages, counters
         self.start, self.warmup = 0, int(cor_p.get("warmup_steps", 0))
         self.corrector, self.opt = self._new(dim)
@@ -47,13 +57,38 @@ class CorrectorTrainer:
         self.refit_sample, self.refit_epochs = int(cor_p.get("refit_sample", 0)), int(cor_p.get("refit_epochs", 50))
         self.probe_set = set(probe_rows)
         self.sample_rng = np.random.default_rng([seed, 1])  # its own stream: batches stay those of every other arm
-        self.sample_pool = np.setdiff1d(np.arange(n_docs), np.array(probe_rows, dtype=np.int64)) \
-            if self.drift_sample or self.refit_every else np.empty(0, dtype=np.int64)  # corpus-sized only when used
+        self.sample_pool = (
+            np.setdiff1d(np.arange(n_docs), np.array(probe_rows, dtype=np.int64))
+            if self.drift_sample or self.refit_every
+            else np.empty(0, dtype=np.int64)
+        )  # corpus-sized only when used
+
+    @classmethod
+    def from_params(
+        cls, p: dict, dim: int, probe_rows: list[int], n_docs: int, seed: int, passages, counters
+    ) -> CorrectorTrainer | None:
+        """The corrector of the `train` section `p`: strategies 'corrected' and 'stale' train one
+        ('stale' only to measure drift), the others none."""
+        strategy = p["negatives"]["strategy"]
+        if strategy not in ("corrected", "stale"):
+            return None
+        return cls(
+            p.get("corrector", {}),
+            dim,
+            strategy == "corrected",
+            probe_rows,
+            n_docs,
+            seed,
+            float(p.get("temperature", 0.05)),
+            passages,
+            counters,
+        )
 
     def _new(self, dim: int) -> tuple[Corrector, torch.optim.Optimizer]:
         init = self.p.get("init")
-        corrector = Corrector.load(init, expect_dim=dim) if init and self.start == 0 \
-            else Corrector.from_params(dim, self.p)
+        corrector = (
+            Corrector.load(init, expect_dim=dim) if init and self.start == 0 else Corrector.from_params(dim, self.p)
+        )
         return corrector, torch.optim.Adam(corrector.parameters(), lr=float(self.p.get("lr", 1e-3)))
 
     def restart(self, step: int, dim: int) -> None:
@@ -84,16 +119,26 @@ class CorrectorTrainer:
         self.counters.drift_sample_passes += len(rows)
         return rows, fresh
 
-    def update(self, step: int, rows: list[int], fresh: torch.Tensor, q_emb: torch.Tensor, mask: torch.Tensor,
-               table: torch.Tensor, sample: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    def update(
+        self,
+        step: int,
+        rows: list[int],
+        fresh: torch.Tensor,
+        q_emb: torch.Tensor,
+        mask: torch.Tensor,
+        table: torch.Tensor,
+        sample: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict:
         """Drift loss on this step's fresh targets and drift sample (and those of the replay
         window), plus ce_weight x the cross-entropy term on this step's corrected logits (`mask`:
         the retriever's); probes held out. `table`: the training-time cache."""
         rows_t = torch.tensor(rows)
         stale = table[rows_t].float()
         with torch.no_grad():
-            rec = {"cos_stale_fresh": mean_cosine(stale, fresh),
-                   "cos_corrected_fresh": mean_cosine(self.corrector(stale), fresh)}
+            rec = {
+                "cos_stale_fresh": mean_cosine(stale, fresh),
+                "cos_corrected_fresh": mean_cosine(self.corrector(stale), fresh),
+            }
         keep = torch.tensor([r not in self.probe_set for r in rows])
         if sample is not None:
             self.replay.append((torch.cat([rows_t[keep], sample[0]]), torch.cat([fresh[keep], sample[1]])))
@@ -109,8 +154,15 @@ class CorrectorTrainer:
         for update in range(self.updates):
             c_loss = drift_loss(self.corrector(window), target)
             if ce_queries.any():
-                ce = corrected_logits_loss(q_emb[ce_queries], self.corrector(stale), fresh,
-                                           torch.arange(b)[ce_queries], ce_mask, self.temperature, self.ce_target)
+                ce = corrected_logits_loss(
+                    q_emb[ce_queries],
+                    self.corrector(stale),
+                    fresh,
+                    torch.arange(b)[ce_queries],
+                    ce_mask,
+                    self.temperature,
+                    self.ce_target,
+                )
                 c_loss = c_loss + self.ce_weight * ce
                 if update == 0:
                     rec["corrector_ce"] = float(ce.detach())

@@ -5,9 +5,10 @@ the counters of what training spends."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from freshen.errors import FreshenError
+from freshen.modeling.corrector import Corrector
 from freshen.training.params import check_positive_grade, check_teacher_coverage
 from freshen.training.teacher import Teacher
 
@@ -20,7 +21,7 @@ class Counters:
     probe passes are measurement, not training cost, and are counted apart."""
 
     train_passage_passes: int = 0  # positives + negatives (+ the corrector's drift sample)
-    drift_sample_passes: int = 0   # of which: random passages embedded only to train the corrector
+    drift_sample_passes: int = 0  # of which: random passages embedded only to train the corrector
     reembed_passes: int = 0
     refreshes: int = 0
     query_passes: int = 0
@@ -35,6 +36,19 @@ class Counters:
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "target_passes_total": self.train_passage_passes + self.reembed_passes}
+
+
+@dataclass
+class TrainResult:
+    """A run's outcome: the trained encoder (the best one with `keep_best`), its corrector, the
+    counters, the per-step curve, the validations and the best validation's step."""
+
+    encoder: object
+    corrector: Corrector | None
+    counters: Counters
+    curve: list[dict] = field(default_factory=list)
+    validations: list[dict] = field(default_factory=list)
+    best_step: int | None = None
 
 
 class TrainingData:
@@ -65,8 +79,11 @@ class TrainingData:
             check_teacher_coverage(teacher, self.train_qids, self.positives, self.row_of)
             strategy = p["negatives"]["strategy"]
             if strategy != "in_batch":
-                log.info("teacher scores given: negatives are drawn from the teacher's scored candidates by "
-                         "balanced margin sampling, not from the cache (strategy '%s' trains only its corrector)",
-                         strategy)
-            self.teacher = Teacher(teacher, self.positives, self.row_of, self.doc_ids,
-                                   float((p.get("teacher") or {}).get("alpha", 0.75)))
+                log.info(
+                    "teacher scores given: negatives are drawn from the teacher's scored candidates by "
+                    "balanced margin sampling, not from the cache (strategy '%s' trains only its corrector)",
+                    strategy,
+                )
+            self.teacher = Teacher(
+                teacher, self.positives, self.row_of, self.doc_ids, float((p.get("teacher") or {}).get("alpha", 0.75))
+            )

@@ -12,8 +12,8 @@ class Hooks:
         """The step's batch of training queries, as drawn."""
 
     def negatives(self, step: int, qids: list[str], rows: torch.Tensor, corrector) -> None:
-        """The step's negatives [b, k] (cache rows), and the corrector the index was scored
-        through (None: the stale cache, or teacher negatives)."""
+        """The step's negatives [b, k] (cache rows), and the corrector the training-time index is
+        scored through at this step (None: the stale cache; teacher negatives do not use it)."""
 
     def drift_sample(self, step: int, sample: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """The corrector's drift sample of the step: (rows, fresh embeddings), or None."""

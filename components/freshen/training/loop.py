@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,36 +19,37 @@ import torch
 from freshen.integrity import diverged
 from freshen.modeling.corrector import Corrector
 from freshen.progress import progress
-from freshen.sampling.tas import RandomBatches, TASBatches
+from freshen.sampling.tas import make_batches
 from freshen.training.corrector_trainer import CorrectorTrainer
+from freshen.training.data import Counters, TrainingData, TrainResult
 from freshen.training.hooks import Callbacks, Hooks
 from freshen.training.params import check_train_params
 from freshen.training.passages import Passages
 from freshen.training.refresher import Refresher
 from freshen.training.retriever import RetrieverUpdate
 from freshen.training.step_negatives import StepNegatives
-from freshen.training.data import Counters, TrainingData
 from freshen.training.validator import BestCheckpoint, Validator
 
 __all__ = ["Counters", "TrainResult", "Trainer", "check_train_params", "train"]
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainResult:
-    encoder: object
-    corrector: Corrector | None
-    counters: Counters
-    curve: list[dict] = field(default_factory=list)
-    validations: list[dict] = field(default_factory=list)
-    best_step: int | None = None
-
-
 class Trainer:
     """One training run: its parts, built from the `train` section `p`; `run()` does the steps."""
 
-    def __init__(self, encoder, dataset, cache, cluster_of, p: dict, seed: int, teacher=None, on_log=None,
-                 on_eval=None, hooks: list[Hooks] | tuple = ()):
+    def __init__(
+        self,
+        encoder,
+        dataset,
+        cache,
+        cluster_of,
+        p: dict,
+        seed: int,
+        teacher=None,
+        on_log=None,
+        on_eval=None,
+        hooks: list[Hooks] | tuple = (),
+    ):
         check_train_params(p)
         self.encoder, self.p = encoder, p
         self.hooks = [Callbacks(on_log, on_eval), *hooks]
@@ -62,15 +62,11 @@ class Trainer:
         self.negatives = StepNegatives(self.data, cache, p["negatives"], seed)
         self.scorer = self.negatives.scorer
         self.validator = Validator(self.data, p, seed, self.rng, self.scorer, self.passages, self.counters)
-        strategy = p["negatives"]["strategy"]
-        self.corrector_trainer = None
-        if strategy in ("corrected", "stale"):  # 'stale' trains one too, to measure drift
-            self.corrector_trainer = CorrectorTrainer(p.get("corrector", {}), cache.dim, strategy == "corrected",
-                                                      self.validator.probe_rows, len(self.data.doc_ids), seed,
-                                                      float(p.get("temperature", 0.05)), self.passages, self.counters)
+        self.corrector_trainer = CorrectorTrainer.from_params(
+            p, cache.dim, self.validator.probe_rows, len(self.data.doc_ids), seed, self.passages, self.counters
+        )
         self.retriever = RetrieverUpdate(encoder, p, self.data.teacher)
-        self.refresher = Refresher(int(p["negatives"].get("refresh_every", 0) or 0), int(p["steps"]), self.scorer,
-                                   self.passages, self.counters, self.corrector_trainer)
+        self.refresher = Refresher.from_params(p, self.scorer, self.passages, self.counters, self.corrector_trainer)
         self.curve: list[dict] = []
         self.validations: list[dict] = []
 
@@ -106,9 +102,7 @@ class Trainer:
         sample = ct.draw_drift_sample() if ct is not None else None  # by the encoder the targets saw
         for h in self.hooks:
             h.drift_sample(step, sample)
-        mask = RetrieverUpdate.other_positives([data.pos_rows[q] for q in qids], rows)
-        b = len(qids)
-        mask[:, b:] |= torch.block_diag(*unusable.unbind(0)) if unusable.numel() else False
+        mask = RetrieverUpdate.mask([data.pos_rows[q] for q in qids], rows, unusable)
         fn_filter = self.negatives.fn_filter
         if fn_filter.in_batch and fn_filter.has_margin:
             fn_counts["fn_in_batch"] = fn_filter.mask_in_batch(q_emb.detach(), p_emb.detach(), mask)
@@ -135,13 +129,18 @@ class Trainer:
         if eval_every and stop_after is None:  # step 0: the pre-trained encoder; keep_best may keep it
             val = self._validation(0, best)
             self.counters.wall_seconds = time.perf_counter() - started
-            record = {**val, "train_passage_passes": 0, "reembed_passes": 0,
-                      "wall_seconds": round(self.counters.wall_seconds, 3)}
+            record = {
+                **val,
+                "train_passage_passes": 0,
+                "reembed_passes": 0,
+                "wall_seconds": round(self.counters.wall_seconds, 3),
+            }
             self._emit(record, 0, evaluated=True)
         self.encoder.train()
         ct = self.corrector_trainer
-        for step in progress(range(1, min(steps, stop_after or steps) + 1), desc="train", unit="step",
-                             mininterval=20, disable=False):
+        for step in progress(
+            range(1, min(steps, stop_after or steps) + 1), desc="train", unit="step", mininterval=20, disable=False
+        ):
             record = self.step(step)
             if self.refresher.due(step):
                 self.refresh(step)
@@ -155,8 +154,11 @@ class Trainer:
             if evaluated:
                 record.update({k: v for k, v in self._validation(step, best).items() if k != "step"})
             self.counters.wall_seconds = time.perf_counter() - started
-            record.update(train_passage_passes=self.counters.train_passage_passes,
-                          reembed_passes=self.counters.reembed_passes, wall_seconds=round(self.counters.wall_seconds, 3))
+            record.update(
+                train_passage_passes=self.counters.train_passage_passes,
+                reembed_passes=self.counters.reembed_passes,
+                wall_seconds=round(self.counters.wall_seconds, 3),
+            )
             self.curve.append(record)
             logged = step % int(self.p.get("log_every", 10)) == 0 or step == steps or "refit_cos_after" in record
             self._emit(record, step, evaluated, logged)
@@ -182,19 +184,21 @@ class Trainer:
                 h.evaluation(record, self.counters)
 
 
-def make_batches(p: dict, cluster_of: dict[str, int], train_qids: list[str], rng: np.random.Generator):
-    if p.get("batching", "tas") == "tas":
-        return TASBatches({q: cluster_of[q] for q in train_qids}, int(p["batch_size"]),
-                          int(p.get("clusters_per_batch", 1)), rng)
-    return RandomBatches(train_qids, int(p["batch_size"]), rng)
-
-
-def train(encoder, dataset, cache, cluster_of: dict[str, int], p: dict, seed: int, on_log=None,
-          teacher=None, on_eval=None, hooks: list[Hooks] | tuple = ()) -> TrainResult:
+def train(
+    encoder,
+    dataset,
+    cache,
+    cluster_of: dict[str, int],
+    p: dict,
+    seed: int,
+    on_log=None,
+    teacher=None,
+    on_eval=None,
+    hooks: list[Hooks] | tuple = (),
+) -> TrainResult:
     """Train `encoder` in place; return it with its corrector, the counters and the curves.
     `on_log(record, step)` every `log_every` steps and at evaluations; `on_eval(record, counters)`
     after each evaluation."""
-    return Trainer(encoder, dataset, cache, cluster_of, p, seed, teacher=teacher, on_log=on_log,
-                   on_eval=on_eval, hooks=hooks).run()
-
-
+    return Trainer(
+        encoder, dataset, cache, cluster_of, p, seed, teacher=teacher, on_log=on_log, on_eval=on_eval, hooks=hooks
+    ).run()

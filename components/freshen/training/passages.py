@@ -42,21 +42,44 @@ class Passages:
 
     def encode(self, rows, desc: str) -> torch.Tensor:
         """`rows` encoded in inference batches of `train.encode_batch_size`."""
-        return torch.from_numpy(encode(self.encoder, [self.texts[int(r)] for r in rows], "passage",
-                                       batch_size=self.batch_size, precision=self.precision, desc=desc,
-                                       max_len=self.max_len))
+        return torch.from_numpy(
+            encode(
+                self.encoder,
+                [self.texts[int(r)] for r in rows],
+                "passage",
+                batch_size=self.batch_size,
+                precision=self.precision,
+                desc=desc,
+                max_len=self.max_len,
+            )
+        )
 
     def encode_all(self, dim: int, desc: str) -> np.ndarray:
         """The whole corpus encoded [n, dim] (a refresh)."""
         table = np.zeros((len(self.texts), dim), dtype=np.float32)
-        encode_into(self.encoder, self.texts, "passage", table, batch_size=self.batch_size, precision=self.precision,
-                    desc=desc, max_len=self.max_len)
+        encode_into(
+            self.encoder,
+            self.texts,
+            "passage",
+            table,
+            batch_size=self.batch_size,
+            precision=self.precision,
+            desc=desc,
+            max_len=self.max_len,
+        )
         return table
 
     def measure(self, rows) -> torch.Tensor:
         """`rows` encoded to measure the encoder (probe and overlap passages)."""
-        return torch.from_numpy(encode(self.encoder, [self.texts[int(r)] for r in rows], "passage",
-                                       precision=self.precision, max_len=self.max_len))
+        return torch.from_numpy(
+            encode(
+                self.encoder,
+                [self.texts[int(r)] for r in rows],
+                "passage",
+                precision=self.precision,
+                max_len=self.max_len,
+            )
+        )
 
     def measure_queries(self, texts: list[str]) -> torch.Tensor:
         return torch.from_numpy(encode(self.encoder, texts, "query", precision=self.precision))

@@ -11,7 +11,17 @@ import torch
 class Refresher:
     def __init__(self, every: int, steps: int, scorer, passages, counters, corrector_trainer=None):
         self.every, self.steps = every, steps
-        self.scorer, self.passages, self.counters, self.corrector_trainer = scorer, passages, counters, corrector_trainer
+        self.scorer, self.passages, self.counters, self.corrector_trainer = (
+            scorer,
+            passages,
+            counters,
+            corrector_trainer,
+        )
+
+    @classmethod
+    def from_params(cls, p: dict, scorer, passages, counters, corrector_trainer=None) -> Refresher:
+        every = int(p["negatives"].get("refresh_every", 0) or 0)
+        return cls(every, int(p["steps"]), scorer, passages, counters, corrector_trainer)
 
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0 and step < self.steps

@@ -31,8 +31,9 @@ class StepNegatives:
         overlay_steps = int(neg_p.get("fresh_overlay_steps", 0) or 0) if strategy == "corrected" else 0
         self.overlay = FreshOverlay(overlay_steps, self.scorer.table) if overlay_steps else None
 
-    def pick(self, step: int, qids: list[str], pos_docs: list[str], q_emb: torch.Tensor,
-             corrector) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def pick(
+        self, step: int, qids: list[str], pos_docs: list[str], q_emb: torch.Tensor, corrector
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(rows [b, k], unusable [b, k]: filled-up negatives to mask out of the loss, the
         false-negative filter's counts) for queries `qids` training on positives `pos_docs`;
         `corrector`: the one the index is scored through (None: the stale cache)."""
@@ -44,12 +45,14 @@ class StepNegatives:
             return torch.empty((b, 0), dtype=torch.long), torch.zeros((b, 0), dtype=torch.bool), {}
         exclude, positive_rows = [data.pos_rows[q] for q in qids], [data.row_of[d] for d in pos_docs]
         if self.overlay is not None and corrector is not None:  # never with the filter: the params refuse both
-            cand = self.scorer.select(q_emb, self.candidates, exclude, positive_rows, corrector, self.generator,
-                                      self.rng)
+            cand = self.scorer.select(
+                q_emb, self.candidates, exclude, positive_rows, corrector, self.generator, self.rng
+            )
             rows = self.overlay.rerank(step, q_emb, cand, self.k, self.scorer, corrector)
             return rows, torch.zeros(rows.shape, dtype=torch.bool), {}
-        return self.scorer.negatives(q_emb, self.k, exclude, positive_rows, self.fn_filter, corrector,
-                                     self.generator, self.rng)
+        return self.scorer.negatives(
+            q_emb, self.k, exclude, positive_rows, self.fn_filter, corrector, self.generator, self.rng
+        )
 
     def embedded(self, step: int, rows: list[int], fresh: torch.Tensor) -> None:
         """The step embedded `rows` fresh (`fresh`): the overlay keeps them."""

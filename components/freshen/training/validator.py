@@ -33,8 +33,9 @@ class Validator:
         self.probe_rows = sorted(rng.choice(len(doc_ids), size=n_probe, replace=False).tolist())
         # a random passage sample, its own stream (batches stay those of every other setting)
         n_overlap = min(int(p.get("overlap_passages", 0) or 0), len(doc_ids))
-        self.overlap_rows = torch.from_numpy(np.sort(np.random.default_rng([seed, 3]).choice(
-            len(doc_ids), size=n_overlap, replace=False)))
+        self.overlap_rows = torch.from_numpy(
+            np.sort(np.random.default_rng([seed, 3]).choice(len(doc_ids), size=n_overlap, replace=False))
+        )
         self.overlap_k = min(int(p.get("overlap_k", 100)), n_overlap)
 
     @torch.no_grad()
@@ -47,7 +48,9 @@ class Validator:
             q = self.passages.measure_queries([self.queries[x] for x in qids])
             q_eff, cor = self.scorer.query_for(q, sampling_corrector)
             rows, scores = chunked_topk(q_eff, self.scorer.table, 100, [[]] * len(qids), cor, self.scorer.chunk)
-            run = {qid: {self.doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i])} for i, qid in enumerate(qids)}
+            run = {
+                qid: {self.doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i])} for i, qid in enumerate(qids)
+            }
             rec["dev_ndcg_at_10"] = evaluate_run(self.dev, run)["ndcg_at_10"]
             if self.overlap_k > 0:
                 rec.update(self._overlap(q, corrector))
@@ -94,8 +97,10 @@ class BestCheckpoint:
             return
         if score > self.score:
             self.score, self.step, self.bad = score, step, 0
-            self.state = (copy.deepcopy(encoder.state_dict()),
-                          copy.deepcopy(corrector.state_dict()) if corrector else None)
+            self.state = (
+                copy.deepcopy(encoder.state_dict()),
+                copy.deepcopy(corrector.state_dict()) if corrector else None,
+            )
         else:
             self.bad += 1
 
