@@ -12,7 +12,6 @@ class Recorder(Hooks):
         self.correctors: list[object] = []  # each step's corrector the index was scored through (None: stale)
         self.samples: list[object] = []  # each step's drift sample (rows, fresh) or None
         self.refits: list[tuple[int, object, dict]] = []  # (step, what before_refit saw, the refit's record)
-        self.before_refit_seen = None
 
     def batch(self, step, qids):
         self.batches.append(list(qids))

@@ -11,7 +11,10 @@ the negatives drawn from it: candidates (exact or ANN), then a `Selection` among
 
 With false-negative control (`sampling/false_negatives.py`) every path yields the top
 `candidates` rows, rescored exactly through the corrector with the positive, and the filter
-picks among those that pass its rules."""
+picks among those that pass its rules. The two forms draw their randomness over different sets:
+without the filter, Gumbel noise over every scored row (exact: chunk by chunk) or every ANN
+candidate; with it, over each query's kept candidates. Selection itself (`selection.py`) is the
+same code in every path."""
 
 from __future__ import annotations
 
