@@ -8,34 +8,37 @@ import torch
 from freshen.errors import DataError, FreshenError
 from freshen.modeling.encoder import Encoder
 from freshen.sampling.false_negatives import FalseNegativeFilter
+from freshen.sampling.selection import Selection
 from freshen.training.loop import Trainer, check_train_params
+from recorder import Recorder
 
 ROWS = torch.tensor([[10, 11, 12, 13, 14, 15]])
 SCORES = torch.tensor([[0.99, 0.90, 0.80, 0.70, 0.60, 0.50]])
 POSITIVE = torch.tensor([1.0])
+TOPK = Selection("topk")
 
 
 def test_relative_margin_drops_candidates_above_the_fraction_of_the_positive():
     f = FalseNegativeFilter(relative_margin=0.15)  # drop scores above 0.85
-    rows, unusable, counts = f.pick(ROWS, SCORES, POSITIVE, k=2, selection="topk")
+    rows, unusable, counts = f.pick(ROWS, SCORES, POSITIVE, k=2, selection=TOPK)
     assert rows.tolist() == [[12, 13]] and not unusable.any()
     assert counts == {"fn_rank": 0, "fn_margin": 2, "fn_short": 0}
 
 
 def test_absolute_margin_and_range_min():
-    rows, _, counts = FalseNegativeFilter(absolute_margin=0.25).pick(ROWS, SCORES, POSITIVE, k=2, selection="topk")
+    rows, _, counts = FalseNegativeFilter(absolute_margin=0.25).pick(ROWS, SCORES, POSITIVE, k=2, selection=TOPK)
     assert rows.tolist() == [[13, 14]] and counts["fn_margin"] == 3  # above 1.0 - 0.25
-    rows, _, counts = FalseNegativeFilter(range_min=3).pick(ROWS, SCORES, POSITIVE, k=2, selection="topk")
+    rows, _, counts = FalseNegativeFilter(range_min=3).pick(ROWS, SCORES, POSITIVE, k=2, selection=TOPK)
     assert rows.tolist() == [[13, 14]] and counts == {"fn_rank": 3, "fn_margin": 0, "fn_short": 0}
     # both: the rank rule takes the first rows, the margin rule counts only what is left
     _, _, counts = FalseNegativeFilter(relative_margin=0.15, range_min=1).pick(ROWS, SCORES, POSITIVE, k=2,
-                                                                                selection="topk")
+                                                                                selection=TOPK)
     assert counts == {"fn_rank": 1, "fn_margin": 1, "fn_short": 0}
 
 
 def test_too_few_candidates_left_are_filled_up_and_flagged_unusable():
     rows, unusable, counts = FalseNegativeFilter(relative_margin=0.35).pick(ROWS, SCORES, POSITIVE, k=3,
-                                                                             selection="topk")
+                                                                             selection=TOPK)
     # only 0.60 and 0.50 pass: the third is the best removed one, flagged so the loss masks it
     assert rows.tolist() == [[14, 15, 10]] and unusable.tolist() == [[False, False, True]]
     assert counts["fn_short"] == 1
@@ -47,23 +50,19 @@ def test_sampled_selections_draw_only_from_candidates_that_pass(selection):
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     picked = set()
     for _ in range(30):
-        rows, unusable, _ = f.pick(ROWS, SCORES, POSITIVE, k=2, selection=selection, beta=1.0, bins=2,
+        rows, unusable, _ = f.pick(ROWS, SCORES, POSITIVE, k=2, selection=Selection(selection, beta=1.0, bins=2),
                                    generator=gen, rng=rng)
         assert not unusable.any() and len(set(rows[0].tolist())) == 2
         picked |= set(rows[0].tolist())
     assert picked <= {12, 13, 14, 15} and len(picked) > 2  # never 10 or 11, and not always the same two
 
 
-def test_in_batch_passages_the_rule_flags_are_masked(tiny_training):
-    ds, cache, clusters, params = tiny_training
-    p = {**params["train"], "precision": "fp32", "steps": 2, "eval_every": 0,
-         "negatives": {**params["train"]["negatives"], "false_negatives": {"relative_margin": 0.2}}}
-    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
+def test_in_batch_passages_the_rule_flags_are_masked():
     q = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
     passages = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.3, 1.0]]), dim=-1)
     mask = torch.zeros((2, 4), dtype=torch.bool)
     mask[1, 3] = True  # already masked (a judged positive): not counted again
-    added = t._mask_likely_positives(q, passages, mask)
+    added = FalseNegativeFilter(relative_margin=0.2).mask_in_batch(q, passages, mask)
     # query 0: passage 2 scores 0.995 > 0.8 x 1.0; query 1: passage 3 scores 0.958, already masked
     assert mask.tolist() == [[False, False, True, False], [False, False, False, True]]
     assert added == 1
@@ -74,16 +73,17 @@ def test_training_reports_what_the_rules_removed(tiny_training):
     p = {**params["train"], "precision": "fp32", "steps": 3, "eval_every": 0,
          "negatives": {**params["train"]["negatives"], "strategy": "stale", "candidates": 20,
                        "false_negatives": {"relative_margin": 0.02, "range_min": 1, "in_batch": True}}}
-    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
+    rec = Recorder()
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5, hooks=[rec])
     records = [t.step(s) for s in range(1, 4)]
     b = p["batch_size"]
     assert all(r["fn_rank"] == b for r in records)  # the top candidate of every query skipped
     assert all({"fn_margin", "fn_short", "fn_in_batch"} <= set(r) for r in records)
     assert t.counters.fn_rank == 3 * b and t.counters.fn_margin == sum(r["fn_margin"] for r in records)
     positives = ds.positives("train")
-    qids, neg_rows = t.last_negatives
+    qids, neg_rows = rec.picked[-1]
     for q, rows in zip(qids, neg_rows.tolist()):
-        assert not {t.doc_ids[r] for r in rows} & set(positives[q])
+        assert not {t.data.doc_ids[r] for r in rows} & set(positives[q])
 
 
 def test_lower_grades_are_neither_positives_nor_negatives(tiny_training):
@@ -96,8 +96,8 @@ def test_lower_grades_are_neither_positives_nor_negatives(tiny_training):
         train[other] = {d: 2 for d in train[other]}
     p = {**params["train"], "precision": "fp32", "steps": 2, "eval_every": 0, "min_positive_grade": 2}
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
-    assert weak not in t.positives[q]
-    assert t.row_of[weak] in t.pos_rows[q]  # excluded from its negatives and masked in-batch
+    assert weak not in t.data.positives[q]
+    assert t.data.row_of[weak] in t.data.pos_rows[q]  # excluded from its negatives and masked in-batch
 
 
 def test_a_minimum_grade_that_leaves_a_query_without_positive_is_refused(tiny_training):
@@ -165,8 +165,8 @@ def test_top_grades_train_on_each_query_s_highest_grade_only(tiny_training, grad
     train[q] = {own: 2, **{d: 1 for d in weak}}  # one grade-2 passage, three grade-1
     p = {**params["train"], "precision": "fp32", "steps": 2, "eval_every": 0, "positive_grades": grades}
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
-    assert t.positives[q] == ([own] if grades == "top" else [own, *weak])
-    assert t.positives[other] == list(train[other])  # binary qrels: top changes nothing
-    assert {t.row_of[d] for d in [own, *weak]} == set(t.pos_rows[q])  # all of them never negatives
+    assert t.data.positives[q] == ([own] if grades == "top" else [own, *weak])
+    assert t.data.positives[other] == list(train[other])  # binary qrels: top changes nothing
+    assert {t.data.row_of[d] for d in [own, *weak]} == set(t.data.pos_rows[q])  # all of them never negatives
     with pytest.raises(FreshenError, match="train.positive_grades"):
         check_train_params({"negatives": {"strategy": "stale"}, "positive_grades": "best"})

@@ -15,6 +15,7 @@ from freshen.modeling.encoder import Encoder
 from freshen.sampling.negatives import chunked_topk
 from freshen.sampling.scorer import CacheScorer
 from freshen.training.loop import check_train_params, train
+from recorder import Recorder
 
 
 def _linear(dim, seed=0):
@@ -139,29 +140,24 @@ def test_corrector_replay_window_and_updates(tiny):
     p = _params(params, steps=5, eval_every=0, negatives={"strategy": "corrected"})
     p["corrector"] = {**p["corrector"], "replay_steps": 3, "updates_per_step": 4}
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+    ct = t.corrector_trainer
     targets = []
     for step in range(1, 6):
         t.step(step)
-        rows = torch.cat([r for r, _ in t.replay])
+        rows = torch.cat([r for r, _ in ct.replay])
         targets.append(len(rows))
-        assert not set(rows.tolist()) & t.probe_set
-        assert len(t.replay) == min(step, 3)
+        assert not set(rows.tolist()) & ct.probe_set
+        assert len(ct.replay) == min(step, 3)
     per_step = 4 * (1 + 2)  # batch 4: a positive and k=2 negatives each (minus any probes)
     assert targets[-1] <= 3 * per_step and targets[-1] > per_step
-    adam_steps = {int(s["step"]) for s in t.cor_opt.state.values()}
+    adam_steps = {int(s["step"]) for s in ct.opt.state.values()}
     assert adam_steps == {5 * 4}
     # the corrector fitted the window: its output is nearer the fresh embeddings than the cache is
-    rows, fresh = torch.cat([r for r, _ in t.replay]), torch.cat([f for _, f in t.replay])
+    rows, fresh = torch.cat([r for r, _ in ct.replay]), torch.cat([f for _, f in ct.replay])
     with torch.no_grad():
         corrected = float(((t.corrector(t.scorer.table[rows].float()) - fresh) ** 2).sum(-1).mean())
     stale = float(((t.scorer.table[rows].float() - fresh) ** 2).sum(-1).mean())
     assert corrected < stale
-
-
-def _record_batches(trainer) -> list:
-    seen, inner = [], iter(trainer.batches)
-    trainer.batches = (seen.append(list(b)) or b for b in inner)
-    return seen
 
 
 def test_drift_sample_feeds_the_corrector_random_passages_and_is_counted(tiny):
@@ -172,30 +168,30 @@ def test_drift_sample_feeds_the_corrector_random_passages_and_is_counted(tiny):
     ds, cache, clusters, params = tiny
     p = _params(params, steps=3, eval_every=0, negatives={"strategy": "corrected"})
     p["corrector"] = {**p["corrector"], "drift_sample": 5}
-    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
-    drawn, draw = [], t._drift_sample
-    t._drift_sample = lambda: drawn.append(draw()) or drawn[-1]
+    rec, rec_plain = Recorder(), Recorder()
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[rec])
+    ct = t.corrector_trainer
     plain = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters,
-                    {**p, "corrector": {**p["corrector"], "drift_sample": 0}}, seed=3)
-    seen, seen_plain = _record_batches(t), _record_batches(plain)
+                    {**p, "corrector": {**p["corrector"], "drift_sample": 0}}, seed=3, hooks=[rec_plain])
     for step in (1, 2, 3):
         t.step(step)
         plain.step(step)
-        assert seen == seen_plain and len(seen) == step  # the sample has its own random stream
-        rows, fresh = t.replay[-1]
-        sample_rows, sample_fresh = drawn[-1]
-        assert len(sample_rows) == 5 and not set(sample_rows.tolist()) & t.probe_set
+        # the sample has its own random stream
+        assert rec.batches == rec_plain.batches and len(rec.batches) == step and rec_plain.samples[-1] is None
+        rows, fresh = ct.replay[-1]
+        sample_rows, sample_fresh = rec.samples[-1]
+        assert len(sample_rows) == 5 and not set(sample_rows.tolist()) & ct.probe_set
         assert torch.equal(rows[-5:], sample_rows) and torch.equal(fresh[-5:], sample_fresh)
-        assert len(rows) == len(fresh) and not set(rows.tolist()) & t.probe_set
+        assert len(rows) == len(fresh) and not set(rows.tolist()) & ct.probe_set
     assert t.counters.drift_sample_passes == 3 * 5
     assert t.counters.train_passage_passes == 3 * (4 * (1 + 2) + 5)
     assert t.counters.as_dict()["target_passes_total"] == t.counters.train_passage_passes
     # the drift targets are the sampled passages' fresh embeddings: the encoder, no gradient
     t.encoder.eval()  # no dropout, so the two embeddings can be compared
-    sample_rows, sample_fresh = t._drift_sample()
+    sample_rows, sample_fresh = ct.draw_drift_sample()
     assert not sample_fresh.requires_grad and len(set(sample_rows.tolist())) == 5
     with torch.no_grad():
-        again = t.encoder.embed([t.doc_texts[int(r)] for r in sample_rows], "passage", max_len=t.passage_len)
+        again = t.encoder.embed([t.data.doc_texts[int(r)] for r in sample_rows], "passage", max_len=t.passages.max_len)
     assert torch.allclose(again.float(), sample_fresh, atol=1e-4)
     # strategies without a corrector in use spend nothing on it
     p["negatives"]["strategy"] = "stale"
@@ -222,21 +218,22 @@ def test_refit_fits_the_corrector_on_a_fresh_sample_and_counts_it(tiny):
     ds, cache, clusters, params = tiny
     p = _params(params, steps=4, eval_every=0, lr=5e-3, negatives={"strategy": "corrected"})
     p["corrector"] = {**p["corrector"], "refit_every": 2, "refit_sample": 6, "refit_epochs": 30}
-    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
-    fitted, refit = [], t.refit
+    fitted = []
 
-    def watched(step):  # the corrector and its online optimiser's state before the refit, and its record
-        before = ({k: v.clone() for k, v in t.corrector.state_dict().items()}, copy.deepcopy(t.cor_opt.state_dict()))
-        fitted.append((step, before, refit(step)))
-        assert _same_state(t.cor_opt.state_dict(), before[1])  # the refit has its own optimiser
-        return fitted[-1][2]
+    class Watch(Recorder):  # the corrector and its online optimiser's state before the refit, and its record
+        def before_refit(self, step, ct):
+            self.before = ({k: v.clone() for k, v in ct.corrector.state_dict().items()}, copy.deepcopy(ct.opt.state_dict()))
 
-    t.refit = watched
+        def after_refit(self, step, ct, record):
+            assert _same_state(ct.opt.state_dict(), self.before[1])  # the refit has its own optimiser
+            fitted.append((step, self.before, {k: record[k] for k in ("refit_cos_before", "refit_cos_after")}))
+
+    rec, rec_plain = Watch(), Recorder()
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[rec])
     plain = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters,
-                    {**p, "corrector": {**p["corrector"], "refit_every": 0}}, seed=3)
-    seen, seen_plain = _record_batches(t), _record_batches(plain)
+                    {**p, "corrector": {**p["corrector"], "refit_every": 0}}, seed=3, hooks=[rec_plain])
     res, res_plain = t.run(), plain.run()
-    assert seen == seen_plain and len(seen) == 4
+    assert rec.batches == rec_plain.batches and len(rec.batches) == 4
     assert [step for step, _, _ in fitted] == [2]
     step, (before_state, _), rec = fitted[0]
     assert rec["refit_cos_after"] > rec["refit_cos_before"] and res.curve[1]["refit_cos_after"] == rec["refit_cos_after"]
@@ -256,35 +253,34 @@ def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):
     from freshen.training.loop import Trainer
 
     ds, cache, clusters, params = tiny
-    trainers, seen, reranked = [], [], []
+    trainers, recs = [], []
     for steps in (0, 3):
         p = _params(params, steps=4, eval_every=0, negatives={"strategy": "corrected", "fresh_overlay_steps": steps,
                                                              "candidates": 10, "false_negatives": {"relative_margin": None}})
         p["corrector"] = {**p["corrector"], "warmup_steps": 0}
-        t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
-        seen.append(_record_batches(t))
-        if steps:
-            rerank = t._overlay_rerank
-            t._overlay_rerank = lambda *a, _f=rerank: reranked.append(_f(*a)) or reranked[-1]
+        recs.append(Recorder())
+        t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[recs[-1]])
         for step in range(1, 5):
             t.step(step)
         trainers.append(t)
     plain, overlay = trainers
-    assert seen[0] == seen[1] and len(reranked) == 4
+    # every step re-ranked: the corrector samples from step 1 (no warm-up) and the overlay is on
+    assert recs[0].batches == recs[1].batches and all(c is not None for c in recs[1].correctors)
     assert overlay.counters.train_passage_passes == plain.counters.train_passage_passes == 4 * 4 * (1 + 2)
-    for qids, rows in zip(seen[1], reranked):
+    for qids, rows in recs[1].picked:
         assert rows.shape == (4, 2)
-        assert all(not set(rows[i].tolist()) & set(overlay.pos_rows[q]) for i, q in enumerate(qids))
-    assert (overlay.overlay_step == 4).sum() > 0 and not hasattr(plain, "overlay")
+        assert all(not set(rows[i].tolist()) & set(overlay.data.pos_rows[q]) for i, q in enumerate(qids))
+    fresh = overlay.negatives.overlay
+    assert (fresh.step == 4).sum() > 0 and plain.negatives.overlay is None
     # the rerank itself: a candidate embedded along the query within N steps wins; an older
     # embedding is ignored (the row is ranked through h as if it had none)
     q = torch.nn.functional.normalize(torch.randn(2, cache.dim, generator=torch.Generator().manual_seed(0)), dim=-1)
     cand = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
-    overlay.overlay_step[:8] = -(10 ** 9)
-    without = overlay._overlay_rerank(9, q, cand)
-    overlay.overlay[3], overlay.overlay_step[3] = (10 * q[0]).half(), 9 - 3
-    overlay.overlay[7], overlay.overlay_step[7] = (10 * q[1]).half(), 9 - 4
-    rows = overlay._overlay_rerank(9, q, cand)
+    fresh.step[:8] = -(10 ** 9)
+    without = fresh.rerank(9, q, cand, 2, overlay.scorer, overlay.corrector)
+    fresh.table[3], fresh.step[3] = (10 * q[0]).half(), 9 - 3
+    fresh.table[7], fresh.step[7] = (10 * q[1]).half(), 9 - 4
+    rows = fresh.rerank(9, q, cand, 2, overlay.scorer, overlay.corrector)
     assert without[0, 0] != 3 and rows[0, 0] == 3 and torch.equal(rows[1], without[1])
     with pytest.raises(FreshenError, match="fresh_overlay_steps"):
         check_train_params({"negatives": {"strategy": "corrected", "fresh_overlay_steps": 2, "selection": "gumbel"}})
@@ -306,13 +302,12 @@ def test_sampled_selection_keeps_the_batches_of_topk(tiny, selection):
         p = _params(params, steps=4, eval_every=0, negatives={"strategy": "stale", "selection": sel, "beta": 1.0,
                                                              "candidates": 10, "bins": 3,
                                                              "false_negatives": {"relative_margin": None}})
-        t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
-        seen.append(_record_batches(t))
-        rows = []
+        rec = Recorder()
+        t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[rec])
         for step in range(1, 5):
             t.step(step)
-            rows.append(t.last_negatives[1])
-        picked.append(torch.cat(rows))
+        seen.append(rec.batches)
+        picked.append(torch.cat([rows for _, rows in rec.picked]))
     assert len(seen[0]) == 4 and seen[0] == seen[1]
     assert not torch.equal(picked[0], picked[1])  # the sampled arm did pick other negatives
 

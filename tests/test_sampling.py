@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from freshen.sampling.negatives import balanced_pick, chunked_topk, select_negatives
+from freshen.sampling.negatives import chunked_topk
+from freshen.sampling.scorer import CacheScorer
+from freshen.sampling.selection import balanced_pick
 from freshen.sampling.tas import RandomBatches, TASBatches
 
 
@@ -80,9 +82,9 @@ def test_no_positive_is_ever_a_negative(selection):
         positives = [list(rng.choice(30, size=3, replace=False)) for _ in range(4)]
         # make the positives the highest-scoring rows so a bug would pick them
         cache[[p for ps in positives for p in ps]] = (q.repeat_interleave(3, 0) * 10).half()
-        rows = select_negatives(q, cache, 4, positives, selection=selection, candidates=20,
-                                positive_rows=[ps[0] for ps in positives], chunk_size=9,
-                                generator=torch.Generator().manual_seed(trial), rng=rng)
+        scorer = CacheScorer(cache, {"selection": selection, "candidates": 20, "chunk_size": 9})
+        rows = scorer.select(q, 4, positives, [ps[0] for ps in positives],
+                             generator=torch.Generator().manual_seed(trial), rng=rng)
         assert rows.shape == (4, 4)
         for i, ps in enumerate(positives):
             assert not set(rows[i].tolist()) & set(int(p) for p in ps)

@@ -9,6 +9,7 @@ import torch
 from freshen.errors import FreshenError
 from freshen.modeling.encoder import Encoder
 from freshen.training.loop import check_train_params, train
+from recorder import Recorder
 
 
 @pytest.fixture()
@@ -45,15 +46,16 @@ def test_no_positive_is_ever_selected_as_a_negative(setup, strategy, selection, 
     neg = {**params["train"]["negatives"], "strategy": strategy, "selection": selection, "refresh_every": refresh,
            "candidates": 20, "beta": 1.0}
     p = {**params["train"], "negatives": neg, "precision": "fp32", "steps": 8, "eval_every": 0}
-    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
+    rec = Recorder()
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5, hooks=[rec])
     positives = ds.positives("train")
     seen = 0
     for step in range(1, 9):
         t.step(step)
-        qids, neg_rows = t.last_negatives
+        qids, neg_rows = rec.picked[-1]
         assert neg_rows.shape == (len(qids), p["negatives"]["k"])
         for q, rows in zip(qids, neg_rows.tolist()):
-            assert not {t.doc_ids[r] for r in rows} & set(positives[q]), (step, q)
+            assert not {t.data.doc_ids[r] for r in rows} & set(positives[q]), (step, q)
             assert len(set(rows)) == len(rows)  # no negative twice
         seen += neg_rows.numel()
         if refresh and step % refresh == 0:
@@ -70,13 +72,10 @@ def test_corrector_drives_sampling_only_after_its_warmup(setup):
     p = {**params["train"], "precision": "fp32", "steps": 6, "eval_every": 0,
          "negatives": {**params["train"]["negatives"], "strategy": "corrected"},
          "corrector": {**params["train"]["corrector"], "warmup_steps": 3}}
-    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
-    handed = []
-    for name in ("select", "select_filtered"):  # without / with false-negative control
-        method = getattr(t.scorer, name)
-        setattr(t.scorer, name, lambda *a, corrector=None, _m=method, **kw: handed.append(corrector)
-                or _m(*a, corrector=corrector, **kw))
+    rec = Recorder()
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5, hooks=[rec])
     losses = [t.step(s).get("corrector_loss") for s in range(1, 7)]
+    handed = rec.correctors
     assert [c is t.corrector for c in handed] == [False, False, False, True, True, True]
     assert handed[:3] == [None, None, None]
     assert all(loss is not None for loss in losses)  # it learns during the warm-up too

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from freshen.errors import FreshenError
-from freshen.sampling.negatives import balanced_pick
+from freshen.sampling.selection import Selection, balanced_one
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ class FalseNegativeFilter:
             flagged |= scores > pos - self.absolute_margin
         return flagged
 
-    def pick(self, rows: torch.Tensor, scores: torch.Tensor, positive: torch.Tensor, k: int, selection: str,
-             beta: float = 20.0, bins: int = 10, generator: torch.Generator | None = None,
+    def pick(self, rows: torch.Tensor, scores: torch.Tensor, positive: torch.Tensor, k: int, selection: Selection,
+             generator: torch.Generator | None = None,
              rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """k negatives per query from its candidate list (`rows`, `scores` [b, m], best first; rows
         of -1 / scores of -inf where there were fewer), picked by `selection` among the candidates
@@ -83,13 +83,10 @@ class FalseNegativeFilter:
         unusable = torch.zeros((b, k), dtype=torch.bool)
         for i in range(b):
             kept = keep[i].nonzero().flatten()
-            if selection == "gumbel" and len(kept) > k:
-                u = torch.rand(len(kept), generator=generator).clamp_(1e-20, 1.0 - 1e-7)
-                order = (beta * scores[i, kept] - torch.log(-torch.log(u))).topk(k).indices
-                chosen = kept[order]
-            elif selection == "balanced" and len(kept) > k:
-                margins = (positive[i] - scores[i, kept]).numpy()
-                chosen = kept[torch.tensor(balanced_pick(margins, k, bins, rng))]
+            if selection.kind == "gumbel" and len(kept) > k:
+                chosen = kept[selection.keys(scores[i, kept], generator).topk(k).indices]
+            elif selection.kind == "balanced" and len(kept) > k:
+                chosen = balanced_one(kept, scores[i, kept], positive[i], k, selection.bins, rng)
             else:
                 chosen = kept[:k]
             if len(chosen) < k:  # too few left: the best of the rest, masked out of the loss
@@ -103,3 +100,14 @@ class FalseNegativeFilter:
             out[i] = rows[i, chosen]
         counts = {"fn_rank": int(by_rank.sum()), "fn_margin": int(by_margin.sum()), "fn_short": int(unusable.sum())}
         return out, unusable, counts
+
+    def mask_in_batch(self, q_emb: torch.Tensor, p_emb: torch.Tensor, mask: torch.Tensor) -> int:
+        """Mask (in place) every passage of the step that the margin rule flags for a query, scored
+        fresh against the query's own positive (column i); returns how many it added."""
+        scores = q_emb @ p_emb.T
+        b = len(q_emb)
+        flagged = self.too_close(scores, scores[torch.arange(b), torch.arange(b)])
+        flagged[torch.arange(b), torch.arange(b)] = False
+        added = flagged & ~mask
+        mask |= flagged
+        return int(added.sum())

@@ -1,4 +1,5 @@
-"""The training-time index: the stale (or last refreshed) cache seen through the corrector.
+"""The training-time index, the stale (or last refreshed) cache seen through the corrector, and
+the negatives drawn from it: candidates (exact or ANN), then a `Selection` among them.
 
 - small caches: every row scored through the corrector, chunk by chunk (exact);
 - linear corrector: exact search on the raw cache with the transformed query W^T f(q);
@@ -10,7 +11,10 @@
 
 With false-negative control (`sampling/false_negatives.py`) every path yields the top
 `candidates` rows, rescored exactly through the corrector with the positive, and the filter
-picks among those that pass its rules."""
+picks among those that pass its rules. The two forms draw their randomness over different sets:
+without the filter, Gumbel noise over every scored row (exact: chunk by chunk) or every ANN
+candidate; with it, over each query's kept candidates. Selection itself (`selection.py`) is the
+same code in every path."""
 
 from __future__ import annotations
 
@@ -20,14 +24,18 @@ import numpy as np
 import torch
 
 from freshen.retrieval import build_index
-from freshen.sampling.negatives import balanced_pick, chunked_topk, select_negatives
+from freshen.sampling.false_negatives import FalseNegativeFilter
+from freshen.sampling.negatives import chunked_topk
+from freshen.sampling.selection import Selection, balanced
 
 ANN_INDEX = "IVF4096,Flat"
 
 
 class CacheScorer:
+    """The cache `table` [n, dim] (float16) and, past `ann_threshold` rows, an ANN index over it."""
+
     def __init__(self, table: torch.Tensor, neg_p: dict):
-        self.neg_p = neg_p
+        self.selection = Selection.from_params(neg_p)
         self.chunk = int(neg_p.get("chunk_size", 65536))
         self.ann_threshold = int(neg_p.get("ann_threshold", 0) or 0)
         self.ann_candidates = int(neg_p.get("ann_candidates", 1000))
@@ -55,32 +63,46 @@ class CacheScorer:
         return q.float(), corrector
 
     def rows_through(self, rows, corrector) -> torch.Tensor:
+        """The cached rows `rows` through the corrector (no gradient): h(C[rows]) as float32."""
         emb = self.table[torch.as_tensor(rows)].float()
         with torch.no_grad():
             return corrector(emb) if corrector is not None else emb
 
+    def negatives(self, q: torch.Tensor, k: int, exclude: list[list[int]], positive_rows: list[int],
+                  fn_filter: FalseNegativeFilter, corrector=None, generator=None,
+                  rng=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """k negatives per query: (rows [b, k], unusable [b, k], false-negative counts); through
+        the false-negative filter when it is active, else `select`'s (all usable, no counts)."""
+        if fn_filter.active:
+            return self.select_filtered(q, k, exclude, positive_rows, fn_filter, corrector, generator, rng)
+        rows = self.select(q, k, exclude, positive_rows, corrector, generator, rng)
+        return rows, torch.zeros(rows.shape, dtype=torch.bool), {}
+
     @torch.no_grad()
     def select_filtered(self, q: torch.Tensor, k: int, exclude: list[list[int]], positive_rows: list[int],
-                        fn_filter, corrector=None, generator=None, rng=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                        fn_filter: FalseNegativeFilter, corrector=None, generator=None,
+                        rng=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Negatives through the false-negative filter: (rows [b, k], unusable [b, k], counts)."""
-        p = self.neg_p
-        m = min(max(int(p.get("candidates", 100)), k + fn_filter.range_min), len(self.table))
+        m = min(max(self.selection.candidates, k + fn_filter.range_min), len(self.table))
         rows = self._candidates(q, m, exclude, corrector)
         live = rows.clamp(min=0)
         emb = self.rows_through(live.flatten(), corrector).view(*rows.shape, -1)
         scores = (emb * q.float()[:, None, :]).sum(-1).masked_fill(rows < 0, float("-inf"))
         positive = (self.rows_through(positive_rows, corrector) * q.float()).sum(-1)
-        return fn_filter.pick(rows, scores, positive, k, p.get("selection", "topk"), float(p.get("beta", 20.0)),
-                              int(p.get("bins", 10)), generator, rng)
+        return fn_filter.pick(rows, scores, positive, k, self.selection, generator, rng)
+
+    def _search(self, q: torch.Tensor, corrector, n: int) -> torch.Tensor:
+        """The ANN index's `n` nearest rows [b, n] per query (-1 where it found fewer), searched
+        with the query that folds a linear corrector in."""
+        q_search, _ = self.query_for(q.float(), corrector)
+        _, cand = self.index.search(np.ascontiguousarray(q_search.numpy(), dtype=np.float32), n)
+        return torch.from_numpy(cand).long()
 
     def _candidates(self, q: torch.Tensor, m: int, exclude: list[list[int]], corrector) -> torch.Tensor:
         """The top `m` rows [b, m] of the training-time index per query, excluded rows never
         among them (-1 where fewer qualify); from the ANN index past `ann_threshold`."""
         if self.index is not None:
-            q_search, _ = self.query_for(q.float(), corrector)
-            _, cand = self.index.search(np.ascontiguousarray(q_search.numpy(), dtype=np.float32),
-                                        max(m, self.ann_candidates))
-            cand = torch.from_numpy(cand).long()
+            cand = self._search(q, corrector, max(m, self.ann_candidates))
             scores = (self.rows_through(cand.clamp(min=0).flatten(), corrector).view(*cand.shape, -1)
                       * q.float()[:, None, :]).sum(-1)
         else:
@@ -93,26 +115,31 @@ class CacheScorer:
         return cand.gather(1, top.indices).masked_fill(~torch.isfinite(top.values), -1)
 
     @torch.no_grad()
-    def select(self, q: torch.Tensor, k: int, exclude: list[list[int]], positive_rows: list[int],
+    def select(self, q: torch.Tensor, k: int, exclude: list[list[int]], positive_rows: list[int] | None,
                corrector=None, generator=None, rng=None) -> torch.Tensor:
-        p = self.neg_p
-        selection, beta = p.get("selection", "topk"), float(p.get("beta", 20.0))
+        """Rows of k negatives per query [b, k] by the selection, never an excluded row (no
+        false-negative filter): exactly, or from the ANN index past `ann_threshold`."""
         if self.index is None:
-            return self._select_exact(q, k, exclude, positive_rows, corrector, selection, beta, generator, rng)
-        return self._select_ann(q, k, exclude, positive_rows, corrector, selection, beta, generator, rng)
+            return self._select_exact(q, k, exclude, positive_rows, corrector, generator, rng)
+        return self._select_ann(q, k, exclude, positive_rows, corrector, generator, rng)
 
-    def _select_exact(self, q, k, exclude, positive_rows, corrector, selection, beta, generator, rng):
-        p = self.neg_p
+    def _select_exact(self, q, k, exclude, positive_rows, corrector, generator, rng) -> torch.Tensor:
+        """Top-k (or Gumbel-top-k) keys over every row, streamed; balanced: over the top `candidates`."""
+        sel = self.selection
         q_eff, cor = self.query_for(q, corrector)
-        return select_negatives(q_eff, self.table, k, exclude, corrector=cor, selection=selection, beta=beta,
-                                candidates=int(p.get("candidates", 100)), bins=int(p.get("bins", 10)),
-                                positive_rows=positive_rows, chunk_size=self.chunk, generator=generator, rng=rng)
+        if sel.kind == "balanced":
+            rows, scores = chunked_topk(q_eff, self.table, max(sel.candidates, k), exclude, cor, self.chunk)
+            positive = (q_eff * self.rows_through(positive_rows, cor)).sum(-1)
+            return balanced(rows, scores, positive, k, sel.bins, rng)
+        gumbel = sel.kind == "gumbel"
+        return chunked_topk(q_eff, self.table, k, exclude, cor, self.chunk, noise=generator if gumbel else None,
+                            beta=sel.beta if gumbel else 1.0)[0]
 
-    def _select_ann(self, q, k, exclude, positive_rows, corrector, selection, beta, generator, rng):
+    def _select_ann(self, q, k, exclude, positive_rows, corrector, generator, rng) -> torch.Tensor:
+        """The ANN index's `ann_candidates` per query, rescored exactly through the corrector (each
+        distinct row once), selected from; queries left with fewer than k are selected exactly."""
         q = q.float()
-        q_search, _ = self.query_for(q, corrector)
-        _, cand = self.index.search(np.ascontiguousarray(q_search.numpy(), dtype=np.float32), self.ann_candidates)
-        cand = torch.from_numpy(cand).long()  # [b, C]; -1 where the index found fewer
+        cand = self._search(q, corrector, self.ann_candidates)  # [b, C]; -1 where the index found fewer
         b, n = cand.shape[0], len(self.table)
         valid = cand >= 0
         banned = [i * n + r for i, rows in enumerate(exclude) for r in rows]
@@ -122,32 +149,23 @@ class CacheScorer:
         if short:  # too few candidates left for some queries: those are selected exactly
             ok = [i for i in range(b) if i not in short]
             out = torch.empty((b, k), dtype=torch.long)
-            out[short] = self._select_exact(q[short], k, [exclude[i] for i in short],
-                                            [positive_rows[i] for i in short] if positive_rows is not None else None,
-                                            corrector, selection, beta, generator, rng)
+            out[short] = self._select_exact(q[short], k, [exclude[i] for i in short], _subset(positive_rows, short),
+                                            corrector, generator, rng)
             if ok:
-                out[ok] = self._select_ann(q[ok], k, [exclude[i] for i in ok],
-                                           [positive_rows[i] for i in ok] if positive_rows is not None else None,
-                                           corrector, selection, beta, generator, rng)
+                out[ok] = self._select_ann(q[ok], k, [exclude[i] for i in ok], _subset(positive_rows, ok),
+                                           corrector, generator, rng)
             return out
-        # every distinct candidate row through the corrector once, scored against every query
         rows, inverse = torch.unique(cand[valid], return_inverse=True)
         scores = torch.zeros(cand.shape)
         scores[valid] = (self.rows_through(rows, corrector) @ q.T)[inverse, valid.nonzero()[:, 0]]
-        if selection == "balanced":
-            keys = scores.masked_fill(~valid, float("-inf"))
-            top = keys.topk(min(max(int(self.neg_p.get("candidates", 100)), k), keys.shape[1]), dim=1)
-            s_pos = (self.rows_through(positive_rows, corrector) * q).sum(-1)
-            bins, out = int(self.neg_p.get("bins", 10)), []
-            for i in range(b):
-                live = torch.isfinite(top.values[i])
-                margins = (s_pos[i] - top.values[i][live]).numpy()
-                out.append(cand[i, top.indices[i][live]][balanced_pick(margins, k, bins, rng)])
-            return torch.stack(out)
-        if selection == "gumbel":
-            u = torch.rand(scores.shape, generator=generator).clamp_(1e-20, 1.0 - 1e-7)
-            keys = scores * beta - torch.log(-torch.log(u))
-        else:
-            keys = scores
-        keys = keys.masked_fill(~valid, float("-inf"))
+        sel = self.selection
+        if sel.kind == "balanced":
+            top = scores.masked_fill(~valid, float("-inf")).topk(min(max(sel.candidates, k), cand.shape[1]), dim=1)
+            positive = (self.rows_through(positive_rows, corrector) * q).sum(-1)
+            return balanced(cand.gather(1, top.indices), top.values, positive, k, sel.bins, rng)
+        keys = sel.keys(scores, generator).masked_fill(~valid, float("-inf"))
         return cand.gather(1, keys.topk(k, dim=1).indices)
+
+
+def _subset(rows: list[int] | None, which: list[int]) -> list[int] | None:
+    return [rows[i] for i in which] if rows is not None else None

@@ -63,3 +63,11 @@ class RandomBatches:
 
     def __next__(self) -> list[str]:
         return [self.qids[i] for i in self.rng.choice(len(self.qids), size=self.batch_size, replace=False)]
+
+
+def make_batches(p: dict, cluster_of: dict[str, int], train_qids: list[str], rng: np.random.Generator):
+    """The batches `train.batching` asks for: TAS over the query clusters, or uniform random."""
+    if p.get("batching", "tas") == "tas":
+        return TASBatches({q: cluster_of[q] for q in train_qids}, int(p["batch_size"]),
+                          int(p.get("clusters_per_batch", 1)), rng)
+    return RandomBatches(train_qids, int(p["batch_size"]), rng)

@@ -1,0 +1,205 @@
+"""The corrector h and how it learns (METHOD.md step 1.6), with its own optimiser:
+
+- online, each step: the drift loss between h(C[d]) and the fresh embeddings g(d) the step
+  computed anyway (its positives and negatives), over a replay window of the last
+  `replay_steps` steps, `updates_per_step` times; plus `ce_weight` x a cross-entropy term on the
+  step's corrected logits. Held-out probe passages never enter it;
+- a drift sample: `drift_sample` random non-probe passages embedded fresh (no gradient) each
+  step for the drift loss only (the step's own targets are the corrector's top-k, a biased
+  sample of the corpus);
+- refits: every `refit_every` steps, `refit_sample` random passages embedded fresh and the
+  corrector fitted on them for `refit_epochs` epochs (one step's targets are a few dozen pairs; a
+  corrector fits the drift far better from a few thousand).
+
+The corrector drives sampling only once past `warmup_steps` after its start; a refresh restarts
+it from the identity (`init` only at the very start), the cache it corrected being gone."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+import numpy as np
+import torch
+
+from freshen.integrity import check_finite_value
+from freshen.modeling.corrector import Corrector
+from freshen.training.losses import corrected_logits_loss, drift_loss, mean_cosine
+
+log = logging.getLogger(__name__)
+
+
+class CorrectorTrainer:
+    """`online`: the corrector samples negatives (strategy 'corrected'), so the drift sample and
+    refits apply; otherwise ('stale') it only learns, to measure drift."""
+
+    def __init__(
+        self,
+        cor_p: dict,
+        dim: int,
+        online: bool,
+        probe_rows: list[int],
+        n_docs: int,
+        seed: int,
+        temperature: float,
+        passages,
+        counters,
+    ):
+        self.p, self.online, self.passages, self.counters = cor_p, online, passages, counters
+        self.start, self.warmup = 0, int(cor_p.get("warmup_steps", 0))
+        self.corrector, self.opt = self._new(dim)
+        self.replay: deque = deque(maxlen=int(cor_p.get("replay_steps", 1)))  # (rows, fresh) of the last steps
+        self.updates = int(cor_p.get("updates_per_step", 1))
+        self.ce_weight, self.ce_target = float(cor_p.get("ce_weight", 0.0)), cor_p.get("ce_target", "fresh")
+        self.temperature = temperature
+        self.drift_sample = int(cor_p.get("drift_sample", 0)) if online else 0
+        self.refit_every = int(cor_p.get("refit_every", 0) or 0) if online else 0
+        self.refit_sample, self.refit_epochs = int(cor_p.get("refit_sample", 0)), int(cor_p.get("refit_epochs", 50))
+        self.probe_set = set(probe_rows)
+        self.sample_rng = np.random.default_rng([seed, 1])  # its own stream: batches stay those of every other arm
+        self.sample_pool = (
+            np.setdiff1d(np.arange(n_docs), np.array(probe_rows, dtype=np.int64))
+            if self.drift_sample or self.refit_every
+            else np.empty(0, dtype=np.int64)
+        )  # corpus-sized only when used
+
+    @classmethod
+    def from_params(
+        cls, p: dict, dim: int, probe_rows: list[int], n_docs: int, seed: int, passages, counters
+    ) -> CorrectorTrainer | None:
+        """The corrector of the `train` section `p`: strategies 'corrected' and 'stale' train one
+        ('stale' only to measure drift), the others none."""
+        strategy = p["negatives"]["strategy"]
+        if strategy not in ("corrected", "stale"):
+            return None
+        return cls(
+            p.get("corrector", {}),
+            dim,
+            strategy == "corrected",
+            probe_rows,
+            n_docs,
+            seed,
+            float(p.get("temperature", 0.05)),
+            passages,
+            counters,
+        )
+
+    def _new(self, dim: int) -> tuple[Corrector, torch.optim.Optimizer]:
+        init = self.p.get("init")
+        corrector = (
+            Corrector.load(init, expect_dim=dim) if init and self.start == 0 else Corrector.from_params(dim, self.p)
+        )
+        return corrector, torch.optim.Adam(corrector.parameters(), lr=float(self.p.get("lr", 1e-3)))
+
+    def restart(self, step: int, dim: int) -> None:
+        """After a refresh: a new corrector from the identity, its replay window emptied (its stale
+        inputs are gone with the old cache); its warm-up counts from `step`."""
+        self.corrector, self.opt = self._new(dim)
+        self.start = step
+        self.replay.clear()
+
+    def correcting(self, step: int) -> bool:
+        """Whether the corrector drives sampling (and dev validation) at `step`."""
+        return self.online and step > self.start + self.warmup
+
+    def sample_rows(self, n: int) -> torch.Tensor:
+        """`n` distinct random non-probe rows (fewer if the pool is smaller), sorted, from the
+        sample's own random stream."""
+        n = min(n, len(self.sample_pool))
+        return torch.from_numpy(np.sort(self.sample_rng.choice(self.sample_pool, size=n, replace=False)))
+
+    def draw_drift_sample(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`drift_sample` random non-probe passages and their fresh embeddings, or None; to be
+        drawn with the encoder the step's targets saw, before its update."""
+        if self.drift_sample == 0 or len(self.sample_pool) == 0:
+            return None
+        rows = self.sample_rows(self.drift_sample)
+        fresh = self.passages.embed_fresh(rows)
+        self.counters.train_passage_passes += len(rows)
+        self.counters.drift_sample_passes += len(rows)
+        return rows, fresh
+
+    def update(
+        self,
+        step: int,
+        rows: list[int],
+        fresh: torch.Tensor,
+        q_emb: torch.Tensor,
+        mask: torch.Tensor,
+        table: torch.Tensor,
+        sample: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict:
+        """Drift loss on this step's fresh targets and drift sample (and those of the replay
+        window), plus ce_weight x the cross-entropy term on this step's corrected logits (`mask`:
+        the retriever's); probes held out. `table`: the training-time cache."""
+        rows_t = torch.tensor(rows)
+        stale = table[rows_t].float()
+        with torch.no_grad():
+            rec = {
+                "cos_stale_fresh": mean_cosine(stale, fresh),
+                "cos_corrected_fresh": mean_cosine(self.corrector(stale), fresh),
+            }
+        keep = torch.tensor([r not in self.probe_set for r in rows])
+        if sample is not None:
+            self.replay.append((torch.cat([rows_t[keep], sample[0]]), torch.cat([fresh[keep], sample[1]])))
+        elif keep.any():
+            self.replay.append((rows_t[keep], fresh[keep]))
+        if not self.replay:
+            return rec
+        window = table[torch.cat([r for r, _ in self.replay])].float()
+        target = torch.cat([f for _, f in self.replay])
+        b = len(q_emb)
+        ce_queries = keep[:b] if self.ce_weight > 0 else torch.zeros(b, dtype=torch.bool)  # a probe positive: no label
+        ce_mask = (mask | ~keep[None, :])[ce_queries]
+        for update in range(self.updates):
+            c_loss = drift_loss(self.corrector(window), target)
+            if ce_queries.any():
+                ce = corrected_logits_loss(
+                    q_emb[ce_queries],
+                    self.corrector(stale),
+                    fresh,
+                    torch.arange(b)[ce_queries],
+                    ce_mask,
+                    self.temperature,
+                    self.ce_target,
+                )
+                c_loss = c_loss + self.ce_weight * ce
+                if update == 0:
+                    rec["corrector_ce"] = float(ce.detach())
+            self.opt.zero_grad(set_to_none=True)
+            check_finite_value(float(c_loss.detach()), f"train: step {step}: the corrector loss")
+            c_loss.backward()
+            self.opt.step()
+            if update == 0:
+                rec["corrector_loss"] = float(c_loss.detach())
+        return rec
+
+    def refit_due(self, step: int, steps: int) -> bool:
+        return bool(self.refit_every) and step % self.refit_every == 0 and step < steps
+
+    def refit(self, step: int, table: torch.Tensor) -> dict:
+        """Embed `refit_sample` random non-probe passages with the current g (no gradient; counted
+        as training passes, the cache is not touched) and fit the drift loss on them for
+        `refit_epochs` epochs of minibatches of 256, with an optimiser of its own: a thousand
+        updates on this sample would leave the online optimiser's second moments tuned to it, and
+        the next online steps far too large."""
+        rows = self.sample_rows(self.refit_sample)
+        n = len(rows)
+        fresh = self.passages.encode(rows, desc=f"refit@{step}")
+        self.passages.encoder.train()
+        self.counters.train_passage_passes += n
+        self.counters.drift_sample_passes += n
+        stale = table[rows].float()
+        with torch.no_grad():
+            before = mean_cosine(self.corrector(stale), fresh)
+        opt = torch.optim.Adam(self.corrector.parameters(), lr=float(self.p.get("lr", 1e-3)))
+        for _ in range(self.refit_epochs):
+            for batch in torch.from_numpy(self.sample_rng.permutation(n)).split(256):
+                loss = drift_loss(self.corrector(stale[batch]), fresh[batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            after = mean_cosine(self.corrector(stale), fresh)
+        log.info("corrector refit at step %d on %d passages: cos to fresh %.4f -> %.4f", step, n, before, after)
+        return {"refit_cos_before": before, "refit_cos_after": after}

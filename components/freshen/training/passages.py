@@ -1,0 +1,85 @@
+"""The corpus as the encoder being trained sees it: passage texts by cache row, embedded for
+training (with gradient), fresh without gradient, or encoded in batches (measurement, refits,
+refreshes). Outputs come back to the CPU as float32, where the losses, the cache scoring and the
+corrector run; the encoder stays where it was placed (a GPU when there is one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from freshen.encoding import autocast_dtype, encode, encode_into
+
+
+class Passages:
+    def __init__(self, encoder, texts: list[str], p: dict):
+        self.encoder, self.texts = encoder, texts
+        self.max_len = int(p.get("passage_max_len") or encoder.config.passage_max_len)
+        self.device = next(encoder.parameters()).device
+        self.amp = autocast_dtype(p.get("precision", "fp32"), self.device)
+        self.batch_size = int(p.get("encode_batch_size", 64))
+        self.precision = p.get("encode_precision", "auto")
+
+    def autocast(self):
+        """The training precision (`train.precision`) for the encoder's forward passes."""
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+    def embed_queries(self, texts: list[str]) -> torch.Tensor:
+        """Training query embeddings [b, dim], with gradient."""
+        with self.autocast():
+            return self.encoder.embed(texts, "query").float().cpu()
+
+    def embed(self, rows: list[int]) -> torch.Tensor:
+        """Training passage embeddings [n, dim], with gradient."""
+        with self.autocast():
+            return self.encoder.embed([self.texts[r] for r in rows], "passage", max_len=self.max_len).float().cpu()
+
+    def embed_fresh(self, rows) -> torch.Tensor:
+        """The current encoder's embeddings of `rows`, no gradient, in training mode (as a step sees them)."""
+        with torch.no_grad(), self.autocast():
+            fresh = self.encoder.embed([self.texts[int(r)] for r in rows], "passage", max_len=self.max_len)
+        return fresh.float().cpu()
+
+    def encode(self, rows, desc: str) -> torch.Tensor:
+        """`rows` encoded in inference batches of `train.encode_batch_size`."""
+        return torch.from_numpy(
+            encode(
+                self.encoder,
+                [self.texts[int(r)] for r in rows],
+                "passage",
+                batch_size=self.batch_size,
+                precision=self.precision,
+                desc=desc,
+                max_len=self.max_len,
+            )
+        )
+
+    def encode_all(self, dim: int, desc: str) -> np.ndarray:
+        """The whole corpus encoded [n, dim] (a refresh)."""
+        table = np.zeros((len(self.texts), dim), dtype=np.float32)
+        encode_into(
+            self.encoder,
+            self.texts,
+            "passage",
+            table,
+            batch_size=self.batch_size,
+            precision=self.precision,
+            desc=desc,
+            max_len=self.max_len,
+        )
+        return table
+
+    def measure(self, rows) -> torch.Tensor:
+        """`rows` encoded to measure the encoder (probe and overlap passages)."""
+        return torch.from_numpy(
+            encode(
+                self.encoder,
+                [self.texts[int(r)] for r in rows],
+                "passage",
+                precision=self.precision,
+                max_len=self.max_len,
+            )
+        )
+
+    def measure_queries(self, texts: list[str]) -> torch.Tensor:
+        return torch.from_numpy(encode(self.encoder, texts, "query", precision=self.precision))

@@ -1,0 +1,68 @@
+"""The retriever's side of a step: the loss over the step's query and passage embeddings (the
+positives first, then each query's k negatives) and the optimiser update.
+
+The loss is cross-entropy of each query's positive against every passage of the step (its
+negatives and the in-batch passages), or Margin-MSE against teacher scores when they are given.
+`mask[i, j]` hides passage j from query i: another positive of query i, a filled-up negative of
+the false-negative filter, or an in-batch passage its margin rule flags."""
+
+from __future__ import annotations
+
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from freshen.integrity import check_finite_value
+from freshen.training.losses import contrastive_loss
+
+
+class RetrieverUpdate:
+    def __init__(self, encoder, p: dict, teacher=None):
+        steps = int(p["steps"])
+        self.encoder, self.teacher = encoder, teacher
+        self.opt = torch.optim.AdamW(
+            encoder.parameters(), lr=float(p["lr"]), weight_decay=float(p.get("weight_decay", 0.0))
+        )
+        self.sched = get_linear_schedule_with_warmup(self.opt, int(float(p.get("warmup_ratio", 0.1)) * steps), steps)
+        self.temperature = float(p.get("temperature", 0.05))
+        self.grad_clip = float(p.get("grad_clip", 1.0))
+
+    @staticmethod
+    def mask(pos_rows: list[list[int]], rows: list[int], unusable: torch.Tensor) -> torch.Tensor:
+        """mask[i, j]: passage j of the step (`rows`: the b positives, then k negatives per query)
+        is a positive of query i (`pos_rows[i]`: every row judged relevant to it) other than its
+        own (column i), or one of query i's negatives flagged `unusable` [b, k]."""
+        rows_t = torch.tensor(rows)
+        b = len(pos_rows)
+        mask = torch.zeros((b, len(rows)), dtype=torch.bool)
+        for i, own in enumerate(pos_rows):
+            mask[i] = torch.isin(rows_t, torch.tensor(own))
+            mask[i, i] = False
+        mask[:, b:] |= torch.block_diag(*unusable.unbind(0)) if unusable.numel() else False
+        return mask
+
+    def step(
+        self,
+        step: int,
+        qids: list[str],
+        pos_docs: list[str],
+        neg_rows: torch.Tensor,
+        q_emb: torch.Tensor,
+        p_emb: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> dict:
+        """One optimiser update of the encoder; the step's record (its loss, and with a teacher
+        the number of in-batch Margin-MSE pairs)."""
+        record: dict = {}
+        if self.teacher is None:
+            loss = contrastive_loss(q_emb, p_emb, torch.arange(len(qids)), mask, self.temperature)
+        else:
+            loss, record["teacher_inbatch_pairs"] = self.teacher.loss(
+                qids, pos_docs, neg_rows, q_emb, p_emb, self.temperature
+            )
+        check_finite_value(float(loss.detach()), f"train: step {step}: the retriever loss")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        return {"loss": float(loss.detach()), **record}

@@ -1,0 +1,60 @@
+"""Each step's negatives, k per query, never a passage judged relevant to the query:
+
+- with teacher scores, balanced margin sampling over the teacher's scored candidates;
+- else from the training-time index (`CacheScorer`: the stale cache, through the corrector once
+  it samples), false-negative filtered when the filter is active;
+- with the fresh overlay, the corrected top `candidates` re-ranked by the steps' fresh embeddings.
+
+Strategy 'in_batch' takes none (k 0). Gumbel noise and balanced picks each have their own random
+stream, so an arm that samples its negatives trains on the same batches as one that does not."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from freshen.sampling.false_negatives import FalseNegativeFilter
+from freshen.sampling.overlay import FreshOverlay
+from freshen.sampling.scorer import CacheScorer
+
+
+class StepNegatives:
+    def __init__(self, data, cache, neg_p: dict, seed: int):
+        self.data, strategy = data, neg_p["strategy"]
+        self.k = 0 if strategy == "in_batch" else int(neg_p.get("k", 4))
+        self.candidates, self.bins = int(neg_p.get("candidates", 100)), int(neg_p.get("bins", 10))
+        self.fn_filter = FalseNegativeFilter.from_params(neg_p.get("false_negatives"))
+        self.generator = torch.Generator().manual_seed(seed)  # Gumbel noise
+        self.rng = np.random.default_rng([seed, 2])  # balanced margin picks
+        # the stale cache, a private float16 copy: the training-time index, not the artifact
+        self.scorer = CacheScorer(torch.from_numpy(np.array(cache.embeddings, dtype=np.float16)), neg_p)
+        overlay_steps = int(neg_p.get("fresh_overlay_steps", 0) or 0) if strategy == "corrected" else 0
+        self.overlay = FreshOverlay(overlay_steps, self.scorer.table) if overlay_steps else None
+
+    def pick(
+        self, step: int, qids: list[str], pos_docs: list[str], q_emb: torch.Tensor, corrector
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(rows [b, k], unusable [b, k]: filled-up negatives to mask out of the loss, the
+        false-negative filter's counts) for queries `qids` training on positives `pos_docs`;
+        `corrector`: the one the index is scored through (None: the stale cache)."""
+        b, data = len(qids), self.data
+        if data.teacher is not None:
+            rows = data.teacher.negatives(qids, pos_docs, self.k, self.bins, self.rng)
+            return rows, torch.zeros((b, 0), dtype=torch.bool), {}
+        if self.k == 0:
+            return torch.empty((b, 0), dtype=torch.long), torch.zeros((b, 0), dtype=torch.bool), {}
+        exclude, positive_rows = [data.pos_rows[q] for q in qids], [data.row_of[d] for d in pos_docs]
+        if self.overlay is not None and corrector is not None:  # never with the filter: the params refuse both
+            cand = self.scorer.select(
+                q_emb, self.candidates, exclude, positive_rows, corrector, self.generator, self.rng
+            )
+            rows = self.overlay.rerank(step, q_emb, cand, self.k, self.scorer, corrector)
+            return rows, torch.zeros(rows.shape, dtype=torch.bool), {}
+        return self.scorer.negatives(
+            q_emb, self.k, exclude, positive_rows, self.fn_filter, corrector, self.generator, self.rng
+        )
+
+    def embedded(self, step: int, rows: list[int], fresh: torch.Tensor) -> None:
+        """The step embedded `rows` fresh (`fresh`): the overlay keeps them."""
+        if self.overlay is not None:
+            self.overlay.record(step, rows, fresh)

@@ -1,0 +1,136 @@
+"""The trainer's parts on their own: the negatives source (ANN candidates against exact search,
+selection), the corrector trainer's schedule, the refresher's, the best-checkpoint bookkeeping,
+and hooks that observe a run without changing it."""
+
+import numpy as np
+import pytest
+import torch
+from freshen.modeling.encoder import Encoder
+from freshen.sampling.selection import Selection, balanced, gumbel_keys
+from freshen.training.corrector_trainer import CorrectorTrainer
+from freshen.training.data import Counters
+from freshen.training.loop import Trainer, train
+from freshen.training.refresher import Refresher
+from freshen.training.validator import BestCheckpoint
+from recorder import Recorder
+
+
+def _params(params, **neg):
+    p = {**params["train"], "precision": "fp32", "steps": 4, "eval_every": 2}
+    return {**p, "negatives": {**p["negatives"], **neg}}
+
+
+def _same_run(a, b) -> bool:
+    same_weights = all(
+        torch.equal(x, y) for x, y in zip(a.encoder.state_dict().values(), b.encoder.state_dict().values())
+    )
+    drop = ("wall_seconds",)
+    curve = [{k: v for k, v in r.items() if k not in drop} for r in a.curve]
+    return same_weights and curve == [{k: v for k, v in r.items() if k not in drop} for r in b.curve]
+
+
+@pytest.mark.parametrize("selection", ["topk", "balanced"])
+def test_ann_candidates_covering_the_corpus_train_like_exact_search(tiny_training, selection):
+    """An exact (flat) ANN index searched for every row hands selection the candidates exact
+    search finds, so training follows the same path: same negatives, same weights, same curve."""
+    ds, cache, clusters, params = tiny_training
+    off = {"relative_margin": None, "absolute_margin": None, "range_min": 0}
+    runs, picked, indexed = [], [], []
+    for ann in ({}, {"ann_threshold": 10, "ann_index": "Flat", "ann_candidates": len(cache)}):
+        rec = Recorder()
+        p = _params(params, selection=selection, candidates=10, bins=3, false_negatives=off, **ann)
+        t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[rec])
+        runs.append(t.run())
+        indexed.append(t.scorer.index is not None)
+        picked.append(torch.cat([rows for _, rows in rec.picked]))
+    assert indexed == [False, True]
+    assert torch.equal(picked[0], picked[1]) and _same_run(*runs)
+
+
+def test_a_hook_observes_a_run_without_changing_it(tiny_training):
+    ds, cache, clusters, params = tiny_training
+    p = _params(params)
+    rec = Recorder()
+    watched = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[rec])
+    plain = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
+    assert _same_run(watched, plain)
+    assert len(rec.batches) == len(rec.picked) == len(rec.samples) == p["steps"]
+    assert all(rows.shape == (p["batch_size"], p["negatives"]["k"]) for _, rows in rec.picked)
+    # the corrector samples once past its warm-up (2 steps in the tiny params)
+    assert [c is not None for c in rec.correctors] == [False, False, True, True]
+
+
+def test_corrector_schedule_restarts_with_a_refresh():
+    ct = CorrectorTrainer(
+        {"warmup_steps": 2, "hidden": 8, "drift_sample": 3}, 8, True, [1, 2, 3], 10, 0, 0.05, None, Counters()
+    )
+    assert [ct.correcting(s) for s in (1, 2, 3)] == [False, False, True]
+    with torch.no_grad():
+        next(ct.corrector.parameters()).add_(1.0)
+    ct.replay.append((torch.tensor([0]), torch.zeros(1, 8)))
+    old = ct.corrector
+    ct.restart(5, 8)
+    assert ct.corrector is not old and not ct.replay
+    assert [ct.correcting(s) for s in (7, 8)] == [False, True]  # the warm-up counts from the refresh
+    x = torch.randn(4, 8)
+    assert torch.equal(ct.corrector(x), x)  # a new corrector starts as the identity
+    drawn = torch.cat([ct.sample_rows(3) for _ in range(20)]).tolist()
+    assert not set(drawn) & {1, 2, 3} and set(drawn) <= set(range(10))  # probes are never sampled
+    offline = CorrectorTrainer(
+        {"warmup_steps": 0, "hidden": 8, "drift_sample": 3, "refit_every": 2},
+        8,
+        False,
+        [],
+        10,
+        0,
+        0.05,
+        None,
+        Counters(),
+    )
+    assert not offline.correcting(5) and offline.drift_sample == 0 and not offline.refit_due(2, 10)
+
+
+def test_refresh_is_due_every_n_steps_but_not_after_the_last():
+    r = Refresher(2, 6, None, None, Counters())
+    assert [s for s in range(1, 7) if r.due(s)] == [2, 4]
+    assert not any(Refresher(0, 6, None, None, Counters()).due(s) for s in range(1, 7))
+
+
+def test_best_checkpoint_keeps_the_best_weights_and_counts_evaluations_without_gain():
+    encoder, corrector = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    best = BestCheckpoint(patience=2)
+    best.observe(0, {"step": 0}, encoder, corrector)  # no dev score: nothing kept
+    assert best.state is None and best.step is None
+    for step, score in ((1, 0.5), (2, 0.7), (3, 0.6)):
+        with torch.no_grad():
+            encoder.weight.fill_(score)
+            corrector.bias.fill_(score)
+        best.observe(step, {"dev_ndcg_at_10": score}, encoder, corrector)
+    assert best.step == 2 and best.bad == 1 and not best.stop
+    best.observe(4, {"dev_ndcg_at_10": 0.7}, encoder, corrector)  # a tie is no gain
+    assert best.stop and best.step == 2
+    best.restore(encoder, corrector)
+    assert torch.all(encoder.weight == 0.7) and torch.all(corrector.bias == 0.7)
+    assert not BestCheckpoint(patience=0).stop
+
+
+def test_selection_keys_and_balanced_picks():
+    scores = torch.tensor([[3.0, 1.0, float("-inf"), 2.0]])
+    assert torch.equal(Selection("topk").keys(scores, None), scores)
+    keys = Selection("gumbel", beta=2.0).keys(scores, torch.Generator().manual_seed(0))
+    assert torch.equal(keys, gumbel_keys(2.0 * scores, torch.Generator().manual_seed(0)))
+    assert torch.isneginf(keys[0, 2]) and torch.isfinite(keys[0, [0, 1, 3]]).all()
+    rows = torch.tensor([[10, 11, 12, 13]])
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # a -inf score is no candidate: never picked
+        picks = balanced(rows, scores, torch.tensor([4.0]), 2, 2, rng)
+        assert picks.shape == (1, 2) and 12 not in picks.tolist()[0] and len(set(picks.tolist()[0])) == 2
+
+
+def test_trainer_exposes_its_parts(tiny_training):
+    """What the steps and a debugger reach: the parts a run is made of."""
+    ds, cache, clusters, params = tiny_training
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, _params(params), seed=3)
+    assert t.corrector is t.corrector_trainer.corrector and t.scorer is t.negatives.scorer
+    assert t.corrector_trainer.probe_set == set(t.validator.probe_rows)
+    assert t.refresher.corrector_trainer is t.corrector_trainer
