@@ -1,4 +1,4 @@
-"""The corrector h and how it learns (METHOD.md step 1.6), with its own optimiser:
+"""The corrector h and how it learns (docs/method.md step 1.6), with its own optimiser:
 
 - online, each step: the drift loss between h(C[d]) and the fresh embeddings g(d) the step
   computed anyway (its positives and negatives), over a replay window of the last

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Counters:
-    """Target-encoder forward passes (the cost unit of METHOD.md) and wall time. Validation and
+    """Target-encoder forward passes (the cost unit of docs/method.md) and wall time. Validation and
     probe passes are measurement, not training cost, and are counted apart."""
 
     train_passage_passes: int = 0  # positives + negatives (+ the corrector's drift sample)

@@ -1,4 +1,4 @@
-"""Retriever + corrector training (METHOD.md section 1), on TAS batches (section 2).
+"""Retriever + corrector training (docs/method.md section 1), on TAS batches (section 2).
 
 One step: embed the batch's queries; draw k negatives per query (never a positive) from the
 training-time index, the stale cache through the corrector (`StepNegatives`); embed positives

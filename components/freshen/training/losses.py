@@ -24,7 +24,7 @@ def drift_loss(corrected: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
 def corrected_logits_loss(q: torch.Tensor, corrected: torch.Tensor, fresh: torch.Tensor, labels: torch.Tensor,
                           mask: torch.Tensor, temperature: float, target: str) -> torch.Tensor:
     """The corrector's optional cross-entropy term on the step's corrected logits <f(q), h(C[d])>
-    (METHOD.md step 1.6). `positive`: the retriever's own loss with h(C[d]) in place of g(d);
+    (docs/method.md step 1.6). `positive`: the retriever's own loss with h(C[d]) in place of g(d);
     `fresh`: against the softmax of the fresh logits <f(q), g(d)>, so the corrected cache ranks
     the step's targets the way the current encoder does. `mask` hides the same passages as the
     retriever's loss (and held-out probes); query i's positive is column labels[i]."""
