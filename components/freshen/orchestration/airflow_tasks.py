@@ -8,7 +8,6 @@ for this run, null keeps params.yaml; `set` takes any other keys as a JSON objec
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from datetime import timedelta
@@ -22,6 +21,7 @@ from freshen.errors import DataError
 from freshen.orchestration import config, runs
 from freshen.orchestration.commands import StepFailed, StepSkipped
 from freshen.orchestration.runners import XCOM_FIELD, cli_argv, container_operator, run_local
+from freshen.params import Params, with_overrides
 
 TRAIN_PARAMS = ("train.steps", "train.batch_size", "train.lr", "train.negatives.strategy", "train.negatives.k",
                 "promote.min_improvement", "promote.min_improvement_over_zero_shot")
@@ -39,7 +39,7 @@ def dag_params(project: config.Project, keys) -> dict:
     out = {}
     for key in keys:
         try:
-            value = get_dotted(project.params, key)
+            value = get_dotted(project.params.model_dump(), key)
         except (KeyError, TypeError):
             raise DataError(project.params_path, "missing (the DAG exposes it as a param)", field=key) from None
         kind = JSON_TYPES.get(type(value), "string")
@@ -70,7 +70,7 @@ def serving_pointer(project: config.Project, ctx: dict) -> dict:
     from freshen.index_store import read_pointer
     from freshen.steps.common import path
 
-    pointer = read_pointer(path(project.root, run_params(project, ctx)["orchestration"]["serving_dir"])) or {}
+    pointer = read_pointer(path(project.root, run_params(project, ctx).orchestration.serving_dir)) or {}
     return {k: v for k, v in pointer.items() if k != "history"}
 
 
@@ -100,13 +100,9 @@ def overrides_from(dag_run_params: dict) -> dict:
     return values
 
 
-def run_params(project: config.Project, ctx: dict) -> dict:
+def run_params(project: config.Project, ctx: dict) -> Params:
     """params.yaml with this DAG run's overrides, as the steps see them."""
-    from freshen.cli import apply_set_json
-
-    params = copy.deepcopy(project.params)
-    apply_set_json(params, ctx.get("set_json"))
-    return params
+    return with_overrides(project.params, json.loads(ctx.get("set_json") or "{}"))
 
 
 def _tracking_env(project: config.Project) -> None:
@@ -124,7 +120,7 @@ def start_run(project: config.Project, kind: str):
         _tracking_env(project)
         ti = context["ti"]
         info = runs.start(params, project.root, kind, {"airflow.dag_id": ti.dag_id, "airflow.run_id": ti.run_id})
-        return {**ctx, **info, "num_shards": int(params["orchestration"]["num_shards"])}
+        return {**ctx, **info, "num_shards": params.orchestration.num_shards}
 
     return start_run()
 
@@ -195,8 +191,8 @@ def publish_champion(project: config.Project, ctx):
         _tracking_env(project)
         from freshen import tracking
 
-        mlflow = tracking.setup(project.root, params.get("mlflow", {}).get("experiment", "freshen"))
-        name = params["promote"]["registered_model"]
+        mlflow = tracking.setup(project.root, params.mlflow.experiment)
+        name = params.promote.registered_model
         now = runs.champion_version(mlflow.tracking.MlflowClient(), name)
         if now is None or now == ctx["champion_before"]:
             raise AirflowSkipException(f"champion of {name} unchanged (v{now}): no Asset event")
