@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,14 @@ from freshen.params.errors import describe
 from freshen.params.schema import Params
 
 SET_ENV = "FRESHEN_SET"
+
+
+class Loader(yaml.SafeLoader):
+    """YAML as DVC reads params.yaml: also `1e-4` (no dot) is a number, as in YAML 1.2, not text."""
+
+
+Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                             list("-+0123456789."))
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ def read_file(path: Path) -> tuple[dict, dict[str, int]]:
     """(the file's mapping, the 1-based line of each dotted key in it)."""
     if not path.is_file():
         raise FreshenError(f"{path}: params file not found (pass --params PATH)")
-    loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
+    loader = Loader(path.read_text(encoding="utf-8"))
     try:
         node = loader.get_single_node()
         raw = loader.construct_document(node) if node is not None else {}
@@ -123,7 +132,7 @@ def set_overrides(items: Iterable[str]) -> list[Override]:
         if not sep or not key.strip():
             raise FreshenError(f"--set {item}: must look like key.sub=value")
         try:
-            value = yaml.safe_load(text)
+            value = yaml.load(text, Loader=Loader)
         except yaml.YAMLError:
             raise FreshenError(f"--set {key.strip()}: the value is not valid YAML: {text!r}") from None
         out.append(Override("--set", key.strip(), value))
