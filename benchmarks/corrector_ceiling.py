@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from ablation import command_line, machine, write_keeping_notes  # noqa: E402
 
 from freshen.cache import load_cache  # noqa: E402
-from freshen.config import load_params  # noqa: E402
+from freshen.params import load_params  # noqa: E402
 from freshen.embed_corpus import encode_options, place  # noqa: E402
 from freshen.encoding import autocast_dtype, clean_text, encode, plan_batches, set_threads, token_lengths  # noqa: E402
 from freshen.modeling.encoder import Encoder, model_digest, pool, resolve_model_path  # noqa: E402
@@ -158,16 +158,16 @@ def main() -> None:
     args = ap.parse_args()
     set_threads()
     params = load_params(args.params)
-    k = args.k or int(params["train"]["negatives"]["k"])
+    k = args.k or params.train.negatives.k
     ds = prepared(params, ROOT)
-    cache = load_cache(path(ROOT, params["cache"]["out_dir"]))
+    cache = load_cache(path(ROOT, params.cache.out_dir))
     texts = ds.doc_texts(cache.ids)
     stale = torch.from_numpy(np.asarray(cache.embeddings, dtype=np.float32))
-    train_len = int(params["train"]["passage_max_len"])
-    cache_len = int(cache.manifest.get("max_len") or params["model"]["passage_max_len"])
+    train_len = params.train.passage_max_len or params.model.passage_max_len
+    cache_len = int(cache.manifest.get("max_len") or params.model.passage_max_len)
 
-    encoder = place(Encoder.load(args.encoder), params["encode"])
-    opts = encode_options(params["encode"])
+    encoder = place(Encoder.load(args.encoder), params.encode.device)
+    opts = encode_options(params.encode)
     # training embeds its targets at train.passage_max_len: that is the "fresh" a refit fits
     fresh = memo(args.work, f"fresh{train_len}", args.encoder,
                  lambda: torch.from_numpy(encode(encoder, texts, "passage", **{**opts, "max_len": train_len})))
@@ -199,9 +199,9 @@ def main() -> None:
     lines = [row("stale cache, no corrector", "-", "-", stale, 0)]
     inputs = {"stored cache (last layer)": stale}
     if args.layers:
-        base = place(Encoder.from_params(params["model"]), params["encode"])
+        base = place(Encoder.from_params(params.model.model_dump()), params.encode.device)
         inputs[f"every layer ({base.passage_model.config.num_hidden_layers + 1} x {base.dim})"] = \
-            memo(args.work, f"layers{cache_len}", str(resolve_model_path(params["model"].get("name_or_path"))),
+            memo(args.work, f"layers{cache_len}", str(resolve_model_path(params.model.name_or_path)),
                  lambda: layer_states(base, texts, cache_len)).float()
     for name, x in inputs.items():
         for fitted, rows in samples.items():
@@ -219,7 +219,7 @@ def main() -> None:
 
     for item in filter(None, args.lagged.split(",")):
         lag, _, folder = item.partition("=")
-        older = place(Encoder.load(folder), params["encode"])
+        older = place(Encoder.load(folder), params.encode.device)
         table = memo(args.work, f"lag{lag}", folder, lambda: torch.from_numpy(
             encode(older, texts, "passage", **{**opts, "max_len": train_len})))
         steps = "step" if lag == "1" else "steps"
@@ -230,7 +230,7 @@ def main() -> None:
         "# What a corrector can recover: the ceiling of the stale cache's information", "",
         f"Command: `{command_line()}`  ",
         f"Machine: {machine()}, {torch.get_num_threads()} torch threads", "",
-        f"Encoder `{args.encoder}`; stale cache `{params['cache']['out_dir']}` ({len(stale)} passages, "
+        f"Encoder `{args.encoder}`; stale cache `{params.cache.out_dir}` ({len(stale)} passages, "
         f"embedded at {cache_len} tokens by the pre-trained encoder); fresh: that encoder at "
         f"{train_len} tokens (train.passage_max_len, as training embeds its targets). {len(qids)} training "
         f"queries, positives excluded. Each fit: {args.epochs} epochs of Adam (lr 1e-3, batches of 256) on the "

@@ -29,7 +29,7 @@ from ablation import command_line, machine  # noqa: E402
 
 from freshen.atomic import write_text  # noqa: E402
 from freshen.cache import load_cache  # noqa: E402
-from freshen.config import load_params  # noqa: E402
+from freshen.params import load_params  # noqa: E402
 from freshen.embed_corpus import encode_options, place  # noqa: E402
 from freshen.encoding import encode, set_threads  # noqa: E402
 from freshen.modeling.corrector import Corrector  # noqa: E402
@@ -70,19 +70,19 @@ def main() -> None:
     set_threads()
     params = load_params(args.params)
     ds = prepared(params, ROOT)
-    stale_c = load_cache(path(ROOT, params["cache"]["out_dir"]))
-    fresh_c = load_cache(path(ROOT, params["reembed"]["out_dir"]))
+    stale_c = load_cache(path(ROOT, params.cache.out_dir))
+    fresh_c = load_cache(path(ROOT, params.reembed.out_dir))
     if stale_c.ids != fresh_c.ids:
         raise SystemExit(f"{fresh_c.path}: doc ids differ from {stale_c.path}")
     stale = torch.from_numpy(np.asarray(stale_c.embeddings, dtype=np.float32))
     fresh = torch.from_numpy(np.asarray(fresh_c.embeddings, dtype=np.float32))
-    model_dir = path(ROOT, params["train"]["out_dir"])
-    encoder = place(Encoder.load(model_dir / "encoder"), params["encode"])
+    model_dir = path(ROOT, params.train.out_dir)
+    encoder = place(Encoder.load(model_dir / "encoder"), params.encode.device)
     qids = sorted(ds.evaluation_qrels(args.split))
-    queries = encode(encoder, [ds.queries[q] for q in qids], "query", **encode_options(params["encode"]))
-    cfg = {**params["evaluate"], "use_gpu": False}
+    queries = encode(encoder, [ds.queries[q] for q in qids], "query", **encode_options(params.encode))
+    cfg = params.evaluate.model_copy(update={"use_gpu": False})
     _, fresh_rows = search(make_index(fresh.numpy(), cfg), queries, 100)
-    hidden = int(params["train"]["corrector"].get("hidden", stale.shape[1]))
+    hidden = params.train.corrector.hidden
 
     def row(name: str, n: int | str, table: torch.Tensor, held: torch.Tensor, seconds: float) -> str:
         scores, rows = search(make_index(np.ascontiguousarray(table.numpy()), cfg), queries, 100)
@@ -114,9 +114,9 @@ def main() -> None:
         "# How much fresh data a corrector needs (offline fit against the final encoder)", "",
         f"Command: `{command_line()}`  ",
         f"Machine: {machine()}, {torch.get_num_threads()} torch threads", "",
-        f"Cache `{params['cache']['out_dir']}` (stale) against `{params['reembed']['out_dir']}` (the trained "
+        f"Cache `{params.cache.out_dir}` (stale) against `{params.reembed.out_dir}` (the trained "
         f"encoder's re-embedding), {len(stale)} passages; {args.split} split, {len(qids)} queries; the encoder "
-        f"and corrector in `{params['train']['out_dir']}`. "
+        f"and corrector in `{params.train.out_dir}`. "
         f"Each fitted corrector: {args.epochs} epochs of Adam (lr 1e-3, batches of 256) on the drift loss "
         f"over N random pairs (seed {args.seed}); its cosine is measured on the passages it was not fitted "
         "on (the first two rows: over every passage), its retrieval with every passage scored through it.", "",

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from ablation import arm_params, command_line, machine  # noqa: E402
 
 from freshen.atomic import write_text  # noqa: E402
-from freshen.config import load_params  # noqa: E402
+from freshen.params import load_params, validate_params  # noqa: E402
 from freshen.encoding import set_threads  # noqa: E402
 from freshen.steps import train  # noqa: E402
 from freshen.steps.common import NullLog  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     set_threads()
-    base = load_params(args.params)
+    base = load_params(args.params).model_dump()  # plain values, edited below
     cor = base["train"]["corrector"]
     cor.update(refit_every=args.refit_every, refit_sample=args.refit_sample, refit_epochs=args.refit_epochs)
     if args.refit_every <= 0 or args.refit_sample <= 0:
@@ -87,7 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         p = arm_params(base, "corrected", steps, 0, Path(work))
         p["train"]["eval_every"] = args.every
-        train.run(p, ROOT, log=records)
+        train.run(validate_params(p), ROOT, log=records)
 
     rows = []
     for step in sorted(records.by_step):

@@ -25,7 +25,7 @@ def embedded(tmp_path, tiny_params, mlflow_uri):
     root = tmp_path / "proj"
     root.mkdir()
     for step in (prepare, cluster_queries, embed_cache):
-        step.run(tiny_params, root)
+        step.run(validate_params(tiny_params), root)
     return root, tiny_params
 
 

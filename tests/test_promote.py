@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from freshen.errors import FreshenError
 from freshen.integrity import checkpoint_digest
+from freshen.params import validate_params
 from freshen.steps import promote
 from freshen.steps.evaluate import report
 from freshen.steps.promote import (
@@ -20,7 +21,6 @@ from freshen.steps.promote import (
     TAG_VS_ZERO_SHOT,
     TAG_ZERO_SHOT_VALUE,
     decide,
-from freshen.params import validate_params
 )
 
 NAME = "tiny-retriever"
