@@ -15,6 +15,7 @@ import yaml
 from freshen.config import params_hash
 from freshen.errors import FreshenError
 from freshen.params import Params, load_params, validate_params
+from freshen.params.base import Section
 from freshen.params.markdown import markdown
 from freshen.params.train import TrainParams
 
@@ -267,7 +268,7 @@ def test_every_field_has_a_description():
         for name, f in model.model_fields.items():
             assert f.description and len(f.description) > 5, f"{prefix}{name} has no description"
             annotation = f.annotation
-            if isinstance(annotation, type) and issubclass(annotation, Params.__mro__[1]):
+            if isinstance(annotation, type) and issubclass(annotation, Section):
                 walk(annotation, f"{prefix}{name}.")
 
     walk(Params)
