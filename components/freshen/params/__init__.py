@@ -12,5 +12,16 @@ from freshen.params.schema import Params
 from freshen.params.sections import EncodeParams, EvaluateParams, ModelParams
 from freshen.params.train import TrainParams
 
-__all__ = ["SET_ENV", "EncodeParams", "EvaluateParams", "ModelParams", "OrchestrationParams", "Override", "Params",
-           "TrainParams", "load_params", "validate_params", "with_overrides"]
+__all__ = [
+    "SET_ENV",
+    "EncodeParams",
+    "EvaluateParams",
+    "ModelParams",
+    "OrchestrationParams",
+    "Override",
+    "Params",
+    "TrainParams",
+    "load_params",
+    "validate_params",
+    "with_overrides",
+]

@@ -35,8 +35,8 @@ class Loader(yaml.SafeLoader):
     """YAML as DVC reads params.yaml: also `1e-4` (no dot) is a number, as in YAML 1.2, not text."""
 
 
-Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
-                             list("-+0123456789."))
+EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+Loader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,20 @@ class Override:
         return self.key.split(".")
 
 
-def load_params(path: str | Path = "params.yaml", sets: Iterable[str] = (), set_json: str | None = None,
-                environ: Mapping[str, str] | None = None) -> Params:
+def load_params(
+    path: str | Path = "params.yaml",
+    sets: Iterable[str] = (),
+    set_json: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Params:
     """The effective params: the file, `$FRESHEN_SET` (from `environ`, default os.environ), `--set-json`,
     `--set`, in that order, validated once."""
     raw, lines = read_file(Path(path))
-    overrides = [*env_overrides(os.environ if environ is None else environ),
-                 *json_overrides(set_json, "--set-json"), *set_overrides(sets)]
+    overrides = [
+        *env_overrides(os.environ if environ is None else environ),
+        *json_overrides(set_json, "--set-json"),
+        *set_overrides(sets),
+    ]
     return validate(raw, overrides, str(path), lines)
 
 

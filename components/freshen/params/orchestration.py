@@ -25,16 +25,19 @@ class GpuParams(Section):
 
 class ResourcesParams(Section):
     requests: dict[str, str | int | float] = doc({"cpu": "2", "memory": "8Gi"}, "Kubernetes resource requests.")
-    limits: dict[str, str | int | float] = doc({"memory": "16Gi"}, "Kubernetes resource limits; docker uses "
-                                               "limits.memory.")
+    limits: dict[str, str | int | float] = doc(
+        {"memory": "16Gi"}, "Kubernetes resource limits; docker uses limits.memory."
+    )
 
 
 class DockerParams(Section):
     url: str = doc("unix://var/run/docker.sock", "The Docker daemon.")
-    host_project_dir: str | None = doc(None, "Host folder mounted at container_root; null: "
-                                       "$FRESHEN_HOST_PROJECT_DIR, else the project folder.")
-    network: str | None = doc(None, "Network of the step containers, e.g. the compose network (to reach MLflow "
-                              "and MinIO).")
+    host_project_dir: str | None = doc(
+        None, "Host folder mounted at container_root; null: $FRESHEN_HOST_PROJECT_DIR, else the project folder."
+    )
+    network: str | None = doc(
+        None, "Network of the step containers, e.g. the compose network (to reach MLflow and MinIO)."
+    )
 
 
 class KubernetesParams(Section):
@@ -47,13 +50,16 @@ class KubernetesParams(Section):
 
 class OrchestrationParams(Section):
     runner: Literal["local", "docker", "kubernetes"] = doc(
-        "local", "Where steps run: the Airflow worker's own Python, DockerOperator or KubernetesPodOperator.")
-    local_mode: Literal["inprocess", "subprocess"] = doc("inprocess", "local runner: the CLI called in the task, "
-                                                         "or `python -m freshen`.")
+        "local", "Where steps run: the Airflow worker's own Python, DockerOperator or KubernetesPodOperator."
+    )
+    local_mode: Literal["inprocess", "subprocess"] = doc(
+        "inprocess", "local runner: the CLI called in the task, or `python -m freshen`."
+    )
     retries: int = doc(2, "Retries per task; steps are idempotent, a retry overwrites only its own output.", ge=0)
     retry_delay_s: int = doc(60, "Seconds between retries.", ge=0)
-    refresh_cron: str | None = doc("0 3 * * 0", "Cache refresh on this cron (null: never), and whenever the "
-                                   "champion changes.")
+    refresh_cron: str | None = doc(
+        "0 3 * * 0", "Cache refresh on this cron (null: never), and whenever the champion changes."
+    )
     num_shards: int = doc(4, "Cache refresh: corpus shards re-embedded in parallel.", ge=1)
     champion_dir: str = doc("artifacts/champion", "The champion's encoder and corrector, fetched from the registry.")
     shards_dir: str = doc("artifacts/cache/shards", "shard-III-of-KKK/ folders, one per shard.")
@@ -61,8 +67,9 @@ class OrchestrationParams(Section):
     serving_dir: str = doc("artifacts/serving", "Immutable index folders + current.json, what consumers read.")
     keep_serving: int = doc(2, "Serving folders kept (the current one and the one before it).", ge=1)
     dvc: DvcParams = section(DvcParams, "Versioning of the refreshed cache.")
-    mlflow_tracking_uri: str | None = doc(None, "Containers: the tracking server; null: the worker's "
-                                          "$MLFLOW_TRACKING_URI.")
+    mlflow_tracking_uri: str | None = doc(
+        None, "Containers: the tracking server; null: the worker's $MLFLOW_TRACKING_URI."
+    )
     pass_env: list[str] = doc(PASS_ENV, "Worker environment variables copied into step containers.")
     container_root: str = doc("/project", "Where the project folder is mounted inside the containers.")
     image: str = doc("freshen:cpu", "Image of the steps.")
