@@ -221,6 +221,14 @@ TRAIN_REFUSALS = [
         "train.pilot.candidates.1: negatives.refresh_every: must be > 0 for strategy 'refresh'",
     ),
     ({"pilot.candidates": [{}, 3]}, "train.pilot.candidates.1: Input should be a valid dictionary"),
+    ({"pilot.candidates": "lr"}, "train.pilot.candidates: Input should be a valid list"),
+    ({"pilot.steps": 0}, "train.pilot.steps: Input should be greater than or equal to 1"),
+    ({"corrector.ce_weight": "1"}, "train.corrector.ce_weight: Input should be a valid number, got '1'"),
+    ({"corrector.updates_per_step": 2.5}, "train.corrector.updates_per_step: Input should be a valid integer"),
+    ({"overlap_k": 2.5}, "train.overlap_k: Input should be a valid integer, got 2.5"),
+    ({"negatives.false_negatives.relative_margin": -0.1}, "relative_margin: Input should be greater than or equal"),
+    ({"negatives.false_negatives.absolute_margin": 2}, "absolute_margin: Input should be less than or equal to 1"),
+    ({"negatives.false_negatives.relative_margin": "high"}, "relative_margin: Input should be a valid number"),
 ]
 
 
