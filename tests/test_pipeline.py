@@ -15,6 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from freshen.params import validate_params
 from freshen.steps import STEP_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,10 +156,10 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     # is_registered (what run_pipeline.sh asks after dvc repro) looks in the registry tracked to
     from freshen.steps.promote import is_registered
 
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    assert is_registered(validate_params(params), project)  # the refused v2 is registered too: the last trained model
+    params = validate_params(yaml.safe_load((project / "params.yaml").read_text()))
+    assert is_registered(params, project)  # the refused v2 is registered too: the last trained model
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'elsewhere.db'}")  # another registry
-    assert not is_registered(validate_params(params), project)
+    assert not is_registered(params, project)
 
 
 def test_reembed_can_write_the_corrected_cache_instead(project, mlflow_uri):
@@ -307,7 +308,6 @@ import time
 from pathlib import Path
 
 from freshen import cli, embed_corpus
-from freshen.params import validate_params
 
 signals = Path(sys.argv[1])
 real = embed_corpus.encode_chunks
