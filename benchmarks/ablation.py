@@ -79,6 +79,7 @@ def arm_params(base: dict, arm: str, steps: int, refresh_every: int, work: Path,
 
 
 def run_arm(base: dict, arm: str, args) -> dict:
+    from freshen.params import validate_params
     from freshen.steps import evaluate, reembed, train
     from freshen.steps.common import prepared
 
@@ -90,7 +91,7 @@ def run_arm(base: dict, arm: str, args) -> dict:
         from freshen.modeling.encoder import Encoder
         from freshen.retrieval import build_index, evaluate_run, exclude_self, search, to_run
 
-        ds = prepared(base, ROOT)
+        ds = prepared(validate_params(base), ROOT)
         cache = load_cache(ROOT / base["cache"]["out_dir"])
         qids = sorted(ds.evaluation_qrels("test"))
         q = encode(Encoder.from_params(base["model"]), [ds.queries[x] for x in qids], "query",
@@ -101,9 +102,10 @@ def run_arm(base: dict, arm: str, args) -> dict:
                 "wall_seconds": round(time.perf_counter() - started, 1)}
     p = arm_params(base, arm, args.steps, refresh_interval(args.steps, args.refreshes, args.refresh_every), work,
                    args.keep_best)
-    counters = train.run(p, ROOT)
-    reembed.run(p, ROOT)
-    metrics = evaluate.run(p, ROOT)
+    typed = validate_params(p)
+    counters = train.run(typed, ROOT)
+    reembed.run(typed, ROOT)
+    metrics = evaluate.run(typed, ROOT)
     out = {"arm": arm, "test": metrics["test"]["trained"], "strategy": p["train"]["negatives"]["strategy"],
            "batching": p["train"]["batching"], "refresh_every": p["train"]["negatives"]["refresh_every"],
            "keep_best": p["train"]["keep_best"],
@@ -236,7 +238,8 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite the table and plot from the arms' saved results")
     args = ap.parse_args()
 
-    from freshen.config import load_params, seed_everything
+    from freshen.config import seed_everything
+    from freshen.params import load_params
     from freshen.encoding import set_threads
 
     unknown = [a for a in args.arms.split(",") if a not in KNOWN_ARMS]
@@ -245,7 +248,7 @@ def main() -> None:
     arms = args.arms.split(",")
     if "best_random" in arms and not set(arms[:arms.index("best_random")]) & set(RANDOM_OF):
         raise SystemExit("--arms: best_random needs one of " + ", ".join(RANDOM_OF) + " before it")
-    base = load_params(args.params)
+    base = load_params(args.params).model_dump()  # plain values: each arm edits its own copy
     args.steps = args.steps or int(base["train"]["steps"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,7 @@ def child(args) -> None:
 
     threads = set_threads()
     model = {"name_or_path": args.model, "passage_max_len": args.max_len}
-    encoder = place(Encoder.from_params(model), {"device": "auto"})
+    encoder = place(Encoder.from_params(model), "auto")
     settings = {"batch_size": args.batch_size, "max_tokens": args.max_tokens, "chunk_rows": args.chunk_rows,
                 "precision": args.precision}
     started = time.perf_counter()

@@ -10,7 +10,7 @@ dvc repro "$@"
 # The registry lives in MLflow (mlflow.db here), not in DVC: on a fresh clone that reproduced
 # the same model, dvc repro found promote up to date and skipped it. Promote through DVC then
 # (whole-pipeline runs only: with targets, the model may not be there).
-if [ $# -eq 0 ] && ! python -c 'import sys; from pathlib import Path; from freshen.config import load_params
+if [ $# -eq 0 ] && ! python -c 'import sys; from pathlib import Path; from freshen.params import load_params
 from freshen.steps.promote import is_registered
 sys.exit(0 if is_registered(load_params("params.yaml"), Path(".")) else 1)'; then
   echo "the trained model is not in this machine's MLflow registry: running promote"
@@ -19,6 +19,6 @@ fi
 echo "dvc repro took $(( $(date +%s) - start )) s"
 dvc metrics show
 # the promotion decision last: a model that does not beat the champion and zero-shot stays challenger
-python -c 'import json; from freshen.config import load_params
-d = json.load(open(load_params("params.yaml")["promote"]["out"]))
+python -c 'import json; from freshen.params import load_params
+d = json.load(open(load_params("params.yaml").promote.out))
 print(("promote: " if d["champion"] == d["version"] else "promote: NOT promoted: ") + d["reason"])'

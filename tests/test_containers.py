@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from freshen.cli import build_parser
-from freshen.config import set_dotted
+from freshen.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINERS = REPO / "containers"
@@ -152,10 +152,8 @@ def test_compose_references_files_that_exist(compose):
 
 
 def test_compose_overrides_are_real_params_keys(compose):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    overrides = json.loads(compose["services"]["airflow-scheduler"]["environment"]["FRESHEN_SET"])
-    for key, value in overrides.items():
-        set_dotted(params, key, value)  # raises on a key params.yaml does not have
-    assert params["orchestration"]["runner"] == "docker"
-    network = params["orchestration"]["docker"]["network"]
+    environment = compose["services"]["airflow-scheduler"]["environment"]
+    params = load_params(REPO / "params.yaml", environ=environment)  # raises on an unknown key or a bad value
+    assert params.orchestration.runner == "docker"
+    network = params.orchestration.docker.network
     assert re.fullmatch(rf"{compose['name']}_default", network)

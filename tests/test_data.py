@@ -6,6 +6,7 @@ import pytest
 
 from freshen.data.beir import carve_dev, load_beir, read_queries
 from freshen.data.fetch import ENV_VAR, resolve_dataset_dir, sha256_file
+from freshen.params.sections import DataParams
 from freshen.errors import DataError, FreshenError
 from tiny import make_beir
 
@@ -89,19 +90,19 @@ def test_carve_dev_is_seeded_and_disjoint(tiny_beir):
 
 def test_resolve_dataset_dir_env_local_and_missing(tiny_beir, tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
-    data = {"name": "tiny", "local_dir": str(tiny_beir), "url": None,
-            "sha256": {"corpus.jsonl": sha256_file(tiny_beir / "corpus.jsonl")}}
+    data = DataParams(name="tiny", local_dir=str(tiny_beir), url=None,
+                      sha256={"corpus.jsonl": sha256_file(tiny_beir / "corpus.jsonl")})
     assert resolve_dataset_dir(data, tmp_path) == tiny_beir.resolve()
-    bad = dict(data, sha256={"corpus.jsonl": "0" * 64})
+    bad = data.model_copy(update={"sha256": {"corpus.jsonl": "0" * 64}})
     with pytest.raises(DataError, match="sha256 mismatch"):
         resolve_dataset_dir(bad, tmp_path)
     with pytest.raises(FreshenError, match=r"looked in .*nowhere-here.*FRESHEN_DATA_DIR"):
-        resolve_dataset_dir(dict(data, local_dir=str(tmp_path / "nowhere-here")), tmp_path)
+        resolve_dataset_dir(data.model_copy(update={"local_dir": str(tmp_path / "nowhere-here")}), tmp_path)
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "also-missing"))
     with pytest.raises(FreshenError, match="FRESHEN_DATA_DIR=.*no such folder"):
         resolve_dataset_dir(data, tmp_path)
     monkeypatch.setenv(ENV_VAR, str(tiny_beir))
-    assert resolve_dataset_dir(dict(data, local_dir=None), tmp_path) == tiny_beir
+    assert resolve_dataset_dir(data.model_copy(update={"local_dir": None}), tmp_path) == tiny_beir
 
 
 def test_non_utf8_line_is_named(tiny_beir):
@@ -233,8 +234,8 @@ def test_a_split_with_no_relevant_judgement_cannot_be_evaluated(tiny_beir):
 def test_failed_download_names_the_url_and_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     url = (tmp_path / "no-such.zip").as_uri()
-    data = {"name": "tiny", "local_dir": str(tmp_path / "not-here"), "url": url,
-            "download_dir": str(tmp_path / "downloads"), "sha256": {}}
+    data = DataParams(name="tiny", local_dir=str(tmp_path / "not-here"), url=url,
+                      download_dir=str(tmp_path / "downloads"), sha256={})
     with pytest.raises(FreshenError) as err:
         resolve_dataset_dir(data, tmp_path)
     message = str(err.value)

@@ -14,8 +14,9 @@ from freshen.embed_corpus import embed_to_cache
 from freshen.encoding import clean_text, encode, plan_batches
 from freshen.errors import DataError
 from freshen.modeling.encoder import Encoder
+from freshen.params import EncodeParams
 
-SETTINGS = {"batch_size": 8, "precision": "fp32", "chunk_rows": 5, "max_tokens": None}
+SETTINGS = EncodeParams(batch_size=8, precision="fp32", chunk_rows=5, max_tokens=None)
 
 
 @pytest.fixture()
@@ -141,12 +142,11 @@ def test_progress_goes_to_stdout_when_stderr_is_no_terminal(capsys):
 
 @pytest.mark.parametrize("key,value", [("chunk_rows", 0), ("chunk_rows", -1), ("batch_size", 0),
                                        ("chunk_rows", 2.5), ("max_tokens", -1)])
-def test_bad_encode_settings_are_refused_before_anything_is_written(encoder, tiny_beir, tmp_path, key, value):
-    """chunk_rows 0 used to fail inside the first chunk, leaving `.cache.partial/` behind."""
+def test_bad_encode_settings_are_refused_when_params_load(key, value):
+    """chunk_rows 0 used to fail inside the first chunk, leaving `.cache.partial/` behind: the
+    schema refuses it when params are loaded, before any step starts."""
     from freshen.errors import FreshenError
+    from freshen.params import validate_params
 
-    corpus = CorpusFile(tiny_beir / "corpus.jsonl")
-    work = tmp_path / "work"
-    with pytest.raises(FreshenError, match=rf"field 'encode.{key}': must be an integer >= 1, got {value}"):
-        embed_to_cache(encoder, corpus, work / "cache", {**SETTINGS, key: value}, {}, "bad")
-    assert not work.exists()
+    with pytest.raises(FreshenError, match=rf"^params: encode\.{key}: Input should be .*, got {value}$"):
+        validate_params({"encode": {**SETTINGS.model_dump(), key: value}})

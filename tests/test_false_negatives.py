@@ -7,6 +7,7 @@ import torch
 
 from freshen.errors import DataError, FreshenError
 from freshen.modeling.encoder import Encoder
+from freshen.params import validate_params
 from freshen.sampling.false_negatives import FalseNegativeFilter
 from freshen.sampling.selection import Selection
 from freshen.training.loop import Trainer, check_train_params
@@ -122,7 +123,7 @@ def test_a_dev_split_too_small_to_judge_promotion_is_refused(tiny_params, tmp_pa
     params = {**tiny_params, "data": {**tiny_params["data"], "min_dev_queries": 30}}
     with pytest.raises(DataError, match=r"train.tsv: dev split, carved by data.dev_fraction, has \d+ queries.*"
                                         r"at least 30 \(data.min_dev_queries\)"):
-        prepare.run(params, tmp_path)
+        prepare.run(validate_params(params), tmp_path)
     assert not (tmp_path / params["data"]["out_dir"]).exists()  # nothing written
 
 

@@ -14,6 +14,7 @@ from freshen.errors import DataError, FreshenError
 from freshen.integrity import check_cache_corpus, nonfinite_key
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
+from freshen.params import validate_params
 from freshen.steps import cluster_queries, embed_cache, prepare, train
 from freshen.training.loop import Trainer
 
@@ -24,7 +25,7 @@ def embedded(tmp_path, tiny_params, mlflow_uri):
     root = tmp_path / "proj"
     root.mkdir()
     for step in (prepare, cluster_queries, embed_cache):
-        step.run(tiny_params, root)
+        step.run(validate_params(tiny_params), root)
     return root, tiny_params
 
 
@@ -46,7 +47,7 @@ def test_train_refuses_a_cache_of_another_corpus_and_writes_nothing(embedded):
     corpus = _corpus(root, params)
     corpus.write_text(corpus.read_text() + json.dumps({"_id": "new1", "title": "", "text": "a new document"}) + "\n")
     with pytest.raises(DataError, match=r"manifest.json: field 'corpus_sha256': the cache was embedded from another"):
-        train.run(params, root)
+        train.run(validate_params(params), root)
     assert not (root / params["train"]["out_dir"]).exists() and not (root / params["train"]["metrics"]).exists()
 
 
@@ -71,7 +72,7 @@ def test_a_nan_row_in_the_cache_stops_train_naming_the_row_and_document(embedded
     arr.flush()
     del arr
     with pytest.raises(DataError, match=rf"embeddings.npy: row 3 \(document '{cache.ids[3]}'\) holds NaN or Inf"):
-        train.run(params, root)
+        train.run(validate_params(params), root)
     assert not (root / params["train"]["out_dir"]).exists()
 
 
@@ -149,7 +150,7 @@ def test_evaluate_refuses_a_cache_of_another_corpus_or_with_a_nan_row(embedded, 
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text('{"previous": "figures"}\n')
     with pytest.raises(DataError, match=message) as err:
-        evaluate.run(params, root)
+        evaluate.run(validate_params(params), root)
     assert str(root / params[cache]["out_dir"]) in str(err.value)
     assert metrics.read_text() == '{"previous": "figures"}\n'
     assert not (root / params["evaluate"]["out_dir"]).exists() and not (root / params["evaluate"]["plot"]).exists()
@@ -171,7 +172,7 @@ def test_a_diverging_train_leaves_metrics_train_json_as_it_was(embedded, previou
         metrics.parent.mkdir(parents=True, exist_ok=True)
         metrics.write_text(previous)
     with pytest.raises(FreshenError, match="training diverged"):
-        train.run(params, root)
+        train.run(validate_params(params), root)
     if previous is None:
         assert not metrics.exists()
     else:

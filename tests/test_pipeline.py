@@ -15,6 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from freshen.params import validate_params
 from freshen.steps import STEP_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +156,7 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     # is_registered (what run_pipeline.sh asks after dvc repro) looks in the registry tracked to
     from freshen.steps.promote import is_registered
 
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = validate_params(yaml.safe_load((project / "params.yaml").read_text()))
     assert is_registered(params, project)  # the refused v2 is registered too: the last trained model
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'elsewhere.db'}")  # another registry
     assert not is_registered(params, project)
@@ -357,8 +358,8 @@ def embedded(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["encode"]["chunk_rows"] = 10
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    prepare.run(params, project)
-    embed_cache.run(params, project)
+    prepare.run(validate_params(params), project)
+    embed_cache.run(validate_params(params), project)
     return project, params
 
 
@@ -418,7 +419,7 @@ def test_sigterm_ends_the_step_run_failed_and_keeps_the_resume_folder(embedded, 
     partial = project / "artifacts/cache/.initial.partial"
     assert json.loads((partial / "progress.json").read_text())["rows_done"] == 10
     assert sorted(p.name for p in out.parent.iterdir()) == [".initial.partial", "initial"]  # lock released
-    assert embed_cache.run(params, project)["resumed_from_row"] == 10  # the next run resumes it
+    assert embed_cache.run(validate_params(params), project)["resumed_from_row"] == 10  # the next run resumes it
 
 
 def test_step_runs_a_dead_process_left_running_are_marked_killed(tmp_path, mlflow_uri, tiny_params):
@@ -441,7 +442,7 @@ def test_step_runs_a_dead_process_left_running_are_marked_killed(tmp_path, mlflo
                                                   ("elsewhere", dead.pid, "another-host"),
                                                   ("same pid before", os.getpid(), host))}
         untagged = client.create_run(exp, run_name="pipeline").info.run_id  # a parent run: no pid of its own
-        with tracking.step_run("evaluate", tiny_params, tmp_path, None, ["seed"]) as (run, _):
+        with tracking.step_run("evaluate", validate_params(tiny_params), tmp_path, None, ["seed"]) as (run, _):
             this = run.info.run_id
     finally:
         live.kill()
@@ -467,7 +468,7 @@ def _fail_loading_params(monkeypatch, exc):
     def load_params(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr("freshen.config.load_params", load_params)
+    monkeypatch.setattr("freshen.cli.load_params", load_params)
 
 
 def test_an_unexpected_error_is_one_line_with_a_hint_and_exit_1(tmp_path, monkeypatch, capsys):

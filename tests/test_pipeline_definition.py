@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from freshen.cli import build_parser
-from freshen.errors import DataError
+from freshen.errors import DataError, FreshenError
+from freshen.params import validate_params
 from freshen.orchestration import pipeline
 from freshen.orchestration.pipeline import PIPELINES, REFRESH, TRAIN, cli_argv
 from freshen.orchestration.stage_deps import load_stages, stage_edges
@@ -90,11 +91,13 @@ def test_params_default_gpu_steps_are_the_steps_marked_gpu():
     assert "promote" not in pipeline.default_gpu_steps() and "train" in pipeline.default_gpu_steps()
 
 
-def test_an_unknown_gpu_step_names_the_file_and_field():
-    params = {"orchestration": {"gpu": {"steps": ["train", "evalute"]}}}
-    with pytest.raises(DataError, match=r"params.yaml: field 'orchestration.gpu.steps': unknown step 'evalute'"):
-        pipeline.check_gpu_steps(params, Path("params.yaml"))
-    pipeline.check_gpu_steps({"orchestration": {"gpu": {"steps": []}}}, Path("params.yaml"))
+def test_an_unknown_gpu_step_names_the_channel_and_field():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["orchestration"]["gpu"]["steps"] = ["train", "evalute"]
+    with pytest.raises(FreshenError, match=r"orchestration.gpu.steps: .*unknown step 'evalute'"):
+        validate_params(params, "params.yaml")
+    params["orchestration"]["gpu"]["steps"] = []
+    assert validate_params(params).orchestration.gpu.steps == []
 
 
 def test_cli_argv():

@@ -6,7 +6,9 @@ import faiss
 import numpy as np
 import pytest
 import torch
+
 from freshen.modeling.corrector import Corrector
+from freshen.params import EvaluateParams, validate_params
 from freshen.retrieval import build_index, index_settings, search
 from freshen.sampling.negatives import chunked_topk
 from freshen.sampling.scorer import CacheScorer
@@ -84,20 +86,20 @@ def test_invalid_index_names_the_param():
         build_index(x, "IVFx,Flat", param="evaluate.index")
     with pytest.raises(FreshenError, match=r"field 'evaluate\.index': 'IVF1024,Flat' has 1024 inverted lists but .* "
                                            r"500 rows"):
-        make_index(x, {"index": "IVF1024,Flat"})
+        make_index(x, EvaluateParams(index="IVF1024,Flat"))
     with pytest.raises(FreshenError, match=r"field 'train\.negatives\.ann_index': 'bogus'"):
         CacheScorer(torch.from_numpy(x), {"ann_threshold": 100, "ann_index": "bogus"})
 
 
 def test_evaluate_builds_the_index_params_ask_for():
     x, q, _ = clustered()
-    assert index_settings({})["kind"] == "Flat"
-    flat = make_index(x, {"index": "Flat", "nprobe": 32, "ef_search": 128})
+    assert index_settings(EvaluateParams())["kind"] == "Flat"
+    flat = make_index(x, EvaluateParams(index="Flat", nprobe=32, ef_search=128))
     assert isinstance(flat, faiss.IndexFlat)
     np.testing.assert_array_equal(search(flat, q, 10)[1], exact_top(x, q, 10))
-    ivf = make_index(x, {"index": "IVF16,Flat", "nprobe": 5})
+    ivf = make_index(x, EvaluateParams(index="IVF16,Flat", nprobe=5))
     assert isinstance(ivf, faiss.IndexIVF) and ivf.nlist == 16 and ivf.nprobe == 5
-    hnsw = make_index(x, {"index": "HNSW16", "ef_search": 77})
+    hnsw = make_index(x, EvaluateParams(index="HNSW16", ef_search=77))
     assert isinstance(hnsw, faiss.IndexHNSW) and hnsw.hnsw.efSearch == 77 and hnsw.ntotal == len(x)
 
 
@@ -108,7 +110,7 @@ def test_serving_index_takes_the_evaluate_settings(tmp_path):
     x, _, _ = clustered(n=1000)
     ids = [f"d{i}" for i in range(len(x))]
     cache = write_cache(tmp_path / "cache", ids, x.shape[1], lambda arr: arr.__setitem__(slice(None), x), {})
-    meta = write_index(cache, settings=index_settings({"index": "IVF16,Flat", "nprobe": 6}))
+    meta = write_index(cache, settings=index_settings(EvaluateParams(index="IVF16,Flat", nprobe=6)))
     index = faiss.read_index(str(cache.path / INDEX_FILE))
     assert meta["kind"] == "IVF16,Flat" and meta["count"] == 1000 and index.ntotal == 1000
     assert faiss.extract_index_ivf(index).nprobe == 6  # saved with the index
@@ -197,7 +199,7 @@ def test_evaluate_leaves_out_test_queries_without_a_relevant_judgement(tiny_para
     params["evaluate"].update(bm25=False, splits=["test"])
     qrels = Path(params["data"]["local_dir"]) / "qrels" / "test.tsv"
     qrels.write_text(qrels.read_text().replace("q31\td31\t1", "q31\td31\t0"))
-    prepare.run(params, root)
+    prepare.run(validate_params(params), root)
     ds = load_beir(root / params["data"]["out_dir"])
     assert ds.qrels["test"]["q31"] == {"d31": 0}
     encoder = Encoder.from_params(params["model"])
@@ -207,7 +209,7 @@ def test_evaluate_leaves_out_test_queries_without_a_relevant_judgement(tiny_para
         write_cache(root / out, ids, encoder.dim,
                     lambda arr: encode_into(encoder, ds.doc_texts(ids), "passage", arr, precision="fp32"), {})
     with caplog.at_level("WARNING"):
-        metrics = evaluate.run(params, root)
+        metrics = evaluate.run(validate_params(params), root)
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         f"{root / params['data']['out_dir'] / 'qrels' / 'test.tsv'}: 1 query has no relevant judgement (score > 0); "
         "left out of evaluation"]

@@ -19,6 +19,7 @@ from freshen.index_store import INDEX_FILE, check_index, read_pointer
 from freshen.integrity import checkpoint_digest
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder, model_digest
+from freshen.params import validate_params
 from freshen.steps import build_index, corrected_index, merge_shards, prepare, reembed, reembed_shard
 
 MODEL = "artifacts/model/encoder"
@@ -30,7 +31,7 @@ def project(tmp_path, tiny_params):
     root = tmp_path / "proj"
     root.mkdir()
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
-    prepare.run(tiny_params, root)
+    prepare.run(validate_params(tiny_params), root)
     Encoder.from_params(tiny_params["model"]).save(root / MODEL)
     return root, tiny_params
 
@@ -38,7 +39,7 @@ def project(tmp_path, tiny_params):
 def shard_all(root, params, count, skip=()):
     for i in range(count):
         if i not in skip:
-            reembed_shard.run(params, root, shard=i, num_shards=count, model_dir=MODEL)
+            reembed_shard.run(validate_params(params), root, shard=i, num_shards=count, model_dir=MODEL)
 
 
 def assert_same_cache(a, b):
@@ -49,10 +50,10 @@ def assert_same_cache(a, b):
 
 def test_three_shards_merge_into_the_one_process_cache(project):
     root, params = project
-    reembed.run(params, root)
+    reembed.run(validate_params(params), root)
     one = load_cache(root / params["reembed"]["out_dir"])
     shard_all(root, params, 3)
-    merge_shards.run(params, root, num_shards=3, model_dir=MODEL)
+    merge_shards.run(validate_params(params), root, num_shards=3, model_dir=MODEL)
     merged = load_cache(root / params["orchestration"]["refresh_dir"])
     assert_same_cache(merged, one)
     assert merged.manifest["model_digest"] == one.manifest["model_digest"] == model_digest(root / MODEL)
@@ -82,7 +83,7 @@ def test_failed_shard_resumes_after_its_last_chunk_and_touches_only_its_own_outp
 
     monkeypatch.setattr(embed_corpus, "encode_chunks", killed_after_two_chunks)
     with pytest.raises(RuntimeError, match="worker killed"):
-        reembed_shard.run(params, root, shard=1, num_shards=3, model_dir=MODEL)
+        reembed_shard.run(validate_params(params), root, shard=1, num_shards=3, model_dir=MODEL)
     assert not (shards_dir / sharding.shard_name(1, 3)).exists()  # never a half-written shard
     partial = shards_dir / ".shard-001-of-003.partial"
     assert json.loads((partial / "progress.json").read_text())["rows_done"] == 8
@@ -95,12 +96,12 @@ def test_failed_shard_resumes_after_its_last_chunk_and_touches_only_its_own_outp
         return real(encoder, texts, kind, sink, start_row=start_row, **kw)
 
     monkeypatch.setattr(embed_corpus, "encode_chunks", counting)
-    reembed_shard.run(params, root, shard=1, num_shards=3, model_dir=MODEL)
+    reembed_shard.run(validate_params(params), root, shard=1, num_shards=3, model_dir=MODEL)
     assert starts == [8]  # the retry re-embedded rows 8..20 only
     assert not partial.exists() and not (shards_dir / ".shard-001-of-003.killed.tmp").exists()
     assert {i: (shards_dir / sharding.shard_name(i, 3) / "embeddings.npy").stat().st_mtime_ns for i in (0, 2)} == before
-    merge_shards.run(params, root, num_shards=3, model_dir=MODEL)
-    reembed.run(params, root)
+    merge_shards.run(validate_params(params), root, num_shards=3, model_dir=MODEL)
+    reembed.run(validate_params(params), root)
     assert_same_cache(load_cache(root / params["orchestration"]["refresh_dir"]),
                       load_cache(root / params["reembed"]["out_dir"]))
 
@@ -109,7 +110,7 @@ def test_merge_with_a_missing_shard_fails_clearly_and_writes_nothing(project, ml
     root, params = project
     refreshed = root / params["orchestration"]["refresh_dir"]
     shard_all(root, params, 2)
-    merge_shards.run(params, root, num_shards=2, model_dir=MODEL)  # an earlier, complete version
+    merge_shards.run(validate_params(params), root, num_shards=2, model_dir=MODEL)  # an earlier, complete version
     snapshot = {p.name: p.read_bytes() for p in refreshed.iterdir()}
 
     shard_all(root, params, 3, skip=(2,))
@@ -129,9 +130,9 @@ def test_merge_refuses_a_shard_from_another_model(project, tmp_path):
 
     other = make_tiny_bert(tmp_path / "other-bert", seed=1)
     Encoder.from_params({**params["model"], "name_or_path": str(other)}).save(root / "other" / "encoder")
-    reembed_shard.run(params, root, shard=1, num_shards=3, model_dir="other/encoder")
+    reembed_shard.run(validate_params(params), root, shard=1, num_shards=3, model_dir="other/encoder")
     with pytest.raises(sharding.ShardSetError) as err:
-        merge_shards.run(params, root, num_shards=3, model_dir=MODEL)
+        merge_shards.run(validate_params(params), root, num_shards=3, model_dir=MODEL)
     assert "shard-001-of-003/manifest.json: field 'model_digest'" in str(err.value)
     assert not (root / params["orchestration"]["refresh_dir"]).exists()
 
@@ -139,15 +140,15 @@ def test_merge_refuses_a_shard_from_another_model(project, tmp_path):
 def test_bad_shard_numbers_are_refused_before_any_work(project):
     root, params = project
     with pytest.raises(FreshenError, match="shard must be in 0..2"):
-        reembed_shard.run(params, root, shard=3, num_shards=3, model_dir=MODEL)
+        reembed_shard.run(validate_params(params), root, shard=3, num_shards=3, model_dir=MODEL)
     with pytest.raises(FreshenError, match="more than the 60 documents"):
-        reembed_shard.run(params, root, shard=0, num_shards=61, model_dir=MODEL)
+        reembed_shard.run(validate_params(params), root, shard=0, num_shards=61, model_dir=MODEL)
 
 
 def test_build_index_writes_an_index_matching_its_cache(project):
     root, params = project
-    reembed.run(params, root)
-    meta = build_index.run(params, root, cache_dir=params["reembed"]["out_dir"])
+    reembed.run(validate_params(params), root)
+    meta = build_index.run(validate_params(params), root, cache_dir=params["reembed"]["out_dir"])
     cache = load_cache(root / params["reembed"]["out_dir"])
     assert meta["count"] == 60 and meta["ids_sha256"] == cache.manifest["ids_sha256"]
     import faiss
@@ -178,10 +179,10 @@ def test_corrected_index_serves_the_corrector_over_the_old_cache_until_replaced(
     root, params = project
     from freshen.steps import embed_cache
 
-    embed_cache.run(params, root)
+    embed_cache.run(validate_params(params), root)
     champ, corrector = make_champion(root, params)
-    assert corrected_index.skip_reason(params, root) is None
-    pointer = corrected_index.run(params, root)
+    assert corrected_index.skip_reason(validate_params(params), root) is None
+    pointer = corrected_index.run(validate_params(params), root)
     serving = root / params["orchestration"]["serving_dir"]
     assert pointer["corrected"] is True and read_pointer(serving)["folder"] == pointer["folder"]
     cache = load_cache(serving / pointer["folder"])
@@ -196,18 +197,18 @@ def test_corrected_index_serves_the_corrector_over_the_old_cache_until_replaced(
     from freshen.steps import publish_index
 
     shard_all(root, params, 2)
-    merge_shards.run(params, root, num_shards=2, model_dir=MODEL)
-    build_index.run(params, root)
-    published = publish_index.run(params, root)
+    merge_shards.run(validate_params(params), root, num_shards=2, model_dir=MODEL)
+    build_index.run(validate_params(params), root)
+    published = publish_index.run(validate_params(params), root)
     assert published["corrected"] is False and published["history"] == [published["folder"], pointer["folder"]]
-    assert "already serving" in corrected_index.skip_reason(params, root)
+    assert "already serving" in corrected_index.skip_reason(validate_params(params), root)
 
 
 def test_publish_refuses_a_cache_made_by_another_model(project):
     root, params = project
     shard_all(root, params, 2)
-    merge_shards.run(params, root, num_shards=2, model_dir=MODEL)
-    build_index.run(params, root)
+    merge_shards.run(validate_params(params), root, num_shards=2, model_dir=MODEL)
+    build_index.run(validate_params(params), root)
     make_champion(root, params)
     (root / params["orchestration"]["champion_dir"] / "champion.json").write_text(json.dumps({
         "registered_model": "freshen-retriever", "version": "4", "encoder_digest": "f" * 64, "checkpoint_digest": "e" * 64,
@@ -215,7 +216,7 @@ def test_publish_refuses_a_cache_made_by_another_model(project):
     from freshen.steps import publish_index
 
     with pytest.raises(FreshenError, match="field 'model_digest'.*not by champion v4"):
-        publish_index.run(params, root)
+        publish_index.run(validate_params(params), root)
     assert read_pointer(root / params["orchestration"]["serving_dir"]) is None
 
 

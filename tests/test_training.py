@@ -8,6 +8,7 @@ import torch
 
 from freshen.errors import FreshenError
 from freshen.modeling.encoder import Encoder
+from freshen.params import validate_params
 from freshen.training.loop import check_train_params, train
 from recorder import Recorder
 
@@ -147,7 +148,7 @@ def project(tmp_path, tiny_params):
     tiny_params["train"]["pilot"]["candidates"] = []
     tiny_params["train"]["steps"] = 1
     for step in (prepare, cluster_queries, embed_cache, train_step):
-        step.run(tiny_params, root)
+        step.run(validate_params(tiny_params), root)
     return root, tiny_params
 
 
@@ -162,18 +163,20 @@ def snapshot(*paths: Path) -> dict:
 
 
 @pytest.mark.parametrize("steps", [0, -5])
-def test_a_refused_train_leaves_the_previous_model_byte_identical(project, steps):
-    from freshen.steps import train as train_step
+def test_a_refused_train_leaves_the_previous_model_byte_identical(project, steps, capsys):
+    import yaml
+
+    from freshen.cli import main
 
     root, params = project
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     model = root / params["train"]["out_dir"]
     outputs = (model, root / params["train"]["metrics"], root / params["train"]["curve"])
     before = snapshot(*outputs)
     assert any(name.endswith("model.safetensors") for name in before)
     siblings = sorted(p.name for p in model.parent.iterdir())
-    params["train"]["steps"] = steps
-    with pytest.raises(FreshenError, match=rf"field 'train.steps': must be an integer >= 1, got {steps}"):
-        train_step.run(params, root)
+    assert main(["train", "--root", str(root), "--set", f"train.steps={steps}"]) == 2
+    assert f"--set train.steps: Input should be greater than or equal to 1, got {steps}" in capsys.readouterr().err
     assert snapshot(*outputs) == before
     assert sorted(p.name for p in model.parent.iterdir()) == siblings  # no temporary, no lock left
 
@@ -197,7 +200,7 @@ def test_train_clears_what_a_killed_save_left_and_not_a_live_runs_work(project, 
         for tmp in (stale, busy):
             (tmp / "encoder").mkdir(parents=True)
             (tmp / "encoder" / "model.safetensors").write_bytes(b"half")
-        train_step.run(params, root)
+        train_step.run(validate_params(params), root)
         assert not stale.exists()
         assert (busy / "encoder" / "model.safetensors").read_bytes() == b"half"
         assert (model / "encoder" / "model.safetensors").is_file()

@@ -1,8 +1,10 @@
 """`freshen <step>`: the one entry point DVC, Airflow, the containers and Kubeflow all run.
 
-    freshen [--params params.yaml] [--set train.steps=50 ...] [--parent-run-id ID] STEP
+    freshen [--params params.yaml] [--set train.steps=50 ...] [--set-json JSON] [--parent-run-id ID] STEP
 
-Each step runs inside an MLflow child run of the pipeline's parent run."""
+Each step runs inside an MLflow child run of the pipeline's parent run. Params are loaded and
+validated once, before any work: params.yaml, then $FRESHEN_SET, then --set-json, then --set
+(freshen.params.loading); `freshen params` prints the result as YAML."""
 
 from __future__ import annotations
 
@@ -17,9 +19,14 @@ import threading
 import traceback
 from pathlib import Path
 
+import yaml
+
 from freshen.errors import FreshenError
 from freshen.orchestration.commands import ORCHESTRATION_STEPS, RUN_COMMANDS, SKIP_EXIT
+from freshen.params import Params, load_params
 from freshen.steps import STEP_NAMES
+
+PARAMS_COMMAND = "params"  # `freshen params`: the effective params as YAML
 
 
 class MlflowLog:
@@ -48,7 +55,7 @@ class MlflowLog:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freshen", description=__doc__.split("\n\n")[0])
-    names = STEP_NAMES + ORCHESTRATION_STEPS + RUN_COMMANDS
+    names = STEP_NAMES + ORCHESTRATION_STEPS + RUN_COMMANDS + (PARAMS_COMMAND,)
     parser.add_argument("step", choices=sorted(set(names) | {s.replace("_", "-") for s in names}))
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -79,24 +86,7 @@ def add_orchestration_options(parser: argparse.ArgumentParser) -> None:
                        help=f"exit code of a step with nothing to do (default {SKIP_EXIT}; Kubeflow passes 0)")
 
 
-def apply_set_json(params: dict, raw: str | None) -> None:
-    if not raw:
-        return
-    import json
-
-    from freshen.config import set_dotted
-
-    try:
-        values = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise FreshenError(f"--set-json: not valid JSON ({exc})") from None
-    if not isinstance(values, dict):
-        raise FreshenError("--set-json: must be a JSON object of dotted keys")
-    for key, value in values.items():
-        set_dotted(params, key, value)
-
-
-def run_command(step: str, params: dict, root: Path, args) -> int:
+def run_command(step: str, params: Params, root: Path, args) -> int:
     """start-run / end-run: the parent run of an orchestrated pipeline (Kubeflow runs these as containers)."""
     import json
 
@@ -153,14 +143,16 @@ def run_step(args) -> int:
     root = Path(args.root).resolve()
     try:
         from freshen import tracking
-        from freshen.config import load_params, seed_everything
+        from freshen.config import seed_everything
 
         params = load_params(root / args.params if not Path(args.params).is_absolute() else args.params,
-                             args.overrides)
-        apply_set_json(params, args.set_json)
+                             args.overrides, args.set_json)
+        if step == PARAMS_COMMAND:
+            print(yaml.safe_dump(params.model_dump(), sort_keys=False), end="")
+            return 0
         if step in RUN_COMMANDS:
             return run_command(step, params, root, args)
-        seed_everything(int(params.get("seed", 0)))
+        seed_everything(params.seed)
         module = importlib.import_module(f"freshen.steps.{step}")
         options = {name: getattr(args, name) for name in getattr(module, "OPTIONS", ())}
         skip = module.skip_reason(params, root) if hasattr(module, "skip_reason") else None

@@ -1,4 +1,5 @@
-"""params.yaml: loading, dotted overrides (`train.steps=200`), hashing and seeding."""
+"""Helpers around params: dotted keys in plain dicts, hashing, flattening for MLflow, seeding.
+Loading and validating params.yaml is `freshen.params.load_params`."""
 
 from __future__ import annotations
 
@@ -6,32 +7,16 @@ import hashlib
 import json
 import os
 import random
-from pathlib import Path
-
-import yaml
+from typing import TYPE_CHECKING
 
 from freshen.errors import FreshenError
 
-DEFAULT_PARAMS = "params.yaml"
-
-
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FreshenError(f"{path}: params file not found (pass --params PATH)")
-    with open(path, encoding="utf-8") as fh:
-        params = yaml.safe_load(fh) or {}
-    if not isinstance(params, dict):
-        raise FreshenError(f"{path}: top level must be a mapping")
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise FreshenError(f"override '{item}' must look like key.sub=value")
-        set_dotted(params, key.strip(), yaml.safe_load(raw))
-    return params
+if TYPE_CHECKING:
+    from freshen.params import Params
 
 
 def set_dotted(params: dict, key: str, value) -> None:
+    """Set an existing dotted key of a plain dict (e.g. a pilot candidate's override of the train section)."""
     node = params
     parts = key.split(".")
     for part in parts[:-1]:
@@ -44,20 +29,23 @@ def set_dotted(params: dict, key: str, value) -> None:
 
 
 def get_dotted(params: dict, key: str):
+    """The value at a dotted key of a plain dict (KeyError when absent)."""
     node = params
     for part in key.split("."):
         node = node[part]
     return node
 
 
-def params_hash(params: dict, sections: list[str] | None = None) -> str:
-    """A stable digest of the params (or of some sections) that produced an artifact."""
-    chosen = params if sections is None else {s: params.get(s) for s in sections}
+def params_hash(params: Params, sections: list[str] | None = None) -> str:
+    """A stable digest of the params (or of some sections) that produced an artifact: the sha256
+    of their plain values as sorted JSON, so the same values give the same digest as ever."""
+    chosen = params.sections(sections)
     blob = json.dumps(chosen, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def flatten(params: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
     out = {}
     for key, value in params.items():
         name = f"{prefix}{key}"

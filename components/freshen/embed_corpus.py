@@ -11,37 +11,26 @@ from pathlib import Path
 
 from freshen.cache import Cache, build_cache, ids_digest
 from freshen.encoding import encode_chunks, pick_device
-from freshen.errors import FreshenError
 from freshen.integrity import check_finite_rows
-
-ENCODE_KEYS = ("batch_size", "precision", "max_tokens", "chunk_rows")
-
-
-def encode_options(encode_p: dict) -> dict:
-    """encode.* settings as keyword arguments of encode_chunks, checked: a bad one fails here,
-    before a cache's partial folder exists, not inside its first chunk."""
-    max_tokens = encode_p.get("max_tokens")  # null or 0: no token budget
-    return {"batch_size": _positive_int(encode_p.get("batch_size", 64), "batch_size"),
-            "precision": encode_p.get("precision", "auto"),
-            "max_tokens": _positive_int(max_tokens, "max_tokens") if max_tokens not in (None, 0) else None,
-            "chunk_rows": _positive_int(encode_p.get("chunk_rows", 4096), "chunk_rows")}
+from freshen.params import EncodeParams
 
 
-def _positive_int(value, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FreshenError(f"params.yaml: field 'encode.{key}': must be an integer >= 1, got {value!r}")
-    return value
+def encode_options(encode: EncodeParams) -> dict:
+    """encode.* settings as keyword arguments of encode_chunks (max_tokens 0 or null: no budget)."""
+    return {"batch_size": encode.batch_size, "precision": encode.precision,
+            "max_tokens": encode.max_tokens or None, "chunk_rows": encode.chunk_rows}
 
 
-def place(encoder, encode_p: dict):
-    """Move the encoder to encode.device (auto: the GPU when there is one)."""
-    return encoder.to(pick_device(encode_p.get("device", "auto")))
+def place(encoder, device: str):
+    """Move the encoder to `device` (auto: the GPU when there is one)."""
+    return encoder.to(pick_device(device))
 
 
-def embed_to_cache(encoder, corpus, out_dir: Path, encode_p: dict, manifest: dict, desc: str) -> tuple[Cache, dict]:
+def embed_to_cache(encoder, corpus, out_dir: Path, encode: EncodeParams, manifest: dict,
+                   desc: str) -> tuple[Cache, dict]:
     """Embed every document of `corpus` (a CorpusFile or a list of texts with `ids`) into a cache
     at `out_dir`. Same corpus, model and settings as a stopped run: resume after its last chunk."""
-    opts = encode_options(encode_p)
+    opts = encode_options(encode)
     max_len = encoder.config.passage_max_len
     resume_key = hashlib.sha256(json.dumps(
         {"ids": ids_digest(corpus.ids), "model": manifest.get("model_digest"), "max_len": max_len, **opts},

@@ -22,7 +22,7 @@ POINTER = "current.json"
 
 def write_index(cache: Cache, out: str | Path | None = None, settings: dict | None = None) -> dict:
     """An inner-product index over every row of `cache` (exact IndexFlatIP unless `settings`, the
-    build_index keywords from `retrieval.index_settings(params["evaluate"])`, say otherwise),
+    build_index keywords from `retrieval.index_settings(params.evaluate)`, say otherwise),
     atomically at `out` (default: inside the cache). nprobe / efSearch are saved with the index."""
     import faiss
 

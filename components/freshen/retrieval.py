@@ -13,17 +13,16 @@ import numpy as np
 from ir_measures import RR, R, nDCG
 
 from freshen.errors import FreshenError
+from freshen.params import EvaluateParams
 
 MEASURES = {"ndcg_at_10": nDCG @ 10, "recall_at_100": R @ 100, "mrr_at_10": RR @ 10}
 ADD_CHUNK = 65536        # rows converted to float32 and added at once
 TRAIN_SAMPLE = 100_000   # at most this many rows (a seeded random sample) train an index that needs training
 
 
-def index_settings(cfg: dict | None, section: str = "evaluate") -> dict:
-    """build_index keyword arguments from a params section (`evaluate`: index, nprobe, ef_search, use_gpu)."""
-    cfg = cfg or {}
-    return {"kind": str(cfg.get("index") or "Flat"), "nprobe": int(cfg.get("nprobe") or 32),
-            "ef_search": int(cfg.get("ef_search") or 128), "use_gpu": cfg.get("use_gpu", "auto"),
+def index_settings(cfg: EvaluateParams, section: str = "evaluate") -> dict:
+    """build_index keyword arguments from the `evaluate` section (index, nprobe, ef_search, use_gpu)."""
+    return {"kind": cfg.index, "nprobe": cfg.nprobe, "ef_search": cfg.ef_search, "use_gpu": cfg.use_gpu,
             "param": f"{section}.index"}
 
 

@@ -16,8 +16,9 @@ import numpy as np
 
 from freshen.cache import Cache, ids_digest, load_cache, write_cache
 from freshen.embed_corpus import embed_to_cache
-from freshen.integrity import file_sha256
 from freshen.errors import FreshenError
+from freshen.integrity import file_sha256
+from freshen.params import EncodeParams
 
 CHUNK = 65536
 
@@ -48,13 +49,14 @@ def clear_leftovers(shards_dir: Path, index: int, count: int) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def embed_shard(encoder, corpus, index: int, count: int, shards_dir: Path, encode_p: dict, manifest: dict) -> Cache:
+def embed_shard(encoder, corpus, index: int, count: int, shards_dir: Path, encode: EncodeParams,
+                manifest: dict) -> Cache:
     """Embed rows [start, stop) of `corpus` (a CorpusFile) into this shard's folder; a retry of a
     stopped attempt resumes after its last completed chunk."""
     start, stop = shard_bounds(len(corpus), index, count)
     clear_leftovers(shards_dir, index, count)
     cache, _ = embed_to_cache(
-        encoder, corpus.slice(start, stop), shards_dir / shard_name(index, count), encode_p,
+        encoder, corpus.slice(start, stop), shards_dir / shard_name(index, count), encode,
         {**manifest, "shard": index, "num_shards": count, "start": start, "stop": stop,
          "corpus_count": len(corpus), "corpus_ids_sha256": ids_digest(corpus.ids),
          "corpus_sha256": file_sha256(corpus.path)},

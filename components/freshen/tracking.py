@@ -20,6 +20,7 @@ from pathlib import Path
 
 from freshen.atomic import pid_alive
 from freshen.config import flatten
+from freshen.params import Params
 
 PARENT_ENV = "FRESHEN_PARENT_RUN_ID"
 STATE_FILE = Path(".freshen") / "parent_run"
@@ -114,17 +115,18 @@ def end_dead_runs(client, experiment_id: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def step_run(step: str, params: dict, root: Path, parent: str | None = None, log_sections=None):
-    """A child run for one step, tagged with the git commit, the dvc.lock hashes and its process.
+def step_run(step: str, params: Params, root: Path, parent: str | None = None, log_sections=None):
+    """A child run for one step, tagged with the git commit, the dvc.lock hashes and its process,
+    with the params of `log_sections` (all when None) logged flat (`train.negatives.k`).
     It ends FAILED on any exception (mlflow.start_run does that), FINISHED otherwise."""
-    experiment = params.get("mlflow", {}).get("experiment", "freshen")
+    experiment = params.mlflow.experiment
     mlflow = setup(root, experiment)
     end_dead_runs(mlflow.tracking.MlflowClient(), mlflow.get_experiment_by_name(experiment).experiment_id)
     parent_id = parent_run_id(root, parent, experiment)
     tags = {"mlflow.parentRunId": parent_id, "freshen.step": step, "git_commit": git_commit(root),
             PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), **dvc_lock_tags(root)}
     with mlflow.start_run(run_name=step, tags=tags, nested=True) as run:
-        chosen = params if log_sections is None else {s: params.get(s) for s in log_sections}
-        flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(chosen).items()}
+        flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v
+                for k, v in flatten(params.sections(log_sections)).items()}
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
         yield run, parent_id

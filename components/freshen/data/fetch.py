@@ -16,6 +16,7 @@ from pathlib import Path
 
 from freshen.atomic import replace_dir
 from freshen.errors import DataError, FreshenError
+from freshen.params.sections import DataParams
 from freshen.progress import progress
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def verify_checksums(folder: Path, checksums: dict[str, str]) -> None:
             )
 
 
-def resolve_dataset_dir(data: dict, root: Path) -> Path:
+def resolve_dataset_dir(data: DataParams, root: Path) -> Path:
     looked = []
     env = os.environ.get(ENV_VAR)
     if env:
@@ -54,21 +55,20 @@ def resolve_dataset_dir(data: dict, root: Path) -> Path:
         found = path
     else:
         found = None
-        if data.get("local_dir"):
-            path = (root / Path(data["local_dir"]).expanduser()).resolve()
+        if data.local_dir:
+            path = (root / Path(data.local_dir).expanduser()).resolve()
             looked.append(str(path))
             if path.is_dir():
                 found = path
-        if found is None and data.get("url"):
-            found = download(data["url"], Path(data.get("download_dir") or "~/.cache/freshen/datasets").expanduser()
-                             / data.get("name", "dataset"), data.get("sha256") or {}, looked)
+        if found is None and data.url:
+            found = download(data.url, Path(data.download_dir).expanduser() / data.name, data.sha256, looked)
         if found is None:
             raise FreshenError(
-                f"dataset '{data.get('name')}' not found: looked in {', '.join(looked) or 'nowhere'}; "
+                f"dataset '{data.name}' not found: looked in {', '.join(looked) or 'nowhere'}; "
                 f"set data.local_dir in params.yaml, or the environment variable {ENV_VAR}, to a BEIR folder"
             )
-    if data.get("verify", True):
-        verify_checksums(found, data.get("sha256") or {})
+    if data.verify:
+        verify_checksums(found, data.sha256)
     return found
 
 

@@ -8,7 +8,6 @@ for this run, null keeps params.yaml; `set` takes any other keys as a JSON objec
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from datetime import timedelta
@@ -21,8 +20,9 @@ from freshen.config import flatten, get_dotted
 from freshen.errors import DataError
 from freshen.orchestration import config, runs
 from freshen.orchestration.commands import StepFailed, StepSkipped
-from freshen.orchestration.pipeline import Pipeline, check_gpu_steps, cli_argv, steps_table
+from freshen.orchestration.pipeline import Pipeline, cli_argv, steps_table
 from freshen.orchestration.runners import XCOM_FIELD, container_operator, run_local
+from freshen.params import Params, with_overrides
 
 # the params.yaml keys each DAG offers as run params (by Pipeline.kind)
 RUN_PARAMS = {
@@ -37,7 +37,6 @@ JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", l
 def load_project(dag_file: str) -> config.Project:
     """The project a DAG file belongs to: $FRESHEN_PROJECT_DIR, else the folder above dags/."""
     project = config.load_project(Path(dag_file).resolve().parents[1])
-    check_gpu_steps(project.params, project.params_path)
     return project
 
 
@@ -50,7 +49,7 @@ def dag_params(project: config.Project, keys) -> dict:
     out = {}
     for key in keys:
         try:
-            value = get_dotted(project.params, key)
+            value = get_dotted(project.params.model_dump(), key)
         except (KeyError, TypeError):
             raise DataError(project.params_path, "missing (the DAG exposes it as a param)", field=key) from None
         kind = JSON_TYPES.get(type(value), "string")
@@ -81,7 +80,7 @@ def serving_pointer(project: config.Project, ctx: dict) -> dict:
     from freshen.index_store import read_pointer
     from freshen.steps.common import path
 
-    pointer = read_pointer(path(project.root, run_params(project, ctx)["orchestration"]["serving_dir"])) or {}
+    pointer = read_pointer(path(project.root, run_params(project, ctx).orchestration.serving_dir)) or {}
     return {k: v for k, v in pointer.items() if k != "history"}
 
 
@@ -111,13 +110,9 @@ def overrides_from(dag_run_params: dict) -> dict:
     return values
 
 
-def run_params(project: config.Project, ctx: dict) -> dict:
+def run_params(project: config.Project, ctx: dict) -> Params:
     """params.yaml with this DAG run's overrides, as the steps see them."""
-    from freshen.cli import apply_set_json
-
-    params = copy.deepcopy(project.params)
-    apply_set_json(params, ctx.get("set_json"))
-    return params
+    return with_overrides(project.params, json.loads(ctx.get("set_json") or "{}"))
 
 
 def _tracking_env(project: config.Project) -> None:
@@ -135,7 +130,7 @@ def start_run(project: config.Project, kind: str):
         _tracking_env(project)
         ti = context["ti"]
         info = runs.start(params, project.root, kind, {"airflow.dag_id": ti.dag_id, "airflow.run_id": ti.run_id})
-        return {**ctx, **info, "num_shards": int(params["orchestration"]["num_shards"])}
+        return {**ctx, **info, "num_shards": params.orchestration.num_shards}
 
     return start_run()
 
@@ -222,8 +217,8 @@ def publish_champion(project: config.Project, ctx):
         _tracking_env(project)
         from freshen import tracking
 
-        mlflow = tracking.setup(project.root, params.get("mlflow", {}).get("experiment", "freshen"))
-        name = params["promote"]["registered_model"]
+        mlflow = tracking.setup(project.root, params.mlflow.experiment)
+        name = params.promote.registered_model
         now = runs.champion_version(mlflow.tracking.MlflowClient(), name)
         if now is None or now == ctx["champion_before"]:
             raise AirflowSkipException(f"champion of {name} unchanged (v{now}): no Asset event")

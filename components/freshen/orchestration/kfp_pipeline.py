@@ -23,7 +23,7 @@ from pathlib import Path
 from kfp import compiler, dsl
 
 from freshen.orchestration.config import PROJECT_ENV, Project, load_project
-from freshen.orchestration.pipeline import PIPELINES, Pipeline, Step, check_gpu_steps, cli_argv
+from freshen.orchestration.pipeline import PIPELINES, Pipeline, Step, cli_argv
 
 RUN_TAG = "kfp.run_id"
 # a step with nothing to do exits 0 here: Kubeflow has no "skipped" state to turn SKIP_EXIT into
@@ -121,7 +121,6 @@ def frame(project: Project, kind: str, steps: dict, root, params_file, set_json)
 def build_pipeline(project: Project, pipeline: Pipeline):
     """The kfp pipeline of `pipeline`: its steps inside start-run's exit handler, with its edges;
     a mapped step runs once per shard in a ParallelFor (K = orchestration.num_shards when compiled)."""
-    check_gpu_steps(project.params, project.params_path)
     components = {s.name: step_component(project, s) for s in pipeline.steps}
     count = int(project.orch["num_shards"])
 

@@ -119,18 +119,6 @@ def default_gpu_steps() -> list[str]:
     return [s.name for s in all_steps() if s.gpu]
 
 
-def check_gpu_steps(params: dict, params_path: Path) -> None:
-    """orchestration.gpu.steps names only steps of the pipelines (a typo would silently run on the CPU)."""
-    known = {s.name for s in all_steps()}
-    for name in params["orchestration"]["gpu"]["steps"] or ():
-        if name not in known:
-            raise DataError(
-                params_path,
-                f"unknown step {name!r} (steps: {', '.join(sorted(known))})",
-                field="orchestration.gpu.steps",
-            )
-
-
 def cli_argv(
     step: str,
     root,

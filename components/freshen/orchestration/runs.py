@@ -11,6 +11,7 @@ from pathlib import Path
 
 from freshen import tracking
 from freshen.errors import FreshenError
+from freshen.params import Params
 
 KIND_TAG, PIPELINE_TAG = "freshen.kind", "freshen.pipeline"
 UNIT_TAG = "freshen.unit"  # tells apart the child runs of one mapped step (e.g. shard 1-of-3)
@@ -25,11 +26,11 @@ def champion_version(client, name: str) -> str | None:
         return None
 
 
-def _experiment(params: dict) -> str:
-    return params.get("mlflow", {}).get("experiment", "freshen")
+def _experiment(params: Params) -> str:
+    return params.mlflow.experiment
 
 
-def start(params: dict, root: Path, kind: str, tags: dict | None = None) -> dict:
+def start(params: Params, root: Path, kind: str, tags: dict | None = None) -> dict:
     """Open the parent run; returns its id and the champion version at this moment."""
     mlflow = tracking.setup(root, _experiment(params))
     client = mlflow.tracking.MlflowClient()
@@ -38,10 +39,10 @@ def start(params: dict, root: Path, kind: str, tags: dict | None = None) -> dict
                 **{k: str(v) for k, v in (tags or {}).items()}}
     run = client.create_run(exp.experiment_id, run_name=kind, tags=all_tags)
     return {"parent_run_id": run.info.run_id,
-            "champion_before": champion_version(client, params["promote"]["registered_model"])}
+            "champion_before": champion_version(client, params.promote.registered_model)}
 
 
-def find(params: dict, root: Path, tags: dict) -> str:
+def find(params: Params, root: Path, tags: dict) -> str:
     """The open parent run carrying these tags (Kubeflow's exit handler finds its run this way)."""
     mlflow = tracking.setup(root, _experiment(params))
     exp = mlflow.get_experiment_by_name(_experiment(params))
@@ -52,7 +53,7 @@ def find(params: dict, root: Path, tags: dict) -> str:
     return runs[0].info.run_id
 
 
-def end(params: dict, root: Path, run_id: str, failed: list[str] | None = None) -> dict:
+def end(params: Params, root: Path, run_id: str, failed: list[str] | None = None) -> dict:
     """Close the parent run: FINISHED if the last attempt of every step finished and the caller
     saw no failed task (`failed`: a step can fail before its child run exists), else FAILED."""
     mlflow = tracking.setup(root, _experiment(params))

@@ -3,9 +3,9 @@
 
 - `closure`: a module and every freshen module it imports, transitively, imports inside functions
   included; `from pkg import mod` counts mod, and parent packages' __init__.py are not counted;
-- `params_read`: the `params["section"]` / `params.get("section")` reads in the code a step's
+- `params_read`: the `params.section` (typed) / `params["section"]` / `params.get("section")` reads in the code a step's
   `run` and `skip_reason` reach (their module-level code, the functions and classes they name,
-  transitively, across freshen modules); `params` is what every step calls the params dict."""
+  transitively, across freshen modules); `params` is what every step calls its params."""
 
 from __future__ import annotations
 
@@ -113,7 +113,12 @@ def params_read(source: Path, module: str, entry: tuple[str, ...] = ENTRY) -> di
             section = _section_of(node)
             if section is not None:
                 outer = parents.get(node)
-                key = _constant(outer.slice) if isinstance(outer, ast.Subscript) and outer.value is node else None
+                if isinstance(outer, ast.Subscript) and outer.value is node:
+                    key = _constant(outer.slice)
+                elif isinstance(outer, ast.Attribute) and outer.value is node:
+                    key = outer.attr
+                else:
+                    key = None
                 read.setdefault(section, set()).add(key)
             elif isinstance(node, ast.Name) and node.id in defs:
                 todo.append((file, node.id))
@@ -131,12 +136,25 @@ def params_read(source: Path, module: str, entry: tuple[str, ...] = ENTRY) -> di
     return read
 
 
+def _sections() -> frozenset[str]:
+    from freshen.params import Params
+
+    return frozenset(Params.model_fields)
+
+
 def _constant(node) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
 def _section_of(node) -> str | None:
-    """The section in `params["x"]` or `params.get("x", ...)`, else None."""
+    """The section in `params.x` (typed params), `params["x"]` or `params.get("x", ...)`, else None."""
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == PARAMS_NAME
+        and node.attr in _sections()
+    ):
+        return node.attr
     if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == PARAMS_NAME:
         return _constant(node.slice)
     if (

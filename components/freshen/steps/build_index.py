@@ -10,6 +10,7 @@ from pathlib import Path
 from freshen.cache import load_cache
 from freshen.index_store import write_index
 from freshen.locks import hold
+from freshen.params import Params
 from freshen.retrieval import index_settings
 from freshen.steps.common import NullLog, path
 
@@ -17,12 +18,12 @@ SECTIONS = ["orchestration", "evaluate"]
 OPTIONS = ("cache_dir", "out")
 
 
-def run(params: dict, root: Path, log=NullLog(), cache_dir: str | None = None, out: str | None = None) -> dict:
-    cache = load_cache(path(root, cache_dir or params["orchestration"]["refresh_dir"]))
+def run(params: Params, root: Path, log=NullLog(), cache_dir: str | None = None, out: str | None = None) -> dict:
+    cache = load_cache(path(root, cache_dir or params.orchestration.refresh_dir))
     target = path(root, out) if out else None
     # by default the index goes inside the cache folder: then that folder is what this step writes
     with hold(target or cache.path):
-        meta = write_index(cache, target, index_settings(params.get("evaluate")))
+        meta = write_index(cache, target, index_settings(params.evaluate))
     log.metrics({"docs": meta["count"], "dim": meta["dim"]})
     print(f"build-index: {meta['count']} rows of {cache.path} -> {meta['file']}")
     return meta

@@ -13,16 +13,18 @@ from freshen.embed_corpus import encode_options, place
 from freshen.encoding import encode, set_threads
 from freshen.locks import hold
 from freshen.modeling.encoder import Encoder
+from freshen.params import Params
+from freshen.params.sections import ClusterParams
 from freshen.steps.common import NullLog, path, prepared
 
 SECTIONS = ["seed", "model", "encode", "cluster"]
 
 
-def choose_k(n_queries: int, cluster: dict) -> int:
+def choose_k(n_queries: int, cluster: ClusterParams) -> int:
     """k from params, else scaled with the query count (TAS: 2000 clusters for 400K queries)."""
-    if cluster.get("k"):
-        return max(1, min(int(cluster["k"]), n_queries))
-    return max(1, min(n_queries, round(n_queries / float(cluster.get("queries_per_cluster", 50)))))
+    if cluster.k:
+        return max(1, min(cluster.k, n_queries))
+    return max(1, min(n_queries, round(n_queries / float(cluster.queries_per_cluster))))
 
 
 def kmeans(emb: np.ndarray, k: int, niter: int, seed: int, spherical: bool):
@@ -33,33 +35,32 @@ def kmeans(emb: np.ndarray, k: int, niter: int, seed: int, spherical: bool):
     return km.centroids, assign[:, 0], float(km.obj[-1]) if len(km.obj) else 0.0
 
 
-def run(params: dict, root: Path, log=NullLog()) -> dict:
-    cfg = params["cluster"]
-    encode_options(params["encode"])  # bad settings fail before anything is written
-    with hold(path(root, cfg["out_dir"]), path(root, cfg["metrics"])):  # one cluster-queries at a time
+def run(params: Params, root: Path, log=NullLog()) -> dict:
+    cfg = params.cluster
+    with hold(path(root, cfg.out_dir), path(root, cfg.metrics)):  # one cluster-queries at a time
         stats = cluster(params, root)
     log.metrics(stats)
     return stats
 
 
-def cluster(params: dict, root: Path) -> dict:
+def cluster(params: Params, root: Path) -> dict:
     """Embed the training queries, run k-means, write the clusters and their metrics."""
     set_threads()
     ds = prepared(params, root)
-    cfg = params["cluster"]
+    cfg = params.cluster
     qids = sorted(ds.positives("train"))
-    encoder = place(Encoder.from_params(params["model"]), params["encode"])
-    emb = encode(encoder, [ds.queries[q] for q in qids], "query", **encode_options(params["encode"]))
+    encoder = place(Encoder.from_params(params.model.model_dump()), params.encode.device)
+    emb = encode(encoder, [ds.queries[q] for q in qids], "query", **encode_options(params.encode))
     k = choose_k(len(qids), cfg)
-    centroids, assign, objective = kmeans(emb, k, int(cfg.get("niter", 25)), int(params["seed"]),
+    centroids, assign, objective = kmeans(emb, k, cfg.niter, params.seed,
                                           encoder.config.normalize)
     sizes = np.bincount(assign, minlength=k)
     stats = {"k": k, "queries": len(qids), "size_min": int(sizes.min()), "size_median": float(np.median(sizes)),
              "size_max": int(sizes.max()), "empty_clusters": int((sizes == 0).sum()), "objective": objective}
-    with atomic_dir(path(root, cfg["out_dir"])) as tmp:
+    with atomic_dir(path(root, cfg.out_dir)) as tmp:
         lines = ["query-id\tcluster"] + [f"{q}\t{int(c)}" for q, c in zip(qids, assign)]
         (tmp / "assignments.tsv").write_text("\n".join(lines) + "\n")
         np.save(tmp / "centroids.npy", centroids.astype(np.float32))
         write_json(tmp / "stats.json", {**stats, "sizes": sizes.tolist()})
-    write_json(path(root, cfg["metrics"]), stats)
+    write_json(path(root, cfg.metrics), stats)
     return stats

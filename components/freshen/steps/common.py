@@ -8,6 +8,7 @@ from freshen.cache import EMBEDDINGS, Cache, load_cache
 from freshen.data.beir import check_id_text, load_beir, read_lines
 from freshen.errors import DataError
 from freshen.integrity import check_cache_corpus, check_finite_rows
+from freshen.params import Params
 
 ASSIGNMENTS_HEADER = ["query-id", "cluster"]
 
@@ -40,14 +41,14 @@ def shown(p: Path, root: Path) -> str:
         return str(p)
 
 
-def prepared(params: dict, root: Path):
-    return load_beir(path(root, params["data"]["out_dir"]), required=("train", "dev", "test"))
+def prepared(params: Params, root: Path):
+    return load_beir(path(root, params.data.out_dir), required=("train", "dev", "test"))
 
 
-def checked_cache(folder: Path, params: dict, root: Path, ds) -> Cache:
+def checked_cache(folder: Path, params: Params, root: Path, ds) -> Cache:
     """A cache a step is about to rank or train with: of the prepared corpus, every row finite."""
     cache = load_cache(folder)
-    check_cache_corpus(cache, ds.corpus, path(root, params["data"]["out_dir"]) / "corpus.jsonl")
+    check_cache_corpus(cache, ds.corpus, path(root, params.data.out_dir) / "corpus.jsonl")
     check_finite_rows(cache.embeddings, cache.path / EMBEDDINGS, cache.ids)
     return cache
 

@@ -13,6 +13,7 @@ from freshen.index_store import publish, read_pointer, write_index
 from freshen.locks import hold
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import model_digest
+from freshen.params import Params
 from freshen.retrieval import index_settings
 from freshen.steps.common import NullLog, path
 from freshen.steps.fetch_champion import champion_identity, read_champion
@@ -21,21 +22,21 @@ SECTIONS = ["cache", "orchestration", "evaluate"]
 OPTIONS = ()
 
 
-def skip_reason(params: dict, root: Path) -> str | None:
+def skip_reason(params: Params, root: Path) -> str | None:
     champ = read_champion(params, root)
     if not champ.get("has_corrector"):
         return f"champion v{champ['version']} has no corrector"
-    current = read_pointer(path(root, params["orchestration"]["serving_dir"])) or {}
+    current = read_pointer(path(root, params.orchestration.serving_dir)) or {}
     if current.get("corrected") is False and current.get("encoder_digest") == champ["encoder_digest"]:
         return f"the re-embedded index of champion v{champ['version']} is already serving ({current['folder']})"
     return None
 
 
-def run(params: dict, root: Path, log=NullLog()) -> dict:
+def run(params: Params, root: Path, log=NullLog()) -> dict:
     champ = read_champion(params, root)
-    stale = load_cache(path(root, params["cache"]["out_dir"]))
+    stale = load_cache(path(root, params.cache.out_dir))
     corrector = Corrector.load(champ["corrector_dir"], expect_dim=stale.dim).eval()
-    serving = path(root, params["orchestration"]["serving_dir"])
+    serving = path(root, params.orchestration.serving_dir)
     folder = serving / f"corrected-v{champ['version']}-{champ['encoder_digest'][:12]}"
     # the serving folder has one writer at a time, this step or publish_index; holding the new
     # folder's lock too clears what a killed attempt left beside it, inside the serving folder
@@ -44,9 +45,9 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
             "model": f"models:/{champ['registered_model']}/{champ['version']}",
             "model_digest": champ["encoder_digest"], "corrector_digest": model_digest(champ["corrector_dir"]),
             "source": "corrected_index", "stale_cache": str(stale.path), "champion_version": champ["version"]})
-        write_index(cache, settings=index_settings(params.get("evaluate")))
+        write_index(cache, settings=index_settings(params.evaluate))
         pointer = publish(serving, folder, {"corrected": True, **champion_identity(champ)},
-                          keep=int(params["orchestration"]["keep_serving"]))
+                          keep=params.orchestration.keep_serving)
     log.metrics({"docs": len(cache)})
     print(f"corrected-index: champion v{champ['version']} serves {folder} (corrected from {stale.path})")
     return pointer

@@ -7,31 +7,31 @@ from pathlib import Path
 
 from freshen.config import params_hash
 from freshen.data.corpus_file import CorpusFile
-from freshen.embed_corpus import embed_to_cache, encode_options, place
+from freshen.embed_corpus import embed_to_cache, place
 from freshen.encoding import set_threads
 from freshen.integrity import file_sha256
 from freshen.locks import hold
 from freshen.modeling.encoder import DEFAULT_MODEL, Encoder, model_digest, resolve_model_path
+from freshen.params import Params
 from freshen.steps.common import NullLog, path
 
 SECTIONS = ["model", "encode", "cache"]
 
 
-def prepared_corpus(params: dict, root: Path) -> CorpusFile:
+def prepared_corpus(params: Params, root: Path) -> CorpusFile:
     """The prepared corpus, read lazily: memory holds ids and offsets, not the texts."""
-    return CorpusFile(path(root, params["data"]["out_dir"]) / "corpus.jsonl")
+    return CorpusFile(path(root, params.data.out_dir) / "corpus.jsonl")
 
 
-def run(params: dict, root: Path, log=NullLog()) -> dict:
-    encode_options(params["encode"])  # bad settings fail before anything is written
-    out = path(root, params["cache"]["out_dir"])
+def run(params: Params, root: Path, log=NullLog()) -> dict:
+    out = path(root, params.cache.out_dir)
     with hold(out):  # a second embed-cache of this project fails here, before loading the model
         threads = set_threads()
         corpus = prepared_corpus(params, root)
-        encoder = place(Encoder.from_params(params["model"]), params["encode"])
-        base = resolve_model_path(params["model"].get("name_or_path"))
-        _, stats = embed_to_cache(encoder, corpus, out, params["encode"],
-                                  {"model": str(params["model"].get("name_or_path") or DEFAULT_MODEL),
+        encoder = place(Encoder.from_params(params.model.model_dump()), params.encode.device)
+        base = resolve_model_path(params.model.name_or_path)
+        _, stats = embed_to_cache(encoder, corpus, out, params.encode,
+                                  {"model": str(params.model.name_or_path or DEFAULT_MODEL),
                                    "model_digest": model_digest(base), "params_hash": params_hash(params, SECTIONS),
                                    "source": "embed_cache", "corrected": False,
                                    "corpus_sha256": file_sha256(corpus.path)}, "embed cache")

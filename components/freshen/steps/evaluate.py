@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from freshen.atomic import atomic_dir, write_json, write_text
-from freshen.errors import DataError
-from freshen.integrity import checkpoint_digest
 from freshen.embed_corpus import encode_options, place
 from freshen.encoding import encode, set_threads
+from freshen.errors import DataError
+from freshen.integrity import checkpoint_digest
 from freshen.locks import hold
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
+from freshen.params import EvaluateParams, Params
 from freshen.retrieval import (
     bm25_run,
     build_index,
@@ -37,7 +38,7 @@ NOT_SPLITS = ("drift", "vs_zero_shot")  # the top-level sections of the metrics 
 MEASURED = "measured"  # what the figures are of: digests of the model and caches (promote checks them)
 
 
-def make_index(embeddings, cfg: dict):
+def make_index(embeddings, cfg: EvaluateParams):
     """The search index over one cache, as `evaluate.index` / `nprobe` / `ef_search` / `use_gpu` say."""
     return build_index(embeddings, **index_settings(cfg))
 
@@ -48,30 +49,29 @@ def row_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((num / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).mean())
 
 
-def run(params: dict, root: Path, log=NullLog()) -> dict:
-    cfg = params["evaluate"]
-    encode_options(params["encode"])  # bad settings fail before anything is written
+def run(params: Params, root: Path, log=NullLog()) -> dict:
+    cfg = params.evaluate
     # one evaluate of this project at a time: the runs, the metrics and the plot table
-    with hold(path(root, cfg["out_dir"]), path(root, cfg["metrics"]), path(root, cfg["plot"])):
+    with hold(path(root, cfg.out_dir), path(root, cfg.metrics), path(root, cfg.plot)):
         return evaluate_and_write(params, root, log)
 
 
-def evaluate_and_write(params: dict, root: Path, log=NullLog()) -> dict:
+def evaluate_and_write(params: Params, root: Path, log=NullLog()) -> dict:
     """Search, score, and write the runs, metrics/eval.json and the plot table; returns the metrics."""
     set_threads()
-    cfg, enc_p = params["evaluate"], params["encode"]
+    cfg, enc_p = params.evaluate, params.encode
     ds = prepared(params, root)
-    stale = checked_cache(path(root, params["cache"]["out_dir"]), params, root, ds)
-    fresh = checked_cache(path(root, params["reembed"]["out_dir"]), params, root, ds)
+    stale = checked_cache(path(root, params.cache.out_dir), params, root, ds)
+    fresh = checked_cache(path(root, params.reembed.out_dir), params, root, ds)
     if stale.ids != fresh.ids:
         raise DataError(fresh.path / "ids.json", f"documents are in another order than in {stale.path}: "
                                                  "rebuild both caches (dvc repro)")
-    model_dir = path(root, params["train"]["out_dir"])
-    zero_shot = place(Encoder.from_params(params["model"]), enc_p)
-    trained = place(Encoder.load(model_dir / "encoder"), enc_p)
+    model_dir = path(root, params.train.out_dir)
+    zero_shot = place(Encoder.from_params(params.model.model_dump()), enc_p.device)
+    trained = place(Encoder.load(model_dir / "encoder"), enc_p.device)
     corrector = Corrector.load(model_dir / "corrector", expect_dim=stale.dim) \
         if (model_dir / "corrector").is_dir() else None
-    k = int(cfg.get("depth", 100))
+    k = cfg.depth
     indexes = {"stale": make_index(stale.embeddings, cfg), "fresh": make_index(fresh.embeddings, cfg)}
     if corrector is not None:
         corrected = np.empty(stale.embeddings.shape, dtype=np.float32)
@@ -88,7 +88,7 @@ def evaluate_and_write(params: dict, root: Path, log=NullLog()) -> dict:
     metrics: dict = {}
     runs_out: dict[str, dict] = {}
     doc_texts = ds.doc_texts(stale.ids)
-    splits = cfg.get("splits", ["dev", "test"])
+    splits = cfg.splits
     for split in splits:
         qrels = ds.evaluation_qrels(split)  # queries with a relevant judgement only
         qids = sorted(qrels)
@@ -103,7 +103,7 @@ def evaluate_and_write(params: dict, root: Path, log=NullLog()) -> dict:
             run_ = exclude_self(to_run(qids, stale.ids, scores, rows))
             metrics[split][system] = evaluate_run(qrels, run_)
             runs_out[f"{split}.{system}"] = run_
-        if cfg.get("bm25", True):
+        if cfg.bm25:
             run_ = exclude_self(bm25_run(stale.ids, doc_texts, qids, texts, k))
             metrics[split]["bm25"] = evaluate_run(qrels, run_)
             runs_out[f"{split}.bm25"] = run_
@@ -124,10 +124,10 @@ def evaluate_and_write(params: dict, root: Path, log=NullLog()) -> dict:
     metrics[MEASURED] = {"model_digest": checkpoint_digest(model_dir), "stale_cache": stale.digest(),
                          "fresh_cache": fresh.digest()}
 
-    with atomic_dir(path(root, cfg["out_dir"])) as tmp:
+    with atomic_dir(path(root, cfg.out_dir)) as tmp:
         for name, run_ in runs_out.items():
             write_trec(tmp / f"{name}.trec", run_, name)
-    write_json(path(root, cfg["metrics"]), metrics)
+    write_json(path(root, cfg.metrics), metrics)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["split", "system", "ndcg_at_10", "recall_at_100", "mrr_at_10"])
@@ -135,14 +135,14 @@ def evaluate_and_write(params: dict, root: Path, log=NullLog()) -> dict:
         for system, m in metrics[split].items():
             if isinstance(m, dict):
                 w.writerow([split, system, f"{m['ndcg_at_10']:.4f}", f"{m['recall_at_100']:.4f}", f"{m['mrr_at_10']:.4f}"])
-    write_text(path(root, cfg["plot"]), buf.getvalue())
+    write_text(path(root, cfg.plot), buf.getvalue())
     flat = {f"{split}.{system}.{name}": v for split in splits
             for system, m in metrics[split].items() if isinstance(m, dict) for name, v in m.items()}
     flat.update({f"{split}.{key}": v for split in splits
                  for key, v in metrics[split].items() if not isinstance(v, dict)})
     flat.update({f"{section}.{k}": v for section in NOT_SPLITS for k, v in metrics[section].items()})
     log.metrics({k.replace("@", "_at_"): v for k, v in flat.items()})
-    log.artifact(path(root, cfg["plot"]), "plots")
+    log.artifact(path(root, cfg.plot), "plots")
     print(report(metrics))
     if "dev" in splits and metrics["vs_zero_shot"]["dev"] <= 0:
         print(f"evaluate: the trained model does not beat the pre-trained encoder on dev (nDCG@10 "

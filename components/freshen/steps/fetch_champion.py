@@ -15,6 +15,7 @@ from freshen.atomic import atomic_dir, write_json
 from freshen.errors import FreshenError
 from freshen.locks import hold
 from freshen.modeling.encoder import model_digest
+from freshen.params import Params
 from freshen.steps.common import NullLog, path
 
 SECTIONS = ["promote", "mlflow", "orchestration"]
@@ -30,9 +31,9 @@ def champion_identity(champ: dict) -> dict:
             "encoder_digest": champ["encoder_digest"]}
 
 
-def read_champion(params: dict, root: Path) -> dict:
+def read_champion(params: Params, root: Path) -> dict:
     """champion.json of the fetched champion, with absolute encoder/corrector paths."""
-    folder = path(root, params["orchestration"]["champion_dir"])
+    folder = path(root, params.orchestration.champion_dir)
     info_file = folder / INFO
     if not info_file.is_file():
         raise FreshenError(f"{info_file}: not found (run `freshen fetch-champion` first)")
@@ -42,7 +43,7 @@ def read_champion(params: dict, root: Path) -> dict:
     return info
 
 
-def skip_reason(params: dict, root: Path) -> str | None:
+def skip_reason(params: Params, root: Path) -> str | None:
     """Nothing to refresh before the first promotion: unpausing the refresh DAG runs its latest
     cron tick at once, which must not leave a failed run (and three failed attempts) behind."""
     import mlflow
@@ -50,8 +51,8 @@ def skip_reason(params: dict, root: Path) -> str | None:
 
     from freshen import tracking
 
-    tracking.setup(root, params.get("mlflow", {}).get("experiment", "freshen"))
-    name = params["promote"]["registered_model"]
+    tracking.setup(root, params.mlflow.experiment)
+    name = params.promote.registered_model
     try:
         mlflow.tracking.MlflowClient().get_model_version_by_alias(name, "champion")
     except MlflowException:
@@ -59,18 +60,18 @@ def skip_reason(params: dict, root: Path) -> str | None:
     return None
 
 
-def run(params: dict, root: Path, log=NullLog()) -> dict:
+def run(params: Params, root: Path, log=NullLog()) -> dict:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    name = params["promote"]["registered_model"]
+    name = params.promote.registered_model
     client = mlflow.tracking.MlflowClient()
     try:
         version = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         raise FreshenError(f"registered model '{name}' (promote.registered_model) has no 'champion' alias yet: "
                            "run the freshen_train DAG or `freshen promote` first") from None
-    dest = path(root, params["orchestration"]["champion_dir"])
+    dest = path(root, params.orchestration.champion_dir)
     with hold(dest):  # one fetch into this folder at a time
         return download_champion(name, version, dest, log)
 

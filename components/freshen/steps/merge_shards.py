@@ -9,6 +9,7 @@ from pathlib import Path
 from freshen.config import params_hash
 from freshen.locks import hold
 from freshen.modeling.encoder import model_digest
+from freshen.params import Params
 from freshen.sharding import check_shards, merge
 from freshen.steps.common import NullLog, path, prepared
 from freshen.steps.reembed_shard import model_dir_for
@@ -17,13 +18,13 @@ SECTIONS = ["encode", "orchestration"]
 OPTIONS = ("num_shards", "model_dir")
 
 
-def run(params: dict, root: Path, log=NullLog(), num_shards: int | None = None, model_dir: str | None = None) -> dict:
-    orch = params["orchestration"]
-    count = int(num_shards or orch["num_shards"])
+def run(params: Params, root: Path, log=NullLog(), num_shards: int | None = None, model_dir: str | None = None) -> dict:
+    orch = params.orchestration
+    count = num_shards or orch.num_shards
     corpus_ids = prepared(params, root).doc_ids()
     expected = model_digest(model_dir_for(params, root, model_dir))
-    shards = check_shards(path(root, orch["shards_dir"]), count, corpus_ids, expected)
-    refreshed = path(root, orch["refresh_dir"])
+    shards = check_shards(path(root, orch.shards_dir), count, corpus_ids, expected)
+    refreshed = path(root, orch.refresh_dir)
     with hold(refreshed):  # the refreshed cache has one writer at a time: this step, build_index, version_cache
         cache = merge(shards, refreshed, {"params_hash": params_hash(params, SECTIONS)})
     stats = {"docs": len(cache), "num_shards": count}

@@ -11,6 +11,7 @@ from freshen.data.beir import carve_dev, load_beir, write_qrels
 from freshen.data.fetch import resolve_dataset_dir
 from freshen.errors import DataError
 from freshen.locks import hold
+from freshen.params import Params
 from freshen.steps.common import NullLog, path
 
 SECTIONS = ["seed", "data"]
@@ -30,24 +31,23 @@ def check_dev_size(dev: dict, least: int, source: Path, given: bool) -> None:
                            "if you accept a noisier judgement")
 
 
-def run(params: dict, root: Path, log=NullLog()) -> dict:
-    out = path(root, params["data"]["out_dir"])
+def run(params: Params, root: Path, log=NullLog()) -> dict:
+    out = path(root, params.data.out_dir)
     with hold(out):  # one prepare of this project at a time
         summary = write_prepared(params, root, out)
     log.metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return summary
 
 
-def write_prepared(params: dict, root: Path, out: Path) -> dict:
+def write_prepared(params: Params, root: Path, out: Path) -> dict:
     """Read and check the dataset, then write its normalised copy to `out`; returns the summary."""
-    data = params["data"]
+    data = params.data
     source = resolve_dataset_dir(data, root)
     ds = load_beir(source, required=("train", "test"))
     splits = dict(ds.qrels)
     if "dev" not in splits:
-        splits["train"], splits["dev"] = carve_dev(splits["train"], float(data.get("dev_fraction", 0.1)),
-                                                   int(params["seed"]))
-    check_dev_size(splits["dev"], int(data.get("min_dev_queries", 0) or 0), source, "dev" in ds.qrels)
+        splits["train"], splits["dev"] = carve_dev(splits["train"], data.dev_fraction, params.seed)
+    check_dev_size(splits["dev"], data.min_dev_queries, source, "dev" in ds.qrels)
     with atomic_dir(out) as tmp:
         with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as fh:
             for doc_id, doc in ds.corpus.items():
@@ -57,7 +57,7 @@ def write_prepared(params: dict, root: Path, out: Path) -> dict:
                 fh.write(json.dumps({"_id": qid, "text": text}) + "\n")
         for split, qrels in splits.items():
             write_qrels(tmp / "qrels" / f"{split}.tsv", qrels)
-        summary = {"dataset": data.get("name"), "docs": len(ds.corpus), "queries": len(ds.queries),
+        summary = {"dataset": data.name, "docs": len(ds.corpus), "queries": len(ds.queries),
                    **{f"{s}_queries": len(q) for s, q in splits.items()},
                    "dev_carved": "dev" not in ds.qrels}
         write_json(tmp / "manifest.json", {**summary, "source": str(source)})

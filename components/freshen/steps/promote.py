@@ -18,6 +18,7 @@ from freshen.errors import DataError, FreshenError
 from freshen.integrity import check_measured, checkpoint_digest, file_sha256
 from freshen.jsonfile import read_json
 from freshen.locks import hold
+from freshen.params import Params
 from freshen.steps.common import NullLog, path
 
 SECTIONS = ["promote", "mlflow"]
@@ -25,7 +26,6 @@ TAG_DIGEST, TAG_METRIC, TAG_VALUE = "freshen.model_digest", "freshen.metric", "f
 TAG_DECISION, TAG_REASON = "freshen.promotion.decision", "freshen.promotion.reason"
 TAG_VS_CHAMPION, TAG_VS_ZERO_SHOT = "freshen.promotion.vs_champion", "freshen.promotion.vs_zero_shot"
 TAG_ZERO_SHOT_METRIC, TAG_ZERO_SHOT_VALUE = "freshen.zero_shot_metric", "freshen.zero_shot_value"
-ZERO_SHOT_METRIC = "dev.zero_shot.ndcg_at_10"
 
 
 def find_version(client, name: str, digest: str):
@@ -128,15 +128,6 @@ def decide(client, name: str, version: str, metric: str, value: float, zero_shot
             "champion": version if promoted else (None if champion is None else str(champion.version))}
 
 
-def zero_shot_margin(cfg: dict) -> float:
-    """`promote.min_improvement_over_zero_shot`, checked."""
-    margin = cfg.get("min_improvement_over_zero_shot", 0.0)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
-        raise FreshenError("params.yaml: field 'promote.min_improvement_over_zero_shot': must be a number >= 0, "
-                           f"got {margin!r}")
-    return float(margin)
-
-
 def read_metric(metrics: dict, metrics_file: Path, key: str, param: str) -> float:
     try:
         return float(get_dotted(metrics, key))
@@ -144,12 +135,12 @@ def read_metric(metrics: dict, metrics_file: Path, key: str, param: str) -> floa
         raise FreshenError(f"{metrics_file}: field '{key}' ({param}) not found") from None
 
 
-def cache_digests(params: dict, root: Path) -> dict[str, str]:
+def cache_digests(params: Params, root: Path) -> dict[str, str]:
     """The digests (as eval.json's `measured` records them, see Cache.digest) of the caches
     evaluate ranked with, as they are now: a cache rebuilt since (another precision, `reembed.corrector`)
     makes the figures stale. A cache no longer there is not compared: nothing can be ranked with it."""
     out = {}
-    for key, folder in (("stale_cache", params["cache"]["out_dir"]), ("fresh_cache", params["reembed"]["out_dir"])):
+    for key, folder in (("stale_cache", params.cache.out_dir), ("fresh_cache", params.reembed.out_dir)):
         manifest = path(root, folder) / MANIFEST
         if manifest.is_file():
             out[key] = file_sha256(manifest)
@@ -164,7 +155,7 @@ def encoder_dim(config: Path) -> int:
     return dim
 
 
-def is_registered(params: dict, root: Path) -> bool:
+def is_registered(params: Params, root: Path) -> bool:
     """Whether the registry this machine tracks to holds the trained model (by its weights'
     digest). The registry lives in MLflow (`mlflow.db` by default), not in DVC: on a fresh clone
     that reproduced the same model, `dvc repro` finds promote up to date and skips it, and
@@ -173,51 +164,49 @@ def is_registered(params: dict, root: Path) -> bool:
 
     from freshen import tracking
 
-    model_dir = path(root, params["train"]["out_dir"])
+    model_dir = path(root, params.train.out_dir)
     if not (model_dir / "encoder").is_dir():
         return False
-    tracking.setup(root, params.get("mlflow", {}).get("experiment", "freshen"))
+    tracking.setup(root, params.mlflow.experiment)
     client = mlflow.tracking.MlflowClient()
-    return find_version(client, params["promote"]["registered_model"], checkpoint_digest(model_dir)) is not None
+    return find_version(client, params.promote.registered_model, checkpoint_digest(model_dir)) is not None
 
 
-def run(params: dict, root: Path, log=NullLog()) -> dict:
-    cfg = params["promote"]
-    margin = zero_shot_margin(cfg)
-    with hold(path(root, cfg["out"])):  # one promote of this project at a time
-        return register_and_decide(params, root, log, margin)
+def run(params: Params, root: Path, log=NullLog()) -> dict:
+    with hold(path(root, params.promote.out)):  # one promote of this project at a time
+        return register_and_decide(params, root, log)
 
 
-def register_and_decide(params: dict, root: Path, log, margin: float) -> dict:
+def register_and_decide(params: Params, root: Path, log) -> dict:
     """Register the trained model (once), move the aliases, write metrics/promotion.json."""
     import mlflow
 
     from freshen import tracking
 
-    cfg = params["promote"]
-    metrics_file = path(root, params["evaluate"]["metrics"])
+    cfg = params.promote
+    metrics_file = path(root, params.evaluate.metrics)
     if not metrics_file.is_file():
         raise DataError(metrics_file, "not found: run evaluate first (freshen evaluate, or dvc repro)")
     metrics = read_json(metrics_file)
-    value = read_metric(metrics, metrics_file, cfg["metric"], "promote.metric")
-    zero_shot_metric = str(cfg.get("zero_shot_metric", ZERO_SHOT_METRIC))
+    value = read_metric(metrics, metrics_file, cfg.metric, "promote.metric")
+    zero_shot_metric = cfg.zero_shot_metric
     zero_shot = read_metric(metrics, metrics_file, zero_shot_metric, "promote.zero_shot_metric")
-    model_dir = path(root, params["train"]["out_dir"])
+    model_dir = path(root, params.train.out_dir)
     digest = checkpoint_digest(model_dir)
     # before the registry is touched: the figures are of these weights, on these caches
     check_measured(metrics, metrics_file, {"model_digest": digest, **cache_digests(params, root)})
-    tracking.setup(root, params.get("mlflow", {}).get("experiment", "freshen"))
-    name = cfg["registered_model"]
+    tracking.setup(root, params.mlflow.experiment)
+    name = cfg.registered_model
     client = mlflow.tracking.MlflowClient()
     existing = find_version(client, name, digest)
     if existing is None:
         dim = encoder_dim(model_dir / "encoder" / "config.json")
         existing = log_and_register(model_dir, name, digest, dim)
-    decision = decide(client, name, str(existing.version), cfg["metric"], value, zero_shot_metric, zero_shot,
-                      float(cfg.get("min_improvement", 0)), margin)
-    decision.update(registered_model=name, metric=cfg["metric"], value=value, model_digest=digest,
+    decision = decide(client, name, str(existing.version), cfg.metric, value, zero_shot_metric, zero_shot,
+                      cfg.min_improvement, cfg.min_improvement_over_zero_shot)
+    decision.update(registered_model=name, metric=cfg.metric, value=value, model_digest=digest,
                     zero_shot_metric=zero_shot_metric, zero_shot_value=zero_shot)
-    write_json(path(root, cfg["out"]), decision)
+    write_json(path(root, cfg.out), decision)
     is_champion = decision["champion"] == decision["version"]
     log.tags({"promotion.decision": "champion" if is_champion else "challenger",
               "promotion.reason": decision["reason"], "registered_version": decision["version"]})

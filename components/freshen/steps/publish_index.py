@@ -10,6 +10,7 @@ from freshen.cache import load_cache
 from freshen.errors import FreshenError
 from freshen.index_store import INDEX_FILE, check_index, link_tree, publish
 from freshen.locks import hold
+from freshen.params import Params
 from freshen.steps.common import NullLog, path
 from freshen.steps.fetch_champion import champion_identity, read_champion
 from freshen.steps.fetch_champion import skip_reason as no_champion
@@ -18,27 +19,27 @@ SECTIONS = ["orchestration"]
 OPTIONS = ()
 
 
-def skip_reason(params: dict, root: Path) -> str | None:
+def skip_reason(params: Params, root: Path) -> str | None:
     return no_champion(params, root)  # the whole refresh was skipped: it runs after skipped upstreams
 
 
-def run(params: dict, root: Path, log=NullLog()) -> dict:
-    orch = params["orchestration"]
+def run(params: Params, root: Path, log=NullLog()) -> dict:
+    orch = params.orchestration
     champ = read_champion(params, root)
-    cache = load_cache(path(root, orch["refresh_dir"]))
+    cache = load_cache(path(root, orch.refresh_dir))
     if cache.manifest.get("model_digest") != champ["encoder_digest"]:
         raise FreshenError(f"{cache.path / 'manifest.json'}: field 'model_digest': the refreshed cache was made by "
                            f"{str(cache.manifest.get('model_digest'))[:12]}, not by champion v{champ['version']} "
                            f"({champ['encoder_digest'][:12]}); re-run the refresh")
     check_index(cache, cache.path / INDEX_FILE)
-    serving = path(root, orch["serving_dir"])
+    serving = path(root, orch.serving_dir)
     folder = serving / f"reembedded-v{champ['version']}-{champ['encoder_digest'][:12]}"
     # the serving folder has one writer at a time, this step or corrected_index; holding the new
     # folder's lock too clears what a killed attempt left beside it, inside the serving folder
     with hold(serving, folder):
         link_tree(cache.path, folder)
         pointer = publish(serving, folder, {"corrected": False, **champion_identity(champ)},
-                          keep=int(orch["keep_serving"]))
+                          keep=orch.keep_serving)
     log.tags({"serving_folder": folder.name})
     print(f"publish-index: champion v{champ['version']} serves {folder}")
     return pointer

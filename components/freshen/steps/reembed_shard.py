@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from freshen.config import params_hash
-from freshen.embed_corpus import encode_options, place
+from freshen.embed_corpus import place
 from freshen.encoding import set_threads
 from freshen.errors import FreshenError
 from freshen.locks import hold
 from freshen.modeling.encoder import Encoder, model_digest
+from freshen.params import Params
 from freshen.sharding import embed_shard, shard_bounds, shard_name
 from freshen.steps.common import NullLog, path, shown
 from freshen.steps.embed_cache import prepared_corpus
@@ -21,26 +22,25 @@ OPTIONS = ("shard", "num_shards", "model_dir")
 UNIT_TAG = "freshen.unit"
 
 
-def model_dir_for(params: dict, root: Path, model_dir: str | None) -> Path:
+def model_dir_for(params: Params, root: Path, model_dir: str | None) -> Path:
     return path(root, model_dir) if model_dir else Path(read_champion(params, root)["encoder_dir"])
 
 
-def run(params: dict, root: Path, log=NullLog(), shard: int | None = None, num_shards: int | None = None,
+def run(params: Params, root: Path, log=NullLog(), shard: int | None = None, num_shards: int | None = None,
         model_dir: str | None = None) -> dict:
     if shard is None:
         raise FreshenError("reembed-shard needs --shard I (0-based)")
-    count = int(num_shards or params["orchestration"]["num_shards"])
+    count = num_shards or params.orchestration.num_shards
     log.tags({UNIT_TAG: f"{shard}-of-{count}"})
     set_threads()
     corpus = prepared_corpus(params, root)
     ids = corpus.ids
     start, stop = shard_bounds(len(ids), shard, count)  # fail on a bad shard before loading the model
-    encode_options(params["encode"])
-    shards_dir = path(root, params["orchestration"]["shards_dir"])
+    shards_dir = path(root, params.orchestration.shards_dir)
     with hold(shards_dir / shard_name(shard, count)):  # other shards run in parallel; this one, once
         mdir = model_dir_for(params, root, model_dir)
-        encoder = place(Encoder.load(mdir), params["encode"])
-        cache = embed_shard(encoder, corpus, shard, count, shards_dir, params["encode"],
+        encoder = place(Encoder.load(mdir), params.encode.device)
+        cache = embed_shard(encoder, corpus, shard, count, shards_dir, params.encode,
                             {"model": shown(mdir, root), "model_digest": model_digest(mdir),
                              "params_hash": params_hash(params, ["encode"]), "source": "reembed_shard",
                              "corrected": False})

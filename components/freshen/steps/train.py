@@ -20,9 +20,10 @@ from freshen.errors import FreshenError
 from freshen.locks import hold
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
+from freshen.params import Params
 from freshen.steps.common import NullLog, checked_cache, path, prepared, read_clusters
 from freshen.training import pilot
-from freshen.training.loop import Trainer, check_train_params, train
+from freshen.training.loop import Trainer, train
 
 SECTIONS = ["seed", "model", "train"]
 CURVE_FIELDS = ["step", "loss", "corrector_loss", "corrector_ce", "cos_stale_fresh", "cos_corrected_fresh",
@@ -33,15 +34,24 @@ EVAL_FIELDS = ["dev_ndcg_at_10", "probe_cos_stale_fresh", "probe_cos_corrected_f
                "overlap_corrected_fresh"]
 
 
+def training_section(params: Params) -> dict:
+    """The train section as the training code takes it (plain values, the keys of params.yaml),
+    plus how it encodes in bulk (the corpus re-embedded by strategy refresh, refits, probes): the
+    `encode` section's batch size and precision."""
+    return {**params.train.model_dump(), "encode_batch_size": params.encode.batch_size,
+            "encode_precision": params.encode.precision}
+
+
 def corrector_not_saved(p: dict) -> str | None:
-    """Why the run's corrector is not saved with the retriever (None: it is). A saved corrector
+    """Why the run's corrector is not saved with the retriever (None: it is), for the train
+    section `p` the run trained with (the pilot's choice, when there is one). A saved corrector
     is applied to `cache.out_dir` by evaluate, reembed and corrected_index, so only one that maps
     that cache ships: 'stale' trains one only to measure drift, and with refresh the corrector
     maps the last refreshed cache, which lived only in memory."""
     neg = p["negatives"]
     if neg["strategy"] != "corrected":
         return f"strategy '{neg['strategy']}' does not sample through a corrector"
-    if int(neg.get("refresh_every", 0) or 0) > 0:
+    if neg["refresh_every"] > 0:
         return "with refresh_every the corrector maps the last refreshed cache, not cache.out_dir"
     return None
 
@@ -72,30 +82,30 @@ def verdict(validations: list[dict], best_step: int | None, keep_best: bool) -> 
     return figures, None
 
 
-def run(params: dict, root: Path, log=NullLog()) -> dict:
-    p = params["train"]
-    check_train_params(p)  # fail on bad params before loading anything heavy or touching an output
+def run(params: Params, root: Path, log=NullLog()) -> dict:
+    t = params.train
     # one train of this project at a time: the model, the metrics rewritten at every evaluation, the curve
-    with hold(path(root, p["out_dir"]), path(root, p["metrics"]), path(root, p["curve"])), \
-            restored_on_failure(path(root, p["metrics"])) as model_saved:
+    with hold(path(root, t.out_dir), path(root, t.metrics), path(root, t.curve)), \
+            restored_on_failure(path(root, t.metrics)) as model_saved:
         return train_and_save(params, root, log, model_saved)
 
 
-def train_and_save(params: dict, root: Path, log=NullLog(), model_saved=lambda: None) -> dict:
+def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda: None) -> dict:
     """The pilot when there is one, training, then the model, metrics and curve written;
     `model_saved()` is called once the new model has replaced the previous one."""
-    p = params["train"]
+    t, p = params.train, training_section(params)
     set_threads()
     ds = prepared(params, root)
-    cache = checked_cache(path(root, params["cache"]["out_dir"]), params, root, ds)
-    clusters = read_clusters(path(root, params["cluster"]["out_dir"]))
+    cache = checked_cache(path(root, params.cache.out_dir), params, root, ds)
+    clusters = read_clusters(path(root, params.cluster.out_dir))
     teacher = None
-    if (p.get("teacher") or {}).get("scores"):
-        teacher = read_teacher_scores(path(root, p["teacher"]["scores"]), ds.corpus, ds.queries)
-    if (p.get("corrector") or {}).get("init"):
-        Corrector.load(path(root, p["corrector"]["init"]), expect_dim=cache.dim)  # fail before training
+    if t.teacher.scores:
+        teacher = read_teacher_scores(path(root, t.teacher.scores), ds.corpus, ds.queries)
+    if t.corrector.init:
+        Corrector.load(path(root, t.corrector.init), expect_dim=cache.dim)  # fail before training
+
     def pretrained():
-        encoder = place(Encoder.from_params(params["model"]), {"device": p.get("device", "auto")})
+        encoder = place(Encoder.from_params(params.model.model_dump()), t.device)
         if encoder.dim != cache.dim:
             raise FreshenError(f"{cache.path}/manifest.json: field 'dim': cache dim {cache.dim} does not match "
                                f"the encoder's {encoder.dim}")
@@ -104,7 +114,7 @@ def train_and_save(params: dict, root: Path, log=NullLog(), model_saved=lambda: 
     pilot_summary: dict = {}
     if pilot.candidates(p):
         def run_pilot(variant: dict, steps: int) -> tuple[float, int]:
-            res = Trainer(pretrained(), ds, cache, clusters, variant, int(params["seed"]), teacher=teacher).run(steps)
+            res = Trainer(pretrained(), ds, cache, clusters, variant, params.seed, teacher=teacher).run(steps)
             return res.validations[-1]["dev_ndcg_at_10"], res.counters.train_passage_passes
 
         p, pilot_summary = pilot.choose(p, run_pilot)
@@ -113,12 +123,12 @@ def train_and_save(params: dict, root: Path, log=NullLog(), model_saved=lambda: 
                         for i, c in enumerate(pilot_summary["pilot_candidates"])}})
         print(f"freshen train: pilot chose candidate {pilot_summary['pilot_choice']} "
               f"{pilot_summary['pilot_candidates'][pilot_summary['pilot_choice']]}")
-    result = train(pretrained(), ds, cache, clusters, p, int(params["seed"]), teacher=teacher,
+    result = train(pretrained(), ds, cache, clusters, p, params.seed, teacher=teacher,
                    on_log=lambda rec, step: log.metrics({k: v for k, v in rec.items() if k != "step"}, step),
-                   on_eval=lambda rec, counters: write_json(path(root, p["metrics"]), {
+                   on_eval=lambda rec, counters: write_json(path(root, t.metrics), {
                        **counters.as_dict(), "steps_run": rec["step"], "evaluation": evaluation(rec)}))
     not_saved = corrector_not_saved(p) if result.corrector is not None else "no corrector"
-    with atomic_dir(path(root, p["out_dir"])) as tmp:
+    with atomic_dir(path(root, t.out_dir)) as tmp:
         result.encoder.save(tmp / "encoder")
         if not_saved is None:
             result.corrector.save(tmp / "corrector")
@@ -128,10 +138,10 @@ def train_and_save(params: dict, root: Path, log=NullLog(), model_saved=lambda: 
         write_json(tmp / "train_state.json", {"counters": counters, "corrector_saved": not_saved is None,
                                                **({"corrector_not_saved": not_saved} if not_saved else {}),
                                                "params_hash": params_hash(params, SECTIONS),
-                                               "cache_manifest": cache.manifest, "steps": int(p["steps"])})
+                                               "cache_manifest": cache.manifest, "steps": t.steps})
     model_saved()  # from here on the metrics describe the model there, even if writing the summary fails
     last = result.curve[-1]
-    figures, warning = verdict(result.validations, result.best_step, bool(p.get("keep_best", True)))
+    figures, warning = verdict(result.validations, result.best_step, t.keep_best)
     summary = {**result.counters.as_dict(), "final_loss": last["loss"], "steps_run": len(result.curve), **figures,
                **pilot_summary,
                **({"best_step": result.best_step,
@@ -139,14 +149,14 @@ def train_and_save(params: dict, root: Path, log=NullLog(), model_saved=lambda: 
                   if result.best_step is not None else {}),
                **{k: last[k] for k in ("corrector_loss", "cos_stale_fresh", "cos_corrected_fresh") if k in last},
                **({"evaluation": evaluation(result.validations[-1])} if result.validations else {})}
-    write_json(path(root, p["metrics"]), summary)
+    write_json(path(root, t.metrics), summary)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CURVE_FIELDS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows([v for v in result.validations if v["step"] == 0] + result.curve)
-    write_text(path(root, p["curve"]), buf.getvalue())
+    write_text(path(root, t.curve), buf.getvalue())
     log.metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    log.artifact(path(root, p["curve"]), "plots")
+    log.artifact(path(root, t.curve), "plots")
     if warning:
         log.tags({"train.beats_zero_shot": "false"})
         print(f"freshen train: WARNING: {warning}")

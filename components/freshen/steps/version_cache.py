@@ -12,14 +12,15 @@ import yaml
 
 from freshen.errors import FreshenError
 from freshen.locks import hold
+from freshen.params import Params
 from freshen.steps.common import NullLog, path
 
 SECTIONS = ["orchestration"]
 OPTIONS = ()
 
 
-def skip_reason(params: dict, root: Path) -> str | None:
-    return None if params["orchestration"]["dvc"]["enabled"] else "orchestration.dvc.enabled is false"
+def skip_reason(params: Params, root: Path) -> str | None:
+    return None if params.orchestration.dvc.enabled else "orchestration.dvc.enabled is false"
 
 
 def dvc(root: Path, *args: str) -> str:
@@ -30,11 +31,11 @@ def dvc(root: Path, *args: str) -> str:
     return res.stdout
 
 
-def run(params: dict, root: Path, log=NullLog()) -> dict:
-    orch = params["orchestration"]
+def run(params: Params, root: Path, log=NullLog()) -> dict:
+    orch = params.orchestration
     if not (root / ".dvc").is_dir():
         raise FreshenError(f"{root}: not a DVC repository (run `dvc init`), or set orchestration.dvc.enabled=false")
-    target = path(root, orch["refresh_dir"])
+    target = path(root, orch.refresh_dir)
     if not target.is_dir():
         raise FreshenError(f"{target}: no refreshed cache to version (run merge-shards first)")
     rel = str(target.resolve().relative_to(root.resolve()))
@@ -42,9 +43,9 @@ def run(params: dict, root: Path, log=NullLog()) -> dict:
         dvc(root, "add", rel)
         dvc_file = root / f"{rel}.dvc"
         out = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])[0]
-        if orch["dvc"]["push"]:
+        if orch.dvc.push:
             dvc(root, "push", str(dvc_file.relative_to(root)))
-    info = {"dvc_file": str(dvc_file.relative_to(root)), "md5": out.get("md5"), "pushed": bool(orch["dvc"]["push"])}
+    info = {"dvc_file": str(dvc_file.relative_to(root)), "md5": out.get("md5"), "pushed": bool(orch.dvc.push)}
     log.tags({"dvc.refreshed.md5": info["md5"]})
     print(f"version-cache: {rel} -> {info['dvc_file']} (md5 {info['md5']})")
     return info
