@@ -49,13 +49,18 @@ def small_model(folder: Path, layers: int) -> str:
     """A random-weight BERT with all-MiniLM-L6-v2's tokenizer and width (384) but fewer layers:
     the same per-row memory, far less compute, so 200k passages fit in minutes on 2 cores."""
     if not (folder / "config.json").is_file():
+        from freshen.modeling.encoder import resolve_model_path
         from transformers import AutoTokenizer, BertConfig, BertModel
 
-        from freshen.modeling.encoder import resolve_model_path
-
         tok = AutoTokenizer.from_pretrained(resolve_model_path(None))
-        cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=layers, num_attention_heads=12,
-                         intermediate_size=1536, max_position_embeddings=512)
+        cfg = BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=384,
+            num_hidden_layers=layers,
+            num_attention_heads=12,
+            intermediate_size=1536,
+            max_position_embeddings=512,
+        )
         import torch
 
         torch.manual_seed(0)
@@ -74,25 +79,43 @@ def child(args) -> None:
     threads = set_threads()
     model = {"name_or_path": args.model, "passage_max_len": args.max_len}
     encoder = place(Encoder.from_params(model), "auto")
-    settings = {"batch_size": args.batch_size, "max_tokens": args.max_tokens, "chunk_rows": args.chunk_rows,
-                "precision": args.precision}
+    settings = {
+        "batch_size": args.batch_size,
+        "max_tokens": args.max_tokens,
+        "chunk_rows": args.chunk_rows,
+        "precision": args.precision,
+    }
     started = time.perf_counter()
     corpus = CorpusFile(args.corpus)
-    cache, stats = embed_to_cache(encoder, corpus, Path(args.cache), settings, {"model_digest": "benchmark"},
-                                  f"re-embed {len(corpus)}")
+    cache, stats = embed_to_cache(
+        encoder, corpus, Path(args.cache), settings, {"model_digest": "benchmark"}, f"re-embed {len(corpus)}"
+    )
     seconds = time.perf_counter() - started
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"passages": len(cache), "peak_rss_mib": round(peak_mib, 1), "seconds": round(seconds, 1),
-                      "docs_per_second": round(len(cache) / seconds, 1), "truncated": stats["truncated"],
-                      "threads": threads}))
+    print(
+        json.dumps(
+            {
+                "passages": len(cache),
+                "peak_rss_mib": round(peak_mib, 1),
+                "seconds": round(seconds, 1),
+                "docs_per_second": round(len(cache) / seconds, 1),
+                "truncated": stats["truncated"],
+                "threads": threads,
+            }
+        )
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="20000,200000")
     ap.add_argument("--model", default=None, help="hub id or folder (default: all-MiniLM-L6-v2 from its package)")
-    ap.add_argument("--small-layers", type=int, default=0,
-                    help="> 0: a random-weight model of this many layers with MiniLM's tokenizer and width instead")
+    ap.add_argument(
+        "--small-layers",
+        type=int,
+        default=0,
+        help="> 0: a random-weight model of this many layers with MiniLM's tokenizer and width instead",
+    )
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=8192)
@@ -122,28 +145,58 @@ def main() -> None:
         corpus = work / f"corpus-{n}.jsonl"
         if not corpus.is_file():
             write_corpus(corpus, n, words)
-        argv = [sys.executable, "-m", "benchmarks.encode_memory", "--child", "--corpus", str(corpus), "--cache", str(work / f"cache-{n}"),
-                "--max-len", str(args.max_len), "--batch-size", str(args.batch_size), "--max-tokens",
-                str(args.max_tokens), "--chunk-rows", str(args.chunk_rows), "--precision", args.precision]
+        argv = [
+            sys.executable,
+            "-m",
+            "benchmarks.encode_memory",
+            "--child",
+            "--corpus",
+            str(corpus),
+            "--cache",
+            str(work / f"cache-{n}"),
+            "--max-len",
+            str(args.max_len),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-tokens",
+            str(args.max_tokens),
+            "--chunk-rows",
+            str(args.chunk_rows),
+            "--precision",
+            args.precision,
+        ]
         if args.model:
             argv += ["--model", args.model]
         res = subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, text=True)
-        results.append({"size_mib_corpus": round(corpus.stat().st_size / 2**20, 1), **json.loads(res.stdout.splitlines()[-1])})
+        results.append(
+            {"size_mib_corpus": round(corpus.stat().st_size / 2**20, 1), **json.loads(res.stdout.splitlines()[-1])}
+        )
         print(results[-1], flush=True)
     base, top = results[0]["peak_rss_mib"], results[-1]["peak_rss_mib"]
     growth = (top - base) / base
     command = command_line("encode_memory")
     lines = [
-        "# Peak RSS while re-embedding synthetic corpora (streaming CorpusFile -> embed_to_cache)", "",
-        f"Command: `{command}`  ", f"Machine: {machine()}  ",
+        "# Peak RSS while re-embedding synthetic corpora (streaming CorpusFile -> embed_to_cache)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}  ",
         f"Model: {model_label}, max_len {args.max_len}, batch {args.batch_size}, "
-        f"max_tokens {args.max_tokens}, chunk_rows {args.chunk_rows}, precision {args.precision}", "",
-        "| passages | corpus MiB | peak RSS MiB | seconds | docs/s | truncated |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['passages']} | {r['size_mib_corpus']} | {r['peak_rss_mib']} | {r['seconds']} | "
-              f"{r['docs_per_second']} | {r['truncated']} |" for r in results]
+        f"max_tokens {args.max_tokens}, chunk_rows {args.chunk_rows}, precision {args.precision}",
+        "",
+        "| passages | corpus MiB | peak RSS MiB | seconds | docs/s | truncated |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['passages']} | {r['size_mib_corpus']} | {r['peak_rss_mib']} | {r['seconds']} | "
+        f"{r['docs_per_second']} | {r['truncated']} |"
+        for r in results
+    ]
     verdict = "met" if growth <= 0.10 else "not met"
-    lines += ["", f"Peak RSS at {results[-1]['passages']} passages is {growth:+.1%} of the peak at "
-                  f"{results[0]['passages']} (goal: within 10%): **{verdict}**."]
+    lines += [
+        "",
+        f"Peak RSS at {results[-1]['passages']} passages is {growth:+.1%} of the peak at "
+        f"{results[0]['passages']} (goal: within 10%): **{verdict}**.",
+    ]
     write_report(Path(args.out), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -29,11 +29,10 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write a markdown report here")
     args = ap.parse_args()
 
-    from sentence_transformers import SentenceTransformer
-
-    from freshen.data.beir import read_corpus, doc_text
+    from freshen.data.beir import doc_text, read_corpus
     from freshen.encoding import autocast_dtype, encode, set_threads
     from freshen.modeling.encoder import Encoder, default_model_path
+    from sentence_transformers import SentenceTransformer
 
     threads = set_threads()
     corpus = read_corpus(Path(args.data) / "corpus.jsonl")
@@ -50,21 +49,27 @@ def main() -> None:
     enc = Encoder.from_params({"name_or_path": None, "passage_max_len": args.max_len})
     encode(enc, texts[:8], "passage", batch_size=8, precision=args.precision)  # warm-up
     t = time.perf_counter()
-    ours = encode(enc, texts, "passage", batch_size=args.batch_size, precision=args.precision,
-                  max_tokens=args.max_tokens or None)
+    ours = encode(
+        enc, texts, "passage", batch_size=args.batch_size, precision=args.precision, max_tokens=args.max_tokens or None
+    )
     ours_s = time.perf_counter() - t
 
     cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
     dtype = autocast_dtype(args.precision, torch.device("cpu"))
     result = {
-        "docs": len(texts), "max_len": args.max_len, "batch_size": args.batch_size, "max_tokens": args.max_tokens,
+        "docs": len(texts),
+        "max_len": args.max_len,
+        "batch_size": args.batch_size,
+        "max_tokens": args.max_tokens,
         "threads": threads,
         "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
         "sentence_transformers_docs_per_s": round(len(texts) / st_s, 2),
-        "freshen_docs_per_s": round(len(texts) / ours_s, 2), "ratio": round(st_s / ours_s, 3),
-        "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
-        "agree_at_0999": bool(cos.min() >= 0.999), "machine": f"{machine()}, "
-        f"{threads} threads, torch {torch.__version__}",
+        "freshen_docs_per_s": round(len(texts) / ours_s, 2),
+        "ratio": round(st_s / ours_s, 3),
+        "cosine_min": float(cos.min()),
+        "cosine_mean": float(cos.mean()),
+        "agree_at_0999": bool(cos.min() >= 0.999),
+        "machine": f"{machine()}, {threads} threads, torch {torch.__version__}",
     }
     print(json.dumps(result, indent=2))
     if args.out:

@@ -62,8 +62,17 @@ def make_template(work: Path, n_docs: int) -> Path:
     params["model"].update(name_or_path=str(model), query_max_len=16, passage_max_len=32)
     params["encode"].update(batch_size=16, precision="fp32", chunk_rows=64)
     params["cluster"].update(queries_per_cluster=6, niter=5)
-    params["train"].update(steps=4, batch_size=4, log_every=2, passage_max_len=32, eval_every=2, probe_passages=8,
-                           overlap_passages=30, overlap_k=5, keep_best=False)
+    params["train"].update(
+        steps=4,
+        batch_size=4,
+        log_every=2,
+        passage_max_len=32,
+        eval_every=2,
+        probe_passages=8,
+        overlap_passages=30,
+        overlap_k=5,
+        keep_best=False,
+    )
     params["train"]["pilot"]["steps"] = 1
     params["train"]["negatives"].update(k=2)
     params["train"]["corrector"].update(hidden=32, warmup_steps=1)
@@ -84,8 +93,9 @@ def env() -> dict:
 
 
 def freshen(root: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "freshen", *args], cwd=root, env=env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "freshen", *args], cwd=root, env=env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start(root: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
@@ -93,10 +103,22 @@ def start(root: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
     talks a lot cannot then block on a full pipe nobody reads while the case waits for it)."""
     if log is not None:
         with open(log, "w") as fh:
-            return subprocess.Popen([sys.executable, "-m", "freshen", *args], cwd=root, env=env(), stdout=fh,
-                                    stderr=subprocess.STDOUT, text=True)
-    return subprocess.Popen([sys.executable, "-m", "freshen", *args], cwd=root, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+            return subprocess.Popen(
+                [sys.executable, "-m", "freshen", *args],
+                cwd=root,
+                env=env(),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+    return subprocess.Popen(
+        [sys.executable, "-m", "freshen", *args],
+        cwd=root,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def is_lock(p: Path) -> bool:
@@ -162,6 +184,7 @@ def line_edit(n: int, new: bytes):
         lines = data.split(b"\n")
         lines[n] = new
         return b"\n".join(lines)
+
     return edit
 
 
@@ -171,6 +194,7 @@ def refusal(step: str, setup, names: str = "", *extra: str):
         before = tree_digest(root)
         res = freshen(root, step, *extra)
         return judged(res, before, tree_digest(root), names)
+
     return case
 
 
@@ -182,6 +206,7 @@ def in_project(rel: str, edit):
     def setup(root: Path) -> None:
         f = root / rel
         f.write_bytes(edit(f.read_bytes()))
+
     return setup
 
 
@@ -193,8 +218,17 @@ def nan_row(root: Path) -> None:
 
 def prepare_bigger_corpus(root: Path) -> None:
     """A cache of the corpus before documents were added: prepare again with two more."""
-    edit_source(root, "corpus.jsonl", lambda b: b + b''.join(
-        json.dumps({"_id": f"extra{i}", "title": "", "text": "an added document"}).encode() + b"\n" for i in range(2)))
+    edit_source(
+        root,
+        "corpus.jsonl",
+        lambda b: (
+            b
+            + b"".join(
+                json.dumps({"_id": f"extra{i}", "title": "", "text": "an added document"}).encode() + b"\n"
+                for i in range(2)
+            )
+        ),
+    )
     res = freshen(root, "prepare")
     assert res.returncode == 0, res.stderr
 
@@ -228,8 +262,18 @@ def case_nan_metric_never_written(root: Path) -> Outcome:
     metrics/train.json (rewritten at every evaluation) included, stays as it was."""
     trained(root)
     before = tree_digest(root)
-    res = freshen(root, "train", "--set", "train.lr=1e8", "--set", "train.warmup_ratio=0", "--set",
-                  "train.steps=6", "--set", "train.pilot.candidates=[{}]")
+    res = freshen(
+        root,
+        "train",
+        "--set",
+        "train.lr=1e8",
+        "--set",
+        "train.warmup_ratio=0",
+        "--set",
+        "train.steps=6",
+        "--set",
+        "train.pilot.candidates=[{}]",
+    )
     out = judged(res, before, tree_digest(root), "diverged")
     return out
 
@@ -271,6 +315,7 @@ def rows_done(root: Path) -> int:
 def kill_embed_at(rows: int):
     """kill -9 embed-cache once `rows` rows are checkpointed; the rerun must resume and give the
     same bytes as the template's undisturbed cache."""
+
     def case(root: Path) -> Outcome:
         reference = (root / "artifacts/cache/initial/embeddings.npy").read_bytes()
         shutil.rmtree(root / "artifacts/cache/initial")
@@ -290,8 +335,11 @@ def kill_embed_at(rows: int):
         resumed = json.loads((root / "artifacts/cache/initial/manifest.json").read_text())
         if now != reference:
             return Outcome("wrong", f"resumed cache differs from an undisturbed one (killed at {done} rows)")
-        return Outcome("recovered", f"killed at {done} rows; rerun resumed, byte-identical "
-                                    f"({len(now)} bytes, {resumed['count']} rows)")
+        return Outcome(
+            "recovered",
+            f"killed at {done} rows; rerun resumed, byte-identical ({len(now)} bytes, {resumed['count']} rows)",
+        )
+
     return case
 
 
@@ -319,8 +367,11 @@ def model_temps(parent: Path, pid: int | None = None) -> list[str]:
     """The temporaries of the model save beside `artifacts/model`: atomic.temp_sibling names them
     `.model.<pid>.<8 hex>.tmp` (replace_dir's `.model.old-<pid>` too); `.model.lock` is no temporary."""
     who = str(pid) if pid is not None else r"\d+"
-    return sorted(p.name for p in parent.iterdir()
-                  if re.fullmatch(rf"\.model\.{who}\.[0-9a-f]{{8}}\.tmp|\.model\.old-{who}", p.name))
+    return sorted(
+        p.name
+        for p in parent.iterdir()
+        if re.fullmatch(rf"\.model\.{who}\.[0-9a-f]{{8}}\.tmp|\.model\.old-{who}", p.name)
+    )
 
 
 def case_kill_train_while_saving(root: Path) -> Outcome:
@@ -334,8 +385,9 @@ def case_kill_train_while_saving(root: Path) -> Outcome:
     for tries in range(1, 4):  # the save takes a fraction of a second: stop the process the moment it starts
         log = root / f"train-{tries}.log"  # beside the project's outputs, not among them
         proc = start(root, "train", "--set", "seed=21", log=log)
-        seen = wait_for(lambda: bool(model_temps(parent, proc.pid)) or proc.poll() is not None, timeout=900,
-                        poll=0.001)
+        seen = wait_for(
+            lambda proc=proc: bool(model_temps(parent, proc.pid)) or proc.poll() is not None, timeout=900, poll=0.001
+        )
         if seen and proc.poll() is None:
             os.kill(proc.pid, signal.SIGSTOP)  # frozen where it is; then killed there
             caught = model_temps(parent, proc.pid)
@@ -365,8 +417,11 @@ def case_kill_train_while_saving(root: Path) -> Outcome:
         return Outcome("lost", f"temporaries left after the rerun: {still}")
     if not (root / "artifacts/model/encoder").is_dir():
         return Outcome("lost", "no model after the rerun")
-    return Outcome("recovered", f"killed while saving (try {tries}: {caught} existed, the previous model untouched); "
-                                "the rerun removed the temporary and wrote the model")
+    return Outcome(
+        "recovered",
+        f"killed while saving (try {tries}: {caught} existed, the previous model untouched); "
+        "the rerun removed the temporary and wrote the model",
+    )
 
 
 def registered_versions(root: Path) -> int:
@@ -397,12 +452,14 @@ def case_kill_promote(root: Path) -> Outcome:
     client = mlflow.tracking.MlflowClient()
     name = yaml.safe_load((root / "params.yaml").read_text())["promote"]["registered_model"]
     if not at_creation:
-        return Outcome("traceback", f"promote ended (exit {proc.returncode}) before it was killed at the version's "
-                                    "creation")
+        return Outcome(
+            "traceback", f"promote ended (exit {proc.returncode}) before it was killed at the version's creation"
+        )
     first = client.search_model_versions(f"name='{name}'")
     if len(first) != 1 or "freshen.model_digest" not in first[0].tags:
-        return Outcome("wrong", f"killed as the version was created: {len(first)} versions, "
-                                f"tags {[sorted(v.tags) for v in first]}")
+        return Outcome(
+            "wrong", f"killed as the version was created: {len(first)} versions, tags {[sorted(v.tags) for v in first]}"
+        )
     kills = []
     for i, delay in enumerate((1.0, 3.0, 6.0), 1):
         proc = start(root, "promote", log=root / f"promote-{i}.log")
@@ -420,74 +477,115 @@ def case_kill_promote(root: Path) -> Outcome:
     if len(versions) != 1 or untagged or undecided:
         return Outcome("wrong", f"{len(versions)} versions of one model, untagged: {untagged}, undecided: {undecided}")
     state = "already decided" if "freshen.promotion.decision" in first[0].tags else "not yet decided"
-    return Outcome("recovered", f"killed as version {first[0].version} was created (digest-tagged, {state}), "
-                                f"then after {kills} s; one tagged, decided version after the rerun")
+    return Outcome(
+        "recovered",
+        f"killed as version {first[0].version} was created (digest-tagged, {state}), "
+        f"then after {kills} s; one tagged, decided version after the rerun",
+    )
 
 
 CASES = {
     # bad input: prepare
-    "data/corpus-missing-text": refusal("prepare", in_source("corpus.jsonl", line_edit(4, b'{"_id": "d4", "title": "x"}')),
-                                        "corpus.jsonl:5"),
+    "data/corpus-missing-text": refusal(
+        "prepare", in_source("corpus.jsonl", line_edit(4, b'{"_id": "d4", "title": "x"}')), "corpus.jsonl:5"
+    ),
     "data/corpus-not-json": refusal("prepare", in_source("corpus.jsonl", line_edit(2, b"{not json")), "corpus.jsonl:3"),
-    "data/corpus-not-utf8": refusal("prepare", in_source("corpus.jsonl", line_edit(1, b'{"_id": "d1", "text": "\xff\xfe"}')),
-                                    "corpus.jsonl"),
-    "data/corpus-duplicate-id": refusal("prepare", in_source("corpus.jsonl", line_edit(3, b'{"_id": "d2", "text": "x"}')),
-                                        "corpus.jsonl:4"),
-    "data/doc-id-with-space": refusal("prepare", in_source("corpus.jsonl", line_edit(3, b'{"_id": "d 3", "text": "x"}')),
-                                      "corpus.jsonl:4"),
-    "data/doc-id-with-tab": refusal("prepare", in_source("corpus.jsonl", line_edit(3, b'{"_id": "d\\t3", "text": "x"}')),
-                                    "corpus.jsonl:4"),
-    "data/doc-id-empty": refusal("prepare", in_source("corpus.jsonl", line_edit(3, b'{"_id": "", "text": "x"}')),
-                                 "corpus.jsonl:4"),
-    "data/query-id-with-space": refusal("prepare", in_source("queries.jsonl", line_edit(0, b'{"_id": "q 0", "text": "x"}')),
-                                        "queries.jsonl:1"),
+    "data/corpus-not-utf8": refusal(
+        "prepare", in_source("corpus.jsonl", line_edit(1, b'{"_id": "d1", "text": "\xff\xfe"}')), "corpus.jsonl"
+    ),
+    "data/corpus-duplicate-id": refusal(
+        "prepare", in_source("corpus.jsonl", line_edit(3, b'{"_id": "d2", "text": "x"}')), "corpus.jsonl:4"
+    ),
+    "data/doc-id-with-space": refusal(
+        "prepare", in_source("corpus.jsonl", line_edit(3, b'{"_id": "d 3", "text": "x"}')), "corpus.jsonl:4"
+    ),
+    "data/doc-id-with-tab": refusal(
+        "prepare", in_source("corpus.jsonl", line_edit(3, b'{"_id": "d\\t3", "text": "x"}')), "corpus.jsonl:4"
+    ),
+    "data/doc-id-empty": refusal(
+        "prepare", in_source("corpus.jsonl", line_edit(3, b'{"_id": "", "text": "x"}')), "corpus.jsonl:4"
+    ),
+    "data/query-id-with-space": refusal(
+        "prepare", in_source("queries.jsonl", line_edit(0, b'{"_id": "q 0", "text": "x"}')), "queries.jsonl:1"
+    ),
     "data/empty-corpus": refusal("prepare", in_source("corpus.jsonl", lambda b: b""), "corpus.jsonl"),
-    "data/qrels-fractional-score": refusal("prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\td0\t0.7")),
-                                           "train.tsv:2"),
-    "data/qrels-text-score": refusal("prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\td0\tabc")),
-                                     "train.tsv:2"),
-    "data/qrels-four-columns": refusal("prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\td0\t1\t7")),
-                                       "train.tsv:2"),
-    "data/qrels-unknown-doc": refusal("prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\tnope\t1")),
-                                      "train.tsv:2"),
-    "data/qrels-unknown-query": refusal("prepare", in_source("qrels/train.tsv", line_edit(1, b"nope\td0\t1")),
-                                        "train.tsv:2"),
-    "data/qrels-not-utf8": refusal("prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\td0\xff\t1")), "train.tsv"),
+    "data/qrels-fractional-score": refusal(
+        "prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\td0\t0.7")), "train.tsv:2"
+    ),
+    "data/qrels-text-score": refusal(
+        "prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\td0\tabc")), "train.tsv:2"
+    ),
+    "data/qrels-four-columns": refusal(
+        "prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\td0\t1\t7")), "train.tsv:2"
+    ),
+    "data/qrels-unknown-doc": refusal(
+        "prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\tnope\t1")), "train.tsv:2"
+    ),
+    "data/qrels-unknown-query": refusal(
+        "prepare", in_source("qrels/train.tsv", line_edit(1, b"nope\td0\t1")), "train.tsv:2"
+    ),
+    "data/qrels-not-utf8": refusal(
+        "prepare", in_source("qrels/train.tsv", line_edit(1, b"q0\td0\xff\t1")), "train.tsv"
+    ),
     "data/qrels-missing-test": refusal("prepare", lambda root: remove_source(root, "qrels/test.tsv"), "test.tsv"),
     "data/dev-too-small": refusal("prepare", lambda root: None, "dev.tsv", "--set", "data.min_dev_queries=500"),
     "data/test-query-judged-zero": case_zero_test_queries,
     # bad params
     "params/steps-zero": refusal("train", lambda root: None, "train.steps", "--set", "train.steps=0"),
     "params/steps-negative": refusal("train", lambda root: None, "train.steps", "--set", "train.steps=-5"),
-    "params/unknown-strategy": refusal("train", lambda root: None, "train.negatives.strategy", "--set",
-                                       "train.negatives.strategy=ance"),
-    "params/margin-above-one": refusal("train", lambda root: None, "relative_margin", "--set",
-                                       "train.negatives.false_negatives.relative_margin=1.5"),
-    "params/min-grade-too-high": refusal("train", lambda root: None, "train.min_positive_grade", "--set",
-                                         "train.min_positive_grade=3"),
+    "params/unknown-strategy": refusal(
+        "train", lambda root: None, "train.negatives.strategy", "--set", "train.negatives.strategy=ance"
+    ),
+    "params/margin-above-one": refusal(
+        "train", lambda root: None, "relative_margin", "--set", "train.negatives.false_negatives.relative_margin=1.5"
+    ),
+    "params/min-grade-too-high": refusal(
+        "train", lambda root: None, "train.min_positive_grade", "--set", "train.min_positive_grade=3"
+    ),
     "params/unknown-key": refusal("train", lambda root: None, "train.stepz", "--set", "train.stepz=3"),
     "params/chunk-rows-zero": refusal("embed-cache", lambda root: None, "chunk_rows", "--set", "encode.chunk_rows=0"),
     # corrupted artifacts
-    "artifact/cache-manifest-not-json": refusal("train", in_project("artifacts/cache/initial/manifest.json",
-                                                                    lambda b: b[:20]), "manifest.json"),
-    "artifact/cache-ids-not-json": refusal("train", in_project("artifacts/cache/initial/ids.json", lambda b: b[:-5]),
-                                           "ids.json"),
-    "artifact/cache-embeddings-empty": refusal("train", in_project("artifacts/cache/initial/embeddings.npy",
-                                                                   lambda b: b""), "embeddings.npy"),
-    "artifact/cache-embeddings-truncated": refusal("train", in_project("artifacts/cache/initial/embeddings.npy",
-                                                                       lambda b: b[:len(b) // 2]), "embeddings.npy"),
+    "artifact/cache-manifest-not-json": refusal(
+        "train", in_project("artifacts/cache/initial/manifest.json", lambda b: b[:20]), "manifest.json"
+    ),
+    "artifact/cache-ids-not-json": refusal(
+        "train", in_project("artifacts/cache/initial/ids.json", lambda b: b[:-5]), "ids.json"
+    ),
+    "artifact/cache-embeddings-empty": refusal(
+        "train", in_project("artifacts/cache/initial/embeddings.npy", lambda b: b""), "embeddings.npy"
+    ),
+    "artifact/cache-embeddings-truncated": refusal(
+        "train", in_project("artifacts/cache/initial/embeddings.npy", lambda b: b[: len(b) // 2]), "embeddings.npy"
+    ),
     "artifact/cache-nan-row": refusal("train", nan_row, "embeddings.npy"),
     "artifact/cache-of-another-corpus": refusal("train", prepare_bigger_corpus, "corpus_sha256"),
     "artifact/cache-id-not-in-corpus": refusal("train", drop_cached_id, "ids.json"),
-    "artifact/clusters-missing": refusal("train", lambda root: os.unlink(root / "artifacts/clusters/assignments.tsv"),
-                                         "assignments.tsv"),
-    "artifact/clusters-garbled": refusal("train", in_project("artifacts/clusters/assignments.tsv",
-                                                             lambda b: b + b"q1\tnot-a-number\n"), "assignments.tsv"),
-    "artifact/model-weights-truncated": refusal("evaluate", lambda root: trained(root) or in_project(
-        "artifacts/model/encoder/model.safetensors", lambda b: b[:len(b) // 3])(root), "model.safetensors"),
-    "artifact/corrector-config-mismatch": refusal("evaluate", lambda root: trained(root) or in_project(
-        "artifacts/model/corrector/corrector.json",  # corrector.py's CONFIG: a config the weights do not fit
-        lambda b: json.dumps({**json.loads(b), "hidden": 7}).encode())(root), "corrector.json"),
+    "artifact/clusters-missing": refusal(
+        "train", lambda root: os.unlink(root / "artifacts/clusters/assignments.tsv"), "assignments.tsv"
+    ),
+    "artifact/clusters-garbled": refusal(
+        "train",
+        in_project("artifacts/clusters/assignments.tsv", lambda b: b + b"q1\tnot-a-number\n"),
+        "assignments.tsv",
+    ),
+    "artifact/model-weights-truncated": refusal(
+        "evaluate",
+        lambda root: (
+            trained(root) or in_project("artifacts/model/encoder/model.safetensors", lambda b: b[: len(b) // 3])(root)
+        ),
+        "model.safetensors",
+    ),
+    "artifact/corrector-config-mismatch": refusal(
+        "evaluate",
+        lambda root: (
+            trained(root)
+            or in_project(
+                "artifacts/model/corrector/corrector.json",  # corrector.py's CONFIG: a config the weights do not fit
+                lambda b: json.dumps({**json.loads(b), "hidden": 7}).encode(),
+            )(root)
+        ),
+        "corrector.json",
+    ),
     "artifact/eval-of-another-model": refusal("promote", retrained_not_evaluated, "measured.model_digest"),
     "artifact/metrics-nan": case_nan_metric_never_written,
     # kills and concurrency
@@ -504,13 +602,19 @@ def write_table(out: Path, rows: list, args, done: bool) -> dict:
     """report.md with the cases run so far (rewritten after each, so a stopped run leaves its table)."""
     counts = {k: sum(1 for _, o, _ in rows if o.kind == k) for k in ("refused", "recovered", "warned", *BAD)}
     goal = "met" if not any(counts[k] for k in BAD) else "not met"
-    lines = ["# Fault injection", "", f"Machine: {machine()}",
-             f"Command: `{command_line('faults')}` "
-             f"({args.docs} documents, a random-weight BERT)", "",
-             f"Cases run: {len(rows)}{'' if done else ' (stopped before the end)'}. Outcomes: "
-             + ", ".join(f"{k} {v}" for k, v in counts.items()),
-             f"Goal: no lost, wrong, litter or traceback outcome: **{goal}**",
-             "", "| case | outcome | seconds | what happened |", "| --- | --- | --- | --- |"]
+    lines = [
+        "# Fault injection",
+        "",
+        f"Machine: {machine()}",
+        f"Command: `{command_line('faults')}` ({args.docs} documents, a random-weight BERT)",
+        "",
+        f"Cases run: {len(rows)}{'' if done else ' (stopped before the end)'}. Outcomes: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items()),
+        f"Goal: no lost, wrong, litter or traceback outcome: **{goal}**",
+        "",
+        "| case | outcome | seconds | what happened |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [f"| {n} | {o.kind} | {s:.0f} | {o.detail.replace('|', '/')} |" for n, o, s in rows]
     write_report(out / "report.md", "\n".join(lines) + "\n")
     if done:

@@ -91,8 +91,11 @@ def drop_judgements(qrels: dict, fraction: float, rng: np.random.Generator, keep
     protects); a query left with no positive is dropped."""
     out = {}
     for q in sorted(qrels):
-        docs = {d: r for d, r in sorted(qrels[q].items())
-                if r <= 0 or (keep is not None and keep(q, d)) or rng.random() >= fraction}
+        docs = {
+            d: r
+            for d, r in sorted(qrels[q].items())
+            if r <= 0 or (keep is not None and keep(q, d)) or rng.random() >= fraction
+        }
         if any(r > 0 for r in docs.values()):
             out[q] = docs
     return out
@@ -110,8 +113,11 @@ def make_incomplete(source: Path, out: Path, drop: float = 0.5, dev_fraction: fl
     rng = np.random.default_rng([seed, 1])
     train, dev = split_dev(read_qrels(source / "qrels" / "train.tsv"), dev_fraction, rng)
     _copy_base(source, out)
-    splits = {"train": drop_judgements(train, drop, rng), "dev": drop_judgements(dev, drop, rng),
-              "test": read_qrels(source / "qrels" / "test.tsv")}
+    splits = {
+        "train": drop_judgements(train, drop, rng),
+        "dev": drop_judgements(dev, drop, rng),
+        "test": read_qrels(source / "qrels" / "test.tsv"),
+    }
     for name, qrels in splits.items():
         write_qrels(out / "qrels" / f"{name}.tsv", qrels)
     return _describe(out, splits)
@@ -120,7 +126,7 @@ def make_incomplete(source: Path, out: Path, drop: float = 0.5, dev_fraction: fl
 def passages_of(doc: dict, sentences: int) -> list[dict]:
     """An abstract cut into passages of `sentences` sentences, each carrying the title."""
     parts = [s for s in SENTENCE_END.split(doc.get("text", "").strip()) if s.strip()] or [doc.get("text", "")]
-    chunks = [" ".join(parts[i:i + sentences]) for i in range(0, len(parts), sentences)]
+    chunks = [" ".join(parts[i : i + sentences]) for i in range(0, len(parts), sentences)]
     return [{"_id": f"{doc['_id']}#{i}", "title": doc.get("title", ""), "text": c} for i, c in enumerate(chunks)]
 
 
@@ -132,8 +138,9 @@ def grade_passages(query: str, passages: list[dict]) -> dict[str, int]:
     return {p["_id"]: 2 if i == best else 1 for i, p in enumerate(passages)}
 
 
-def make_dense(source: Path, out: Path, sentences: int = 3, keep_other: float = 0.5, dev_fraction: float = 0.1,
-               seed: int = 0) -> dict:
+def make_dense(
+    source: Path, out: Path, sentences: int = 3, keep_other: float = 0.5, dev_fraction: float = 0.1, seed: int = 0
+) -> dict:
     """SciFact with every abstract cut into passages: dense, graded relevance; train and dev judge
     the grade-2 passage and a seeded `keep_other` share of the rest, test judges them all."""
     rng = np.random.default_rng([seed, 2])
@@ -143,9 +150,15 @@ def make_dense(source: Path, out: Path, sentences: int = 3, keep_other: float = 
     _copy_base(source, out, [p for d in docs for p in passages[d["_id"]]])
 
     def expand(qrels: dict) -> dict:
-        return {q: {pid: g for d, r in sorted(docs_.items()) if r > 0
-                    for pid, g in grade_passages(queries[q], passages[d]).items()}
-                for q, docs_ in qrels.items()}
+        return {
+            q: {
+                pid: g
+                for d, r in sorted(docs_.items())
+                if r > 0
+                for pid, g in grade_passages(queries[q], passages[d]).items()
+            }
+            for q, docs_ in qrels.items()
+        }
 
     train, dev = split_dev(read_qrels(source / "qrels" / "train.tsv"), dev_fraction, rng)
     splits = {"train": expand(train), "dev": expand(dev), "test": expand(read_qrels(source / "qrels" / "test.tsv"))}
@@ -157,8 +170,9 @@ def make_dense(source: Path, out: Path, sentences: int = 3, keep_other: float = 
     return _describe(out, splits)
 
 
-def make_topics(source: Path, out: Path, per_topic: int = 20, dev_fraction: float = 0.1, seed: int = 0,
-                model: dict | None = None) -> dict:
+def make_topics(
+    source: Path, out: Path, per_topic: int = 20, dev_fraction: float = 0.1, seed: int = 0, model: dict | None = None
+) -> dict:
     """SciFact with topical relevance: the queries of each split clustered (k-means on the
     pre-trained encoder, about `per_topic` queries a topic); a query's own judged abstracts are
     grade 2, those of the other queries of its topic grade 1 (dozens of positives, most of them
@@ -208,8 +222,10 @@ def dataset_digest(folder: Path) -> str:
 
 
 def _describe(out: Path, splits: dict) -> dict:
-    info = {"docs": sum(1 for line in open(out / "corpus.jsonl", encoding="utf-8") if line.strip()),
-            "sha256": dataset_digest(out)}
+    info = {
+        "docs": sum(1 for line in open(out / "corpus.jsonl", encoding="utf-8") if line.strip()),
+        "sha256": dataset_digest(out),
+    }
     for name, qrels in splits.items():
         pos = [sum(1 for r in docs.values() if r > 0) for docs in qrels.values()]
         info[name] = {"queries": len(qrels), "positives_per_query": round(float(np.mean(pos)), 2) if pos else 0.0}
@@ -244,14 +260,17 @@ def dataset_params(base: dict, name: str, folder: Path, shared: Path, seed: int,
 def freshen(step: str, project: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("FRESHEN_DATA_DIR", None)
-    subprocess.run([sys.executable, "-m", "freshen", "--root", str(project), "--params", "params.yaml", step],
-                   check=True, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "freshen", "--root", str(project), "--params", "params.yaml", step], check=True, env=env
+    )
 
 
 def weights_md5(model_dir: Path) -> dict[str, str]:
     """md5 of every weights file of a trained model (encoder and corrector), to compare runs."""
-    return {str(f.relative_to(model_dir)): hashlib.md5(f.read_bytes()).hexdigest()
-            for f in sorted(model_dir.rglob("*.safetensors"))}
+    return {
+        str(f.relative_to(model_dir)): hashlib.md5(f.read_bytes()).hexdigest()
+        for f in sorted(model_dir.rglob("*.safetensors"))
+    }
 
 
 def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, overrides: dict, base_seed: int) -> dict:
@@ -273,17 +292,28 @@ def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, override
     ev = json.loads((project / p["evaluate"]["metrics"]).read_text())
     tr = json.loads((project / p["train"]["metrics"]).read_text())
     promo = json.loads((project / p["promote"]["out"]).read_text())
-    result = {"dataset": name, "seed": seed, "data_sha256": dataset_digest(folder),
-              **{f"{split}_{system}": ev[split][system]["ndcg_at_10"] for split in ("dev", "test")
-                 for system in ("zero_shot", "trained", "bm25") if system in ev[split]},
-              "best_step": tr.get("best_step"), "steps_run": tr.get("steps_run"),
-              "false_negatives": {k: v for k, v in tr.items() if k.startswith("fn_")},
-              "promoted": promo.get("promoted"), "promotion_reason": promo.get("reason"),
-              "model_digest": (ev.get("measured") or {}).get("model_digest"),
-              "weights_md5": weights_md5(project / p["train"]["out_dir"]),
-              "overrides": overrides, "false_negative_params": p["train"]["negatives"].get("false_negatives"),
-              "command": command_line("generalize"),
-              "wall_seconds": round(time.perf_counter() - started, 1)}
+    result = {
+        "dataset": name,
+        "seed": seed,
+        "data_sha256": dataset_digest(folder),
+        **{
+            f"{split}_{system}": ev[split][system]["ndcg_at_10"]
+            for split in ("dev", "test")
+            for system in ("zero_shot", "trained", "bm25")
+            if system in ev[split]
+        },
+        "best_step": tr.get("best_step"),
+        "steps_run": tr.get("steps_run"),
+        "false_negatives": {k: v for k, v in tr.items() if k.startswith("fn_")},
+        "promoted": promo.get("promoted"),
+        "promotion_reason": promo.get("reason"),
+        "model_digest": (ev.get("measured") or {}).get("model_digest"),
+        "weights_md5": weights_md5(project / p["train"]["out_dir"]),
+        "overrides": overrides,
+        "false_negative_params": p["train"]["negatives"].get("false_negatives"),
+        "command": command_line("generalize"),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -292,7 +322,9 @@ def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, override
 def full_labels(name: str, source: Path, folder: Path) -> dict[str, set[str]]:
     """Every passage relevant to each training query by the complete SciFact judgements: the
     labels the variant's train split only partly shows."""
-    judged = {q: {d for d, r in docs.items() if r > 0} for q, docs in read_qrels(source / "qrels" / "train.tsv").items()}
+    judged = {
+        q: {d for d, r in docs.items() if r > 0} for q, docs in read_qrels(source / "qrels" / "train.tsv").items()
+    }
     if name != "scifact-dense":
         return judged
     ids = [json.loads(line)["_id"] for line in (folder / "corpus.jsonl").read_text().splitlines() if line.strip()]
@@ -302,14 +334,21 @@ def full_labels(name: str, source: Path, folder: Path) -> dict[str, set[str]]:
     return {q: set().union(*(by_doc[d] for d in docs)) for q, docs in judged.items()}
 
 
-def audit(name: str, source: Path, folder: Path, shared: Path, k: int, candidates: int, margins: list[float],
-          model: dict | None = None) -> list[dict]:
+def audit(
+    name: str,
+    source: Path,
+    folder: Path,
+    shared: Path,
+    k: int,
+    candidates: int,
+    margins: list[float],
+    model: dict | None = None,
+) -> list[dict]:
     """For every (training query, judged positive) of the variant: of the top-k negatives the
     pre-trained encoder's cache gives (judged passages excluded), the share that the complete
     labels call relevant, without and with the relative-margin rule; and how many candidates the
     rule removes. No training: the cache and the pre-trained query encoder only."""
     import torch
-
     from freshen.cache import load_cache
     from freshen.encoding import encode
     from freshen.modeling.encoder import Encoder
@@ -322,8 +361,9 @@ def audit(name: str, source: Path, folder: Path, shared: Path, k: int, candidate
     table = torch.from_numpy(np.asarray(cache.embeddings, dtype=np.float32))
     qids = sorted(q for q in train if q in full)
     queries = {q["_id"]: q["text"] for q in _read_jsonl(source / "queries.jsonl")}
-    q_emb = torch.from_numpy(encode(Encoder.from_params(model or {"name_or_path": None}), [queries[q] for q in qids],
-                                    "query"))
+    q_emb = torch.from_numpy(
+        encode(Encoder.from_params(model or {"name_or_path": None}), [queries[q] for q in qids], "query")
+    )
     scores = q_emb @ table.T
     out = []
     for margin in [None, *margins]:
@@ -336,16 +376,24 @@ def audit(name: str, source: Path, folder: Path, shared: Path, k: int, candidate
             top = s.topk(candidates)
             truth = torch.tensor([cache.ids[int(r)] in full[q] for r in top.indices])
             for pos in sorted(judged):
-                flagged = rule.too_close(top.values[None, :], scores[i, pos][None])[0] if margin is not None \
+                flagged = (
+                    rule.too_close(top.values[None, :], scores[i, pos][None])[0]
+                    if margin is not None
                     else torch.zeros(candidates, dtype=torch.bool)
+                )
                 chosen = (~flagged).nonzero().flatten()[:k]
                 picked += len(chosen)
                 relevant += int(truth[chosen].sum())
                 removed += int(flagged.sum())
                 removed_relevant += int((flagged & truth).sum())
-        out.append({"relative_margin": margin, "negatives_relevant": relevant / max(picked, 1),
-                    "removed_per_pair": removed / max(sum(len(train[q]) for q in qids), 1),
-                    "removed_relevant": removed_relevant / max(removed, 1)})
+        out.append(
+            {
+                "relative_margin": margin,
+                "negatives_relevant": relevant / max(picked, 1),
+                "removed_per_pair": removed / max(sum(len(train[q]) for q in qids), 1),
+                "removed_relevant": removed_relevant / max(removed, 1),
+            }
+        )
     return out
 
 
@@ -358,44 +406,73 @@ def summarise(results: list[dict]) -> list[dict]:
         diff = np.array([r["test_trained"] - r["test_zero_shot"] for r in rs])
         trained = np.array([r["test_trained"] for r in rs])
         se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-        rows.append({"dataset": name, "seeds": [r["seed"] for r in rs], "zero_shot": rs[0]["test_zero_shot"],
-                     "bm25": rs[0].get("test_bm25"), "trained": [r["test_trained"] for r in rs],
-                     "trained_mean": float(trained.mean()), "diff_mean": float(diff.mean()), "diff_se": se,
-                     "worst_diff": float(diff.min()), "promoted": sum(bool(r["promoted"]) for r in rs),
-                     "met": bool(diff.mean() > 0 and diff.min() >= WORST_SEED_GOAL)})
-        rows[-1]["verdict"] = ("met" if rows[-1]["met"] else "not met") + \
-            ("" if len(rs) >= GOAL_SEEDS else f" so far ({len(rs)} of {GOAL_SEEDS} seeds)")
+        rows.append(
+            {
+                "dataset": name,
+                "seeds": [r["seed"] for r in rs],
+                "zero_shot": rs[0]["test_zero_shot"],
+                "bm25": rs[0].get("test_bm25"),
+                "trained": [r["test_trained"] for r in rs],
+                "trained_mean": float(trained.mean()),
+                "diff_mean": float(diff.mean()),
+                "diff_se": se,
+                "worst_diff": float(diff.min()),
+                "promoted": sum(bool(r["promoted"]) for r in rs),
+                "met": bool(diff.mean() > 0 and diff.min() >= WORST_SEED_GOAL),
+            }
+        )
+        rows[-1]["verdict"] = ("met" if rows[-1]["met"] else "not met") + (
+            "" if len(rs) >= GOAL_SEEDS else f" so far ({len(rs)} of {GOAL_SEEDS} seeds)"
+        )
         versions = {r.get("data_sha256", "unrecorded") for r in rs}
         if len(versions) > 1:  # seeds that saw different bytes are not seeds of one experiment
             rows[-1]["met"] = False
-            rows[-1]["verdict"] = f"not comparable: {len(versions)} versions of the data ({', '.join(sorted(v[:12] for v in versions))})"
+            rows[-1]["verdict"] = (
+                f"not comparable: {len(versions)} versions of the data ({', '.join(sorted(v[:12] for v in versions))})"
+            )
     return rows
 
 
 def report(results: list[dict], command: str, overrides: dict) -> str:
     ran = sorted({r["command"] for r in results if "command" in r})
-    out = ["# Zero-shot against trained, per dataset (test nDCG@10)", "",
-           f"Machine: {machine()}", *[f"Runs made by: `{c}`" for c in ran], f"Command: `{command}`",
-           f"Params: the project's params.yaml{', with ' + json.dumps(overrides) if overrides else ''}.", "",
-           "| dataset | zero-shot | BM25 | trained, per seed | trained mean | minus zero-shot (se) | worst seed | "
-           "promoted | goal |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "# Zero-shot against trained, per dataset (test nDCG@10)",
+        "",
+        f"Machine: {machine()}",
+        *[f"Runs made by: `{c}`" for c in ran],
+        f"Command: `{command}`",
+        f"Params: the project's params.yaml{', with ' + json.dumps(overrides) if overrides else ''}.",
+        "",
+        "| dataset | zero-shot | BM25 | trained, per seed | trained mean | minus zero-shot (se) | worst seed | "
+        "promoted | goal |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in summarise(results):
         per_seed = ", ".join(f"{s}: {v:.4f}" for s, v in zip(r["seeds"], r["trained"]))
         bm25 = f"{r['bm25']:.4f}" if r["bm25"] is not None else "-"
         se = f"{r['diff_se']:.4f}" if math.isfinite(r["diff_se"]) else "one seed"
-        out.append(f"| {r['dataset']} | {r['zero_shot']:.4f} | {bm25} | {per_seed} | {r['trained_mean']:.4f} | "
-                   f"{r['diff_mean']:+.4f} ({se}) | {r['worst_diff']:+.4f} | "
-                   f"{r['promoted']} of {len(r['seeds'])} | {r['verdict']} |")
-    out += ["", f"Goal: trained above zero-shot on the mean of {GOAL_SEEDS} seeds, and no seed below it by more than "
-            f"{-WORST_SEED_GOAL}. "
-            "`promoted`: seeds whose model `promote` made champion (it must beat zero-shot on dev).", "",
-            "| dataset | seed | dev zero-shot | dev trained | best step | test zero-shot | test trained | "
-            "promotion | false negatives removed |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out.append(
+            f"| {r['dataset']} | {r['zero_shot']:.4f} | {bm25} | {per_seed} | {r['trained_mean']:.4f} | "
+            f"{r['diff_mean']:+.4f} ({se}) | {r['worst_diff']:+.4f} | "
+            f"{r['promoted']} of {len(r['seeds'])} | {r['verdict']} |"
+        )
+    out += [
+        "",
+        f"Goal: trained above zero-shot on the mean of {GOAL_SEEDS} seeds, and no seed below it by more than "
+        f"{-WORST_SEED_GOAL}. "
+        "`promoted`: seeds whose model `promote` made champion (it must beat zero-shot on dev).",
+        "",
+        "| dataset | seed | dev zero-shot | dev trained | best step | test zero-shot | test trained | "
+        "promotion | false negatives removed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         fn = ", ".join(f"{k.removeprefix('fn_')} {v}" for k, v in sorted(r.get("false_negatives", {}).items())) or "-"
-        out.append(f"| {r['dataset']} | {r['seed']} | {r['dev_zero_shot']:.4f} | {r['dev_trained']:.4f} | "
-                   f"{r['best_step']} | {r['test_zero_shot']:.4f} | {r['test_trained']:.4f} | "
-                   f"{r['promotion_reason']} | {fn} |")
+        out.append(
+            f"| {r['dataset']} | {r['seed']} | {r['dev_zero_shot']:.4f} | {r['dev_trained']:.4f} | "
+            f"{r['best_step']} | {r['test_zero_shot']:.4f} | {r['test_trained']:.4f} | "
+            f"{r['promotion_reason']} | {fn} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -421,9 +498,13 @@ def main() -> None:
     ap.add_argument("--drop", type=float, default=0.5, help="scifact-incomplete: judgements removed")
     ap.add_argument("--sentences", type=int, default=3, help="scifact-dense: sentences a passage")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs")
-    ap.add_argument("--audit", action="store_true", help="no training: the share of the cache's top-k negatives "
-                    "that the complete labels call relevant, without and with the relative-margin rule "
-                    "(stress variants whose shared cache exists)")
+    ap.add_argument(
+        "--audit",
+        action="store_true",
+        help="no training: the share of the cache's top-k negatives "
+        "that the complete labels call relevant, without and with the relative-margin rule "
+        "(stress variants whose shared cache exists)",
+    )
     args = ap.parse_args()
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     overrides = parse_set(args.overrides)
@@ -437,17 +518,25 @@ def main() -> None:
             folders[name] = source
         elif name in BUILDERS:
             folders[name] = work / "datasets" / name
-            options = {"scifact-incomplete": {"drop": args.drop}, "scifact-dense": {"sentences": args.sentences},
-                       "scifact-topics": {"model": base["model"]}}[name]
+            options = {
+                "scifact-incomplete": {"drop": args.drop},
+                "scifact-dense": {"sentences": args.sentences},
+                "scifact-topics": {"model": base["model"]},
+            }[name]
             built_with = {"builder": BUILDER_VERSION, "seed": int(base["seed"]), **options}
             marker = folders[name] / "VARIANT.json"
             stale = not marker.is_file() or json.loads(marker.read_text()).get("built_with") != built_with
             if stale and not args.report_only:  # built once; again when the builder or its options change
-                info = {**BUILDERS[name](source, folders[name], seed=int(base["seed"]), **options), "built_with": built_with}
+                info = {
+                    **BUILDERS[name](source, folders[name], seed=int(base["seed"]), **options),
+                    "built_with": built_with,
+                }
                 marker.write_text(json.dumps(info, indent=2) + "\n")
                 print(name, info)
         else:
-            raise SystemExit(f"unknown dataset '{name}': expected scifact, {', '.join(VARIANTS)} or --dataset NAME=FOLDER")
+            raise SystemExit(
+                f"unknown dataset '{name}': expected scifact, {', '.join(VARIANTS)} or --dataset NAME=FOLDER"
+            )
     for item in args.dataset:
         name, sep, folder = item.partition("=")
         if not sep:
@@ -455,15 +544,24 @@ def main() -> None:
         folders[name] = Path(folder).resolve()
     command = command_line("generalize")
     if args.audit:
-        lines = ["# Cached negatives that are unjudged positives (pre-trained encoder, no training)", "",
-                 f"Machine: {machine()}", f"Command: `{command}`", "",
-                 "| dataset | relative margin | top-4 negatives relevant by the complete labels | "
-                 "candidates removed a (query, positive) | of which relevant |", "| --- | --- | --- | --- | --- |"]
+        lines = [
+            "# Cached negatives that are unjudged positives (pre-trained encoder, no training)",
+            "",
+            f"Machine: {machine()}",
+            f"Command: `{command}`",
+            "",
+            "| dataset | relative margin | top-4 negatives relevant by the complete labels | "
+            "candidates removed a (query, positive) | of which relevant |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for name in (n for n in folders if n in ("scifact-incomplete", "scifact-dense")):  # complete labels known
-            for r in audit(name, source, folders[name], work / name / "shared", 4, 100, [0.01, 0.02, 0.05, 0.1],
-                           base["model"]):
-                lines.append(f"| {name} | {r['relative_margin'] if r['relative_margin'] is not None else 'off'} | "
-                             f"{r['negatives_relevant']:.3f} | {r['removed_per_pair']:.2f} | {r['removed_relevant']:.3f} |")
+            for r in audit(
+                name, source, folders[name], work / name / "shared", 4, 100, [0.01, 0.02, 0.05, 0.1], base["model"]
+            ):
+                lines.append(
+                    f"| {name} | {r['relative_margin'] if r['relative_margin'] is not None else 'off'} | "
+                    f"{r['negatives_relevant']:.3f} | {r['removed_per_pair']:.2f} | {r['removed_relevant']:.3f} |"
+                )
         write_report(Path(args.out) / "audit.md", "\n".join(lines) + "\n")
         print("\n".join(lines))
         return

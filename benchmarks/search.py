@@ -35,8 +35,10 @@ def make_corpus(rows: int, dim: int, centres: int, noise: float, seed: int, chun
     out = np.empty((rows, dim), dtype=np.float16)
     for s in range(0, rows, chunk):
         m = min(chunk, rows - s)
-        block = c[rng.integers(centres, size=m)] + noise / np.sqrt(dim) * rng.standard_normal((m, dim), dtype=np.float32)
-        out[s:s + m] = unit(block)
+        block = c[rng.integers(centres, size=m)] + noise / np.sqrt(dim) * rng.standard_normal(
+            (m, dim), dtype=np.float32
+        )
+        out[s : s + m] = unit(block)
     return out
 
 
@@ -44,7 +46,8 @@ def near_rows(corpus: np.ndarray, n: int, noise: float, rng: np.random.Generator
     """`n` queries, each drawn near a random corpus row (returned as its positive)."""
     rows = np.sort(rng.choice(len(corpus), size=n, replace=False))
     q = corpus[rows].astype(np.float32) + noise / np.sqrt(corpus.shape[1]) * rng.standard_normal(
-        (n, corpus.shape[1]), dtype=np.float32)
+        (n, corpus.shape[1]), dtype=np.float32
+    )
     return unit(q).astype(np.float32), rows
 
 
@@ -137,8 +140,13 @@ def main() -> None:
     h = random_corrector(args.dim, args.drift, table[:4096], args.seed)
     q_np, pos = near_rows(corpus, args.batch, args.query_noise, rng)
     q, exclude = torch.from_numpy(q_np), [[int(r)] for r in pos]
-    neg_p = {"selection": "topk", "ann_threshold": args.rows - 1, "ann_candidates": args.candidates,
-             "ann_index": args.index, "ann_nprobe": args.nprobe}
+    neg_p = {
+        "selection": "topk",
+        "ann_threshold": args.rows - 1,
+        "ann_candidates": args.candidates,
+        "ann_index": args.index,
+        "ann_nprobe": args.nprobe,
+    }
     scorer = CacheScorer(table, neg_p)
     print(f"(b) scorer index {args.index} built in {scorer.index_build_s:.2f} s", flush=True)
     t = time.perf_counter()
@@ -152,47 +160,93 @@ def main() -> None:
     for k in ks:
         sel, times = timed(lambda k=k: scorer.select(q, k, exclude, [int(r) for r in pos], corrector=h), args.repeats)
         assert not any(int(p) in s for p, s in zip(pos, sel.tolist())), "a positive was selected"
-        b.append({"k": k, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-                  "overlap": recall(sel.numpy(), exact[:, :k].numpy()),
-                  "coverage": recall(cand, exact[:, :k].numpy()),
-                  "raw_overlap": recall(raw[:, :k].numpy(), exact[:, :k].numpy())})
+        b.append(
+            {
+                "k": k,
+                "median_s": statistics.median(times),
+                "min_s": min(times),
+                "max_s": max(times),
+                "overlap": recall(sel.numpy(), exact[:, :k].numpy()),
+                "coverage": recall(cand, exact[:, :k].numpy()),
+                "raw_overlap": recall(raw[:, :k].numpy(), exact[:, :k].numpy()),
+            }
+        )
         print(f"(b) k={k}: select {statistics.median(times):.3f} s median, overlap {b[-1]['overlap']:.3f}", flush=True)
     met = all(r["median_s"] < GOAL_S for r in b)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     command = command_line("search")
-    software = (f"{args.threads} threads used; faiss {faiss.__version__}, {gpus} GPU(s) visible to faiss; "
-                f"torch {torch.__version__}")
-    data = (f"{args.rows:,} x {args.dim} float16 rows, L2-normalised, around {args.centres} Gaussian centres on the "
-            f"unit sphere (noise {args.noise}), seed {args.seed}; queries drawn near corpus rows "
-            f"(noise {args.query_noise}). Generated in {gen_s:.1f} s.")
-    lines = ["# Search: exact vs ANN, and corrected-negative selection at corpus scale", "",
-             f"Command: `{command}`", "", f"Machine: {machine()}; {software}", "", f"Data: {data}", "",
-             f"## (a) Exact vs ANN search ({len(queries)} queries, k=10)", "",
-             "| index | build s | search s | ms / query | recall@10 vs exact |", "| --- | --- | --- | --- | --- |"]
+    software = (
+        f"{args.threads} threads used; faiss {faiss.__version__}, {gpus} GPU(s) visible to faiss; "
+        f"torch {torch.__version__}"
+    )
+    data = (
+        f"{args.rows:,} x {args.dim} float16 rows, L2-normalised, around {args.centres} Gaussian centres on the "
+        f"unit sphere (noise {args.noise}), seed {args.seed}; queries drawn near corpus rows "
+        f"(noise {args.query_noise}). Generated in {gen_s:.1f} s."
+    )
+    lines = [
+        "# Search: exact vs ANN, and corrected-negative selection at corpus scale",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine()}; {software}",
+        "",
+        f"Data: {data}",
+        "",
+        f"## (a) Exact vs ANN search ({len(queries)} queries, k=10)",
+        "",
+        "| index | build s | search s | ms / query | recall@10 vs exact |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name in ("exact", "ann"):
         r = a[name]
-        knob = f" (nprobe {args.nprobe})" if "IVF" in r["kind"] else (
-            f" (efSearch {args.ef_search})" if "HNSW" in r["kind"] else "")
-        lines.append(f"| {r['kind']}{knob} | {r['build_s']:.2f} | {r['search_s']:.3f} | "
-                     f"{1000 * r['search_s'] / len(queries):.3f} | {1.0 if name == 'exact' else a_recall:.4f} |")
-    setup = (f"CacheScorer over the {args.rows:,}-row stale cache with `ann_threshold` {args.rows - 1:,}: "
-             f"{args.candidates} candidates per query from `{args.index}` (nprobe {args.nprobe}), each distinct "
-             f"candidate rescored through a residual-MLP corrector (hidden {args.dim}, fixed random weights, "
-             f"mean correction {args.drift} of the row norm); the query's positive is excluded. Time per select() "
-             f"call: median of {args.repeats} after a warm-up, excluding the one-time index build.")
-    exact_line = (f"- exact corrected selection (every row through the corrector, chunked; what training does "
-                  f"below ann_threshold): {exact_s:.2f} s for k={max(ks)}")
-    cand_line = (f"- faiss candidate search alone: {1000 * statistics.median(cand_times):.1f} ms median; "
-                 f"{n_cand:.0f} candidates per query on average (of {args.candidates} asked)")
-    header = ("| k | select() median s | min s | max s | overlap with exact corrected top-k | "
-              "exact corrected top-k inside the candidates | overlap of uncorrected top-k |")
-    lines += ["", f"## (b) Corrected-negative selection ({args.batch} queries, selection topk)", "", setup, "",
-              f"- one-time index build: {scorer.index_build_s:.2f} s",
-              cand_line,
-              exact_line, "", header, "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['k']} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} | {r['overlap']:.4f} | "
-              f"{r['coverage']:.4f} | {r['raw_overlap']:.4f} |" for r in b]
+        knob = (
+            f" (nprobe {args.nprobe})"
+            if "IVF" in r["kind"]
+            else (f" (efSearch {args.ef_search})" if "HNSW" in r["kind"] else "")
+        )
+        lines.append(
+            f"| {r['kind']}{knob} | {r['build_s']:.2f} | {r['search_s']:.3f} | "
+            f"{1000 * r['search_s'] / len(queries):.3f} | {1.0 if name == 'exact' else a_recall:.4f} |"
+        )
+    setup = (
+        f"CacheScorer over the {args.rows:,}-row stale cache with `ann_threshold` {args.rows - 1:,}: "
+        f"{args.candidates} candidates per query from `{args.index}` (nprobe {args.nprobe}), each distinct "
+        f"candidate rescored through a residual-MLP corrector (hidden {args.dim}, fixed random weights, "
+        f"mean correction {args.drift} of the row norm); the query's positive is excluded. Time per select() "
+        f"call: median of {args.repeats} after a warm-up, excluding the one-time index build."
+    )
+    exact_line = (
+        f"- exact corrected selection (every row through the corrector, chunked; what training does "
+        f"below ann_threshold): {exact_s:.2f} s for k={max(ks)}"
+    )
+    cand_line = (
+        f"- faiss candidate search alone: {1000 * statistics.median(cand_times):.1f} ms median; "
+        f"{n_cand:.0f} candidates per query on average (of {args.candidates} asked)"
+    )
+    header = (
+        "| k | select() median s | min s | max s | overlap with exact corrected top-k | "
+        "exact corrected top-k inside the candidates | overlap of uncorrected top-k |"
+    )
+    lines += [
+        "",
+        f"## (b) Corrected-negative selection ({args.batch} queries, selection topk)",
+        "",
+        setup,
+        "",
+        f"- one-time index build: {scorer.index_build_s:.2f} s",
+        cand_line,
+        exact_line,
+        "",
+        header,
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['k']} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} | {r['overlap']:.4f} | "
+        f"{r['coverage']:.4f} | {r['raw_overlap']:.4f} |"
+        for r in b
+    ]
     goal = f"Goal: under {GOAL_S:g} s per select() for {args.batch} queries on this CPU: **{'met' if met else 'not met'}**."
     lines += ["", goal, "", "## (c) Memory", "", f"Peak RSS of the process: {peak_mib:,.0f} MiB", ""]
     report = "\n".join(lines)

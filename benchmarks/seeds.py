@@ -50,15 +50,24 @@ def spread(values: list[float]) -> str:
 
 def report(runs: dict[int, dict[str, dict]], command: str) -> str:
     nd = lambda r: r["test"]["ndcg_at_10"]  # noqa: E731
-    lines = ["# The ablation over several seeds (nDCG@10 on test, paired by seed)", "",
-             f"Command: `{command}`  ", f"Machine: {machine()}", "",
-             "Every seed uses the same params, data, query clusters and initial cache; only `seed` changes.", ""]
+    lines = [
+        "# The ablation over several seeds (nDCG@10 on test, paired by seed)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}",
+        "",
+        "Every seed uses the same params, data, query clusters and initial cache; only `seed` changes.",
+        "",
+    ]
     arms = sorted({a for r in runs.values() for a in r}, key=lambda a: (a != "corrected", a != "refresh", a))
     lines += ["| seed | " + " | ".join(arms) + " |", "| --- |" + " --- |" * len(arms)]
     for seed, r in sorted(runs.items()):
         lines.append(f"| {seed} | " + " | ".join(f"{nd(r[a]):.4f}" if a in r else "-" for a in arms) + " |")
-    lines.append("| mean over the seeds that ran it | " + " | ".join(
-        f"{statistics.mean(nd(r[a]) for r in runs.values() if a in r):.4f}" for a in arms) + " |")
+    lines.append(
+        "| mean over the seeds that ran it | "
+        + " | ".join(f"{statistics.mean(nd(r[a]) for r in runs.values() if a in r):.4f}" for a in arms)
+        + " |"
+    )
 
     lines += ["", "## Goals, per seed and on the mean of the paired differences", ""]
     pairs = paired(runs, "corrected", "refresh", nd)
@@ -66,38 +75,56 @@ def report(runs: dict[int, dict[str, dict]], command: str) -> str:
         lines.append(gap_line(f"refresh (goal >= {GAP_GOAL})", [(s, c - f, "") for s, c, f in pairs]))
         ratios = [cost(runs[s]["corrected"]) / max(1, cost(runs[s]["refresh"])) for s, _, _ in pairs]
         ok = max(ratios) <= PASS_RATIO_GOAL
-        lines.append(f"- target-encoder passes, corrected / refresh (goal <= {PASS_RATIO_GOAL}): "
-                     + ", ".join(f"{s}: {x:.4f}" for (s, _, _), x in zip(pairs, ratios))
-                     + f"; **{'met' if ok else 'not met'}**" + (" on every seed" if ok else ""))
+        lines.append(
+            f"- target-encoder passes, corrected / refresh (goal <= {PASS_RATIO_GOAL}): "
+            + ", ".join(f"{s}: {x:.4f}" for (s, _, _), x in zip(pairs, ratios))
+            + f"; **{'met' if ok else 'not met'}**"
+            + (" on every seed" if ok else "")
+        )
     pairs = paired(runs, "corrected", "refresh_random", nd)
     if pairs:  # the same gap against refresh with random batches, which may be the stronger refresh
-        lines.append(gap_line(f"refresh_random (refresh with random batches; goal >= {GAP_GOAL})",
-                              [(s, c - f, "") for s, c, f in pairs]))
+        lines.append(
+            gap_line(
+                f"refresh_random (refresh with random batches; goal >= {GAP_GOAL})",
+                [(s, c - f, "") for s, c, f in pairs],
+            )
+        )
     strongest = strongest_without_corrector(runs, nd)
     if strongest:
-        lines.append(gap_line(f"the strongest arm without a corrector that the seed ran (goal >= {GAP_GOAL}; "
-                              "the issue asks refresh to be the best arm affordable without a corrector)",
-                              [(s, c - b, f" (vs {a})") for s, c, b, a in strongest]))
+        lines.append(
+            gap_line(
+                f"the strongest arm without a corrector that the seed ran (goal >= {GAP_GOAL}; "
+                "the issue asks refresh to be the best arm affordable without a corrector)",
+                [(s, c - b, f" (vs {a})") for s, c, b, a in strongest],
+            )
+        )
     for other in ("stale", "in_batch"):
         p = paired(runs, "corrected", other, nd)
         if p:
             diffs = [c - o for _, c, o in p]
-            lines.append(f"- corrected minus {other} (goal > 0): met on {sum(d > 0 for d in diffs)} of {len(p)} "
-                         f"seeds; mean difference {spread(diffs)}")
+            lines.append(
+                f"- corrected minus {other} (goal > 0): met on {sum(d > 0 for d in diffs)} of {len(p)} "
+                f"seeds; mean difference {spread(diffs)}"
+            )
     for arm in RANDOM_OF:  # TAS minus random batches, for each strategy that ran both
         p = paired(runs, arm, f"{arm}_random", nd)
         if p:
             diffs = [t - r for _, t, r in p]
-            lines.append(f"- {arm} minus {arm}_random (TAS minus random batches; reported, no goal): "
-                         + ", ".join(f"{s}: {d:+.4f}" for (s, _, _), d in zip(p, diffs))
-                         + f"; TAS higher on {sum(d > 0 for d in diffs)} of {len(p)} seeds; mean difference {spread(diffs)}")
+            lines.append(
+                f"- {arm} minus {arm}_random (TAS minus random batches; reported, no goal): "
+                + ", ".join(f"{s}: {d:+.4f}" for (s, _, _), d in zip(p, diffs))
+                + f"; TAS higher on {sum(d > 0 for d in diffs)} of {len(p)} seeds; mean difference {spread(diffs)}"
+            )
     over = overlap_goal(runs, "corrected")
     if over:
         lines.append(f"- {over}")
     best = [max((nd(x), a) for a, x in r.items() if a != "zero_shot") for r in runs.values()]
     if best:
-        lines.append(f"- best arm per seed (goal >= {BEST_GOAL}): " + ", ".join(f"{a} {v:.4f}" for v, a in best)
-                     + f"; met on {sum(v >= BEST_GOAL for v, _ in best)} of {len(best)} seeds")
+        lines.append(
+            f"- best arm per seed (goal >= {BEST_GOAL}): "
+            + ", ".join(f"{a} {v:.4f}" for v, a in best)
+            + f"; met on {sum(v >= BEST_GOAL for v, _ in best)} of {len(best)} seeds"
+        )
     return "\n".join(lines + variant_lines(runs, nd)) + "\n"
 
 
@@ -106,9 +133,12 @@ def gap_line(against: str, gaps: list[tuple[int, float, str]]) -> str:
     the goal, and the mean with its spread."""
     values = [g for _, g, _ in gaps]
     verdict = "met" if statistics.mean(values) >= GAP_GOAL else "not met"
-    return (f"- corrected minus {against}: " + ", ".join(f"{s}: {g:+.4f}{note}" for s, g, note in gaps)
-            + f"; met on {sum(v >= GAP_GOAL for v in values)} of {len(values)} seeds; mean {spread(values)}: "
-            f"**{verdict}** on the mean")
+    return (
+        f"- corrected minus {against}: "
+        + ", ".join(f"{s}: {g:+.4f}{note}" for s, g, note in gaps)
+        + f"; met on {sum(v >= GAP_GOAL for v in values)} of {len(values)} seeds; mean {spread(values)}: "
+        f"**{verdict}** on the mean"
+    )
 
 
 def strongest_without_corrector(runs: dict[int, dict[str, dict]], nd) -> list[tuple[int, float, float, str]]:
@@ -129,13 +159,18 @@ def strongest_without_corrector(runs: dict[int, dict[str, dict]], nd) -> list[tu
 
 def overlap_goal(runs: dict[int, dict[str, dict]], arm: str) -> str | None:
     """The top-100 overlap goal for one corrected arm, seed by seed (None where none recorded it)."""
-    over = [(s, r[arm]["top100_overlap_corrected_vs_fresh"], r[arm]["top100_overlap_stale_vs_fresh"])
-            for s, r in sorted(runs.items()) if "top100_overlap_corrected_vs_fresh" in r.get(arm, {})]
+    over = [
+        (s, r[arm]["top100_overlap_corrected_vs_fresh"], r[arm]["top100_overlap_stale_vs_fresh"])
+        for s, r in sorted(runs.items())
+        if "top100_overlap_corrected_vs_fresh" in r.get(arm, {})
+    ]
     if not over:
         return None
-    return ("top-100 overlap with a fresh cache, corrected vs stale (goal: corrected higher): "
-            + ", ".join(f"{s}: {a:.4f} vs {b:.4f}" for s, a, b in over)
-            + f"; met on {sum(a > b for _, a, b in over)} of {len(over)} seeds")
+    return (
+        "top-100 overlap with a fresh cache, corrected vs stale (goal: corrected higher): "
+        + ", ".join(f"{s}: {a:.4f} vs {b:.4f}" for s, a, b in over)
+        + f"; met on {sum(a > b for _, a, b in over)} of {len(over)} seeds"
+    )
 
 
 def variant_lines(runs: dict[int, dict[str, dict]], nd) -> list[str]:
@@ -153,22 +188,35 @@ def variant_lines(runs: dict[int, dict[str, dict]], nd) -> list[str]:
             if not p:
                 continue
             diffs = [a - b for _, a, b in p]
-            goal = f"; met on {sum(d >= GAP_GOAL for d in diffs)} of {len(p)} seeds (goal >= {GAP_GOAL})" \
-                if other == "refresh" else ""
-            lines.append(f"  - minus {other}: " + ", ".join(f"{s}: {a - b:+.4f}" for s, a, b in p)
-                         + f"{goal}; mean {spread(diffs)}")
+            goal = (
+                f"; met on {sum(d >= GAP_GOAL for d in diffs)} of {len(p)} seeds (goal >= {GAP_GOAL})"
+                if other == "refresh"
+                else ""
+            )
+            lines.append(
+                f"  - minus {other}: "
+                + ", ".join(f"{s}: {a - b:+.4f}" for s, a, b in p)
+                + f"{goal}; mean {spread(diffs)}"
+            )
         over = overlap_goal(runs, name)
         if over:
             lines.append(f"  - {over}")
-        cached = [(s, r[name]["test_corrected_cache"]["ndcg_at_10"], r[name]["test_stale_cache"]["ndcg_at_10"])
-                  for s, r in sorted(runs.items()) if "test_corrected_cache" in r.get(name, {})]
+        cached = [
+            (s, r[name]["test_corrected_cache"]["ndcg_at_10"], r[name]["test_stale_cache"]["ndcg_at_10"])
+            for s, r in sorted(runs.items())
+            if "test_corrected_cache" in r.get(name, {})
+        ]
         if cached:
-            lines.append("  - no re-embedding at all, h(cache) vs stale cache nDCG@10: "
-                         + ", ".join(f"{s}: {a:.4f} vs {b:.4f}" for s, a, b in cached))
+            lines.append(
+                "  - no re-embedding at all, h(cache) vs stale cache nDCG@10: "
+                + ", ".join(f"{s}: {a:.4f} vs {b:.4f}" for s, a, b in cached)
+            )
         ratios = [(s, cost(runs[s][name]) / max(1, cost(runs[s]["refresh"]))) for s, _, _ in vs_refresh]
         if ratios:
-            lines.append(f"  - target-encoder passes / refresh's (goal <= {PASS_RATIO_GOAL}): "
-                         + ", ".join(f"{s}: {x:.4f}" for s, x in ratios))
+            lines.append(
+                f"  - target-encoder passes / refresh's (goal <= {PASS_RATIO_GOAL}): "
+                + ", ".join(f"{s}: {x:.4f}" for s, x in ratios)
+            )
     return lines
 
 
@@ -176,12 +224,23 @@ def run_seed(params: Path, seed: int, out: Path, ablation_args: list[str]) -> No
     """One ablation run with `seed` replacing params.yaml's seed (a temporary params copy)."""
     p = yaml.safe_load(params.read_text())
     p["seed"] = seed
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=params.parent, prefix=f".seed{seed}-",
-                                     delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=params.parent, prefix=f".seed{seed}-", delete=False) as f:
         yaml.safe_dump(p, f, sort_keys=False)
     try:
-        subprocess.run([sys.executable, "-m", "benchmarks.ablation", "--params", f.name, "--out", str(out.resolve()),
-                        *ablation_args], cwd=ROOT, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.ablation",
+                "--params",
+                f.name,
+                "--out",
+                str(out.resolve()),
+                *ablation_args,
+            ],
+            cwd=ROOT,
+            check=True,
+        )
     finally:
         Path(f.name).unlink(missing_ok=True)
 

@@ -10,17 +10,23 @@ over the old cache); publish_index replaces that with the real re-embedding; bot
 from datetime import datetime, timezone
 
 from airflow.sdk import dag
-
 from freshen.orchestration import airflow_tasks as ft
 from freshen.orchestration.pipeline import REFRESH
 
 project = ft.load_project(__file__)
 
 
-@dag(dag_id=REFRESH.dag_id, schedule=ft.refresh_schedule(project),
-     start_date=datetime(2025, 1, 1, tzinfo=timezone.utc), catchup=False, max_active_runs=1,
-     params=ft.dag_params(project, ft.RUN_PARAMS[REFRESH.kind]), default_args=ft.default_args(project),
-     tags=["freshen"], doc_md=ft.doc_md(REFRESH, __doc__))
+@dag(
+    dag_id=REFRESH.dag_id,
+    schedule=ft.refresh_schedule(project),
+    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    params=ft.dag_params(project, ft.RUN_PARAMS[REFRESH.kind]),
+    default_args=ft.default_args(project),
+    tags=["freshen"],
+    doc_md=ft.doc_md(REFRESH, __doc__),
+)
 def freshen_cache_refresh():
     run = ft.start_run(project, REFRESH.kind)
     steps = ft.steps(project, REFRESH, run)

@@ -9,16 +9,23 @@ freshen_cache_refresh; end_run closes the parent run. See docs/orchestration.md.
 from datetime import datetime, timezone
 
 from airflow.sdk import dag
-
 from freshen.orchestration import airflow_tasks as ft
 from freshen.orchestration.pipeline import TRAIN
 
 project = ft.load_project(__file__)
 
 
-@dag(dag_id=TRAIN.dag_id, schedule=None, start_date=datetime(2025, 1, 1, tzinfo=timezone.utc), catchup=False,
-     max_active_runs=1, params=ft.dag_params(project, ft.RUN_PARAMS[TRAIN.kind]),
-     default_args=ft.default_args(project), tags=["freshen"], doc_md=ft.doc_md(TRAIN, __doc__))
+@dag(
+    dag_id=TRAIN.dag_id,
+    schedule=None,
+    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    params=ft.dag_params(project, ft.RUN_PARAMS[TRAIN.kind]),
+    default_args=ft.default_args(project),
+    tags=["freshen"],
+    doc_md=ft.doc_md(TRAIN, __doc__),
+)
 def freshen_train():
     run = ft.start_run(project, TRAIN.kind)
     steps = ft.steps(project, TRAIN, run)

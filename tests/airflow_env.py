@@ -21,8 +21,9 @@ def use_temp_airflow_home() -> Path:
     if "home" not in _state:
         home = Path(tempfile.mkdtemp(prefix="freshen-airflow-home-"))
         atexit.register(shutil.rmtree, home, True)
-        os.environ.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-                          AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"))
+        os.environ.update(
+            AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags")
+        )
         _state["home"] = home
     return _state["home"]
 

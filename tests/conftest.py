@@ -35,8 +35,18 @@ def tiny_params(tmp_path, tiny_model, tiny_beir):
     params["cluster"].update(queries_per_cluster=6, niter=5)
     # keep_best off: on a 3-query dev split the training-time index can rank step 0 (the random-weight
     # model) first, and the end-to-end tests promote a trained model; the tests of keep_best set it on
-    params["train"].update(steps=6, batch_size=4, log_every=2, passage_max_len=32, lr=1e-3, eval_every=3,
-                           probe_passages=8, overlap_passages=30, overlap_k=5, keep_best=False)
+    params["train"].update(
+        steps=6,
+        batch_size=4,
+        log_every=2,
+        passage_max_len=32,
+        lr=1e-3,
+        eval_every=3,
+        probe_passages=8,
+        overlap_passages=30,
+        overlap_k=5,
+        keep_best=False,
+    )
     params["train"]["pilot"]["steps"] = 2
     params["train"]["negatives"].update(k=2)
     params["train"]["corrector"].update(hidden=32, warmup_steps=2)
@@ -63,7 +73,12 @@ def tiny_training(tiny_params, tiny_beir, tmp_path):
     ds.qrels["dev"] = {q: ds.qrels["train"].pop(q) for q in sorted(ds.qrels["train"])[:4]}
     enc = Encoder.from_params(tiny_params["model"])
     ids = ds.doc_ids()
-    cache = write_cache(tmp_path / "cache", ids, enc.dim,
-                        lambda arr: encode_into(enc, ds.doc_texts(ids), "passage", arr, precision="fp32"), {})
+    cache = write_cache(
+        tmp_path / "cache",
+        ids,
+        enc.dim,
+        lambda arr: encode_into(enc, ds.doc_texts(ids), "passage", arr, precision="fp32"),
+        {},
+    )
     clusters = {q: i % 3 for i, q in enumerate(sorted(ds.positives("train")))}
     return ds, cache, clusters, tiny_params

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from freshen import atomic
 from freshen.atomic import atomic_dir, atomic_file, write_json, write_text
 from freshen.errors import FreshenError
@@ -45,11 +44,18 @@ def holder(tmp_path):
     procs = []
 
     def start(output: Path) -> subprocess.Popen:
-        code = ("import sys; from freshen.locks import hold\n"
-                f"with hold({str(output)!r}):\n"
-                "    print('held', flush=True); sys.stdin.read()\n")
-        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True, env={**os.environ, "PYTHONPATH": COMPONENTS})
+        code = (
+            "import sys; from freshen.locks import hold\n"
+            f"with hold({str(output)!r}):\n"
+            "    print('held', flush=True); sys.stdin.read()\n"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": COMPONENTS},
+        )
         procs.append(proc)
         assert proc.stdout.readline().strip() == "held"
         return proc
@@ -108,8 +114,11 @@ def test_a_second_writer_fails_at_once_naming_the_first_and_writes_nothing(tmp_p
     (out / "ids.json").write_text("[]")
     first = holder(out)
     started = time.monotonic()
-    with pytest.raises(FreshenError, match=rf"{out} is being written by another run \(pid {first.pid}, since \d{{4}}-"
-                                           rf".*wait for it to finish, or set {WAIT_ENV}=SECONDS"):
+    with pytest.raises(
+        FreshenError,
+        match=rf"{out} is being written by another run \(pid {first.pid}, since \d{{4}}-"
+        rf".*wait for it to finish, or set {WAIT_ENV}=SECONDS",
+    ):
         with hold(out):
             (out / "ids.json").write_text("overwritten")
     assert time.monotonic() - started < 5  # at once, not after a timeout
@@ -164,18 +173,22 @@ def test_taking_a_lock_removes_what_dead_runs_left_and_nothing_else(tmp_path, li
             os.utime(p, (mtime, mtime))
         return p
 
-    gone = [make(f".model.{dead}.0badc0de.tmp"),            # a save killed half-way
-            make(f".model.old-{dead}"),                     # killed between the two renames of replace_dir
-            make(".model.k3j_x9zq.tmp", mtime=day_old),     # mkstemp name, no pid: only by its age
-            make(f".model.{dead}.12345678.tmp", is_dir=False),
-            make(f".model.{os.getpid()}.0badc0de.tmp")]     # our pid, before we held the lock: an earlier
+    gone = [
+        make(f".model.{dead}.0badc0de.tmp"),  # a save killed half-way
+        make(f".model.old-{dead}"),  # killed between the two renames of replace_dir
+        make(".model.k3j_x9zq.tmp", mtime=day_old),  # mkstemp name, no pid: only by its age
+        make(f".model.{dead}.12345678.tmp", is_dir=False),
+        make(f".model.{os.getpid()}.0badc0de.tmp"),
+    ]  # our pid, before we held the lock: an earlier
     #                                                         process's with the same pid (a container's pid 1)
-    kept = [make(f".model.{live}.0badc0de.tmp"),            # another live process's work
-            make(".model.abcdefgh.tmp", mtime=day_old + 86400 + 3600),  # no pid, 23 hours old: young enough
-            make(".model.partial"),                         # a resume folder: kept for the resume
-            make(f".model-v2.{dead}.0badc0de.tmp"),         # another output's
-            make(f".model.v2.{dead}.0badc0de.tmp"),         # output "model.v2"'s, not "model"'s
-            make("model")]
+    kept = [
+        make(f".model.{live}.0badc0de.tmp"),  # another live process's work
+        make(".model.abcdefgh.tmp", mtime=day_old + 86400 + 3600),  # no pid, 23 hours old: young enough
+        make(".model.partial"),  # a resume folder: kept for the resume
+        make(f".model-v2.{dead}.0badc0de.tmp"),  # another output's
+        make(f".model.v2.{dead}.0badc0de.tmp"),  # output "model.v2"'s, not "model"'s
+        make("model"),
+    ]
     with hold(tmp_path / "model"):
         pass
     assert [p for p in gone if p.exists()] == []

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from freshen.atomic import atomic_dir
 from freshen.cache import load_cache, write_cache
 from freshen.errors import DataError
@@ -13,6 +12,7 @@ from freshen.errors import DataError
 def _fill(values):
     def fill(arr):
         arr[:] = values
+
     return fill
 
 
@@ -64,15 +64,22 @@ def test_atomic_dir_never_publishes_partial(tmp_path):
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name,body,message", [
-    ("manifest.json", "{not json", r"manifest\.json: not valid JSON \(Expecting property name enclosed in double "
-                                    r"quotes at line 1 column 2\)"),
-    ("manifest.json", "", r"manifest\.json: not valid JSON \(the file is empty\)"),
-    ("manifest.json", "[1, 2]", r"manifest\.json: must be a JSON object, got a list"),
-    ("ids.json", '["a", "b"', r"ids\.json: not valid JSON"),
-    ("ids.json", '{"a": 0}', r"ids\.json: must be a JSON list of document ids, got a dict"),
-    ("ids.json", '["a", 2]', r"ids\.json: must be a JSON list of document ids \(strings\), item 2 is 2"),
-])
+@pytest.mark.parametrize(
+    "name,body,message",
+    [
+        (
+            "manifest.json",
+            "{not json",
+            r"manifest\.json: not valid JSON \(Expecting property name enclosed in double "
+            r"quotes at line 1 column 2\)",
+        ),
+        ("manifest.json", "", r"manifest\.json: not valid JSON \(the file is empty\)"),
+        ("manifest.json", "[1, 2]", r"manifest\.json: must be a JSON object, got a list"),
+        ("ids.json", '["a", "b"', r"ids\.json: not valid JSON"),
+        ("ids.json", '{"a": 0}', r"ids\.json: must be a JSON list of document ids, got a dict"),
+        ("ids.json", '["a", 2]', r"ids\.json: must be a JSON list of document ids \(strings\), item 2 is 2"),
+    ],
+)
 def test_unreadable_manifest_or_ids_is_named(tmp_path, name, body, message):
     write_cache(tmp_path / "c", ["a", "b"], 3, _fill(np.ones((2, 3))), {})
     (tmp_path / "c" / name).write_text(body)
@@ -91,16 +98,19 @@ def test_manifest_without_a_field_is_named(tmp_path, field):
         load_cache(tmp_path / "c")
 
 
-@pytest.mark.parametrize("keep,message", [
-    (0, r"embeddings\.npy: the file is empty \(0 bytes\)"),
-    (20, r"embeddings\.npy: not a readable \.npy array, truncated or damaged"),
-    (-6, r"embeddings\.npy: not a readable \.npy array, truncated or damaged"),
-])
+@pytest.mark.parametrize(
+    "keep,message",
+    [
+        (0, r"embeddings\.npy: the file is empty \(0 bytes\)"),
+        (20, r"embeddings\.npy: not a readable \.npy array, truncated or damaged"),
+        (-6, r"embeddings\.npy: not a readable \.npy array, truncated or damaged"),
+    ],
+)
 def test_empty_or_truncated_embeddings_are_named(tmp_path, keep, message):
     write_cache(tmp_path / "c", ["a", "b"], 3, _fill(np.ones((2, 3))), {})
     emb = tmp_path / "c" / "embeddings.npy"
     data = emb.read_bytes()
-    emb.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+    emb.write_bytes(data[:keep] if keep >= 0 else data[: len(data) + keep])
     with pytest.raises(DataError, match=message):
         load_cache(tmp_path / "c")
 

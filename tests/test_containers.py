@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from freshen.cli import build_parser
 from freshen.params import load_params
 
@@ -119,11 +118,24 @@ def compose():
 
 def test_compose_has_the_whole_local_stack(compose):
     services = compose["services"]
-    assert {"postgres", "minio", "minio-init", "mlflow", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-            "airflow-dag-processor", "airflow-triggerer"} <= set(services)
+    assert {
+        "postgres",
+        "minio",
+        "minio-init",
+        "mlflow",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    } <= set(services)
     commands = {name: s.get("command") for name, s in services.items()}
-    for name, cmd in (("airflow-apiserver", "api-server"), ("airflow-scheduler", "scheduler"),
-                      ("airflow-dag-processor", "dag-processor"), ("airflow-triggerer", "triggerer")):
+    for name, cmd in (
+        ("airflow-apiserver", "api-server"),
+        ("airflow-scheduler", "scheduler"),
+        ("airflow-dag-processor", "dag-processor"),
+        ("airflow-triggerer", "triggerer"),
+    ):
         assert commands[name] == [cmd]
         env = services[name]["environment"]
         conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]

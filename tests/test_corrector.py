@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from freshen.errors import FreshenError
 from freshen.modeling.corrector import Corrector
 from freshen.training.losses import drift_loss
@@ -102,10 +101,12 @@ def test_corrected_logits_loss_targets_and_mask():
     mask[0, 7] = True
     # 'positive' is the retriever's own loss with the corrected targets
     assert float(corrected_logits_loss(q, stale, fresh, labels, mask, 0.05, "positive")) == pytest.approx(
-        float(contrastive_loss(q, stale, labels, mask, 0.05)), rel=1e-5)
+        float(contrastive_loss(q, stale, labels, mask, 0.05)), rel=1e-5
+    )
     # 'fresh' is lowest when the corrected cache equals the fresh embeddings
-    assert float(corrected_logits_loss(q, fresh, fresh, labels, mask, 0.05, "fresh")) < \
-        float(corrected_logits_loss(q, stale, fresh, labels, mask, 0.05, "fresh"))
+    assert float(corrected_logits_loss(q, fresh, fresh, labels, mask, 0.05, "fresh")) < float(
+        corrected_logits_loss(q, stale, fresh, labels, mask, 0.05, "fresh")
+    )
     # a hidden column changes nothing, in either target
     moved = stale.clone()
     moved[7] = 5 * q[0]
@@ -152,16 +153,25 @@ def test_truncated_weights_are_named(tmp_path, keep):
 
     weights = _saved(tmp_path) / "corrector.safetensors"
     data = weights.read_bytes()
-    weights.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+    weights.write_bytes(data[:keep] if keep >= 0 else data[: len(data) + keep])
     with pytest.raises(DataError, match=r"corrector\.safetensors: not a readable safetensors file"):
         Corrector.load(tmp_path / "c")
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"hidden": 16}, r"corrector\.safetensors: the weights do not fit .*corrector\.json: size mismatch for mlp\.0\.weight"),
-    ({"arch": "linear"}, r"corrector\.safetensors: the weights do not fit .*corrector\.json: missing linear\.weight"),
-    ({"depth": 2}, r"corrector\.safetensors: the weights do not fit .*corrector\.json: missing mlp\.4\.weight"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            {"hidden": 16},
+            r"corrector\.safetensors: the weights do not fit .*corrector\.json: size mismatch for mlp\.0\.weight",
+        ),
+        (
+            {"arch": "linear"},
+            r"corrector\.safetensors: the weights do not fit .*corrector\.json: missing linear\.weight",
+        ),
+        ({"depth": 2}, r"corrector\.safetensors: the weights do not fit .*corrector\.json: missing mlp\.4\.weight"),
+    ],
+)
 def test_config_and_weights_that_disagree_are_named(tmp_path, change, message):
     import json
 
@@ -174,12 +184,15 @@ def test_config_and_weights_that_disagree_are_named(tmp_path, change, message):
         Corrector.load(folder, expect_dim=8)
 
 
-@pytest.mark.parametrize("body,message", [
-    ("{", r"corrector\.json: not valid JSON"),
-    ('{"arch": "linear"}', r"corrector\.json: field 'dim': missing"),
-    ('{"dim": 8, "width": 3}', r"corrector\.json: field 'width': unknown setting"),
-    ('{"dim": "eight"}', r"corrector\.json: field 'dim': must be an integer >= 1, got 'eight'"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("{", r"corrector\.json: not valid JSON"),
+        ('{"arch": "linear"}', r"corrector\.json: field 'dim': missing"),
+        ('{"dim": 8, "width": 3}', r"corrector\.json: field 'width': unknown setting"),
+        ('{"dim": "eight"}', r"corrector\.json: field 'dim': must be an integer >= 1, got 'eight'"),
+    ],
+)
 def test_a_bad_corrector_config_is_named(tmp_path, body, message):
     from freshen.errors import DataError
 
@@ -193,9 +206,8 @@ def test_a_bad_corrector_config_is_named(tmp_path, body, message):
 def test_non_finite_weights_are_refused_naming_the_file(tmp_path, bad):
     """A corrector file with a NaN or Inf weight (written by another tool, or damaged) is refused
     on load, naming the file and the tensor: it would turn every corrected embedding into NaN."""
-    from safetensors.torch import load_file, save_file
-
     from freshen.errors import DataError
+    from safetensors.torch import load_file, save_file
 
     weights = _saved(tmp_path) / "corrector.safetensors"
     state = load_file(str(weights))

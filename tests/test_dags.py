@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from airflow_env import migrate_db, use_temp_airflow_home
 
 use_temp_airflow_home()  # before anything imports airflow
 
 from dag_shapes import REFRESH_EDGES, REFRESH_TASKS, TRAIN_EDGES, TRAIN_STEPS, TRAIN_TASKS, edges_of  # noqa: E402
-
 from freshen.orchestration.pipeline import TRAIN, cli_argv, steps_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +93,9 @@ def test_run_params_become_dotted_overrides():
     from freshen.orchestration.airflow_tasks import overrides_from
 
     assert overrides_from({"train.steps": 5, "train.lr": None, "set": {"train.temperature": 0.1}}) == {
-        "train.steps": 5, "train.temperature": 0.1}
+        "train.steps": 5,
+        "train.temperature": 0.1,
+    }
     assert overrides_from({"train": {"steps": 5, "lr": None}, "set": {}}) == {"train.steps": 5}  # a nesting form
 
 
@@ -107,8 +107,9 @@ def test_the_deployment_overrides_reach_every_step_of_a_run(tmp_path, tiny_param
     from freshen.params import load_params
 
     root = project_with(tmp_path, tiny_params)
-    monkeypatch.setenv("FRESHEN_SET", json.dumps({"orchestration.num_shards": 3, "data.verify": False,
-                                                  "train.steps": 9}))
+    monkeypatch.setenv(
+        "FRESHEN_SET", json.dumps({"orchestration.num_shards": 3, "data.verify": False, "train.steps": 9})
+    )
     project = config.load_project(root)
     assert project.params.orchestration.num_shards == 3
     overrides = run_overrides(project, {"train.steps": 5, "train.lr": None})  # the run's own param wins
@@ -127,8 +128,14 @@ def test_a_bad_orchestration_value_is_an_import_error_naming_the_field(tmp_path,
     monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, params)))
     errors = dagbag().import_errors
     assert len(errors) == 2
-    assert all(re.search(r"params\.yaml:\d+: orchestration\.runner: Input should be 'local', 'docker' or "
-                         r"'kubernetes', got 'slurm'", e) for e in errors.values())
+    assert all(
+        re.search(
+            r"params\.yaml:\d+: orchestration\.runner: Input should be 'local', 'docker' or "
+            r"'kubernetes', got 'slurm'",
+            e,
+        )
+        for e in errors.values()
+    )
 
 
 def test_an_unknown_gpu_step_is_an_import_error_naming_the_field(tmp_path, monkeypatch):
@@ -142,11 +149,35 @@ def test_an_unknown_gpu_step_is_an_import_error_naming_the_field(tmp_path, monke
     ), errors
 
 
-DOCKER_ARGS = ("command", "image", "docker_url", "network_mode", "mounts", "mount_tmp_dir", "auto_remove",
-               "private_environment", "mem_limit", "skip_on_exit_code", "device_requests")
-POD_ARGS = ("arguments", "namespace", "image", "name", "env_vars", "env_from", "container_resources", "volumes",
-            "volume_mounts", "service_account_name", "image_pull_policy", "get_logs", "on_finish_action",
-            "skip_on_exit_code")
+DOCKER_ARGS = (
+    "command",
+    "image",
+    "docker_url",
+    "network_mode",
+    "mounts",
+    "mount_tmp_dir",
+    "auto_remove",
+    "private_environment",
+    "mem_limit",
+    "skip_on_exit_code",
+    "device_requests",
+)
+POD_ARGS = (
+    "arguments",
+    "namespace",
+    "image",
+    "name",
+    "env_vars",
+    "env_from",
+    "container_resources",
+    "volumes",
+    "volume_mounts",
+    "service_account_name",
+    "image_pull_policy",
+    "get_logs",
+    "on_finish_action",
+    "skip_on_exit_code",
+)
 
 
 def fake_provider(monkeypatch, module: str, cls: str, arg_names):
@@ -168,7 +199,8 @@ def fake_provider(monkeypatch, module: str, cls: str, arg_names):
         __init__.__signature__ = inspect.Signature(
             [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
             + [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in arg_names]
-            + [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
+            + [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
+        )
 
     Recorded.__name__ = cls
     parts = module.split(".")
@@ -236,13 +268,17 @@ def test_a_missing_provider_names_the_package(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- end to end, on tiny data
 
+
 def task_states(dag_run) -> dict:
     from airflow.models import TaskInstance
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_run.dag_id,
-                                                 TaskInstance.run_id == dag_run.run_id).all()
+        tis = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)
+            .all()
+        )
         return {(ti.task_id, ti.map_index): (str(ti.state), ti.try_number) for ti in tis}
 
 
@@ -251,18 +287,21 @@ def asset_events(name: str) -> list[dict]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        rows = session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(
-            AssetModel.name == name).all()
+        rows = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == name)
+            .all()
+        )
         return [dict(e.extra or {}) for e in rows]
 
 
 def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_uri, monkeypatch):
     import mlflow
-    from mlflow.tracking import MlflowClient
-
     from freshen import embed_corpus
     from freshen.cache import load_cache
     from freshen.index_store import read_pointer
+    from mlflow.tracking import MlflowClient
 
     migrate_db()
     tiny_params["orchestration"].update(retries=1, retry_delay_s=0)
@@ -290,8 +329,9 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
     assert sorted(c.info.run_name for c in children) == sorted(TRAIN_STEPS)
     train_child = next(c for c in children if c.info.run_name == "train")
     assert train_child.data.params["train.steps"] == "4" and train_child.data.params["train.log_every"] == "1"
-    assert asset_events("freshen_champion") == [{"registered_model": name, "version": "1", "previous": None,
-                                                 "parent_run_id": parent.info.run_id}]
+    assert asset_events("freshen_champion") == [
+        {"registered_model": name, "version": "1", "previous": None, "parent_run_id": parent.info.run_id}
+    ]
 
     # refresh with K = 3; shard 1 dies after its first chunk and is retried, resuming from there
     real, attempts = embed_corpus.encode_chunks, []
@@ -306,6 +346,7 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
         def dies_after_first_chunk(rows_done):
             on_chunk(rows_done)
             raise RuntimeError("simulated worker crash")
+
         return real(encoder, texts, kind, sink, on_chunk=dies_after_first_chunk, **kw)
 
     monkeypatch.setattr(embed_corpus, "encode_chunks", flaky)
@@ -321,8 +362,9 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
     single = load_cache(root / tiny_params["reembed"]["out_dir"])  # one-process `reembed` by the same model
     assert merged.ids == single.ids and merged.manifest["num_shards"] == 3
     assert merged.manifest["model_digest"] == single.manifest["model_digest"]
-    np.testing.assert_allclose(np.asarray(merged.embeddings, np.float32), np.asarray(single.embeddings, np.float32),
-                               atol=1e-3, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(merged.embeddings, np.float32), np.asarray(single.embeddings, np.float32), atol=1e-3, rtol=0
+    )
     pointer = read_pointer(root / orch["serving_dir"])
     assert pointer["corrected"] is False and pointer["folder"].startswith("reembedded-v1-")
     # one digest per model version: the registry's (encoder + corrector), as in promotion.json
@@ -334,15 +376,19 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
     assert "md5" in yaml.safe_load((root / f"{orch['refresh_dir']}.dvc").read_text())["outs"][0]
     served = asset_events("freshen_serving_index")  # the corrected index, then the re-embedded one
     assert [(e["folder"], e["corrected"], e["champion_version"]) for e in served] == [
-        (corrected_folder, True, "1"), (pointer["folder"], False, "1")]
+        (corrected_folder, True, "1"),
+        (pointer["folder"], False, "1"),
+    ]
     assert {e["model_digest"] for e in served} == {digest}
 
-    refresh_parent = next(r for r in client.search_runs([exp.experiment_id])
-                          if r.data.tags.get("freshen.pipeline") == "refresh")
+    refresh_parent = next(
+        r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("freshen.pipeline") == "refresh"
+    )
     assert refresh_parent.info.status == "FINISHED"  # the retried shard counts by its last attempt
-    shard_runs = client.search_runs([exp.experiment_id],
-                                    f"tags.`mlflow.parentRunId` = '{refresh_parent.info.run_id}' "
-                                    "and tags.`freshen.unit` = '1-of-3'")
+    shard_runs = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{refresh_parent.info.run_id}' and tags.`freshen.unit` = '1-of-3'",
+    )
     assert sorted(r.info.status for r in shard_runs) == ["FAILED", "FINISHED"]
 
     # a worse challenger never takes champion, and publishes no Asset event

@@ -3,11 +3,10 @@
 import json
 
 import pytest
-
 from freshen.data.beir import carve_dev, load_beir, read_queries
 from freshen.data.fetch import ENV_VAR, resolve_dataset_dir, sha256_file
-from freshen.params.sections import DataParams
 from freshen.errors import DataError, FreshenError
+from freshen.params.sections import DataParams
 from tiny import make_beir
 
 
@@ -90,8 +89,12 @@ def test_carve_dev_is_seeded_and_disjoint(tiny_beir):
 
 def test_resolve_dataset_dir_env_local_and_missing(tiny_beir, tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
-    data = DataParams(name="tiny", local_dir=str(tiny_beir), url=None,
-                      sha256={"corpus.jsonl": sha256_file(tiny_beir / "corpus.jsonl")})
+    data = DataParams(
+        name="tiny",
+        local_dir=str(tiny_beir),
+        url=None,
+        sha256={"corpus.jsonl": sha256_file(tiny_beir / "corpus.jsonl")},
+    )
     assert resolve_dataset_dir(data, tmp_path) == tiny_beir.resolve()
     bad = data.model_copy(update={"sha256": {"corpus.jsonl": "0" * 64}})
     with pytest.raises(DataError, match="sha256 mismatch"):
@@ -147,12 +150,15 @@ def test_corpus_and_query_ids_with_whitespace_are_refused(tiny_beir, bad):
         load_beir(tiny_beir)
 
 
-@pytest.mark.parametrize("row,field,message", [
-    ("q31 x\td31\t1", "query-id", "must not contain whitespace"),
-    ("q31\td 31\t1", "corpus-id", "must not contain whitespace"),
-    ("\td31\t1", "query-id", "empty"),
-    ("q31\t\t1", "corpus-id", "empty"),
-])
+@pytest.mark.parametrize(
+    "row,field,message",
+    [
+        ("q31 x\td31\t1", "query-id", "must not contain whitespace"),
+        ("q31\td 31\t1", "corpus-id", "must not contain whitespace"),
+        ("\td31\t1", "query-id", "empty"),
+        ("q31\t\t1", "corpus-id", "empty"),
+    ],
+)
 def test_qrels_ids_with_whitespace_or_empty_are_refused(tiny_beir, row, field, message):
     _qrels_line(tiny_beir, 3, row)
     with pytest.raises(DataError, match=rf"test\.tsv:3: field '{field}': {message}"):
@@ -161,8 +167,11 @@ def test_qrels_ids_with_whitespace_or_empty_are_refused(tiny_beir, row, field, m
 
 def test_qrels_four_columns_are_named_as_such(tiny_beir):
     _qrels_line(tiny_beir, 3, "q31\td31\t1\textra")
-    with pytest.raises(DataError, match=r"test\.tsv:3: the row has 4 columns, 3 expected \(query-id, corpus-id, "
-                                        r"score\)") as err:
+    with pytest.raises(
+        DataError,
+        match=r"test\.tsv:3: the row has 4 columns, 3 expected \(query-id, corpus-id, "
+        r"score\)",
+    ) as err:
         load_beir(tiny_beir)
     assert err.value.field is None  # not blamed on 'score'
     _qrels_line(tiny_beir, 3, "q31 Q0 d31 2")  # a TREC qrels row still reads
@@ -196,8 +205,11 @@ def test_a_utf8_bom_is_stripped(tiny_beir):
 
 def test_json_error_message_reads_plainly(tiny_beir):
     _rewrite_line(tiny_beir / "corpus.jsonl", 3, '{"_id": "d2", "text": "abc')
-    with pytest.raises(DataError, match=r"corpus\.jsonl:3: not valid JSON \(Unterminated string starting at "
-                                        r"column 23\)") as err:
+    with pytest.raises(
+        DataError,
+        match=r"corpus\.jsonl:3: not valid JSON \(Unterminated string starting at "
+        r"column 23\)",
+    ) as err:
         load_beir(tiny_beir)
     assert "at at" not in str(err.value)
 
@@ -219,23 +231,28 @@ def test_queries_without_a_relevant_judgement_are_left_out_of_evaluation(tiny_be
         assert ds.evaluation_qrels("test") is judged  # asked again: no second warning
     assert set(judged) == set(ds.qrels["test"]) - {"q31", "q35", "q40"} and len(judged) == 9
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == [f"{tiny_beir / 'qrels' / 'test.tsv'}: 3 queries have no relevant judgement (score > 0); "
-                        "left out of evaluation"]
+    assert warnings == [
+        f"{tiny_beir / 'qrels' / 'test.tsv'}: 3 queries have no relevant judgement (score > 0); left out of evaluation"
+    ]
 
 
 def test_a_split_with_no_relevant_judgement_cannot_be_evaluated(tiny_beir):
     _zero_judged(tiny_beir, [f"q{i}" for i in range(30, 42)])
     ds = load_beir(tiny_beir)
-    with pytest.raises(DataError, match=r"test\.tsv: no query has a relevant judgement \(score > 0\): "
-                                        r"nothing to evaluate"):
+    with pytest.raises(
+        DataError,
+        match=r"test\.tsv: no query has a relevant judgement \(score > 0\): "
+        r"nothing to evaluate",
+    ):
         ds.evaluation_qrels("test")
 
 
 def test_failed_download_names_the_url_and_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     url = (tmp_path / "no-such.zip").as_uri()
-    data = DataParams(name="tiny", local_dir=str(tmp_path / "not-here"), url=url,
-                      download_dir=str(tmp_path / "downloads"), sha256={})
+    data = DataParams(
+        name="tiny", local_dir=str(tmp_path / "not-here"), url=url, download_dir=str(tmp_path / "downloads"), sha256={}
+    )
     with pytest.raises(FreshenError) as err:
         resolve_dataset_dir(data, tmp_path)
     message = str(err.value)

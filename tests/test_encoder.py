@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from freshen.encoding import encode
 from freshen.errors import FreshenError
 from freshen.modeling import encoder as encoder_module
@@ -121,7 +120,7 @@ def test_truncated_encoder_weights_are_named(saved_encoder, keep):
 
     weights = saved_encoder / "model.safetensors"
     data = weights.read_bytes()
-    weights.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+    weights.write_bytes(data[:keep] if keep >= 0 else data[: len(data) + keep])
     with pytest.raises(DataError, match=r"enc/model\.safetensors: not a readable safetensors file"):
         Encoder.load(saved_encoder)
 

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from freshen import embed_corpus
 from freshen.cache import load_cache
 from freshen.data.beir import doc_text, read_corpus
@@ -52,8 +51,9 @@ def test_awkward_text_is_encoded_by_the_documented_rule(encoder):
     out = encode(encoder, texts, "passage", batch_size=8, precision="fp32")
     assert out.shape == (5, encoder.dim) and np.isfinite(out).all()
     np.testing.assert_allclose(out[0], out[1], atol=1e-6)  # blank and whitespace: both the empty string
-    np.testing.assert_allclose(out[2], encode(encoder, ["protein \ufffd gene"], "passage", precision="fp32")[0],
-                               atol=1e-5)  # an unpaired surrogate becomes U+FFFD
+    np.testing.assert_allclose(
+        out[2], encode(encoder, ["protein \ufffd gene"], "passage", precision="fp32")[0], atol=1e-5
+    )  # an unpaired surrogate becomes U+FFFD
     cut = encode(encoder, [" ".join(long.split()[:200])], "passage", precision="fp32")[0]
     np.testing.assert_allclose(out[3], cut, atol=1e-5)  # long text: truncated to max_len tokens
     assert clean_text("  a  ") == "a"
@@ -95,6 +95,7 @@ def test_cache_resumes_after_the_last_completed_chunk(encoder, tiny_beir, tmp_pa
             on_chunk(rows_done)
             if rows_done >= 10 and len(calls) == 1:
                 raise KeyboardInterrupt  # the run is stopped
+
         return real(encoder, texts, kind, sink, on_chunk=checkpoint, start_row=start_row, **kw)
 
     monkeypatch.setattr(embed_corpus, "encode_chunks", stop_after_two_chunks)
@@ -120,6 +121,7 @@ def test_a_partial_cache_from_other_settings_is_started_again(encoder, tiny_beir
         def checkpoint(rows_done):
             on_chunk(rows_done)
             raise KeyboardInterrupt
+
         return real(encoder, texts, kind, sink, on_chunk=checkpoint, **kw)
 
     monkeypatch.setattr(embed_corpus, "encode_chunks", stop_early)
@@ -140,8 +142,9 @@ def test_progress_goes_to_stdout_when_stderr_is_no_terminal(capsys):
     assert "work" in out and "work" not in err
 
 
-@pytest.mark.parametrize("key,value", [("chunk_rows", 0), ("chunk_rows", -1), ("batch_size", 0),
-                                       ("chunk_rows", 2.5), ("max_tokens", -1)])
+@pytest.mark.parametrize(
+    "key,value", [("chunk_rows", 0), ("chunk_rows", -1), ("batch_size", 0), ("chunk_rows", 2.5), ("max_tokens", -1)]
+)
 def test_bad_encode_settings_are_refused_when_params_load(key, value):
     """chunk_rows 0 used to fail inside the first chunk, leaving `.cache.partial/` behind: the
     schema refuses it when params are loaded, before any step starts."""

@@ -4,7 +4,6 @@ graded positives, and the params that are refused before training."""
 import numpy as np
 import pytest
 import torch
-
 from freshen.errors import DataError, FreshenError
 from freshen.modeling.encoder import Encoder
 from freshen.params import validate_params
@@ -32,14 +31,14 @@ def test_absolute_margin_and_range_min():
     rows, _, counts = FalseNegativeFilter(range_min=3).pick(ROWS, SCORES, POSITIVE, k=2, selection=TOPK)
     assert rows.tolist() == [[13, 14]] and counts == {"fn_rank": 3, "fn_margin": 0, "fn_short": 0}
     # both: the rank rule takes the first rows, the margin rule counts only what is left
-    _, _, counts = FalseNegativeFilter(relative_margin=0.15, range_min=1).pick(ROWS, SCORES, POSITIVE, k=2,
-                                                                                selection=TOPK)
+    _, _, counts = FalseNegativeFilter(relative_margin=0.15, range_min=1).pick(
+        ROWS, SCORES, POSITIVE, k=2, selection=TOPK
+    )
     assert counts == {"fn_rank": 1, "fn_margin": 1, "fn_short": 0}
 
 
 def test_too_few_candidates_left_are_filled_up_and_flagged_unusable():
-    rows, unusable, counts = FalseNegativeFilter(relative_margin=0.35).pick(ROWS, SCORES, POSITIVE, k=3,
-                                                                             selection=TOPK)
+    rows, unusable, counts = FalseNegativeFilter(relative_margin=0.35).pick(ROWS, SCORES, POSITIVE, k=3, selection=TOPK)
     # only 0.60 and 0.50 pass: the third is the best removed one, flagged so the loss masks it
     assert rows.tolist() == [[14, 15, 10]] and unusable.tolist() == [[False, False, True]]
     assert counts["fn_short"] == 1
@@ -51,8 +50,9 @@ def test_sampled_selections_draw_only_from_candidates_that_pass(selection):
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     picked = set()
     for _ in range(30):
-        rows, unusable, _ = f.pick(ROWS, SCORES, POSITIVE, k=2, selection=Selection(selection, beta=1.0, bins=2),
-                                   generator=gen, rng=rng)
+        rows, unusable, _ = f.pick(
+            ROWS, SCORES, POSITIVE, k=2, selection=Selection(selection, beta=1.0, bins=2), generator=gen, rng=rng
+        )
         assert not unusable.any() and len(set(rows[0].tolist())) == 2
         picked |= set(rows[0].tolist())
     assert picked <= {12, 13, 14, 15} and len(picked) > 2  # never 10 or 11, and not always the same two
@@ -71,9 +71,18 @@ def test_in_batch_passages_the_rule_flags_are_masked():
 
 def test_training_reports_what_the_rules_removed(tiny_training):
     ds, cache, clusters, params = tiny_training
-    p = {**params["train"], "precision": "fp32", "steps": 3, "eval_every": 0,
-         "negatives": {**params["train"]["negatives"], "strategy": "stale", "candidates": 20,
-                       "false_negatives": {"relative_margin": 0.02, "range_min": 1, "in_batch": True}}}
+    p = {
+        **params["train"],
+        "precision": "fp32",
+        "steps": 3,
+        "eval_every": 0,
+        "negatives": {
+            **params["train"]["negatives"],
+            "strategy": "stale",
+            "candidates": 20,
+            "false_negatives": {"relative_margin": 0.02, "range_min": 1, "in_batch": True},
+        },
+    }
     rec = Recorder()
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5, hooks=[rec])
     records = [t.step(s) for s in range(1, 4)]
@@ -108,8 +117,17 @@ def test_a_minimum_grade_that_leaves_a_query_without_positive_is_refused(tiny_tr
         Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
 
 
-@pytest.mark.parametrize("key,value", [("relative_margin", 1.5), ("relative_margin", -0.1), ("absolute_margin", 2),
-                                       ("relative_margin", "high"), ("range_min", -1), ("in_batch", "yes")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("relative_margin", 1.5),
+        ("relative_margin", -0.1),
+        ("absolute_margin", 2),
+        ("relative_margin", "high"),
+        ("range_min", -1),
+        ("in_batch", "yes"),
+    ],
+)
 def test_bad_false_negative_params_are_refused(key, value):
     with pytest.raises(FreshenError, match=f"train.negatives.false_negatives.{key}"):
         check_train_params({"negatives": {"strategy": "stale", "false_negatives": {key: value}}})
@@ -121,8 +139,11 @@ def test_a_dev_split_too_small_to_judge_promotion_is_refused(tiny_params, tmp_pa
     from freshen.steps import prepare
 
     params = {**tiny_params, "data": {**tiny_params["data"], "min_dev_queries": 30}}
-    with pytest.raises(DataError, match=r"train.tsv: dev split, carved by data.dev_fraction, has \d+ queries.*"
-                                        r"at least 30 \(data.min_dev_queries\)"):
+    with pytest.raises(
+        DataError,
+        match=r"train.tsv: dev split, carved by data.dev_fraction, has \d+ queries.*"
+        r"at least 30 \(data.min_dev_queries\)",
+    ):
         prepare.run(validate_params(params), tmp_path)
     assert not (tmp_path / params["data"]["out_dir"]).exists()  # nothing written
 
@@ -147,7 +168,10 @@ def test_filtered_selection_is_the_same_on_the_exact_and_the_ann_path(corrector_
     positives = [e[0] for e in exclude]
     rule = FalseNegativeFilter(relative_margin=0.05, range_min=2)
     picks = []
-    for p in ({"candidates": 40}, {"candidates": 40, "ann_threshold": 1000, "ann_candidates": 300, "ann_index": "Flat"}):
+    for p in (
+        {"candidates": 40},
+        {"candidates": 40, "ann_threshold": 1000, "ann_candidates": 300, "ann_index": "Flat"},
+    ):
         scorer = CacheScorer(cache, p)
         rows, unusable, counts = scorer.select_filtered(q, 4, exclude, positives, rule, corrector=h)
         assert rows.shape == unusable.shape == (6, 4) and counts["fn_rank"] == 6 * 2

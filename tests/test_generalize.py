@@ -5,10 +5,10 @@ import inspect
 import json
 
 import pytest
-
-from benchmarks import generalize as gen
 from freshen.data.beir import load_beir
 from tiny import make_beir
+
+from benchmarks import generalize as gen
 
 
 def _long_abstracts(root):
@@ -32,20 +32,24 @@ def source(tmp_path):
 def test_incomplete_drops_train_and_dev_judgements_and_keeps_test(source, tmp_path):
     info = gen.make_incomplete(source, tmp_path / "inc", drop=0.5, seed=3)
     before = gen.read_qrels(source / "qrels" / "train.tsv")
-    after = {**gen.read_qrels(tmp_path / "inc" / "qrels" / "train.tsv"),
-             **gen.read_qrels(tmp_path / "inc" / "qrels" / "dev.tsv")}
+    after = {
+        **gen.read_qrels(tmp_path / "inc" / "qrels" / "train.tsv"),
+        **gen.read_qrels(tmp_path / "inc" / "qrels" / "dev.tsv"),
+    }
     pairs = lambda qrels: {(q, d) for q, docs in qrels.items() for d in docs}  # noqa: E731
     assert pairs(after) < pairs(before)
     assert 0.3 < 1 - len(pairs(after)) / len(pairs(before)) < 0.7
     assert all(any(r > 0 for r in docs.values()) for docs in after.values())  # no query left without positive
-    assert (tmp_path / "inc" / "qrels" / "test.tsv").read_text().splitlines()[1:] == \
-        (source / "qrels" / "test.tsv").read_text().splitlines()[1:]
+    assert (tmp_path / "inc" / "qrels" / "test.tsv").read_text().splitlines()[1:] == (
+        source / "qrels" / "test.tsv"
+    ).read_text().splitlines()[1:]
     assert info["train"]["queries"] + info["dev"]["queries"] == len(after)
     # seeded: the same folder twice
     gen.make_incomplete(source, tmp_path / "inc2", drop=0.5, seed=3)
     for name in ("train", "dev", "test"):
-        assert (tmp_path / "inc" / "qrels" / f"{name}.tsv").read_bytes() == \
-            (tmp_path / "inc2" / "qrels" / f"{name}.tsv").read_bytes()
+        assert (tmp_path / "inc" / "qrels" / f"{name}.tsv").read_bytes() == (
+            tmp_path / "inc2" / "qrels" / f"{name}.tsv"
+        ).read_bytes()
     ds = load_beir(tmp_path / "inc", required=("train", "dev", "test"))  # a BEIR folder freshen reads
     assert set(ds.qrels) == {"train", "dev", "test"}
 
@@ -75,11 +79,25 @@ def test_grade_two_goes_to_the_passage_sharing_most_words():
 
 def test_the_goal_needs_the_mean_above_zero_shot_and_no_seed_far_below():
     def run(dataset, seed, trained):
-        return {"dataset": dataset, "seed": seed, "test_zero_shot": 0.50, "test_trained": trained,
-                "test_bm25": 0.4, "promoted": trained > 0.5}
+        return {
+            "dataset": dataset,
+            "seed": seed,
+            "test_zero_shot": 0.50,
+            "test_trained": trained,
+            "test_bm25": 0.4,
+            "promoted": trained > 0.5,
+        }
 
-    rows = gen.summarise([run("a", 1, 0.52), run("a", 2, 0.497), run("b", 1, 0.56), run("b", 2, 0.49),
-                          run("c", 1, 0.49), run("c", 2, 0.505)])
+    rows = gen.summarise(
+        [
+            run("a", 1, 0.52),
+            run("a", 2, 0.497),
+            run("b", 1, 0.56),
+            run("b", 2, 0.49),
+            run("c", 1, 0.49),
+            run("c", 2, 0.505),
+        ]
+    )
     by = {r["dataset"]: r for r in rows}
     assert by["a"]["met"] and by["a"]["diff_mean"] == pytest.approx(0.0085)
     assert not by["b"]["met"] and by["b"]["worst_diff"] == pytest.approx(-0.01)  # one seed too far below
@@ -105,15 +123,16 @@ def test_full_labels_expand_to_every_passage_of_a_relevant_abstract(source, tmp_
     judged = gen.read_qrels(source / "qrels" / "train.tsv")
     assert full["q0"] == {f"{d}#{i}" for d in judged["q0"] for i in range(3)}
     # the variant's own train split judges only part of them
-    shown = {**gen.read_qrels(tmp_path / "dense" / "qrels" / "train.tsv"),
-             **gen.read_qrels(tmp_path / "dense" / "qrels" / "dev.tsv")}
+    shown = {
+        **gen.read_qrels(tmp_path / "dense" / "qrels" / "train.tsv"),
+        **gen.read_qrels(tmp_path / "dense" / "qrels" / "dev.tsv"),
+    }
     assert all(set(shown[q]) <= full[q] for q in shown) and any(set(shown[q]) < full[q] for q in shown)
     assert gen.full_labels("scifact-incomplete", source, tmp_path / "dense")["q0"] == set(judged["q0"])
 
 
 def test_topics_grade_own_abstracts_2_and_the_topic_s_others_1(source, tmp_path, tiny_model):
-    info = gen.make_topics(source, tmp_path / "topics", per_topic=5, seed=3,
-                           model={"name_or_path": str(tiny_model)})
+    info = gen.make_topics(source, tmp_path / "topics", per_topic=5, seed=3, model={"name_or_path": str(tiny_model)})
     ds = load_beir(tmp_path / "topics", required=("train", "dev", "test"))
     original = {**gen.read_qrels(source / "qrels" / "train.tsv"), **gen.read_qrels(source / "qrels" / "test.tsv")}
     for split in ("train", "dev", "test"):
@@ -127,9 +146,19 @@ def test_topics_grade_own_abstracts_2_and_the_topic_s_others_1(source, tmp_path,
 
 
 def test_the_report_names_the_command_that_made_the_runs():
-    run = {"dataset": "a", "seed": 1, "test_zero_shot": 0.5, "test_trained": 0.6, "test_bm25": 0.4, "promoted": True,
-           "dev_zero_shot": 0.5, "dev_trained": 0.6, "best_step": 5, "promotion_reason": "beats",
-           "command": "python -m benchmarks.generalize --seeds 1"}
+    run = {
+        "dataset": "a",
+        "seed": 1,
+        "test_zero_shot": 0.5,
+        "test_trained": 0.6,
+        "test_bm25": 0.4,
+        "promoted": True,
+        "dev_zero_shot": 0.5,
+        "dev_trained": 0.6,
+        "best_step": 5,
+        "promotion_reason": "beats",
+        "command": "python -m benchmarks.generalize --seeds 1",
+    }
     text = gen.report([run], "python -m benchmarks.generalize --report-only", {})
     assert "Runs made by: `python -m benchmarks.generalize --seeds 1`" in text
     assert "| a | 0.5000 | 0.4000 | 1: 0.6000 | 0.6000 | +0.1000 (one seed) |" in text
@@ -145,8 +174,15 @@ def test_seeds_trained_on_different_bytes_are_not_pooled(source, tmp_path):
     assert changed != digest
 
     def run(seed, data):
-        return {"dataset": "a", "seed": seed, "test_zero_shot": 0.5, "test_trained": 0.6, "test_bm25": 0.4,
-                "promoted": True, "data_sha256": data}
+        return {
+            "dataset": "a",
+            "seed": seed,
+            "test_zero_shot": 0.5,
+            "test_trained": 0.6,
+            "test_bm25": 0.4,
+            "promoted": True,
+            "data_sha256": data,
+        }
 
     [same] = gen.summarise([run(1, digest), run(2, digest)])
     assert same["met"] and same["verdict"] == "met so far (2 of 5 seeds)"

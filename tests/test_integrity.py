@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from freshen.atomic import write_json
 from freshen.cache import load_cache, write_cache
 from freshen.errors import DataError, FreshenError
@@ -57,8 +56,11 @@ def test_a_cache_of_part_of_the_corpus_or_with_unknown_ids_is_refused(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("")
     check_cache_corpus(cache, ids, corpus)  # the same documents: fine
-    with pytest.raises(DataError, match=r"ids.json: the cache does not match .*1 corpus documents are not cached, "
-                                        r"e.g. 'd4'"):
+    with pytest.raises(
+        DataError,
+        match=r"ids.json: the cache does not match .*1 corpus documents are not cached, "
+        r"e.g. 'd4'",
+    ):
         check_cache_corpus(cache, [*ids, "d4"], corpus)
     with pytest.raises(DataError, match=r"1 cached ids are not in the corpus, e.g. 'd3'"):
         check_cache_corpus(cache, ids[:2], corpus)
@@ -90,11 +92,21 @@ def test_a_diverging_run_stops_naming_the_step(tiny_training):
     """lr 1e8 blows the encoder up within a few steps: the step it happens at is named, not a
     misleading error from the negative sampler downstream."""
     ds, cache, clusters, params = tiny_training
-    p = {**params["train"], "precision": "fp32", "steps": 6, "eval_every": 0, "pilot": None, "lr": 1e8,
-         "warmup_steps": 0}
+    p = {
+        **params["train"],
+        "precision": "fp32",
+        "steps": 6,
+        "eval_every": 0,
+        "pilot": None,
+        "lr": 1e8,
+        "warmup_steps": 0,
+    }
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
-    with pytest.raises(FreshenError, match=r"train: step \d: the (encoder's query embeddings hold NaN or Inf|"
-                                           r"(retriever|corrector) loss is nan): training diverged"):
+    with pytest.raises(
+        FreshenError,
+        match=r"train: step \d: the (encoder's query embeddings hold NaN or Inf|"
+        r"(retriever|corrector) loss is nan): training diverged",
+    ):
         t.run()
 
 
@@ -129,11 +141,17 @@ def _other_corpus(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("cache", ["cache", "reembed"])
-@pytest.mark.parametrize("fault, message", [
-    pytest.param(_other_corpus, r"manifest.json: field 'corpus_sha256': the cache was embedded from another corpus",
-                 id="other-corpus"),
-    pytest.param(_nan_row, r"embeddings.npy: row 3 \(document '[^']+'\) holds NaN or Inf", id="nan-row"),
-])
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        pytest.param(
+            _other_corpus,
+            r"manifest.json: field 'corpus_sha256': the cache was embedded from another corpus",
+            id="other-corpus",
+        ),
+        pytest.param(_nan_row, r"embeddings.npy: row 3 \(document '[^']+'\) holds NaN or Inf", id="nan-row"),
+    ],
+)
 def test_evaluate_refuses_a_cache_of_another_corpus_or_with_a_nan_row(embedded, cache, fault, message):
     """Either cache evaluate ranks with (the stale one, the re-embedded one): of another corpus, or
     with a NaN row, it stops naming the file; metrics/eval.json keeps the previous figures, and no

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from dag_shapes import REFRESH_EDGES, TRAIN_EDGES, TRAIN_STEPS
 
 pytest.importorskip("kfp")
@@ -84,8 +83,15 @@ def test_training_pipeline_has_every_step_and_the_airflow_edges(tmp_path):
 
 def test_refresh_pipeline_shards_in_parallel_with_the_airflow_edges(tmp_path):
     spec = compiled(tmp_path, "refresh")
-    for step in ("fetch-champion", "corrected-index", "reembed-shard", "merge-shards", "build-index",
-                 "version-cache", "publish-index"):
+    for step in (
+        "fetch-champion",
+        "corrected-index",
+        "reembed-shard",
+        "merge-shards",
+        "build-index",
+        "version-cache",
+        "publish-index",
+    ):
         assert f"comp-{step}" in spec["components"]
     loop = next(c for name, c in spec["components"].items() if name.startswith("comp-for-loop"))
     assert "reembed-shard" in loop["dag"]["tasks"]
@@ -108,18 +114,23 @@ def test_every_step_runs_the_argv_the_airflow_tasks_run(tmp_path, which):
         comp = spec["components"][f"comp-{step.verb}"]
         container = spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]
         options = {"shard": inp("shard"), "num_shards": inp("num_shards")} if step.mapped else None
-        assert container["args"] == cli_argv(step.name, inp("root"), inp("params_file"), inp("parent_run_id"),
-                                             inp("set_json"), options, skip_exit_code=0)
-        gpu = step.name in params["orchestration"]["gpu"]["steps"] and params["orchestration"]["gpu"]["count"]
-        assert container["image"] == params["orchestration"]["gpu_image" if gpu else "image"]
+        assert container["args"] == cli_argv(
+            step.name, inp("root"), inp("params_file"), inp("parent_run_id"), inp("set_json"), options, skip_exit_code=0
+        )
+        orch = params.orchestration
+        gpu = step.name in orch.gpu.steps and orch.gpu.count
+        assert container["image"] == (orch.gpu_image if gpu else orch.image)
 
 
 def test_compile_command_writes_yaml(tmp_path):
     import subprocess
 
     out = tmp_path / "p.yaml"
-    res = subprocess.run([sys.executable, "-m", "freshen.orchestration.kfp_pipeline", "--out", str(out),
-                          "--project-dir", str(REPO)], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "freshen.orchestration.kfp_pipeline", "--out", str(out), "--project-dir", str(REPO)],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     assert yaml.safe_load(out.read_text())["pipelineInfo"]["name"] == "freshen-train"
 
@@ -129,25 +140,30 @@ def test_start_run_and_end_run_find_each_other_by_the_kubeflow_run_id(tmp_path, 
     import json
 
     import mlflow
-    from mlflow.tracking import MlflowClient
-
     from freshen.cli import main
+    from mlflow.tracking import MlflowClient
 
     root = tmp_path / "proj"
     root.mkdir()
     (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
     out = tmp_path / "out" / "parent_run_id"
-    assert main(["start-run", "--root", str(root), "--kind", "train", "--tag", "kfp.run_id=job-7",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["start-run", "--root", str(root), "--kind", "train", "--tag", "kfp.run_id=job-7", "--out", str(out)]) == 0
+    )
     parent = out.read_text()
     mlflow.set_tracking_uri(mlflow_uri)
     client = MlflowClient()
-    child = client.create_run(client.get_run(parent).info.experiment_id, run_name="prepare",
-                              tags={"mlflow.parentRunId": parent})
+    child = client.create_run(
+        client.get_run(parent).info.experiment_id, run_name="prepare", tags={"mlflow.parentRunId": parent}
+    )
     client.set_terminated(child.info.run_id, "FINISHED")
     capsys.readouterr()
     assert main(["end-run", "--root", str(root), "--tag", "kfp.run_id=job-7"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result == {"parent_run_id": parent, "status": "FINISHED", "children": {"prepare": "FINISHED"},
-                      "failed_tasks": []}
+    assert result == {
+        "parent_run_id": parent,
+        "status": "FINISHED",
+        "children": {"prepare": "FINISHED"},
+        "failed_tasks": [],
+    }
     assert client.get_run(parent).info.status == "FINISHED"

@@ -6,7 +6,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from freshen.data.beir import load_beir
 from freshen.data.teacher import read_teacher_scores
 from freshen.errors import DataError, FreshenError
@@ -70,13 +69,20 @@ def test_ann_candidates_rescored_by_the_corrector(selection):
     cache = torch.nn.functional.normalize(torch.randn(3000, 16, generator=g), dim=-1).half()
     q = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
     h = Corrector(16, "residual_mlp", hidden=16)
-    exclude = [[int(r) for r in chunked_topk(q[i:i + 1], cache, 3, [[]])[0][0]] for i in range(8)]
+    exclude = [[int(r) for r in chunked_topk(q[i : i + 1], cache, 3, [[]])[0][0]] for i in range(8)]
     exact, _ = chunked_topk(q, cache, 10, exclude, corrector=h)
     p = {"selection": selection, "ann_threshold": 1000, "ann_candidates": 200, "ann_index": "Flat", "candidates": 50}
     scorer = CacheScorer(cache, p)
     assert scorer.index is not None and scorer.index.ntotal == 3000
-    rows = scorer.select(q, 10, exclude, [e[0] for e in exclude], corrector=h,
-                         generator=torch.Generator().manual_seed(0), rng=np.random.default_rng(0))
+    rows = scorer.select(
+        q,
+        10,
+        exclude,
+        [e[0] for e in exclude],
+        corrector=h,
+        generator=torch.Generator().manual_seed(0),
+        rng=np.random.default_rng(0),
+    )
     assert rows.shape == (8, 10)
     for i in range(8):
         assert not set(rows[i].tolist()) & set(exclude[i]) and len(set(rows[i].tolist())) == 10
@@ -105,8 +111,9 @@ def test_validation_keeps_the_best_checkpoint(tiny):
     assert res.best_step == [0, 2, 4, 6][int(np.argmax(scores))]
     assert all("probe_cos_stale_fresh" in v and "probe_cos_corrected_fresh" in v for v in res.validations)
     assert res.counters.probe_passes == 4 * (8 + 30)  # 8 probes + 30 overlap passages per evaluation
-    assert all(0.0 <= v["overlap_stale_fresh"] <= 1.0 and 0.0 <= v["overlap_corrected_fresh"] <= 1.0
-               for v in res.validations)
+    assert all(
+        0.0 <= v["overlap_stale_fresh"] <= 1.0 and 0.0 <= v["overlap_corrected_fresh"] <= 1.0 for v in res.validations
+    )
     # the returned encoder is the best one: validating it again gives the best score
     from freshen.training.loop import Trainer
 
@@ -171,8 +178,15 @@ def test_drift_sample_feeds_the_corrector_random_passages_and_is_counted(tiny):
     rec, rec_plain = Recorder(), Recorder()
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[rec])
     ct = t.corrector_trainer
-    plain = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters,
-                    {**p, "corrector": {**p["corrector"], "drift_sample": 0}}, seed=3, hooks=[rec_plain])
+    plain = Trainer(
+        Encoder.from_params(params["model"]),
+        ds,
+        cache,
+        clusters,
+        {**p, "corrector": {**p["corrector"], "drift_sample": 0}},
+        seed=3,
+        hooks=[rec_plain],
+    )
     for step in (1, 2, 3):
         t.step(step)
         plain.step(step)
@@ -222,7 +236,10 @@ def test_refit_fits_the_corrector_on_a_fresh_sample_and_counts_it(tiny):
 
     class Watch(Recorder):  # the corrector and its online optimiser's state before the refit, and its record
         def before_refit(self, step, ct):
-            self.before = ({k: v.clone() for k, v in ct.corrector.state_dict().items()}, copy.deepcopy(ct.opt.state_dict()))
+            self.before = (
+                {k: v.clone() for k, v in ct.corrector.state_dict().items()},
+                copy.deepcopy(ct.opt.state_dict()),
+            )
 
         def after_refit(self, step, ct, record):
             assert _same_state(ct.opt.state_dict(), self.before[1])  # the refit has its own optimiser
@@ -230,21 +247,34 @@ def test_refit_fits_the_corrector_on_a_fresh_sample_and_counts_it(tiny):
 
     rec, rec_plain = Watch(), Recorder()
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[rec])
-    plain = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters,
-                    {**p, "corrector": {**p["corrector"], "refit_every": 0}}, seed=3, hooks=[rec_plain])
+    plain = Trainer(
+        Encoder.from_params(params["model"]),
+        ds,
+        cache,
+        clusters,
+        {**p, "corrector": {**p["corrector"], "refit_every": 0}},
+        seed=3,
+        hooks=[rec_plain],
+    )
     res, res_plain = t.run(), plain.run()
     assert rec.batches == rec_plain.batches and len(rec.batches) == 4
     assert [step for step, _, _ in fitted] == [2]
     step, (before_state, _), rec = fitted[0]
-    assert rec["refit_cos_after"] > rec["refit_cos_before"] and res.curve[1]["refit_cos_after"] == rec["refit_cos_after"]
+    assert (
+        rec["refit_cos_after"] > rec["refit_cos_before"] and res.curve[1]["refit_cos_after"] == rec["refit_cos_after"]
+    )
     assert any(not torch.equal(before_state[k], v) for k, v in t.corrector.state_dict().items())
     assert res.counters.drift_sample_passes == 6 and res_plain.counters.drift_sample_passes == 0
     assert res.counters.train_passage_passes == res_plain.counters.train_passage_passes + 6 == 4 * 4 * (1 + 2) + 6
     with pytest.raises(FreshenError, match="train.corrector.refit_sample"):
         check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"refit_every": 5}})
     with pytest.raises(FreshenError, match="train.corrector.refit_epochs"):
-        check_train_params({"negatives": {"strategy": "corrected"},
-                            "corrector": {"refit_every": 5, "refit_sample": 10, "refit_epochs": 0}})
+        check_train_params(
+            {
+                "negatives": {"strategy": "corrected"},
+                "corrector": {"refit_every": 5, "refit_sample": 10, "refit_epochs": 0},
+            }
+        )
 
 
 def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):
@@ -255,8 +285,17 @@ def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):
     ds, cache, clusters, params = tiny
     trainers, recs = [], []
     for steps in (0, 3):
-        p = _params(params, steps=4, eval_every=0, negatives={"strategy": "corrected", "fresh_overlay_steps": steps,
-                                                             "candidates": 10, "false_negatives": {"relative_margin": None}})
+        p = _params(
+            params,
+            steps=4,
+            eval_every=0,
+            negatives={
+                "strategy": "corrected",
+                "fresh_overlay_steps": steps,
+                "candidates": 10,
+                "false_negatives": {"relative_margin": None},
+            },
+        )
         p["corrector"] = {**p["corrector"], "warmup_steps": 0}
         recs.append(Recorder())
         t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[recs[-1]])
@@ -276,7 +315,7 @@ def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):
     # embedding is ignored (the row is ranked through h as if it had none)
     q = torch.nn.functional.normalize(torch.randn(2, cache.dim, generator=torch.Generator().manual_seed(0)), dim=-1)
     cand = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
-    fresh.step[:8] = -(10 ** 9)
+    fresh.step[:8] = -(10**9)
     without = fresh.rerank(9, q, cand, 2, overlay.scorer, overlay.corrector)
     fresh.table[3], fresh.step[3] = (10 * q[0]).half(), 9 - 3
     fresh.table[7], fresh.step[7] = (10 * q[1]).half(), 9 - 4
@@ -285,8 +324,9 @@ def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):
     with pytest.raises(FreshenError, match="fresh_overlay_steps"):
         check_train_params({"negatives": {"strategy": "corrected", "fresh_overlay_steps": 2, "selection": "gumbel"}})
     with pytest.raises(FreshenError, match="fresh_overlay_steps.*without false-negative control"):
-        check_train_params({"negatives": {"strategy": "corrected", "fresh_overlay_steps": 2,
-                                          "false_negatives": {"range_min": 1}}})
+        check_train_params(
+            {"negatives": {"strategy": "corrected", "fresh_overlay_steps": 2, "false_negatives": {"range_min": 1}}}
+        )
 
 
 @pytest.mark.parametrize("selection", ["gumbel", "balanced"])
@@ -299,9 +339,19 @@ def test_sampled_selection_keeps_the_batches_of_topk(tiny, selection):
     seen, picked = [], []
     for sel in ("topk", selection):
         # no false-negative filter: a random-weight model scores every passage near the positive
-        p = _params(params, steps=4, eval_every=0, negatives={"strategy": "stale", "selection": sel, "beta": 1.0,
-                                                             "candidates": 10, "bins": 3,
-                                                             "false_negatives": {"relative_margin": None}})
+        p = _params(
+            params,
+            steps=4,
+            eval_every=0,
+            negatives={
+                "strategy": "stale",
+                "selection": sel,
+                "beta": 1.0,
+                "candidates": 10,
+                "bins": 3,
+                "false_negatives": {"relative_margin": None},
+            },
+        )
         rec = Recorder()
         t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[rec])
         for step in range(1, 5):
@@ -354,12 +404,14 @@ def test_teacher_file_is_validated(tiny_beir, tmp_path):
     good = tmp_path / "t.tsv"
     good.write_text("query-id\tdoc-id\tscore\nq0\td0\t9.5\nq0\td1\t1.0\n")
     assert read_teacher_scores(good, ds.corpus, ds.queries) == {"q0": {"d0": 9.5, "d1": 1.0}}
-    for body, pattern in [("q0\tzz\t1\n", r"t\.tsv:1: field 'doc-id': unknown document id 'zz'"),
-                          ("q0\td0\t1\nqq\td0\t1\n", r"t\.tsv:2: field 'query-id'"),
-                          ("q0\td0\t1\nq0\td1\thigh\n", r"t\.tsv:2: field 'score': must be a number"),
-                          ("q0\td0\tnan\n", r"field 'score': must be finite"),
-                          # line 1 with known ids is data, not a header: its bad score is an error
-                          ("q0\td0\thigh\nq0\td1\t2.0\n", r"t\.tsv:1: field 'score': must be a number")]:
+    for body, pattern in [
+        ("q0\tzz\t1\n", r"t\.tsv:1: field 'doc-id': unknown document id 'zz'"),
+        ("q0\td0\t1\nqq\td0\t1\n", r"t\.tsv:2: field 'query-id'"),
+        ("q0\td0\t1\nq0\td1\thigh\n", r"t\.tsv:2: field 'score': must be a number"),
+        ("q0\td0\tnan\n", r"field 'score': must be finite"),
+        # line 1 with known ids is data, not a header: its bad score is an error
+        ("q0\td0\thigh\nq0\td1\t2.0\n", r"t\.tsv:1: field 'score': must be a number"),
+    ]:
         good.write_text(body)
         with pytest.raises(DataError, match=pattern):
             read_teacher_scores(good, ds.corpus, ds.queries)
@@ -402,8 +454,10 @@ def test_teacher_file_must_cover_every_training_query(tiny):
     """Balanced margin sampling draws from the teacher's scored candidates: a training query
     without a scored positive or without a scored non-positive stops the run before step 1."""
     ds, cache, clusters, params = tiny
-    teacher = {q: {**{d: 10.0 for d in docs}, **{d: 1.0 for d in ds.doc_ids()[:12] if d not in docs}}
-               for q, docs in ds.positives("train").items()}
+    teacher = {
+        q: {**{d: 10.0 for d in docs}, **{d: 1.0 for d in ds.doc_ids()[:12] if d not in docs}}
+        for q, docs in ds.positives("train").items()
+    }
     gap = sorted(teacher)[1]
     teacher[gap] = {d: v for d, v in teacher[gap].items() if d in ds.positives("train")[gap]}  # positives only
     with pytest.raises(FreshenError, match=f"train.teacher.scores.*1 of .*'{gap}'"):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from freshen.config import params_hash
 from freshen.errors import FreshenError
 from freshen.params import Params, load_params, validate_params
@@ -117,11 +116,13 @@ def test_every_override_channel_rejects_unknown_keys_and_bad_types_naming_itself
     }
     for channel, load in cases.items():
         assert (
-            errors_of(lambda: load(("lrr", 1))) == f"{channel} train.lrr: unknown key (see docs/params.md for "
+            errors_of(lambda load=load: load(("lrr", 1)))
+            == f"{channel} train.lrr: unknown key (see docs/params.md for "
             "the keys there are)"
         )
         assert (
-            errors_of(lambda: load(("lr", "fast"))) == f"{channel} train.lr: Input should be a valid number, got 'fast'"
+            errors_of(lambda load=load: load(("lr", "fast")))
+            == f"{channel} train.lr: Input should be a valid number, got 'fast'"
         )
     assert errors_of(lambda: load_params(PARAMS, sets=["trian.steps=5"], environ=NO_ENV)).startswith(
         "--set trian.steps: unknown key"
@@ -264,9 +265,9 @@ def test_orchestration_values_are_checked_like_everything_else():
         "orchestration.dvc.push": "no",
     }
     for key, value in bad.items():
-        assert errors_of(lambda: load_params(PARAMS, environ={"FRESHEN_SET": json.dumps({key: value})})).startswith(
-            f"$FRESHEN_SET {key}: "
-        )
+        assert errors_of(
+            lambda key=key, value=value: load_params(PARAMS, environ={"FRESHEN_SET": json.dumps({key: value})})
+        ).startswith(f"$FRESHEN_SET {key}: ")
     pytest.importorskip("croniter")
     assert (
         errors_of(lambda: load_params(PARAMS, sets=["orchestration.refresh_cron=every day"], environ=NO_ENV))

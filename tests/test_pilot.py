@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from freshen.errors import FreshenError
 from freshen.modeling.encoder import Encoder
 from freshen.training import pilot
@@ -33,8 +32,9 @@ def test_the_pilot_keeps_the_better_candidate_and_its_run_is_the_direct_one(tiny
     assert [c["dev_ndcg_at_10"] for c in summary["pilot_candidates"]] == scores
     # the chosen variant trained in full is the run train gives with those params and no pilot
     a = train(Encoder.from_params(params["model"]), ds, cache, clusters, chosen, seed=3)
-    b = train(Encoder.from_params(params["model"]), ds, cache, clusters, {**p, **{"lr": chosen["lr"]}, "pilot": None},
-              seed=3)
+    b = train(
+        Encoder.from_params(params["model"]), ds, cache, clusters, {**p, **{"lr": chosen["lr"]}, "pilot": None}, seed=3
+    )
     for (name, x), (_, y) in zip(a.encoder.named_parameters(), b.encoder.named_parameters()):
         assert torch.equal(x, y), name
 
@@ -50,13 +50,16 @@ def test_fewer_than_two_candidates_is_no_pilot():
     assert pilot.candidates({"steps": 5, "pilot": None}) == []
 
 
-@pytest.mark.parametrize("pilot_p,field", [({"steps": 0, "candidates": [{}, {}]}, "train.pilot.steps"),
-                                           ({"steps": 99, "candidates": [{}, {}]}, "train.pilot.steps"),
-                                           ({"steps": 2, "candidates": [{}, {"negatives.nope": 1}]},
-                                            r"train.pilot.candidates\[1\]"),
-                                           ({"steps": 2, "candidates": "lr"}, "train.pilot.candidates"),
-                                           ({"steps": 2, "candidates": [{}, {"negatives.strategy": "ance"}]},
-                                            "train.negatives.strategy")])
+@pytest.mark.parametrize(
+    "pilot_p,field",
+    [
+        ({"steps": 0, "candidates": [{}, {}]}, "train.pilot.steps"),
+        ({"steps": 99, "candidates": [{}, {}]}, "train.pilot.steps"),
+        ({"steps": 2, "candidates": [{}, {"negatives.nope": 1}]}, r"train.pilot.candidates\[1\]"),
+        ({"steps": 2, "candidates": "lr"}, "train.pilot.candidates"),
+        ({"steps": 2, "candidates": [{}, {"negatives.strategy": "ance"}]}, "train.negatives.strategy"),
+    ],
+)
 def test_bad_pilots_are_refused_before_training(pilot_p, field):
     with pytest.raises(FreshenError, match=field):
         check_train_params({"steps": 10, "negatives": {"strategy": "stale"}, "pilot": pilot_p})

@@ -13,10 +13,9 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
-
 from freshen.params import validate_params
 from freshen.steps import STEP_NAMES
+from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -44,7 +43,9 @@ def project(tmp_path, tiny_params):
     root = tmp_path / "proj"
     root.mkdir()
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    shutil.copytree(REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(
+        REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
     return root
 
@@ -73,8 +74,10 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     # the pilot: params.yaml's two candidates, 2 steps each (tiny_params), counted apart from training
     assert train["pilot_choice"] in (0, 1) and train["pilot_passes"] == 2 * 2 * 4 * 3
     assert [c["overrides"] for c in train["pilot_candidates"]] == tiny_params["train"]["pilot"]["candidates"]
-    assert all(0.0 <= train["evaluation"][k] <= 1.0 for k in ("dev_ndcg_at_10", "overlap_stale_fresh",
-                                                              "overlap_corrected_fresh", "probe_cos_stale_fresh"))
+    assert all(
+        0.0 <= train["evaluation"][k] <= 1.0
+        for k in ("dev_ndcg_at_10", "overlap_stale_fresh", "overlap_corrected_fresh", "probe_cos_stale_fresh")
+    )
     assert json.loads((project / "artifacts/model/train_state.json").read_text())["corrector_saved"] is True
     curve = (project / "plots/train_curve.csv").read_text().splitlines()
     assert "overlap_corrected_fresh" in curve[0] and "wall_seconds" in curve[0] and len(curve) == 1 + 1 + 6
@@ -89,9 +92,11 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     from freshen.cache import load_cache
     from freshen.integrity import checkpoint_digest
 
-    assert ev["measured"] == {"model_digest": checkpoint_digest(project / "artifacts/model"),
-                              "stale_cache": load_cache(project / "artifacts/cache/initial").digest(),
-                              "fresh_cache": load_cache(project / tiny_params["reembed"]["out_dir"]).digest()}
+    assert ev["measured"] == {
+        "model_digest": checkpoint_digest(project / "artifacts/model"),
+        "stale_cache": load_cache(project / "artifacts/cache/initial").digest(),
+        "fresh_cache": load_cache(project / tiny_params["reembed"]["out_dir"]).digest(),
+    }
     run_lines = (project / "artifacts/eval/test.trained.trec").read_text().splitlines()
     assert len(run_lines) == 12 * 60 and run_lines[0].split()[1] == "Q0"
     assert "nDCG@10" in (project / "plots/eval.csv").read_text().replace("ndcg_at_10", "nDCG@10")
@@ -121,15 +126,18 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
 
     # the champion embeds text in a fresh Python process, exactly as the checkpoint does
-    code = ("import mlflow, json; m = mlflow.pyfunc.load_model('models:/%s@champion'); "
-            "print(json.dumps(m.predict(['cell protein doc3', 'heart']).tolist()))" % name)
+    code = (
+        f"import mlflow, json; m = mlflow.pyfunc.load_model('models:/{name}@champion'); "
+        "print(json.dumps(m.predict(['cell protein doc3', 'heart']).tolist()))"
+    )
     out = sh(project, sys.executable, "-c", code).stdout.strip().splitlines()[-1]
     served = np.array(json.loads(out))
     from freshen.encoding import encode
     from freshen.modeling.encoder import Encoder
 
-    local = encode(Encoder.load(project / "artifacts/model/encoder"), ["cell protein doc3", "heart"], "query",
-                   precision="fp32")
+    local = encode(
+        Encoder.load(project / "artifacts/model/encoder"), ["cell protein doc3", "heart"], "query", precision="fp32"
+    )
     assert served.shape == (2, 32)
     np.testing.assert_allclose(served, local, atol=1e-5)
 
@@ -140,12 +148,12 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     # a deliberately bad run (lr 1.0): keep_best falls back to step 0, the pre-trained encoder, and
     # promote refuses it, naming the zero-shot comparison; the champion stays v1
     bad = ["--set", "train.lr=1.0", "--set", "train.keep_best=true"]
-    out = freshen(project, *bad, "train").stdout
+    out = freshen(project, *bad, "train").stderr
     assert "did not beat the pre-trained encoder on dev" in out
     assert json.loads((project / "metrics/train.json").read_text())["best_step"] == 0
     for step in ("reembed", "evaluate"):
         freshen(project, *bad, step)
-    out = freshen(project, *bad, "promote").stdout
+    out = freshen(project, *bad, "promote").stderr
     decision = json.loads((project / "metrics/promotion.json").read_text())
     assert decision["beats_zero_shot"] is False and "zero-shot" in decision["reason"] and "NOT promoted" in out
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
@@ -190,8 +198,9 @@ def test_reembed_can_write_the_corrected_cache_instead(project, mlflow_uri):
     ev = json.loads((project / "metrics/eval.json").read_text())
     assert ev["drift"] == {} and "top100_overlap_stale_vs_fresh" not in ev["test"]
     assert 0.0 <= ev["test"]["trained"]["ndcg_at_10"] <= 1.0
-    res = freshen(project, "reembed", "--set", "reembed.corrector=true", "--set", "train.out_dir=artifacts/none",
-                  ok=False)
+    res = freshen(
+        project, "reembed", "--set", "reembed.corrector=true", "--set", "train.out_dir=artifacts/none", ok=False
+    )
     assert res.returncode == 2 and "reembed.corrector" in res.stderr
 
 
@@ -256,8 +265,17 @@ def test_ablation_benchmark_smoke(project, mlflow_uri):
     sh(project, "git", "init", "-q")
     sh(project, sys.executable, "-m", "dvc", "init", "-q")
     out = project / "benchmarks/results/ablation"
-    cmd = [sys.executable, "-m", "benchmarks.ablation", "--arms", "zero_shot,stale,corrected,refresh,best_random",
-           "--steps", "4", "--refreshes", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.ablation",
+        "--arms",
+        "zero_shot,stale,corrected,refresh,best_random",
+        "--steps",
+        "4",
+        "--refreshes",
+        "1",
+    ]
     sh(project, *cmd)
     arms = {a: json.loads((out / f"{a}.json").read_text()) for a in ("zero_shot", "stale", "corrected", "refresh")}
     best = max(("stale", "corrected", "refresh"), key=lambda a: arms[a]["test"]["ndcg_at_10"])
@@ -276,8 +294,12 @@ def test_ablation_benchmark_smoke(project, mlflow_uri):
     before = (out / "corrected.json").stat().st_mtime
     again = sh(project, *cmd[:4], "corrected", "--steps", "4")
     assert (out / "corrected.json").stat().st_mtime == before and "| corrected |" in again.stdout
-    runs = MlflowClient(mlflow_uri).search_runs([MlflowClient(mlflow_uri).get_experiment_by_name("freshen-ablation").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(["corrected", "refresh", "stale", "zero_shot", f"{best}_random"])
+    runs = MlflowClient(mlflow_uri).search_runs(
+        [MlflowClient(mlflow_uri).get_experiment_by_name("freshen-ablation").experiment_id]
+    )
+    assert sorted(r.info.run_name for r in runs) == sorted(
+        ["corrected", "refresh", "stale", "zero_shot", f"{best}_random"]
+    )
 
 
 def test_seed_benchmark_runs_each_seed_and_pairs_them(project, mlflow_uri):
@@ -287,8 +309,22 @@ def test_seed_benchmark_runs_each_seed_and_pairs_them(project, mlflow_uri):
     sh(project, "git", "init", "-q")
     sh(project, sys.executable, "-m", "dvc", "init", "-q")
     params_before = (project / "params.yaml").read_text()
-    sh(project, sys.executable, "-m", "benchmarks.seeds", "--seeds", "5,6", "--out-pattern", "seeds/s{seed}",
-       "--arms", "corrected,refresh", "--steps", "2", "--refreshes", "1")
+    sh(
+        project,
+        sys.executable,
+        "-m",
+        "benchmarks.seeds",
+        "--seeds",
+        "5,6",
+        "--out-pattern",
+        "seeds/s{seed}",
+        "--arms",
+        "corrected,refresh",
+        "--steps",
+        "2",
+        "--refreshes",
+        "1",
+    )
     for seed in (5, 6):
         arms = {a: json.loads((project / f"seeds/s{seed}/{a}.json").read_text()) for a in ("corrected", "refresh")}
         assert {r["seed"] for r in arms.values()} == {seed}
@@ -301,7 +337,7 @@ def test_seed_benchmark_runs_each_seed_and_pairs_them(project, mlflow_uri):
 
 # `freshen` with every embedding chunk held until a file `go` appears (after writing the chunk,
 # so the run is mid-way: its lock held, its `.partial` folder half full); `paused` says it got there
-PAUSED_FRESHEN = '''
+PAUSED_FRESHEN = """
 import sys
 import time
 import time
@@ -324,7 +360,7 @@ def paused(encoder, texts, kind, sink, on_chunk=None, **kw):
 
 embed_corpus.encode_chunks = paused
 raise SystemExit(cli.main(sys.argv[2:]))
-'''
+"""
 
 
 def start_paused(root, work, *args):
@@ -333,8 +369,9 @@ def start_paused(root, work, *args):
     script.write_text(PAUSED_FRESHEN)
     signals.mkdir()
     log = open(work / "paused.log", "w")
-    proc = subprocess.Popen([sys.executable, str(script), str(signals), *args], cwd=root, env=_env(),
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(signals), *args], cwd=root, env=_env(), stdout=log, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 300
     while not (signals / "paused").exists():
         assert proc.poll() is None, (work / "paused.log").read_text()[-3000:]
@@ -437,10 +474,17 @@ def test_step_runs_a_dead_process_left_running_are_marked_killed(tmp_path, mlflo
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         host = socket.gethostname()
-        left = {name: client.create_run(exp, run_name="train", tags={"freshen.pid": str(pid), "freshen.host": h})
-                .info.run_id for name, pid, h in (("dead", dead.pid, host), ("live", live.pid, host),
-                                                  ("elsewhere", dead.pid, "another-host"),
-                                                  ("same pid before", os.getpid(), host))}
+        left = {
+            name: client.create_run(
+                exp, run_name="train", tags={"freshen.pid": str(pid), "freshen.host": h}
+            ).info.run_id
+            for name, pid, h in (
+                ("dead", dead.pid, host),
+                ("live", live.pid, host),
+                ("elsewhere", dead.pid, "another-host"),
+                ("same pid before", os.getpid(), host),
+            )
+        }
         untagged = client.create_run(exp, run_name="pipeline").info.run_id  # a parent run: no pid of its own
         with tracking.step_run("evaluate", validate_params(tiny_params), tmp_path, None, ["seed"]) as (run, _):
             this = run.info.run_id
@@ -477,8 +521,9 @@ def test_an_unexpected_error_is_one_line_with_a_hint_and_exit_1(tmp_path, monkey
     _fail_loading_params(monkeypatch, RuntimeError("boom\nmore detail"))
     assert main(["prepare", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert err.splitlines() == ["freshen prepare: error: RuntimeError: boom "
-                                "(unexpected; rerun with -v for the traceback)"]
+    assert err.splitlines() == [
+        "freshen prepare: error: RuntimeError: boom (unexpected; rerun with -v for the traceback)"
+    ]
     assert main(["prepare", "--root", str(tmp_path), "-v"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "more detail" in err
@@ -492,4 +537,5 @@ def test_a_freshen_error_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     _fail_loading_params(monkeypatch, DataError("qrels/test.tsv", "must be an integer grade", 3, "score"))
     assert main(["prepare", "--root", str(tmp_path)]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "freshen prepare: error: qrels/test.tsv:3: field 'score': must be an integer grade"]
+        "freshen prepare: error: qrels/test.tsv:3: field 'score': must be an integer grade"
+    ]

@@ -8,13 +8,12 @@ from pathlib import Path
 import networkx as nx
 import pytest
 import yaml
-
 from freshen.cli import build_parser
 from freshen.errors import DataError, FreshenError
-from freshen.params import validate_params
 from freshen.orchestration import pipeline
 from freshen.orchestration.pipeline import PIPELINES, REFRESH, TRAIN, cli_argv
 from freshen.orchestration.stage_deps import load_stages, stage_edges
+from freshen.params import validate_params
 from freshen.steps import STEP_NAMES
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,13 +2,11 @@
 both the champion and the pre-trained (zero-shot) encoder."""
 
 import json
+import logging
 import shutil
 
 import mlflow
 import pytest
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
 from freshen.errors import FreshenError
 from freshen.integrity import checkpoint_digest
 from freshen.params import validate_params
@@ -22,6 +20,8 @@ from freshen.steps.promote import (
     TAG_ZERO_SHOT_VALUE,
     decide,
 )
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 NAME = "tiny-retriever"
 ZS = ("dev.zero_shot.ndcg_at_10", 0.3)  # below every trained figure of the decide() tests
@@ -83,6 +83,7 @@ def test_promoting_the_same_version_twice_is_a_no_op(client, tmp_path):
 
 # promote.run end to end: an eval.json and a model folder per run, registered as a pyfunc
 
+
 @pytest.fixture()
 def project(tmp_path, tiny_params, mlflow_uri):
     mlflow.set_tracking_uri(mlflow_uri)
@@ -103,9 +104,14 @@ def _promote(project, tiny_model, trained: float, zero_shot: float, variant: int
 def _eval_json(project, trained: float, zero_shot: float, digest: str | None, **caches: str) -> None:
     root, _ = project
     (root / "metrics").mkdir(parents=True, exist_ok=True)
-    (root / "metrics/eval.json").write_text(json.dumps(
-        {"dev": {"trained": {"ndcg_at_10": trained}, "zero_shot": {"ndcg_at_10": zero_shot}},
-         **({"measured": {"model_digest": digest, **caches}} if digest else {})}))
+    (root / "metrics/eval.json").write_text(
+        json.dumps(
+            {
+                "dev": {"trained": {"ndcg_at_10": trained}, "zero_shot": {"ndcg_at_10": zero_shot}},
+                **({"measured": {"model_digest": digest, **caches}} if digest else {}),
+            }
+        )
+    )
 
 
 def _alias(client, name, alias):
@@ -117,7 +123,8 @@ def _written(project) -> dict:
     return json.loads((root / params["promote"]["out"]).read_text())
 
 
-def test_challenger_beating_the_champion_but_not_zero_shot_stays_challenger(project, tiny_model, capsys):
+def test_challenger_beating_the_champion_but_not_zero_shot_stays_challenger(project, tiny_model, caplog):
+    caplog.set_level(logging.INFO, logger="freshen.steps.promote")
     name = project[1]["promote"]["registered_model"]
     client = MlflowClient()
     assert _promote(project, tiny_model, 0.60, 0.50, 1)["promoted"]
@@ -133,18 +140,18 @@ def test_challenger_beating_the_champion_but_not_zero_shot_stays_challenger(proj
     assert written["zero_shot_metric"] == "dev.zero_shot.ndcg_at_10" and written["champion"] == "1"
     assert "zero-shot" in written["reason"] and "champion v1 unchanged" in written["reason"]
     assert "champion v1 (" not in written["reason"]  # the champion comparison was won: not named as the block
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("promote: NOT promoted: ")
+    assert caplog.records[-1].getMessage().startswith("promote: NOT promoted: ")
 
     # the same refused weights again: the same version, refused again for the same reason
     again = _promote(project, tiny_model, 0.65, 0.70, 2)
     assert not again["promoted"] and again["reason"] == written["reason"] and again["version"] == "2"
     assert len(client.search_model_versions(f"name='{name}'")) == 2
     assert _alias(client, name, "champion") == "1"
-    capsys.readouterr()
+    caplog.clear()
     # the champion's weights again: nothing to do, and no "NOT promoted" for it
     same = _promote(project, tiny_model, 0.60, 0.50, 1)
     assert not same["promoted"] and "already champion" in same["reason"] and _alias(client, name, "champion") == "1"
-    assert _written(project)["beats_zero_shot"] is True and "NOT promoted" not in capsys.readouterr().out
+    assert _written(project)["beats_zero_shot"] is True and "NOT promoted" not in caplog.text
 
 
 def test_first_model_not_beating_zero_shot_does_not_become_champion(project, tiny_model):
@@ -161,8 +168,10 @@ def test_first_model_not_beating_zero_shot_does_not_become_champion(project, tin
     written = _written(project)
     assert written["beats_zero_shot"] is False and written["beats_champion"] is None
     assert written["champion_value"] is None
-    assert written["reason"] == ("dev.trained.ndcg_at_10=0.5000 does not beat the pre-trained (zero-shot) encoder "
-                                 "(dev.zero_shot.ndcg_at_10=0.5000, margin 0.0): no champion yet")
+    assert written["reason"] == (
+        "dev.trained.ndcg_at_10=0.5000 does not beat the pre-trained (zero-shot) encoder "
+        "(dev.zero_shot.ndcg_at_10=0.5000, margin 0.0): no champion yet"
+    )
 
 
 def test_a_model_beating_both_is_promoted_with_both_comparisons_recorded(project, tiny_model):
@@ -181,14 +190,23 @@ def test_a_model_beating_both_is_promoted_with_both_comparisons_recorded(project
     assert "beats champion v1" in written["reason"] and "zero-shot" in written["reason"]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"min_improvement_over_zero_shot": -1}, "params: promote.min_improvement_over_zero_shot: Input should be "
-                                             "greater than or equal to 0, got -1"),
-    ({"min_improvement_over_zero_shot": "abc"}, "params: promote.min_improvement_over_zero_shot: Input should be "
-                                                "a valid number, got 'abc'"),
-    ({"zero_shot_metric": "dev.zero_shot.ndcg_at_5"}, "field 'dev.zero_shot.ndcg_at_5' (promote.zero_shot_metric) "
-                                                      "not found"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"min_improvement_over_zero_shot": -1},
+            "params: promote.min_improvement_over_zero_shot: Input should be greater than or equal to 0, got -1",
+        ),
+        (
+            {"min_improvement_over_zero_shot": "abc"},
+            "params: promote.min_improvement_over_zero_shot: Input should be a valid number, got 'abc'",
+        ),
+        (
+            {"zero_shot_metric": "dev.zero_shot.ndcg_at_5"},
+            "field 'dev.zero_shot.ndcg_at_5' (promote.zero_shot_metric) not found",
+        ),
+    ],
+)
 def test_bad_zero_shot_params_fail_before_anything_is_registered(project, tiny_model, change, message):
     project[1]["promote"].update(change)
     with pytest.raises(FreshenError) as err:
@@ -288,8 +306,13 @@ def test_an_unreadable_eval_json_exits_as_a_named_data_error(project, tiny_model
     assert main(["promote", "--root", str(root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"freshen promote: error: {metrics_file}: "), err
-    assert ("not found: run evaluate first" if body is None else "not valid" if body[:1] != b"[" else
-            "must be a JSON object") in err[0]
+    assert (
+        "not found: run evaluate first"
+        if body is None
+        else "not valid"
+        if body[:1] != b"["
+        else "must be a JSON object"
+    ) in err[0]
     assert len(MlflowClient().search_model_versions(f"name='{name}'")) == 1
 
 
@@ -299,8 +322,10 @@ def test_figures_measured_on_another_cache_are_never_registered(project, tiny_mo
     from freshen.integrity import file_sha256
 
     root, params = project
-    manifests = {key: root / params[section]["out_dir"] / "manifest.json"
-                 for key, section in (("stale_cache", "cache"), ("fresh_cache", "reembed"))}
+    manifests = {
+        key: root / params[section]["out_dir"] / "manifest.json"
+        for key, section in (("stale_cache", "cache"), ("fresh_cache", "reembed"))
+    }
     for key, manifest in manifests.items():
         manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_text(json.dumps({"cache": key, "precision": "fp32"}))
@@ -313,8 +338,11 @@ def test_figures_measured_on_another_cache_are_never_registered(project, tiny_mo
     (encoder / "variant.json").write_text("2")  # retrained and evaluated, then the fresh cache rebuilt
     _eval_json(project, 0.90, 0.50, checkpoint_digest(encoder.parent), **measured)
     manifests["fresh_cache"].write_text(json.dumps({"cache": "fresh_cache", "precision": "bf16"}))
-    with pytest.raises(FreshenError, match=r"eval.json: field 'measured.fresh_cache': measured another fresh cache "
-                                           r".*run evaluate again"):
+    with pytest.raises(
+        FreshenError,
+        match=r"eval.json: field 'measured.fresh_cache': measured another fresh cache "
+        r".*run evaluate again",
+    ):
         promote.run(validate_params(params), root)
     name = params["promote"]["registered_model"]
     assert len(MlflowClient().search_model_versions(f"name='{name}'")) == 1

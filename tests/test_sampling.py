@@ -5,7 +5,6 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-
 from freshen.sampling.negatives import chunked_topk
 from freshen.sampling.scorer import CacheScorer
 from freshen.sampling.selection import balanced_pick
@@ -51,7 +50,9 @@ def test_tas_n_clusters_and_top_up_from_another_cluster():
 
 def test_random_batches_are_uniform_and_seeded():
     qids = [f"q{i}" for i in range(20)]
-    assert next(RandomBatches(qids, 5, np.random.default_rng(3))) == next(RandomBatches(qids, 5, np.random.default_rng(3)))
+    assert next(RandomBatches(qids, 5, np.random.default_rng(3))) == next(
+        RandomBatches(qids, 5, np.random.default_rng(3))
+    )
     batches = RandomBatches(qids, 5, np.random.default_rng(0))
     counts = Counter(q for _ in range(400) for q in next(batches))
     assert set(counts) == set(qids) and max(counts.values()) < 2 * min(counts.values())
@@ -83,8 +84,9 @@ def test_no_positive_is_ever_a_negative(selection):
         # make the positives the highest-scoring rows so a bug would pick them
         cache[[p for ps in positives for p in ps]] = (q.repeat_interleave(3, 0) * 10).half()
         scorer = CacheScorer(cache, {"selection": selection, "candidates": 20, "chunk_size": 9})
-        rows = scorer.select(q, 4, positives, [ps[0] for ps in positives],
-                             generator=torch.Generator().manual_seed(trial), rng=rng)
+        rows = scorer.select(
+            q, 4, positives, [ps[0] for ps in positives], generator=torch.Generator().manual_seed(trial), rng=rng
+        )
         assert rows.shape == (4, 4)
         for i, ps in enumerate(positives):
             assert not set(rows[i].tolist()) & set(int(p) for p in ps)
@@ -107,8 +109,7 @@ def test_gumbel_top1_follows_the_softmax():
 def test_gumbel_top_k_is_without_replacement_and_varies():
     q, cache = _setup(n=40)
     gen = torch.Generator().manual_seed(0)
-    draws = {tuple(sorted(chunked_topk(q, cache, 6, [[]] * 4, noise=gen, beta=0.5)[0][0].tolist()))
-             for _ in range(20)}
+    draws = {tuple(sorted(chunked_topk(q, cache, 6, [[]] * 4, noise=gen, beta=0.5)[0][0].tolist())) for _ in range(20)}
     assert len(draws) > 1 and all(len(set(d)) == 6 for d in draws)
 
 
@@ -127,8 +128,11 @@ def test_batches_too_large_for_the_training_queries_name_the_param():
     from freshen.errors import FreshenError
 
     rng = np.random.default_rng(0)
-    with pytest.raises(FreshenError, match=r"params\.yaml: field 'train\.batch_size': 3 training queries cannot fill "
-                                           r"a batch of 8"):
+    with pytest.raises(
+        FreshenError,
+        match=r"params\.yaml: field 'train\.batch_size': 3 training queries cannot fill "
+        r"a batch of 8",
+    ):
         TASBatches(_clusters([3]), 8, 1, rng)
     with pytest.raises(FreshenError, match=r"field 'train\.batch_size': 3 training queries cannot fill a batch of 8"):
         RandomBatches(["q0", "q1", "q2"], 8, rng)
@@ -149,18 +153,21 @@ def test_cluster_assignments_are_read(tmp_path):
     assert read_clusters(_assignments(tmp_path, "query-id\tcluster\nq0\t1\nq1\t0\r\n\n")) == {"q0": 1, "q1": 0}
 
 
-@pytest.mark.parametrize("text,message", [
-    (None, r"assignments\.tsv: cluster assignments missing \(run cluster_queries first\)"),
-    ("", r"assignments\.tsv: no cluster assignments \(run cluster_queries again\)"),
-    ("query-id\tcluster\n", r"assignments\.tsv: no cluster assignments"),
-    ("query-id\tcluster\nq0\t1\nq1\tx\n", r"assignments\.tsv:3: field 'cluster': must be an integer >= 0, got 'x'"),
-    ("query-id\tcluster\nq0\t-1\n", r"assignments\.tsv:2: field 'cluster': must be an integer >= 0, got '-1'"),
-    ("query-id\tcluster\nq0 1\n", r"assignments\.tsv:2: the row has 1 columns, 2 expected \(query-id, cluster\)"),
-    ("query-id\tcluster\nq0\t1\t2\n", r"assignments\.tsv:2: the row has 3 columns, 2 expected"),
-    ("query-id\tcluster\nq0\t1\nq0\t2\n", r"assignments\.tsv:3: field 'query-id': duplicate query id 'q0'"),
-    ("query-id\tcluster\n\t1\n", r"assignments\.tsv:2: field 'query-id': empty"),
-    ("query-id\tcluster\nq0\t\xe91\n", r"assignments\.tsv:2: not valid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (None, r"assignments\.tsv: cluster assignments missing \(run cluster_queries first\)"),
+        ("", r"assignments\.tsv: no cluster assignments \(run cluster_queries again\)"),
+        ("query-id\tcluster\n", r"assignments\.tsv: no cluster assignments"),
+        ("query-id\tcluster\nq0\t1\nq1\tx\n", r"assignments\.tsv:3: field 'cluster': must be an integer >= 0, got 'x'"),
+        ("query-id\tcluster\nq0\t-1\n", r"assignments\.tsv:2: field 'cluster': must be an integer >= 0, got '-1'"),
+        ("query-id\tcluster\nq0 1\n", r"assignments\.tsv:2: the row has 1 columns, 2 expected \(query-id, cluster\)"),
+        ("query-id\tcluster\nq0\t1\t2\n", r"assignments\.tsv:2: the row has 3 columns, 2 expected"),
+        ("query-id\tcluster\nq0\t1\nq0\t2\n", r"assignments\.tsv:3: field 'query-id': duplicate query id 'q0'"),
+        ("query-id\tcluster\n\t1\n", r"assignments\.tsv:2: field 'query-id': empty"),
+        ("query-id\tcluster\nq0\t\xe91\n", r"assignments\.tsv:2: not valid UTF-8"),
+    ],
+)
 def test_missing_or_garbled_cluster_assignments_are_named(tmp_path, text, message):
     from freshen.errors import DataError
     from freshen.steps.common import read_clusters

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from freshen.data.beir import load_beir
 from freshen.data.fetch import verify_checksums
 

@@ -6,7 +6,6 @@ import faiss
 import numpy as np
 import pytest
 import torch
-
 from freshen.modeling.corrector import Corrector
 from freshen.params import EvaluateParams, validate_params
 from freshen.retrieval import build_index, index_settings, search
@@ -81,11 +80,17 @@ def test_invalid_index_names_the_param():
     from freshen.errors import FreshenError
 
     x, _, _ = clustered(n=500)
-    with pytest.raises(FreshenError, match=r"params\.yaml: field 'evaluate\.index': 'IVFx,Flat' is not a valid faiss "
-                                           r"index_factory"):
+    with pytest.raises(
+        FreshenError,
+        match=r"params\.yaml: field 'evaluate\.index': 'IVFx,Flat' is not a valid faiss "
+        r"index_factory",
+    ):
         build_index(x, "IVFx,Flat", param="evaluate.index")
-    with pytest.raises(FreshenError, match=r"field 'evaluate\.index': 'IVF1024,Flat' has 1024 inverted lists but .* "
-                                           r"500 rows"):
+    with pytest.raises(
+        FreshenError,
+        match=r"field 'evaluate\.index': 'IVF1024,Flat' has 1024 inverted lists but .* "
+        r"500 rows",
+    ):
         make_index(x, EvaluateParams(index="IVF1024,Flat"))
     with pytest.raises(FreshenError, match=r"field 'train\.negatives\.ann_index': 'bogus'"):
         CacheScorer(torch.from_numpy(x), {"ann_threshold": 100, "ann_index": "bogus"})
@@ -135,8 +140,15 @@ def _scorer_case(selection="topk", candidates=300, **neg):
     # each query's positive (the row it was drawn near) and its 3 nearest raw rows are excluded
     raw = exact_top(x, q.numpy(), 3)
     exclude = [[int(near[i])] + [int(r) for r in raw[i]] for i in range(16)]
-    p = {"selection": selection, "ann_threshold": 1000, "ann_candidates": candidates, "ann_index": "IVF64,Flat",
-         "ann_nprobe": 16, "candidates": 50, **neg}
+    p = {
+        "selection": selection,
+        "ann_threshold": 1000,
+        "ann_candidates": candidates,
+        "ann_index": "IVF64,Flat",
+        "ann_nprobe": 16,
+        "candidates": 50,
+        **neg,
+    }
     return CacheScorer(cache, p), cache, q, h, exclude, [int(near[i]) for i in range(16)]
 
 
@@ -144,8 +156,9 @@ def _scorer_case(selection="topk", candidates=300, **neg):
 def test_scorer_ann_never_returns_excluded_rows(selection):
     scorer, cache, q, h, exclude, pos = _scorer_case(selection)
     assert isinstance(scorer.index, faiss.IndexIVF) and scorer.index.nprobe == 16 and scorer.index.ntotal == len(cache)
-    rows = scorer.select(q, 10, exclude, pos, corrector=h, generator=torch.Generator().manual_seed(0),
-                         rng=np.random.default_rng(0))
+    rows = scorer.select(
+        q, 10, exclude, pos, corrector=h, generator=torch.Generator().manual_seed(0), rng=np.random.default_rng(0)
+    )
     assert rows.shape == (16, 10) and rows.dtype == torch.long
     for i in range(16):
         got = rows[i].tolist()
@@ -187,7 +200,6 @@ def test_evaluate_leaves_out_test_queries_without_a_relevant_judgement(tiny_para
     from pathlib import Path
 
     import ir_measures
-
     from freshen.cache import write_cache
     from freshen.data.beir import load_beir
     from freshen.encoding import encode_into
@@ -206,13 +218,19 @@ def test_evaluate_leaves_out_test_queries_without_a_relevant_judgement(tiny_para
     encoder.save(root / params["train"]["out_dir"] / "encoder")
     ids = ds.doc_ids()
     for out in (params["cache"]["out_dir"], params["reembed"]["out_dir"]):
-        write_cache(root / out, ids, encoder.dim,
-                    lambda arr: encode_into(encoder, ds.doc_texts(ids), "passage", arr, precision="fp32"), {})
+        write_cache(
+            root / out,
+            ids,
+            encoder.dim,
+            lambda arr: encode_into(encoder, ds.doc_texts(ids), "passage", arr, precision="fp32"),
+            {},
+        )
     with caplog.at_level("WARNING"):
         metrics = evaluate.run(validate_params(params), root)
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         f"{root / params['data']['out_dir'] / 'qrels' / 'test.tsv'}: 1 query has no relevant judgement (score > 0); "
-        "left out of evaluation"]
+        "left out of evaluation"
+    ]
     run = ir_measures.read_trec_run(str(root / params["evaluate"]["out_dir"] / "test.trained.trec"))
     by_query: dict = {}
     for row in run:

@@ -22,9 +22,17 @@ def arm(name, ndcg, train=8000, reembed=0, overlap=None):
 
 
 def test_goals_are_judged_per_seed_and_on_the_mean(seeds, tmp_path):
-    runs = {13: {"corrected": arm("corrected", 0.740, overlap=(0.71, 0.70)), "refresh": arm("refresh", 0.750, reembed=98000),
-                 "stale": arm("stale", 0.720)},
-            14: {"corrected": arm("corrected", 0.742, overlap=(0.69, 0.70)), "refresh": arm("refresh", 0.738, reembed=98000)}}
+    runs = {
+        13: {
+            "corrected": arm("corrected", 0.740, overlap=(0.71, 0.70)),
+            "refresh": arm("refresh", 0.750, reembed=98000),
+            "stale": arm("stale", 0.720),
+        },
+        14: {
+            "corrected": arm("corrected", 0.742, overlap=(0.69, 0.70)),
+            "refresh": arm("refresh", 0.738, reembed=98000),
+        },
+    }
     for seed, arms in runs.items():
         (tmp_path / str(seed)).mkdir()
         for name, result in arms.items():
@@ -38,7 +46,10 @@ def test_goals_are_judged_per_seed_and_on_the_mean(seeds, tmp_path):
     assert "13: 0.0755, 14: 0.0755; **met** on every seed" in text  # 8000 / 106000
     assert "corrected minus stale (goal > 0): met on 1 of 1 seeds; mean difference +0.0200 (one seed)" in text
     assert "met on 1 of 2 seeds" in next(line for line in text.splitlines() if "top-100 overlap" in line)
-    assert "| 14 | 0.7420 | 0.7380 | - |" in text and "| mean over the seeds that ran it | 0.7410 | 0.7440 | 0.7200 |" in text
+    assert (
+        "| 14 | 0.7420 | 0.7380 | - |" in text
+        and "| mean over the seeds that ran it | 0.7410 | 0.7440 | 0.7200 |" in text
+    )
 
     runs[14]["corrected"]["test"]["ndcg_at_10"] = 0.730  # mean gap -0.0145
     assert "**not met** on the mean" in seeds.report(runs, "cmd")
@@ -50,12 +61,20 @@ def test_a_folder_without_results_is_refused(seeds, tmp_path):
 
 
 def test_variants_of_the_corrected_arm_are_paired_with_refresh_and_corrected(seeds):
-    runs = {13: {"corrected": arm("corrected", 0.740), "refresh": arm("refresh", 0.750, reembed=98000),
-                 "corrected_random": arm("corrected_random", 0.730),
-                 "corrected_wide": {**arm("corrected_wide", 0.748, train=9600, overlap=(0.66, 0.70)),
-                                    "variant": "hidden 1536",
-                                    "test_corrected_cache": {"ndcg_at_10": 0.75}, "test_stale_cache": {"ndcg_at_10": 0.70}}},
-            14: {"corrected": arm("corrected", 0.742), "refresh": arm("refresh", 0.738, reembed=98000)}}
+    runs = {
+        13: {
+            "corrected": arm("corrected", 0.740),
+            "refresh": arm("refresh", 0.750, reembed=98000),
+            "corrected_random": arm("corrected_random", 0.730),
+            "corrected_wide": {
+                **arm("corrected_wide", 0.748, train=9600, overlap=(0.66, 0.70)),
+                "variant": "hidden 1536",
+                "test_corrected_cache": {"ndcg_at_10": 0.75},
+                "test_stale_cache": {"ndcg_at_10": 0.70},
+            },
+        },
+        14: {"corrected": arm("corrected", 0.742), "refresh": arm("refresh", 0.738, reembed=98000)},
+    }
     text = seeds.report(runs, "cmd")
     section = text.split("## Variants of the corrected arm, paired by seed")[1]
     assert "`corrected_wide` (hidden 1536):" in section and "corrected_random" not in section
@@ -81,9 +100,15 @@ def test_regenerating_a_report_keeps_its_hand_written_notes(seeds, tmp_path):
 
 
 def test_tas_minus_random_is_paired_for_every_strategy_that_ran_both(seeds):
-    runs = {13: {"corrected": arm("corrected", 0.740), "corrected_random": arm("corrected_random", 0.730),
-                 "refresh": arm("refresh", 0.750, reembed=98000), "refresh_random": arm("refresh_random", 0.755, reembed=98000)},
-            14: {"corrected": arm("corrected", 0.742), "corrected_random": arm("corrected_random", 0.722)}}
+    runs = {
+        13: {
+            "corrected": arm("corrected", 0.740),
+            "corrected_random": arm("corrected_random", 0.730),
+            "refresh": arm("refresh", 0.750, reembed=98000),
+            "refresh_random": arm("refresh_random", 0.755, reembed=98000),
+        },
+        14: {"corrected": arm("corrected", 0.742), "corrected_random": arm("corrected_random", 0.722)},
+    }
     lines = seeds.report(runs, "cmd").splitlines()
     corrected = next(line for line in lines if line.startswith("- corrected minus corrected_random"))
     assert "13: +0.0100, 14: +0.0200; TAS higher on 2 of 2 seeds; mean difference +0.0150" in corrected
@@ -93,22 +118,35 @@ def test_tas_minus_random_is_paired_for_every_strategy_that_ran_both(seeds):
 
 
 def test_ablation_arms_set_strategy_and_batching_and_unknown_arms_are_refused(tmp_path):
-    base = {"train": {"steps": 100, "batching": "tas", "negatives": {"strategy": "corrected", "refresh_every": 0}},
-            "reembed": {}, "evaluate": {}}
-    got = {a: ablation.arm_params(base, a, 100, 5, tmp_path) for a in ("corrected", "refresh", "refresh_random", "stale_random")}
-    assert [(p["train"]["negatives"]["strategy"], p["train"]["batching"], p["train"]["negatives"]["refresh_every"])
-            for p in got.values()] == [("corrected", "tas", 0), ("refresh", "tas", 5), ("refresh", "random", 5),
-                                       ("stale", "random", 0)]
+    base = {
+        "train": {"steps": 100, "batching": "tas", "negatives": {"strategy": "corrected", "refresh_every": 0}},
+        "reembed": {},
+        "evaluate": {},
+    }
+    got = {
+        a: ablation.arm_params(base, a, 100, 5, tmp_path)
+        for a in ("corrected", "refresh", "refresh_random", "stale_random")
+    }
+    assert [
+        (p["train"]["negatives"]["strategy"], p["train"]["batching"], p["train"]["negatives"]["refresh_every"])
+        for p in got.values()
+    ] == [("corrected", "tas", 0), ("refresh", "tas", 5), ("refresh", "random", 5), ("stale", "random", 0)]
     assert base["train"]["negatives"]["strategy"] == "corrected"  # the base params are not touched
     with pytest.raises(SystemExit, match="unknown training arm 'corrected_rand'"):
         ablation.arm_params(base, "corrected_rand", 100, 5, tmp_path)
 
 
 def test_the_gap_is_also_judged_against_the_strongest_arm_without_a_corrector(seeds):
-    runs = {13: {"corrected": arm("corrected", 0.740), "refresh": arm("refresh", 0.743, reembed=98000),
-                 "refresh_random": arm("refresh_random", 0.750, reembed=98000), "stale": arm("stale", 0.730),
-                 "zero_shot": arm("zero_shot", 0.800, train=0)},  # zero-shot is no trained rival
-            14: {"corrected": arm("corrected", 0.742), "refresh": arm("refresh", 0.738, reembed=98000)}}
+    runs = {
+        13: {
+            "corrected": arm("corrected", 0.740),
+            "refresh": arm("refresh", 0.743, reembed=98000),
+            "refresh_random": arm("refresh_random", 0.750, reembed=98000),
+            "stale": arm("stale", 0.730),
+            "zero_shot": arm("zero_shot", 0.800, train=0),
+        },  # zero-shot is no trained rival
+        14: {"corrected": arm("corrected", 0.742), "refresh": arm("refresh", 0.738, reembed=98000)},
+    }
     lines = seeds.report(runs, "cmd").splitlines()
     line = next(line for line in lines if line.startswith("- corrected minus the strongest arm"))
     assert "13: -0.0100 (vs refresh_random), 14: +0.0040 (vs refresh); met on 1 of 2 seeds; mean -0.0030" in line
@@ -116,4 +154,6 @@ def test_the_gap_is_also_judged_against_the_strongest_arm_without_a_corrector(se
     fixed = next(line for line in lines if line.startswith("- corrected minus refresh_random"))
     assert "13: -0.0100; met on 0 of 1 seeds; mean -0.0100 (one seed): **not met** on the mean" in fixed
     runs[13].pop("refresh_random")  # with no random-batch baseline the refresh line says it all
-    assert not any(line.startswith("- corrected minus the strongest") for line in seeds.report(runs, "cmd").splitlines())
+    assert not any(
+        line.startswith("- corrected minus the strongest") for line in seeds.report(runs, "cmd").splitlines()
+    )

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from freshen import embed_corpus, sharding
 from freshen.cache import load_cache
 from freshen.cli import main
@@ -44,8 +43,9 @@ def shard_all(root, params, count, skip=()):
 
 def assert_same_cache(a, b):
     assert a.ids == b.ids
-    np.testing.assert_allclose(np.asarray(a.embeddings, dtype=np.float32), np.asarray(b.embeddings, dtype=np.float32),
-                               atol=1e-3, rtol=0)  # float16 rounding of the same model's output
+    np.testing.assert_allclose(
+        np.asarray(a.embeddings, dtype=np.float32), np.asarray(b.embeddings, dtype=np.float32), atol=1e-3, rtol=0
+    )  # float16 rounding of the same model's output
 
 
 def test_three_shards_merge_into_the_one_process_cache(project):
@@ -79,6 +79,7 @@ def test_failed_shard_resumes_after_its_last_chunk_and_touches_only_its_own_outp
             on_chunk(rows_done)
             if rows_done >= 8:
                 raise RuntimeError("worker killed")
+
         return real(encoder, texts, kind, sink, on_chunk=checkpoint, **kw)
 
     monkeypatch.setattr(embed_corpus, "encode_chunks", killed_after_two_chunks)
@@ -102,8 +103,9 @@ def test_failed_shard_resumes_after_its_last_chunk_and_touches_only_its_own_outp
     assert {i: (shards_dir / sharding.shard_name(i, 3) / "embeddings.npy").stat().st_mtime_ns for i in (0, 2)} == before
     merge_shards.run(validate_params(params), root, num_shards=3, model_dir=MODEL)
     reembed.run(validate_params(params), root)
-    assert_same_cache(load_cache(root / params["orchestration"]["refresh_dir"]),
-                      load_cache(root / params["reembed"]["out_dir"]))
+    assert_same_cache(
+        load_cache(root / params["orchestration"]["refresh_dir"]), load_cache(root / params["reembed"]["out_dir"])
+    )
 
 
 def test_merge_with_a_missing_shard_fails_clearly_and_writes_nothing(project, mlflow_uri, capsys):
@@ -169,9 +171,17 @@ def make_champion(root, params, version="3"):
     corrector = Corrector(32, hidden=16)
     torch.nn.init.normal_(corrector.mlp[-1].weight, std=0.1)
     corrector.save(champ / "corrector")
-    (champ / "champion.json").write_text(json.dumps({
-        "registered_model": "freshen-retriever", "version": version, "encoder_digest": model_digest(champ / "encoder"),
-        "checkpoint_digest": checkpoint_digest(champ), "has_corrector": True}))
+    (champ / "champion.json").write_text(
+        json.dumps(
+            {
+                "registered_model": "freshen-retriever",
+                "version": version,
+                "encoder_digest": model_digest(champ / "encoder"),
+                "checkpoint_digest": checkpoint_digest(champ),
+                "has_corrector": True,
+            }
+        )
+    )
     return champ, corrector
 
 
@@ -210,9 +220,17 @@ def test_publish_refuses_a_cache_made_by_another_model(project):
     merge_shards.run(validate_params(params), root, num_shards=2, model_dir=MODEL)
     build_index.run(validate_params(params), root)
     make_champion(root, params)
-    (root / params["orchestration"]["champion_dir"] / "champion.json").write_text(json.dumps({
-        "registered_model": "freshen-retriever", "version": "4", "encoder_digest": "f" * 64, "checkpoint_digest": "e" * 64,
-        "has_corrector": False}))
+    (root / params["orchestration"]["champion_dir"] / "champion.json").write_text(
+        json.dumps(
+            {
+                "registered_model": "freshen-retriever",
+                "version": "4",
+                "encoder_digest": "f" * 64,
+                "checkpoint_digest": "e" * 64,
+                "has_corrector": False,
+            }
+        )
+    )
     from freshen.steps import publish_index
 
     with pytest.raises(FreshenError, match="field 'model_digest'.*not by champion v4"):

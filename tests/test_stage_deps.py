@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from freshen.orchestration import stage_deps
 from freshen.orchestration.stage_deps import needed_code, problems
 from freshen.orchestration.step_code import closure, params_read

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from freshen.errors import FreshenError
 from freshen.modeling.encoder import Encoder
 from freshen.params import validate_params
@@ -35,17 +34,31 @@ def test_forward_passes_match_the_strategy(setup, strategy, per_query):
     assert len(res.curve) == steps and all(np.isfinite(r["loss"]) for r in res.curve)
 
 
-@pytest.mark.parametrize("strategy,selection,refresh", [("stale", "topk", 0), ("stale", "gumbel", 0),
-                                                       ("corrected", "topk", 0), ("corrected", "balanced", 0),
-                                                       ("refresh", "topk", 2), ("corrected", "gumbel", 3)])
+@pytest.mark.parametrize(
+    "strategy,selection,refresh",
+    [
+        ("stale", "topk", 0),
+        ("stale", "gumbel", 0),
+        ("corrected", "topk", 0),
+        ("corrected", "balanced", 0),
+        ("refresh", "topk", 2),
+        ("corrected", "gumbel", 3),
+    ],
+)
 def test_no_positive_is_ever_selected_as_a_negative(setup, strategy, selection, refresh):
     """Every query's judged positives (all of them, not only the one its step trains on) stay
     out of its negatives, whatever the index (stale, corrected, refreshed) and the selection."""
     from freshen.training.loop import Trainer
 
     ds, cache, clusters, params = setup
-    neg = {**params["train"]["negatives"], "strategy": strategy, "selection": selection, "refresh_every": refresh,
-           "candidates": 20, "beta": 1.0}
+    neg = {
+        **params["train"]["negatives"],
+        "strategy": strategy,
+        "selection": selection,
+        "refresh_every": refresh,
+        "candidates": 20,
+        "beta": 1.0,
+    }
     p = {**params["train"], "negatives": neg, "precision": "fp32", "steps": 8, "eval_every": 0}
     rec = Recorder()
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5, hooks=[rec])
@@ -70,9 +83,14 @@ def test_corrector_drives_sampling_only_after_its_warmup(setup):
     from freshen.training.loop import Trainer
 
     ds, cache, clusters, params = setup
-    p = {**params["train"], "precision": "fp32", "steps": 6, "eval_every": 0,
-         "negatives": {**params["train"]["negatives"], "strategy": "corrected"},
-         "corrector": {**params["train"]["corrector"], "warmup_steps": 3}}
+    p = {
+        **params["train"],
+        "precision": "fp32",
+        "steps": 6,
+        "eval_every": 0,
+        "negatives": {**params["train"]["negatives"], "strategy": "corrected"},
+        "corrector": {**params["train"]["corrector"], "warmup_steps": 3},
+    }
     rec = Recorder()
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5, hooks=[rec])
     losses = [t.step(s).get("corrector_loss") for s in range(1, 7)]
@@ -132,8 +150,13 @@ def test_train_steps_must_be_a_positive_integer(steps):
         check_train_params({"steps": steps, "negatives": {"strategy": "stale"}})
     # checked before the pilot, whose own check would blame train.pilot.steps
     with pytest.raises(FreshenError, match=r"'train.steps'"):
-        check_train_params({"steps": steps, "negatives": {"strategy": "stale"},
-                            "pilot": {"steps": 2, "candidates": [{}, {"lr": 1e-4}]}})
+        check_train_params(
+            {
+                "steps": steps,
+                "negatives": {"strategy": "stale"},
+                "pilot": {"steps": 2, "candidates": [{}, {"lr": 1e-4}]},
+            }
+        )
 
 
 @pytest.fixture()
@@ -156,7 +179,7 @@ def snapshot(*paths: Path) -> dict:
     """Every file under `paths`, as bytes."""
     out = {}
     for p in paths:
-        for f in ([p] if p.is_file() else sorted(p.rglob("*"))):
+        for f in [p] if p.is_file() else sorted(p.rglob("*")):
             if f.is_file():
                 out[str(f)] = f.read_bytes()
     return out
@@ -165,7 +188,6 @@ def snapshot(*paths: Path) -> dict:
 @pytest.mark.parametrize("steps", [0, -5])
 def test_a_refused_train_leaves_the_previous_model_byte_identical(project, steps, capsys):
     import yaml
-
     from freshen.cli import main
 
     root, params = project
@@ -224,5 +246,7 @@ def test_validation_leaves_out_dev_queries_without_a_relevant_judgement(setup, c
         trainer = Trainer(Encoder.from_params(params["model"]), padded, cache, clusters, p, seed=5)
     assert trainer.validate(0)["dev_ndcg_at_10"] == pytest.approx(judged["dev_ndcg_at_10"], abs=1e-6)
     assert judged["dev_ndcg_at_10"] > 0  # so averaging in two zeros would have shown
-    assert any("dev.tsv: 2 queries have no relevant judgement (score > 0); left out of evaluation" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "dev.tsv: 2 queries have no relevant judgement (score > 0); left out of evaluation" in r.getMessage()
+        for r in caplog.records
+    )

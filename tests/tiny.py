@@ -22,8 +22,16 @@ def vocab_words() -> list[str]:
     return words + [f"doc{i}" for i in range(200)]
 
 
-def make_beir(root: Path, n_docs: int = 60, n_train: int = 30, n_test: int = 12, seed: int = 0,
-              with_dev: bool = False, crlf: bool = False, header: bool = True) -> Path:
+def make_beir(
+    root: Path,
+    n_docs: int = 60,
+    n_train: int = 30,
+    n_test: int = 12,
+    seed: int = 0,
+    with_dev: bool = False,
+    crlf: bool = False,
+    header: bool = True,
+) -> Path:
     """Write a small BEIR folder; query i is about doc i's topic and judged relevant to it."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -55,8 +63,9 @@ def make_beir(root: Path, n_docs: int = 60, n_train: int = 30, n_test: int = 12,
     return root
 
 
-def make_tiny_bert(path: Path, hidden: int = 32, layers: int = 2, seed: int = 0,
-                   sentence_transformers_layout: bool = True) -> Path:
+def make_tiny_bert(
+    path: Path, hidden: int = 32, layers: int = 2, seed: int = 0, sentence_transformers_layout: bool = True
+) -> Path:
     """A random-weight BERT with a word-level vocab, saved as a transformers folder."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -69,19 +78,37 @@ def make_tiny_bert(path: Path, hidden: int = 32, layers: int = 2, seed: int = 0,
     if tok.unk_token_id in tok("cell doc0")["input_ids"]:
         raise RuntimeError("tiny tokenizer maps known words to [UNK]: every text would embed alike")
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=hidden * 2, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=128,
+    )
     BertModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     if sentence_transformers_layout:
-        (path / "modules.json").write_text(json.dumps([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+        (path / "modules.json").write_text(
+            json.dumps(
+                [
+                    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+                ]
+            )
+        )
         (path / "1_Pooling").mkdir(exist_ok=True)
-        (path / "1_Pooling" / "config.json").write_text(json.dumps({
-            "word_embedding_dimension": hidden, "pooling_mode_cls_token": False,
-            "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False}))
+        (path / "1_Pooling" / "config.json").write_text(
+            json.dumps(
+                {
+                    "word_embedding_dimension": hidden,
+                    "pooling_mode_cls_token": False,
+                    "pooling_mode_mean_tokens": True,
+                    "pooling_mode_max_tokens": False,
+                }
+            )
+        )
         (path / "2_Normalize").mkdir(exist_ok=True)
         (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
     return path

@@ -172,8 +172,10 @@ def pid_alive(pid: int) -> bool:
 def _is_stale(entry: Path, name: str) -> bool:
     """Whether `entry`, beside output `name`, is a leftover of a dead run of that output."""
     escaped = re.escape(name)
-    with_pid = (re.fullmatch(rf"\.{escaped}\.(\d+)\.[0-9a-f]{{8}}\.tmp", entry.name)  # temp_sibling
-                or re.fullmatch(rf"\.{escaped}\.old-(\d+)", entry.name))           # replace_dir, killed mid-way
+    with_pid = (
+        re.fullmatch(rf"\.{escaped}\.(\d+)\.[0-9a-f]{{8}}\.tmp", entry.name)  # temp_sibling
+        or re.fullmatch(rf"\.{escaped}\.old-(\d+)", entry.name)
+    )  # replace_dir, killed mid-way
     if with_pid:
         # our own pid too: we are only now taking the output's lock, so a temporary with our pid
         # is an earlier process's that had the same pid (a container's step is pid 1 every retry)

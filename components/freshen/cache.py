@@ -7,9 +7,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -53,13 +53,21 @@ def ids_digest(ids: list[str]) -> str:
 def _write_ids_and_manifest(folder: Path, ids: list[str], dim: int, manifest: dict) -> None:
     """The two small files beside embeddings.npy, the same for every way a cache is written."""
     (folder / IDS).write_text(json.dumps(ids))
-    full = {**manifest, "format": FORMAT, "count": len(ids), "dim": dim, "dtype": "float16",
-            "ids_sha256": ids_digest(ids), "embeddings_sha256": file_sha256(folder / EMBEDDINGS)}
+    full = {
+        **manifest,
+        "format": FORMAT,
+        "count": len(ids),
+        "dim": dim,
+        "dtype": "float16",
+        "ids_sha256": ids_digest(ids),
+        "embeddings_sha256": file_sha256(folder / EMBEDDINGS),
+    }
     (folder / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
 
 
-def write_cache(out_dir: str | Path, ids: list[str], dim: int, fill: Callable[[np.ndarray], None],
-                manifest: dict) -> Cache:
+def write_cache(
+    out_dir: str | Path, ids: list[str], dim: int, fill: Callable[[np.ndarray], None], manifest: dict
+) -> Cache:
     """Create the array as a memmap, let `fill` write its rows, then publish the folder whole."""
     with atomic_dir(out_dir) as tmp:
         arr = np.lib.format.open_memmap(tmp / EMBEDDINGS, mode="w+", dtype=np.float16, shape=(len(ids), dim))
@@ -74,9 +82,18 @@ def write_cache(out_dir: str | Path, ids: list[str], dim: int, fill: Callable[[n
 def write_corrected_cache(out_dir: str | Path, stale: Cache, corrector, manifest: dict) -> Cache:
     """h(C): `corrector` applied to every row of `stale`, chunk by chunk, written as a cache of
     its own (manifest `"corrected": true`): an estimate of a re-embedding at no encoder pass."""
-    return write_cache(out_dir, stale.ids, stale.dim, lambda arr: corrector.correct_into(stale.embeddings, arr),
-                       {**manifest, "corrected": True, "stale_model_digest": stale.manifest.get("model_digest"),
-                        "corpus_sha256": stale.manifest.get("corpus_sha256")})
+    return write_cache(
+        out_dir,
+        stale.ids,
+        stale.dim,
+        lambda arr: corrector.correct_into(stale.embeddings, arr),
+        {
+            **manifest,
+            "corrected": True,
+            "stale_model_digest": stale.manifest.get("model_digest"),
+            "corpus_sha256": stale.manifest.get("corpus_sha256"),
+        },
+    )
 
 
 class NpyRowWriter:
@@ -105,8 +122,9 @@ class NpyRowWriter:
         self.fh.close()
 
 
-def build_cache(out_dir: str | Path, ids: list[str], dim: int, encode_rows, manifest: dict,
-                resume_key: str) -> tuple[Cache, int]:
+def build_cache(
+    out_dir: str | Path, ids: list[str], dim: int, encode_rows, manifest: dict, resume_key: str
+) -> tuple[Cache, int]:
     """Write a cache chunk by chunk into `.<name>.partial/`, resumably, then publish it whole.
 
     `encode_rows(start_row, sink, checkpoint)` writes rows from `start_row` on with
@@ -122,8 +140,9 @@ def build_cache(out_dir: str | Path, ids: list[str], dim: int, encode_rows, mani
         return _build_cache(out_dir, ids, dim, encode_rows, manifest, resume_key)
 
 
-def _build_cache(out_dir: Path, ids: list[str], dim: int, encode_rows, manifest: dict,
-                 resume_key: str) -> tuple[Cache, int]:
+def _build_cache(
+    out_dir: Path, ids: list[str], dim: int, encode_rows, manifest: dict, resume_key: str
+) -> tuple[Cache, int]:
     part = out_dir.with_name(f".{out_dir.name}.partial")
     progress = part / PROGRESS
     start = _resume_row(part, resume_key, len(ids))
@@ -134,6 +153,7 @@ def _build_cache(out_dir: Path, ids: list[str], dim: int, encode_rows, manifest:
         write_json(progress, {"resume_key": resume_key, "rows_done": 0, "rows": len(ids)})
     writer = NpyRowWriter(part / EMBEDDINGS)
     try:
+
         def checkpoint(rows_done: int) -> None:
             writer.sync()  # rows on disk before progress says so
             write_json(progress, {"resume_key": resume_key, "rows_done": rows_done, "rows": len(ids)})
@@ -181,8 +201,9 @@ def _open_embeddings(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r")
     except (ValueError, EOFError, OSError) as exc:
-        raise DataError(path, f"not a readable .npy array, truncated or damaged ({exc}): rebuild the cache "
-                              "(embed_cache or reembed)") from None
+        raise DataError(
+            path, f"not a readable .npy array, truncated or damaged ({exc}): rebuild the cache (embed_cache or reembed)"
+        ) from None
 
 
 def load_cache(path: str | Path) -> Cache:

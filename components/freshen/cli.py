@@ -58,13 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     names = STEP_NAMES + ORCHESTRATION_STEPS + RUN_COMMANDS + (PARAMS_COMMAND,)
     parser.add_argument("step", choices=sorted(set(names) | {s.replace("_", "-") for s in names}))
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params key, e.g. --set train.steps=50 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params key, e.g. --set train.steps=50 (repeatable)",
+    )
     parser.add_argument("--root", default=".", help="project folder that relative paths start from")
-    parser.add_argument("--parent-run-id", default=None, help="MLflow parent run to attach to "
-                        "(default: $FRESHEN_PARENT_RUN_ID or the open pipeline run)")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug logging, and the traceback of an error")
+    parser.add_argument(
+        "--parent-run-id",
+        default=None,
+        help="MLflow parent run to attach to (default: $FRESHEN_PARENT_RUN_ID or the open pipeline run)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
     add_orchestration_options(parser)
     return parser
 
@@ -72,18 +80,32 @@ def build_parser() -> argparse.ArgumentParser:
 def add_orchestration_options(parser: argparse.ArgumentParser) -> None:
     """Options of the orchestration verbs; Airflow and Kubeflow pass every override in one --set-json."""
     group = parser.add_argument_group("orchestration")
-    group.add_argument("--set-json", default=None, metavar="JSON",
-                       help='overrides as one JSON object of dotted keys, e.g. \'{"train.steps": 50}\'')
+    group.add_argument(
+        "--set-json",
+        default=None,
+        metavar="JSON",
+        help="overrides as one JSON object of dotted keys, e.g. '{\"train.steps\": 50}'",
+    )
     group.add_argument("--shard", type=int, default=None, help="reembed-shard: which shard (0-based)")
     group.add_argument("--num-shards", type=int, default=None, help="shard count (default: orchestration.num_shards)")
     group.add_argument("--model-dir", default=None, help="re-embed with this encoder folder (default: the champion)")
     group.add_argument("--cache-dir", default=None, help="build-index: the cache (default: orchestration.refresh_dir)")
     group.add_argument("--out", default=None, help="build-index: index file; start-run: file to write the run id to")
     group.add_argument("--kind", default="pipeline", help="start-run: what the run is (train, refresh)")
-    group.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
-                       help="start-run: tag the parent run; end-run: find the parent run by tag (repeatable)")
-    group.add_argument("--skip-exit-code", type=int, default=SKIP_EXIT,
-                       help=f"exit code of a step with nothing to do (default {SKIP_EXIT}; Kubeflow passes 0)")
+    group.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="start-run: tag the parent run; end-run: find the parent run by tag (repeatable)",
+    )
+    group.add_argument(
+        "--skip-exit-code",
+        type=int,
+        default=SKIP_EXIT,
+        help=f"exit code of a step with nothing to do (default {SKIP_EXIT}; Kubeflow passes 0)",
+    )
 
 
 def run_command(step: str, params: Params, root: Path, args) -> int:
@@ -113,8 +135,10 @@ def stop_cleanly_on_sigterm(step: str):
     their progress for the resume. A no-op outside the main thread (signals cannot be handled
     there) and where the host process has a SIGTERM handler of its own (Airflow running the
     step in-process raises its own exception, which unwinds the same way)."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL,
+        None,
+    ):
         yield
         return
 
@@ -136,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_step(args) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     step = args.step.replace("-", "_")
     root = Path(args.root).resolve()
@@ -145,8 +170,9 @@ def run_step(args) -> int:
         from freshen import tracking
         from freshen.config import seed_everything
 
-        params = load_params(root / args.params if not Path(args.params).is_absolute() else args.params,
-                             args.overrides, args.set_json)
+        params = load_params(
+            root / args.params if not Path(args.params).is_absolute() else args.params, args.overrides, args.set_json
+        )
         if step == PARAMS_COMMAND:
             print(yaml.safe_dump(params.model_dump(), sort_keys=False), end="")
             return 0
@@ -164,8 +190,6 @@ def run_step(args) -> int:
 
             log = MlflowLog(mlflow, parent)
             module.run(params, root, log, **options)
-        if step == "promote" and not (args.parent_run_id or os.environ.get(tracking.PARENT_ENV)):
-            tracking.end_parent(root, parent)
     except FreshenError as exc:  # bad input or settings: the message says what to fix
         if args.verbose:
             traceback.print_exc()

@@ -87,9 +87,9 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = 
 
 @dataclass
 class EncodeStats:
-    texts: int = 0       # texts encoded by this call
-    truncated: int = 0   # texts that reached max_len tokens (cut, or exactly that long)
-    blank: int = 0       # blank or whitespace-only texts, embedded as the empty string
+    texts: int = 0  # texts encoded by this call
+    truncated: int = 0  # texts that reached max_len tokens (cut, or exactly that long)
+    blank: int = 0  # blank or whitespace-only texts, embedded as the empty string
     batches: int = 0
 
 
@@ -97,9 +97,20 @@ def _read(texts, start: int, stop: int) -> list[str]:
     return texts.read(start, stop) if hasattr(texts, "read") else [texts[i] for i in range(start, stop)]
 
 
-def encode_chunks(encoder, texts, kind: str, sink, batch_size: int = 64, precision: str = "auto",
-                  max_len: int | None = None, max_tokens: int | None = None, chunk_rows: int = 4096,
-                  start_row: int = 0, on_chunk=None, desc: str | None = None) -> EncodeStats:
+def encode_chunks(
+    encoder,
+    texts,
+    kind: str,
+    sink,
+    batch_size: int = 64,
+    precision: str = "auto",
+    max_len: int | None = None,
+    max_tokens: int | None = None,
+    chunk_rows: int = 4096,
+    start_row: int = 0,
+    on_chunk=None,
+    desc: str | None = None,
+) -> EncodeStats:
     """Embed `texts[start_row:]` chunk by chunk: each chunk is read, length-sorted into batches
     under the token budget, embedded, and handed to `sink(first_row, float32 block)`; then
     `on_chunk(rows_done)` runs, which is where a caller records progress for a resume. Only one
@@ -115,8 +126,10 @@ def encode_chunks(encoder, texts, kind: str, sink, batch_size: int = 64, precisi
     was_training = encoder.training
     encoder.eval()
     try:
-        with torch.inference_mode(), progress(total=n, initial=start_row, desc=desc or f"embed {kind}", unit="text",
-                                          mininterval=10) as bar:
+        with (
+            torch.inference_mode(),
+            progress(total=n, initial=start_row, desc=desc or f"embed {kind}", unit="text", mininterval=10) as bar,
+        ):
             for first in range(start_row, n, chunk_rows):
                 chunk = [clean_text(t) for t in _read(texts, first, min(n, first + chunk_rows))]
                 # tokenized once: the lengths plan the batches, and each batch is padded from them
@@ -124,8 +137,9 @@ def encode_chunks(encoder, texts, kind: str, sink, batch_size: int = 64, precisi
                 lengths = token_lengths(features)
                 block = np.empty((len(chunk), encoder.dim), dtype=np.float32)
                 for idx in plan_batches(lengths, batch_size, max_tokens):
-                    batch = encoder.tokenizer.pad({k: [v[i] for i in idx] for k, v in features.items()},
-                                                  return_tensors="pt")
+                    batch = encoder.tokenizer.pad(
+                        {k: [v[i] for i in idx] for k, v in features.items()}, return_tensors="pt"
+                    )
                     with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
                         block[idx] = encoder.embed_tokens(batch, kind).float().cpu().numpy()
                     stats.batches += 1
@@ -147,7 +161,7 @@ def encode_into(encoder, texts, kind: str, out: np.ndarray, **kw) -> np.ndarray:
         raise ValueError(f"{len(texts)} texts for an output of {out.shape[0]} rows")
 
     def sink(first: int, block: np.ndarray) -> None:
-        out[first:first + len(block)] = block
+        out[first : first + len(block)] = block
 
     encode_chunks(encoder, texts, kind, sink, **kw)
     return out

@@ -36,10 +36,16 @@ def write_index(cache: Cache, out: str | Path | None = None, settings: dict | No
     index = to_cpu(build_index(cache.embeddings, **settings))
     with atomic_file(out) as tmp:
         faiss.write_index(index, str(tmp))
-    meta = {"kind": "IndexFlatIP" if factory == "Flat" else factory, "count": int(index.ntotal), "dim": cache.dim,
-            "file": out.name, "cache": os.path.relpath(cache.path, out.parent),  # relative: same bytes in any checkout
-            "ids_sha256": cache.manifest.get("ids_sha256"), "model_digest": cache.manifest.get("model_digest"),
-            "corrected": bool(cache.manifest.get("corrected"))}
+    meta = {
+        "kind": "IndexFlatIP" if factory == "Flat" else factory,
+        "count": int(index.ntotal),
+        "dim": cache.dim,
+        "file": out.name,
+        "cache": os.path.relpath(cache.path, out.parent),  # relative: same bytes in any checkout
+        "ids_sha256": cache.manifest.get("ids_sha256"),
+        "model_digest": cache.manifest.get("model_digest"),
+        "corrected": bool(cache.manifest.get("corrected")),
+    }
     if factory != "Flat":
         meta.update(metric="inner_product", nprobe=settings.get("nprobe"), ef_search=settings.get("ef_search"))
     write_json(out.with_name(INDEX_META) if out.name == INDEX_FILE else out.with_suffix(".json"), meta)
@@ -79,10 +85,14 @@ def link_tree(src: Path, dst: Path) -> None:
 
 def publish(serving_dir: Path, folder: Path, info: dict, keep: int = 2) -> dict:
     """Point `current.json` at `folder` (inside serving_dir), then drop all but the newest `keep` folders."""
-    pointer = {**info, "folder": folder.name, "index": f"{folder.name}/{INDEX_FILE}",
-               "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    pointer = {
+        **info,
+        "folder": folder.name,
+        "index": f"{folder.name}/{INDEX_FILE}",
+        "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     history = (read_pointer(serving_dir) or {}).get("history", [])
-    pointer["history"] = ([folder.name] + [h for h in history if h != folder.name])[:max(1, keep)]
+    pointer["history"] = ([folder.name] + [h for h in history if h != folder.name])[: max(1, keep)]
     write_json(serving_dir / POINTER, pointer)
     for old in serving_dir.iterdir():
         if old.is_dir() and not old.name.startswith(".") and old.name not in pointer["history"]:

@@ -44,7 +44,7 @@ def checkpoint_digest(model_dir: str | Path) -> str:
 def first_nonfinite_row(array: np.ndarray, chunk: int = CHUNK_ROWS) -> int | None:
     """The first row of a 2-D array (a memmap is read a chunk at a time) holding NaN or Inf."""
     for start in range(0, len(array), chunk):
-        bad = ~np.isfinite(np.asarray(array[start:start + chunk])).all(axis=1)
+        bad = ~np.isfinite(np.asarray(array[start : start + chunk])).all(axis=1)
         if bad.any():
             return start + int(np.argmax(bad))
     return None
@@ -53,8 +53,9 @@ def first_nonfinite_row(array: np.ndarray, chunk: int = CHUNK_ROWS) -> int | Non
 CORRUPT = "the embeddings are corrupt: delete the folder and rerun the step that wrote it"
 
 
-def check_finite_rows(array: np.ndarray, where: str | Path, ids: list[str] | None = None, first_row: int = 0,
-                      hint: str = CORRUPT) -> None:
+def check_finite_rows(
+    array: np.ndarray, where: str | Path, ids: list[str] | None = None, first_row: int = 0, hint: str = CORRUPT
+) -> None:
     """Refuse an array with a NaN or Inf, naming the row (and its document id)."""
     row = first_nonfinite_row(array)
     if row is not None:
@@ -91,16 +92,23 @@ def check_cache_corpus(cache, corpus_ids, corpus_file: Path) -> None:
     manifest = Path(cache.path) / "manifest.json"
     recorded = cache.manifest.get("corpus_sha256")
     if recorded is not None and recorded != file_sha256(corpus_file):
-        raise DataError(manifest, f"the cache was embedded from another corpus than {corpus_file} (its digest "
-                                  "differs): rebuild the cache (freshen embed-cache, or dvc repro)",
-                        field="corpus_sha256")
+        raise DataError(
+            manifest,
+            f"the cache was embedded from another corpus than {corpus_file} (its digest "
+            "differs): rebuild the cache (freshen embed-cache, or dvc repro)",
+            field="corpus_sha256",
+        )
     cached, known = set(cache.ids), set(corpus_ids)
     if cached != known:
         extra, missing = sorted(cached - known), sorted(known - cached)
-        parts = ([f"{len(missing)} corpus documents are not cached, e.g. '{missing[0]}'"] if missing else []) + \
-                ([f"{len(extra)} cached ids are not in the corpus, e.g. '{extra[0]}'"] if extra else [])
-        raise DataError(Path(cache.path) / "ids.json", f"the cache does not match {corpus_file}: {'; '.join(parts)}: "
-                                                       "rebuild the cache (freshen embed-cache, or dvc repro)")
+        parts = ([f"{len(missing)} corpus documents are not cached, e.g. '{missing[0]}'"] if missing else []) + (
+            [f"{len(extra)} cached ids are not in the corpus, e.g. '{extra[0]}'"] if extra else []
+        )
+        raise DataError(
+            Path(cache.path) / "ids.json",
+            f"the cache does not match {corpus_file}: {'; '.join(parts)}: "
+            "rebuild the cache (freshen embed-cache, or dvc repro)",
+        )
 
 
 def check_measured(metrics: dict, metrics_file: Path, current: dict[str, str]) -> None:
@@ -108,10 +116,18 @@ def check_measured(metrics: dict, metrics_file: Path, current: dict[str, str]) -
     `measured` section names their digests. Figures of another model must never be registered."""
     measured = metrics.get("measured")
     if not isinstance(measured, dict):
-        raise DataError(metrics_file, "does not say which model it measured (written by an older Freshen): "
-                                      "run evaluate again (freshen evaluate, or dvc repro)", field="measured")
+        raise DataError(
+            metrics_file,
+            "does not say which model it measured (written by an older Freshen): "
+            "run evaluate again (freshen evaluate, or dvc repro)",
+            field="measured",
+        )
     for key, digest in current.items():
         if measured.get(key) != digest:
-            raise DataError(metrics_file, f"measured another {key.replace('_', ' ')} ({str(measured.get(key))[:12]}) "
-                                          f"than the one there now ({digest[:12]}): run evaluate again "
-                                          "(freshen evaluate, or dvc repro)", field=f"measured.{key}")
+            raise DataError(
+                metrics_file,
+                f"measured another {key.replace('_', ' ')} ({str(measured.get(key))[:12]}) "
+                f"than the one there now ({digest[:12]}): run evaluate again "
+                "(freshen evaluate, or dvc repro)",
+                field=f"measured.{key}",
+            )

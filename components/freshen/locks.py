@@ -161,9 +161,12 @@ def _is_current(fd: int, lock: Path) -> bool:
 def _write_holder(fd: int) -> None:
     """Record who holds the lock, for the message another run shows."""
     program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    info = {"pid": os.getpid(), "host": socket.gethostname(),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "command": " ".join([program, *sys.argv[1:]])[:300]}
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "command": " ".join([program, *sys.argv[1:]])[:300],
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
 
@@ -185,8 +188,10 @@ def busy_message(output: Path, holder: dict, waited: float) -> str:
     if holder.get("command"):
         who += f", `{holder['command']}`"
     waited_text = f" (waited {waited:g} s)" if waited else ""
-    return (f"{output} is being written by another run ({who}){waited_text}; wait for it to finish, or set "
-            f"{WAIT_ENV}=SECONDS to wait for it. Nothing was written.")
+    return (
+        f"{output} is being written by another run ({who}){waited_text}; wait for it to finish, or set "
+        f"{WAIT_ENV}=SECONDS to wait for it. Nothing was written."
+    )
 
 
 def _release(fd: int, lock: Path) -> None:

@@ -16,19 +16,32 @@ from freshen.errors import FreshenError
 from freshen.params import EvaluateParams
 
 MEASURES = {"ndcg_at_10": nDCG @ 10, "recall_at_100": R @ 100, "mrr_at_10": RR @ 10}
-ADD_CHUNK = 65536        # rows converted to float32 and added at once
-TRAIN_SAMPLE = 100_000   # at most this many rows (a seeded random sample) train an index that needs training
+ADD_CHUNK = 65536  # rows converted to float32 and added at once
+TRAIN_SAMPLE = 100_000  # at most this many rows (a seeded random sample) train an index that needs training
 
 
 def index_settings(cfg: EvaluateParams, section: str = "evaluate") -> dict:
     """build_index keyword arguments from the `evaluate` section (index, nprobe, ef_search, use_gpu)."""
-    return {"kind": cfg.index, "nprobe": cfg.nprobe, "ef_search": cfg.ef_search, "use_gpu": cfg.use_gpu,
-            "param": f"{section}.index"}
+    return {
+        "kind": cfg.index,
+        "nprobe": cfg.nprobe,
+        "ef_search": cfg.ef_search,
+        "use_gpu": cfg.use_gpu,
+        "param": f"{section}.index",
+    }
 
 
-def build_index(embeddings, kind: str = "Flat", nprobe: int | None = 32, ef_search: int | None = 128,
-                use_gpu: bool | str = "auto", *, train_size: int = TRAIN_SAMPLE, seed: int = 0,
-                param: str = "index") -> faiss.Index:
+def build_index(
+    embeddings,
+    kind: str = "Flat",
+    nprobe: int | None = 32,
+    ef_search: int | None = 128,
+    use_gpu: bool | str = "auto",
+    *,
+    train_size: int = TRAIN_SAMPLE,
+    seed: int = 0,
+    param: str = "index",
+) -> faiss.Index:
     """An inner-product faiss index over `embeddings` ([n, dim]; a float16 np.memmap is fine).
 
     `kind` is a faiss index_factory string ("Flat" exact, "HNSW32", "IVF4096,Flat", ...; "flat"
@@ -44,14 +57,18 @@ def build_index(embeddings, kind: str = "Flat", nprobe: int | None = 32, ef_sear
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
-        raise FreshenError(f"params.yaml: field '{param}': '{kind}' is not a valid faiss index_factory string "
-                           f"(e.g. 'Flat', 'HNSW32', 'IVF4096,Flat'): {_faiss_message(err)}") from None
+        raise FreshenError(
+            f"params.yaml: field '{param}': '{kind}' is not a valid faiss index_factory string "
+            f"(e.g. 'Flat', 'HNSW32', 'IVF4096,Flat'): {_faiss_message(err)}"
+        ) from None
     ivf = faiss.try_extract_index_ivf(index)
     nlist = int(ivf.nlist) if ivf is not None else 0
     if nlist and n < nlist:
-        raise FreshenError(f"params.yaml: field '{param}': '{kind}' has {nlist} inverted lists but there are only "
-                           f"{n} rows to train it on (use fewer lists, e.g. 'IVF{max(1, 4 * int(np.sqrt(n)))},Flat', "
-                           "or 'Flat')")
+        raise FreshenError(
+            f"params.yaml: field '{param}': '{kind}' has {nlist} inverted lists but there are only "
+            f"{n} rows to train it on (use fewer lists, e.g. 'IVF{max(1, 4 * int(np.sqrt(n)))},Flat', "
+            "or 'Flat')"
+        )
     if not index.is_trained:
         if n > train_size:
             sample = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
@@ -61,18 +78,21 @@ def build_index(embeddings, kind: str = "Flat", nprobe: int | None = 32, ef_sear
         try:
             index.train(train)
         except RuntimeError as err:
-            raise FreshenError(f"params.yaml: field '{param}': could not train '{kind}' on {len(train)} rows: "
-                               f"{_faiss_message(err)}") from None
+            raise FreshenError(
+                f"params.yaml: field '{param}': could not train '{kind}' on {len(train)} rows: {_faiss_message(err)}"
+            ) from None
         del train
     hnsw = _is_hnsw(index)
     if _gpu_count(use_gpu, param) and isinstance(index, (faiss.IndexFlat, faiss.IndexIVF)) and not hnsw:
         try:  # trained on the CPU (bounded, reproducible); rows are added on the GPUs
             index = faiss.index_cpu_to_all_gpus(index)
         except (RuntimeError, AttributeError) as err:
-            warnings.warn(f"{param}: '{kind}' stays on the CPU (faiss could not move it to the GPUs: "
-                          f"{_faiss_message(err)})", stacklevel=2)
+            warnings.warn(
+                f"{param}: '{kind}' stays on the CPU (faiss could not move it to the GPUs: {_faiss_message(err)})",
+                stacklevel=2,
+            )
     for start in range(0, n, ADD_CHUNK):
-        index.add(np.ascontiguousarray(embeddings[start:start + ADD_CHUNK], dtype=np.float32))
+        index.add(np.ascontiguousarray(embeddings[start : start + ADD_CHUNK], dtype=np.float32))
     set_search_params(index, min(int(nprobe), nlist) if nprobe and nlist else None, ef_search if hnsw or ivf else None)
     return index
 
@@ -110,8 +130,9 @@ def _gpu_count(use_gpu, param: str) -> int:
         return 0
     count = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if not count and str(use_gpu).strip().lower() not in ("auto", ""):
-        warnings.warn(f"{param}: use_gpu is {use_gpu!r} but faiss sees no GPU (faiss-cpu?); searching on the CPU",
-                      stacklevel=3)
+        warnings.warn(
+            f"{param}: use_gpu is {use_gpu!r} but faiss sees no GPU (faiss-cpu?); searching on the CPU", stacklevel=3
+        )
     return count
 
 
@@ -145,8 +166,11 @@ def evaluate_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, floa
 
 def overlap_at(rows_a, rows_b) -> float:
     """Mean over queries of |a & b| / |a|: how much of each top-k list the other list holds."""
-    return float(np.mean([len(set(np.asarray(a).tolist()) & set(np.asarray(b).tolist())) / len(a)
-                          for a, b in zip(rows_a, rows_b)]))
+    return float(
+        np.mean(
+            [len(set(np.asarray(a).tolist()) & set(np.asarray(b).tolist())) / len(a) for a, b in zip(rows_a, rows_b)]
+        )
+    )
 
 
 def write_trec(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
@@ -163,6 +187,7 @@ def bm25_run(doc_ids: list[str], doc_texts: list[str], qids: list[str], query_te
 
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(doc_texts, stopwords="en", show_progress=False), show_progress=False)
-    results, scores = retriever.retrieve(bm25s.tokenize(query_texts, stopwords="en", show_progress=False),
-                                         k=min(k, len(doc_ids)), show_progress=False)
+    results, scores = retriever.retrieve(
+        bm25s.tokenize(query_texts, stopwords="en", show_progress=False), k=min(k, len(doc_ids)), show_progress=False
+    )
     return to_run(qids, doc_ids, scores, results)

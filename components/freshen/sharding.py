@@ -49,29 +49,44 @@ def clear_leftovers(shards_dir: Path, index: int, count: int) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def embed_shard(encoder, corpus, index: int, count: int, shards_dir: Path, encode: EncodeParams,
-                manifest: dict) -> Cache:
+def embed_shard(
+    encoder, corpus, index: int, count: int, shards_dir: Path, encode: EncodeParams, manifest: dict
+) -> Cache:
     """Embed rows [start, stop) of `corpus` (a CorpusFile) into this shard's folder; a retry of a
     stopped attempt resumes after its last completed chunk."""
     start, stop = shard_bounds(len(corpus), index, count)
     clear_leftovers(shards_dir, index, count)
     cache, _ = embed_to_cache(
-        encoder, corpus.slice(start, stop), shards_dir / shard_name(index, count), encode,
-        {**manifest, "shard": index, "num_shards": count, "start": start, "stop": stop,
-         "corpus_count": len(corpus), "corpus_ids_sha256": ids_digest(corpus.ids),
-         "corpus_sha256": file_sha256(corpus.path)},
-        f"re-embed shard {index + 1}/{count}")
+        encoder,
+        corpus.slice(start, stop),
+        shards_dir / shard_name(index, count),
+        encode,
+        {
+            **manifest,
+            "shard": index,
+            "num_shards": count,
+            "start": start,
+            "stop": stop,
+            "corpus_count": len(corpus),
+            "corpus_ids_sha256": ids_digest(corpus.ids),
+            "corpus_sha256": file_sha256(corpus.path),
+        },
+        f"re-embed shard {index + 1}/{count}",
+    )
     return cache
 
 
-def check_shards(shards_dir: Path, count: int, corpus_ids: list[str] | None = None,
-                 model_digest: str | None = None) -> list[Cache]:
+def check_shards(
+    shards_dir: Path, count: int, corpus_ids: list[str] | None = None, model_digest: str | None = None
+) -> list[Cache]:
     """Load and cross-check all `count` shards; raise ShardSetError naming every problem."""
     missing = [i for i in range(count) if not (shards_dir / shard_name(i, count)).is_dir()]
     if missing:
         names = ", ".join(f"{i} ({shards_dir / shard_name(i, count)})" for i in missing)
-        raise ShardSetError(f"merge-shards: shard set incomplete, {len(missing)} of {count} missing: shard {names}; "
-                            f"re-run `freshen reembed-shard --shard I --num-shards {count}` for each")
+        raise ShardSetError(
+            f"merge-shards: shard set incomplete, {len(missing)} of {count} missing: shard {names}; "
+            f"re-run `freshen reembed-shard --shard I --num-shards {count}` for each"
+        )
     shards = [load_cache(shards_dir / shard_name(i, count)) for i in range(count)]
     first = shards[0].manifest
     expected_corpus = ids_digest(corpus_ids) if corpus_ids is not None else first.get("corpus_ids_sha256")
@@ -80,21 +95,27 @@ def check_shards(shards_dir: Path, count: int, corpus_ids: list[str] | None = No
     for i, shard in enumerate(shards):
         m, where = shard.manifest, shard.path / "manifest.json"
         if (m.get("shard"), m.get("num_shards")) != (i, count):
-            problems.append(f"{where}: field 'shard': says {m.get('shard')} of {m.get('num_shards')}, "
-                            f"expected {i} of {count}")
+            problems.append(
+                f"{where}: field 'shard': says {m.get('shard')} of {m.get('num_shards')}, expected {i} of {count}"
+            )
         if m.get("corpus_ids_sha256") != expected_corpus or m.get("corpus_count") != n_docs:
             problems.append(f"{where}: field 'corpus_ids_sha256': made from another corpus than the prepared one")
         if m.get("model_digest") != (model_digest or first.get("model_digest")):
-            problems.append(f"{where}: field 'model_digest': made by model {str(m.get('model_digest'))[:12]}, "
-                            f"expected {str(model_digest or first.get('model_digest'))[:12]}")
+            problems.append(
+                f"{where}: field 'model_digest': made by model {str(m.get('model_digest'))[:12]}, "
+                f"expected {str(model_digest or first.get('model_digest'))[:12]}"
+            )
         if shard.dim != shards[0].dim:
             problems.append(f"{where}: field 'dim': {shard.dim}, shard 0 has {shards[0].dim}")
         if n_docs is not None and (m.get("start"), m.get("stop")) != shard_bounds(n_docs, i, count):
-            problems.append(f"{where}: field 'start': rows {m.get('start')}..{m.get('stop')}, "
-                            f"expected {shard_bounds(n_docs, i, count)}")
+            problems.append(
+                f"{where}: field 'start': rows {m.get('start')}..{m.get('stop')}, "
+                f"expected {shard_bounds(n_docs, i, count)}"
+            )
     if problems:
-        raise ShardSetError("merge-shards: inconsistent shard set (re-run the shards named):\n  "
-                            + "\n  ".join(problems))
+        raise ShardSetError(
+            "merge-shards: inconsistent shard set (re-run the shards named):\n  " + "\n  ".join(problems)
+        )
     ids = [d for shard in shards for d in shard.ids]
     if corpus_ids is not None and ids != corpus_ids:
         raise ShardSetError(f"merge-shards: the shards' doc ids in {shards_dir} are not the corpus ids, in order")
@@ -110,11 +131,15 @@ def merge(shards: list[Cache], out_dir: Path, manifest: dict) -> Cache:
         row = 0
         for shard in shards:
             for s in range(0, len(shard), CHUNK):
-                block = shard.embeddings[s:s + CHUNK]
-                arr[row:row + len(block)] = block
+                block = shard.embeddings[s : s + CHUNK]
+                arr[row : row + len(block)] = block
                 row += len(block)
 
     keep = {k: first[k] for k in ("model", "model_digest", "max_len", "corpus_sha256") if k in first}
-    return write_cache(out_dir, ids, shards[0].dim, fill,
-                       manifest={**keep, **manifest, "num_shards": len(shards), "source": "reembed",
-                                 "corrected": False})
+    return write_cache(
+        out_dir,
+        ids,
+        shards[0].dim,
+        fill,
+        manifest={**keep, **manifest, "num_shards": len(shards), "source": "reembed", "corrected": False},
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from freshen.atomic import pid_alive
 from freshen.config import flatten
+from freshen.orchestration.pipeline import TRAIN
 from freshen.params import Params
 
 PARENT_ENV = "FRESHEN_PARENT_RUN_ID"
@@ -44,8 +45,9 @@ def setup(root: Path, experiment: str):
 
 def git_commit(root: Path) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -80,8 +82,9 @@ def parent_run_id(root: Path, explicit: str | None, experiment: str) -> str:
             if client.get_run(run_id).info.status == "RUNNING":
                 return run_id
     exp = mlflow.get_experiment_by_name(experiment)
-    run = client.create_run(exp.experiment_id, run_name="pipeline",
-                            tags={"freshen.kind": "pipeline", "git_commit": git_commit(root)})
+    run = client.create_run(
+        exp.experiment_id, run_name="pipeline", tags={"freshen.kind": "pipeline", "git_commit": git_commit(root)}
+    )
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text(run.info.run_id)
     return run.info.run_id
@@ -103,8 +106,9 @@ def end_dead_runs(client, experiment_id: str) -> list[str]:
     Our own pid counts as gone: this process opens its step run only after this, so such a run is
     an earlier process's that had the same pid (a restarted container's step is pid 1 again)."""
     host = socket.gethostname()
-    runs = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
-                                                             f"tags.`{HOST_TAG}` = '{host}'")
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+    )
     ended = []
     for run in runs:
         pid = run.data.tags.get(PID_TAG, "")
@@ -118,15 +122,29 @@ def end_dead_runs(client, experiment_id: str) -> list[str]:
 def step_run(step: str, params: Params, root: Path, parent: str | None = None, log_sections=None):
     """A child run for one step, tagged with the git commit, the dvc.lock hashes and its process,
     with the params of `log_sections` (all when None) logged flat (`train.negatives.k`).
-    It ends FAILED on any exception (mlflow.start_run does that), FINISHED otherwise."""
+    It ends FAILED on any exception (mlflow.start_run does that), FINISHED otherwise.
+
+    The parent run is an orchestrator's when its id is given (Airflow, Kubeflow: they end it
+    themselves); otherwise it is this project's own (DVC, a shell), and the train pipeline's
+    last step ends it."""
     experiment = params.mlflow.experiment
     mlflow = setup(root, experiment)
     end_dead_runs(mlflow.tracking.MlflowClient(), mlflow.get_experiment_by_name(experiment).experiment_id)
     parent_id = parent_run_id(root, parent, experiment)
-    tags = {"mlflow.parentRunId": parent_id, "freshen.step": step, "git_commit": git_commit(root),
-            PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), **dvc_lock_tags(root)}
+    tags = {
+        "mlflow.parentRunId": parent_id,
+        "freshen.step": step,
+        "git_commit": git_commit(root),
+        PID_TAG: str(os.getpid()),
+        HOST_TAG: socket.gethostname(),
+        **dvc_lock_tags(root),
+    }
     with mlflow.start_run(run_name=step, tags=tags, nested=True) as run:
-        flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v
-                for k, v in flatten(params.sections(log_sections)).items()}
+        flat = {
+            k: json.dumps(v) if isinstance(v, (list, dict)) else v
+            for k, v in flatten(params.sections(log_sections)).items()
+        }
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
         yield run, parent_id
+    if step == TRAIN.steps[-1].name and not (parent or os.environ.get(PARENT_ENV)):
+        end_parent(root, parent_id)

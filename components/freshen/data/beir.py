@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from freshen.data.lines import check_id_text, read_lines
+from freshen.data.qrels import read_qrels
 from freshen.errors import DataError
 from freshen.jsonfile import json_message
 
 SPLITS = ("train", "dev", "test")
-BOM = "\ufeff"
 log = logging.getLogger(__name__)
 
 
@@ -78,20 +79,6 @@ def doc_text(doc: dict) -> str:
     return f"{title} {text}".strip() if title else text.strip()
 
 
-def read_lines(path: Path):
-    """(line number, byte offset, text) per line of a UTF-8 file, line ending kept; a BOM
-    starting the file is dropped, and bytes that are not UTF-8 are reported with their line."""
-    offset = 0
-    with open(path, "rb") as fh:
-        for lineno, raw_bytes in enumerate(fh, start=1):
-            at, offset = offset, offset + len(raw_bytes)
-            try:
-                text = raw_bytes.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(path, f"not valid UTF-8 (byte {exc.start + 1})", lineno) from None
-            yield lineno, at, text.removeprefix(BOM) if lineno == 1 else text
-
-
 def _read_jsonl(path: Path, offsets: bool = False):
     """(line number, object) per non-blank line; with `offsets`, (line number, byte offset, object)."""
     for lineno, at, text in read_lines(path):
@@ -113,8 +100,12 @@ def _check_unicode(path: Path, lineno: int, field_name: str, value: str) -> None
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise DataError(path, f"unpaired surrogate {value[exc.start]!r} at character {exc.start + 1}: "
-                                  "not valid Unicode text", lineno, field_name) from None
+            raise DataError(
+                path,
+                f"unpaired surrogate {value[exc.start]!r} at character {exc.start + 1}: not valid Unicode text",
+                lineno,
+                field_name,
+            ) from None
 
 
 def _first_line_of(path: Path, key: str) -> int | None:
@@ -123,14 +114,6 @@ def _first_line_of(path: Path, key: str) -> int | None:
         if str(obj.get("_id")) == key:
             return lineno
     return None
-
-
-def check_id_text(path: Path, lineno: int, field_name: str, key: str) -> None:
-    """An id is written into TREC run files, whose fields are separated by whitespace."""
-    if key == "":
-        raise DataError(path, "empty: an id is needed", lineno, field_name)
-    if any(ch.isspace() for ch in key):
-        raise DataError(path, f"must not contain whitespace (space, tab, newline), got {key!r}", lineno, field_name)
 
 
 def _check_id(path: Path, lineno: int, obj: dict, seen: set, first_line: dict[str, int] | None = None) -> str:
@@ -196,73 +179,6 @@ def read_queries(path: str | Path) -> dict[str, str]:
     return queries
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _columns(line: str, trec: bool, doc_field: str, path: Path, lineno: int) -> list[str]:
-    """The three columns of a row: tab-separated, or with `trec` also a whitespace-separated
-    `qid Q0 docid rel` row (its second column "0" or "Q0"); any other width is refused."""
-    cols = line.split("\t") if "\t" in line or not trec else line.split()
-    if trec and len(cols) == 4 and cols[1].strip() in ("0", "Q0"):
-        cols = [cols[0], cols[2], cols[3]]
-    if len(cols) != 3:
-        raise DataError(path, f"the row has {len(cols)} columns, 3 expected (query-id, {doc_field}, score)", lineno)
-    return [c.strip() for c in cols]
-
-
-def read_scored_pairs(path: str | Path, corpus: dict, queries: dict, parse, doc_field: str = "corpus-id",
-                      trec: bool = False) -> dict[str, dict[str, float]]:
-    """Rows of `query-id<TAB>doc-id<TAB>value` (qrels, teacher scores), header line optional, LF or
-    CRLF, every id checked against the dataset. `parse` turns the value into a number or raises
-    ValueError saying what it must be. With `trec`, `qid Q0 docid rel` rows are read too."""
-    path = Path(path)
-    pairs: dict[str, dict] = {}
-    for lineno, _, raw in read_lines(path):
-        line = raw.rstrip("\r\n")
-        if not line.strip():
-            continue
-        qid, docid, raw_value = _columns(line, trec, doc_field, path, lineno)
-        try:
-            value = parse(raw_value)
-        except ValueError as exc:
-            # a header, e.g. "query-id corpus-id score": line 1, its ids no known ids
-            if lineno == 1 and not _is_number(raw_value) and qid not in queries and docid not in corpus:
-                continue
-            raise DataError(path, f"{exc}, got {raw_value!r}", lineno, "score") from None
-        check_id_text(path, lineno, "query-id", qid)
-        check_id_text(path, lineno, doc_field, docid)
-        if qid not in queries:
-            raise DataError(path, f"unknown query id '{qid}' (not in queries.jsonl)", lineno, "query-id")
-        if docid not in corpus:
-            raise DataError(path, f"unknown document id '{docid}' (not in corpus.jsonl)", lineno, doc_field)
-        pairs.setdefault(qid, {})[docid] = value
-    return pairs
-
-
-def _relevance(text: str) -> int:
-    """A qrels grade: an integer (`2.0` is read as 2); `0.7` is refused, not truncated to 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value.is_integer():
-        raise ValueError("must be an integer grade (0, 1, 2, ...)")
-    return int(value)
-
-
-def read_qrels(path: str | Path, corpus: dict, queries: dict) -> dict[str, dict[str, int]]:
-    """Qrels as `query-id<TAB>corpus-id<TAB>score` (BEIR) or `qid Q0 docid rel` (TREC)."""
-    qrels = read_scored_pairs(path, corpus, queries, _relevance, trec=True)
-    if not qrels:
-        raise DataError(path, "split is empty: no judgements")
-    return qrels
-
-
 def load_beir(root: str | Path, splits=SPLITS, required=("train", "test")) -> BeirDataset:
     root = Path(root)
     for name in ("corpus.jsonl", "queries.jsonl"):
@@ -289,14 +205,3 @@ def carve_dev(train: dict[str, dict[str, int]], fraction: float, seed: int):
     order = np.random.default_rng(seed).permutation(len(qids))
     dev_ids = {qids[i] for i in order[:n_dev]}
     return ({q: train[q] for q in qids if q not in dev_ids}, {q: train[q] for q in qids if q in dev_ids})
-
-
-def write_qrels(path: Path, qrels: dict[str, dict[str, int]]) -> str:
-    lines = ["query-id\tcorpus-id\tscore"]
-    for qid, docs in qrels.items():
-        for docid, rel in docs.items():
-            lines.append(f"{qid}\t{docid}\t{rel}")
-    text = "\n".join(lines) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return text

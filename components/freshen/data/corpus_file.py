@@ -50,5 +50,5 @@ class CorpusFile:
                 out.append(doc_text(obj))
         return out
 
-    def slice(self, start: int, stop: int) -> "CorpusFile":
+    def slice(self, start: int, stop: int) -> CorpusFile:
         return CorpusFile(self.path, self.ids[start:stop], self.offsets[start:stop])

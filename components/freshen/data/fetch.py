@@ -90,8 +90,10 @@ def download(url: str, dest: Path, checksums: dict[str, str], looked: list[str] 
                         bar.update(len(block))
         except (OSError, http.client.HTTPException) as exc:
             also = f" (the dataset was not in {', '.join(looked)} either)" if looked else ""
-            raise FreshenError(f"could not download {url} into {dest}: {getattr(exc, 'reason', exc)}{also}. "
-                               f"Set data.local_dir in params.yaml, or {ENV_VAR}, to a local copy.") from None
+            raise FreshenError(
+                f"could not download {url} into {dest}: {getattr(exc, 'reason', exc)}{also}. "
+                f"Set data.local_dir in params.yaml, or {ENV_VAR}, to a local copy."
+            ) from None
         try:
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(Path(tmp) / "x")

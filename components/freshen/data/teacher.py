@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from freshen.data.beir import read_scored_pairs
+from freshen.data.qrels import read_scored_pairs
 from freshen.errors import DataError
 
 

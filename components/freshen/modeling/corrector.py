@@ -26,8 +26,9 @@ INT_SETTINGS = ("dim", "hidden", "depth")  # corrector.json: every setting is on
 
 
 class Corrector(nn.Module):
-    def __init__(self, dim: int, arch: str = "residual_mlp", hidden: int = 384, depth: int = 1,
-                 normalize: bool = False):
+    def __init__(
+        self, dim: int, arch: str = "residual_mlp", hidden: int = 384, depth: int = 1, normalize: bool = False
+    ):
         super().__init__()
         if arch not in ARCHS:
             raise FreshenError(f"corrector arch must be one of {ARCHS}, got '{arch}'")
@@ -72,12 +73,17 @@ class Corrector(nn.Module):
         """out[i] = h(cached[i]) for every row, `chunk` rows at a time so that memory stays
         bounded: `cached` may be a memmap of a whole corpus, `out` another (numpy arrays)."""
         for s in range(0, len(cached), chunk):
-            block = torch.from_numpy(np.asarray(cached[s:s + chunk], dtype=np.float32))
-            out[s:s + len(block)] = self(block).numpy()
+            block = torch.from_numpy(np.asarray(cached[s : s + chunk], dtype=np.float32))
+            out[s : s + len(block)] = self(block).numpy()
 
     def config(self) -> dict:
-        return {"dim": self.dim, "arch": self.arch, "hidden": self.hidden, "depth": self.depth,
-                "normalize": self.normalize}
+        return {
+            "dim": self.dim,
+            "arch": self.arch,
+            "hidden": self.hidden,
+            "depth": self.depth,
+            "normalize": self.normalize,
+        }
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -90,7 +96,7 @@ class Corrector(nn.Module):
         (folder / CONFIG).write_text(json.dumps(self.config(), indent=2))
 
     @classmethod
-    def load(cls, folder: str | Path, expect_dim: int | None = None) -> "Corrector":
+    def load(cls, folder: str | Path, expect_dim: int | None = None) -> Corrector:
         folder = Path(folder)
         cfg_file = folder / CONFIG
         if not cfg_file.is_file():
@@ -107,9 +113,14 @@ class Corrector(nn.Module):
         return model
 
     @classmethod
-    def from_params(cls, dim: int, p: dict) -> "Corrector":
-        return cls(dim, p.get("arch", "residual_mlp"), int(p.get("hidden", dim)), int(p.get("depth", 1)),
-                   bool(p.get("normalize", False)))
+    def from_params(cls, dim: int, p: dict) -> Corrector:
+        return cls(
+            dim,
+            p.get("arch", "residual_mlp"),
+            int(p.get("hidden", dim)),
+            int(p.get("depth", 1)),
+            bool(p.get("normalize", False)),
+        )
 
 
 def read_config(path: Path) -> dict:
@@ -156,7 +167,10 @@ def check_weights_fit(model: nn.Module, weights: dict[str, torch.Tensor], path: 
     if unexpected:
         problems.append(f"unexpected {', '.join(unexpected)}")
     for name in (n for n in expected if n in found and found[n] != expected[n]):
-        problems.append(f"size mismatch for {name}: {list(found[name])} in the file, {list(expected[name])} by the config")
+        problems.append(
+            f"size mismatch for {name}: {list(found[name])} in the file, {list(expected[name])} by the config"
+        )
     if problems:
-        raise DataError(path, f"the weights do not fit {cfg_file}: {'; '.join(problems)} (a folder mixed from two "
-                              "correctors?)")
+        raise DataError(
+            path, f"the weights do not fit {cfg_file}: {'; '.join(problems)} (a folder mixed from two correctors?)"
+        )

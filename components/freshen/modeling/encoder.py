@@ -112,7 +112,7 @@ class Encoder(torch.nn.Module):
         return self.query_model is self.passage_model
 
     @classmethod
-    def from_params(cls, model: dict) -> "Encoder":
+    def from_params(cls, model: dict) -> Encoder:
         """Build the initial encoder from the `model` section of params.yaml."""
         path = resolve_model_path(model.get("name_or_path"))
         pooling, normalize = declared_pooling(path)
@@ -128,14 +128,20 @@ class Encoder(torch.nn.Module):
             raise FreshenError(f"model.towers must be 'shared' or 'separate', got '{towers}'")
         # the base as named in params, not the folder it resolved to on this machine: a saved
         # checkpoint (and its digest) must not depend on where the package was installed
-        cfg = EncoderConfig(pooling, normalize, towers, int(model.get("query_max_len", 64)),
-                            int(model.get("passage_max_len", 256)), str(model.get("name_or_path") or DEFAULT_MODEL))
+        cfg = EncoderConfig(
+            pooling,
+            normalize,
+            towers,
+            int(model.get("query_max_len", 64)),
+            int(model.get("passage_max_len", 256)),
+            str(model.get("name_or_path") or DEFAULT_MODEL),
+        )
         passage = load_tower(path)
         query = load_tower(path) if towers == "separate" else None
         return cls(passage, query, AutoTokenizer.from_pretrained(path), cfg)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Encoder":
+    def load(cls, path: str | Path) -> Encoder:
         path = Path(path)
         meta_file = path / META_FILE
         if not meta_file.is_file():
@@ -201,8 +207,11 @@ def load_tower(path: Path):
     except RuntimeError as exc:
         if "mismatch" not in str(exc):
             raise
-        raise DataError(named, f"the weights do not fit {path / 'config.json'}: tensor sizes differ (the load "
-                               "report above names them); a folder mixed from two models?") from None
+        raise DataError(
+            named,
+            f"the weights do not fit {path / 'config.json'}: tensor sizes differ (the load "
+            "report above names them); a folder mixed from two models?",
+        ) from None
     except OSError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(path, f"cannot load the model: {reason}") from None
@@ -224,13 +233,18 @@ def _save_tower(model, tokenizer, cfg: EncoderConfig, path: Path, query: bool = 
     max_len = cfg.query_max_len if query else cfg.passage_max_len
     (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len, "do_lower_case": False}))
     (path / "1_Pooling").mkdir(exist_ok=True)
-    (path / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": int(model.config.hidden_size),
-        "pooling_mode_cls_token": cfg.pooling == "cls",
-        "pooling_mode_mean_tokens": cfg.pooling == "mean",
-        "pooling_mode_max_tokens": cfg.pooling == "max",
-        "pooling_mode_mean_sqrt_len_tokens": False,
-    }, indent=2))
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": int(model.config.hidden_size),
+                "pooling_mode_cls_token": cfg.pooling == "cls",
+                "pooling_mode_mean_tokens": cfg.pooling == "mean",
+                "pooling_mode_max_tokens": cfg.pooling == "max",
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            },
+            indent=2,
+        )
+    )
 
 
 def _drop_run_settings(config_file: Path) -> None:

@@ -26,10 +26,16 @@ from freshen.params import Params, with_overrides
 
 # the params.yaml keys each DAG offers as run params (by Pipeline.kind)
 RUN_PARAMS = {
-    "train": ("train.steps", "train.batch_size", "train.lr", "train.negatives.strategy", "train.negatives.k",
-              "promote.min_improvement", "promote.min_improvement_over_zero_shot"),
-    "refresh": ("orchestration.num_shards", "orchestration.dvc.enabled", "orchestration.dvc.push",
-                "encode.batch_size"),
+    "train": (
+        "train.steps",
+        "train.batch_size",
+        "train.lr",
+        "train.negatives.strategy",
+        "train.negatives.k",
+        "promote.min_improvement",
+        "promote.min_improvement_over_zero_shot",
+    ),
+    "refresh": ("orchestration.num_shards", "orchestration.dvc.enabled", "orchestration.dvc.push", "encode.batch_size"),
 }
 JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
 
@@ -54,8 +60,9 @@ def dag_params(project: config.Project, keys) -> dict:
             raise DataError(project.params_path, "missing (the DAG exposes it as a param)", field=key) from None
         kind = JSON_TYPES.get(type(value), "string")
         types = ["null", kind] + (["integer"] if kind == "number" else [])
-        out[key] = Param(None, type=types, description=f"overrides {key} for this run (params.yaml: {value!r}; "
-                                                        "empty keeps it)")
+        out[key] = Param(
+            None, type=types, description=f"overrides {key} for this run (params.yaml: {value!r}; empty keeps it)"
+        )
     out["set"] = Param({}, type="object", description='any other params.yaml keys, e.g. {"train.temperature": 0.1}')
     return out
 
@@ -154,8 +161,13 @@ def steps(project: config.Project, pipeline: Pipeline, ctx) -> dict:
         if s.mapped:
             task = mapped_step(project, s.name, plan_shards(project, ctx, s.name))
         else:
-            task = step(project, s.name, ctx, outlets=[serving_asset(project)] if s.serves else (),
-                        trigger_rule="none_failed" if s.after_skipped else None)
+            task = step(
+                project,
+                s.name,
+                ctx,
+                outlets=[serving_asset(project)] if s.serves else (),
+                trigger_rule="none_failed" if s.after_skipped else None,
+            )
         for upstream in s.after:
             tasks[upstream] >> task
         tasks[s.name] = task
@@ -172,14 +184,20 @@ def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str 
 
         @task(**kwargs)
         def local_step(ctx: dict, **context) -> None:
-            _local(project, cli_argv(name, project.cli_root(), project.params_file, ctx["parent_run_id"],
-                                     ctx["set_json"]))
+            _local(
+                project, cli_argv(name, project.cli_root(), project.params_file, ctx["parent_run_id"], ctx["set_json"])
+            )
             if serving in kwargs["outlets"]:
                 context["outlet_events"][serving].extra = serving_pointer(project, ctx)
 
         return local_step(ctx)
-    argv = cli_argv(name, project.cli_root(), project.params_file, XCOM_FIELD.format(key="parent_run_id"),
-                    XCOM_FIELD.format(key="set_json"))
+    argv = cli_argv(
+        name,
+        project.cli_root(),
+        project.params_file,
+        XCOM_FIELD.format(key="parent_run_id"),
+        XCOM_FIELD.format(key="set_json"),
+    )
     op = container_operator(project, name, argv=argv, **kwargs)
     ctx >> op
     return op
@@ -187,11 +205,21 @@ def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str 
 
 def plan_shards(project: config.Project, ctx, name: str):
     """One argument list per shard of the mapped step `name`; K is orchestration.num_shards of this run."""
+
     @task(task_id="plan_shards")
     def plan_shards(ctx: dict) -> list[list[str]]:
         count = int(ctx["num_shards"])
-        return [cli_argv(name, project.cli_root(), project.params_file, ctx["parent_run_id"], ctx["set_json"],
-                         {"shard": i, "num_shards": count}) for i in range(count)]
+        return [
+            cli_argv(
+                name,
+                project.cli_root(),
+                project.params_file,
+                ctx["parent_run_id"],
+                ctx["set_json"],
+                {"shard": i, "num_shards": count},
+            )
+            for i in range(count)
+        ]
 
     return plan_shards(ctx)
 
@@ -199,6 +227,7 @@ def plan_shards(project: config.Project, ctx, name: str):
 def mapped_step(project: config.Project, name: str, plan):
     """`freshen <name>` once per item of `plan` (dynamic task mapping)."""
     if project.runner == "local":
+
         @task(task_id=name)
         def local_mapped(argv: list[str]) -> None:
             _local(project, argv)
@@ -222,8 +251,12 @@ def publish_champion(project: config.Project, ctx):
         now = runs.champion_version(mlflow.tracking.MlflowClient(), name)
         if now is None or now == ctx["champion_before"]:
             raise AirflowSkipException(f"champion of {name} unchanged (v{now}): no Asset event")
-        extra = {"registered_model": name, "version": now, "previous": ctx["champion_before"],
-                 "parent_run_id": ctx["parent_run_id"]}
+        extra = {
+            "registered_model": name,
+            "version": now,
+            "previous": ctx["champion_before"],
+            "parent_run_id": ctx["parent_run_id"],
+        }
         context["outlet_events"][asset].extra = extra
         return extra
 
@@ -232,6 +265,7 @@ def publish_champion(project: config.Project, ctx):
 
 def end_run(project: config.Project, ctx):
     """Close the MLflow parent run (teardown: runs whatever happened upstream)."""
+
     @teardown
     def end_run(ctx: dict, **context) -> dict:
         ti = context["ti"]

@@ -17,8 +17,15 @@ from freshen.params.loading import env_overrides
 
 PROJECT_ENV, PARAMS_ENV = "FRESHEN_PROJECT_DIR", "FRESHEN_PARAMS"
 HOST_PROJECT_ENV = "FRESHEN_HOST_PROJECT_DIR"
-__all__ = ["HOST_PROJECT_ENV", "PARAMS_ENV", "PROJECT_ENV", "SET_ENV", "Project", "deployment_overrides",
-           "load_project"]
+__all__ = [
+    "HOST_PROJECT_ENV",
+    "PARAMS_ENV",
+    "PROJECT_ENV",
+    "SET_ENV",
+    "Project",
+    "deployment_overrides",
+    "load_project",
+]
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,18 @@ def step_component(project: Project, step: Step):
     image = project.image_for(step.name)
 
     def spec(root, params_file, parent_run_id, set_json, options=None):
-        return dsl.ContainerSpec(image=image, command=["freshen"], args=cli_argv(
-            step.name, root, params_file, parent_run_id, set_json, options, skip_exit_code=KFP_SKIP_EXIT))
+        return dsl.ContainerSpec(
+            image=image,
+            command=["freshen"],
+            args=cli_argv(step.name, root, params_file, parent_run_id, set_json, options, skip_exit_code=KFP_SKIP_EXIT),
+        )
 
     if step.mapped:
+
         def component(root: str, params_file: str, parent_run_id: str, set_json: str, shard: int, num_shards: int):
             return spec(root, params_file, parent_run_id, set_json, {"shard": shard, "num_shards": num_shards})
     else:
+
         def component(root: str, params_file: str, parent_run_id: str, set_json: str):
             return spec(root, params_file, parent_run_id, set_json)
 
@@ -54,17 +59,44 @@ def run_components(project: Project):
     image = project.orch["image"]
 
     @dsl.container_component
-    def start_run(root: str, params_file: str, set_json: str, kind: str, kfp_run_id: str,
-                  parent_run_id: dsl.OutputPath(str)):
-        return dsl.ContainerSpec(image=image, command=["freshen"], args=[
-            "start-run", "--root", root, "--params", params_file, "--set-json", set_json, "--kind", kind,
-            "--tag", dsl.ConcatPlaceholder([f"{RUN_TAG}=", kfp_run_id]), "--out", parent_run_id])
+    def start_run(
+        root: str, params_file: str, set_json: str, kind: str, kfp_run_id: str, parent_run_id: dsl.OutputPath(str)
+    ):
+        return dsl.ContainerSpec(
+            image=image,
+            command=["freshen"],
+            args=[
+                "start-run",
+                "--root",
+                root,
+                "--params",
+                params_file,
+                "--set-json",
+                set_json,
+                "--kind",
+                kind,
+                "--tag",
+                dsl.ConcatPlaceholder([f"{RUN_TAG}=", kfp_run_id]),
+                "--out",
+                parent_run_id,
+            ],
+        )
 
     @dsl.container_component
     def end_run(root: str, params_file: str, kfp_run_id: str):
-        return dsl.ContainerSpec(image=image, command=["freshen"], args=[
-            "end-run", "--root", root, "--params", params_file,
-            "--tag", dsl.ConcatPlaceholder([f"{RUN_TAG}=", kfp_run_id])])
+        return dsl.ContainerSpec(
+            image=image,
+            command=["freshen"],
+            args=[
+                "end-run",
+                "--root",
+                root,
+                "--params",
+                params_file,
+                "--tag",
+                dsl.ConcatPlaceholder([f"{RUN_TAG}=", kfp_run_id]),
+            ],
+        )
 
     return start_run, end_run
 
@@ -95,8 +127,11 @@ def _mount_pvc():
     try:
         from kfp import kubernetes
     except ImportError:
-        warnings.warn("kfp-kubernetes is not installed: the compiled pipeline mounts no project volume "
-                      "(pip install kfp-kubernetes)", stacklevel=1)
+        warnings.warn(
+            "kfp-kubernetes is not installed: the compiled pipeline mounts no project volume "
+            "(pip install kfp-kubernetes)",
+            stacklevel=1,
+        )
         return None
     return kubernetes.mount_pvc
 
@@ -105,14 +140,19 @@ def frame(project: Project, kind: str, steps: dict, root, params_file, set_json)
     """start-run, and an exit handler (end-run) to put the steps in; `run(step)` adds a step task."""
     start_run, end_run = run_components(project)
     job = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    start = configure(project, start_run(root=root, params_file=params_file, set_json=set_json, kind=kind,
-                                         kfp_run_id=job), "start_run")
-    handler = dsl.ExitHandler(configure(project, end_run(root=root, params_file=params_file, kfp_run_id=job),
-                                        "end_run"))
+    start = configure(
+        project,
+        start_run(root=root, params_file=params_file, set_json=set_json, kind=kind, kfp_run_id=job),
+        "start_run",
+    )
+    handler = dsl.ExitHandler(
+        configure(project, end_run(root=root, params_file=params_file, kfp_run_id=job), "end_run")
+    )
 
     def run(step: str, **extra):
-        task = steps[step](root=root, params_file=params_file, set_json=set_json,
-                           parent_run_id=start.outputs["parent_run_id"], **extra)
+        task = steps[step](
+            root=root, params_file=params_file, set_json=set_json, parent_run_id=start.outputs["parent_run_id"], **extra
+        )
         return configure(project, task, step)
 
     return handler, run
@@ -125,8 +165,9 @@ def build_pipeline(project: Project, pipeline: Pipeline):
     count = int(project.orch["num_shards"])
 
     @dsl.pipeline(name=pipeline.kfp_name, description=f"{pipeline.dag_id}: {pipeline.about}")
-    def run_pipeline(root: str = project.orch["container_root"], params_file: str = project.params_file,
-                     set_json: str = "{}"):
+    def run_pipeline(
+        root: str = project.orch["container_root"], params_file: str = project.params_file, set_json: str = "{}"
+    ):
         handler, run = frame(project, pipeline.kind, components, root, params_file, set_json)
         with handler:
             tasks = {}
@@ -154,13 +195,17 @@ def compile_pipeline(project: Project, out: str | Path, which: str = "train") ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m freshen.orchestration.kfp_pipeline",
-                                     description="Compile the Freshen pipelines for Kubeflow Pipelines (v2 YAML).")
+    parser = argparse.ArgumentParser(
+        prog="python -m freshen.orchestration.kfp_pipeline",
+        description="Compile the Freshen pipelines for Kubeflow Pipelines (v2 YAML).",
+    )
     parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="train")
     parser.add_argument("--out", required=True, help="YAML file to write")
-    parser.add_argument("--project-dir", default=None,
-                        help="project folder whose params.yaml sets images and resources "
-                             "(default: $FRESHEN_PROJECT_DIR, else .)")
+    parser.add_argument(
+        "--project-dir",
+        default=None,
+        help="project folder whose params.yaml sets images and resources (default: $FRESHEN_PROJECT_DIR, else .)",
+    )
     args = parser.parse_args(argv)
     project = load_project(args.project_dir or os.environ.get(PROJECT_ENV) or ".", prefer_env=False)
     out = compile_pipeline(project, args.out, args.pipeline)

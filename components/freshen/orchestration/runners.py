@@ -44,15 +44,24 @@ def docker_operator(project: Project, step: str, argv: list[str] | None = None, 
         from airflow.providers.docker.operators.docker import DockerOperator
         from docker.types import DeviceRequest, Mount
     except ImportError as exc:
-        raise FreshenError("orchestration.runner is 'docker' but apache-airflow-providers-docker is not installed "
-                           "(pip install apache-airflow-providers-docker)") from exc
+        raise FreshenError(
+            "orchestration.runner is 'docker' but apache-airflow-providers-docker is not installed "
+            "(pip install apache-airflow-providers-docker)"
+        ) from exc
     orch, gpus = project.orch, project.gpus_for(step)
     kwargs = dict(
-        image=project.image_for(step), docker_url=orch["docker"]["url"], network_mode=orch["docker"]["network"],
+        image=project.image_for(step),
+        docker_url=orch["docker"]["url"],
+        network_mode=orch["docker"]["network"],
         mounts=[Mount(target=orch["container_root"], source=project.host_project_dir(), type="bind")],
-        mount_tmp_dir=False, auto_remove="success", private_environment=project.container_env(),
-        mem_limit=docker_memory(orch["resources"].get("limits", {}).get("memory")), skip_on_exit_code=SKIP_EXIT,
-        device_requests=[DeviceRequest(count=gpus, capabilities=[["gpu"]])] if gpus else None, **task_kwargs)
+        mount_tmp_dir=False,
+        auto_remove="success",
+        private_environment=project.container_env(),
+        mem_limit=docker_memory(orch["resources"].get("limits", {}).get("memory")),
+        skip_on_exit_code=SKIP_EXIT,
+        device_requests=[DeviceRequest(count=gpus, capabilities=[["gpu"]])] if gpus else None,
+        **task_kwargs,
+    )
     if plan is None:
         return DockerOperator(command=argv, **kwargs)
     return DockerOperator.partial(**kwargs).expand(command=plan)
@@ -63,25 +72,39 @@ def kubernetes_operator(project: Project, step: str, argv: list[str] | None = No
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
         from kubernetes.client import models as k8s
     except ImportError as exc:
-        raise FreshenError("orchestration.runner is 'kubernetes' but apache-airflow-providers-cncf-kubernetes is "
-                           "not installed (pip install apache-airflow-providers-cncf-kubernetes)") from exc
+        raise FreshenError(
+            "orchestration.runner is 'kubernetes' but apache-airflow-providers-cncf-kubernetes is "
+            "not installed (pip install apache-airflow-providers-cncf-kubernetes)"
+        ) from exc
     orch, kube, gpus = project.orch, project.orch["kubernetes"], project.gpus_for(step)
     limits = dict(orch["resources"].get("limits") or {})
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
     uri = orch["mlflow_tracking_uri"]
     kwargs = dict(
-        namespace=kube["namespace"], image=project.image_for(step), name=f"freshen-{step.replace('_', '-')}",
+        namespace=kube["namespace"],
+        image=project.image_for(step),
+        name=f"freshen-{step.replace('_', '-')}",
         env_vars={"TOKENIZERS_PARALLELISM": "false", **({"MLFLOW_TRACKING_URI": uri} if uri else {})},
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=kube["env_secret"]))]
-        if kube["env_secret"] else None,
-        container_resources=k8s.V1ResourceRequirements(requests=dict(orch["resources"].get("requests") or {}),
-                                                        limits=limits),
-        volumes=[k8s.V1Volume(name="project", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-            claim_name=kube["pvc"]))],
+        if kube["env_secret"]
+        else None,
+        container_resources=k8s.V1ResourceRequirements(
+            requests=dict(orch["resources"].get("requests") or {}), limits=limits
+        ),
+        volumes=[
+            k8s.V1Volume(
+                name="project", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=kube["pvc"])
+            )
+        ],
         volume_mounts=[k8s.V1VolumeMount(name="project", mount_path=orch["container_root"])],
-        service_account_name=kube["service_account"], image_pull_policy=kube["image_pull_policy"],
-        get_logs=True, on_finish_action="delete_succeeded_pod", skip_on_exit_code=SKIP_EXIT, **task_kwargs)
+        service_account_name=kube["service_account"],
+        image_pull_policy=kube["image_pull_policy"],
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+        skip_on_exit_code=SKIP_EXIT,
+        **task_kwargs,
+    )
     if kwargs["service_account_name"] is None:
         del kwargs["service_account_name"]
     if plan is None:

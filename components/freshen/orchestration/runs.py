@@ -35,11 +35,17 @@ def start(params: Params, root: Path, kind: str, tags: dict | None = None) -> di
     mlflow = tracking.setup(root, _experiment(params))
     client = mlflow.tracking.MlflowClient()
     exp = mlflow.get_experiment_by_name(_experiment(params))
-    all_tags = {KIND_TAG: "pipeline", PIPELINE_TAG: kind, "git_commit": tracking.git_commit(root),
-                **{k: str(v) for k, v in (tags or {}).items()}}
+    all_tags = {
+        KIND_TAG: "pipeline",
+        PIPELINE_TAG: kind,
+        "git_commit": tracking.git_commit(root),
+        **{k: str(v) for k, v in (tags or {}).items()},
+    }
     run = client.create_run(exp.experiment_id, run_name=kind, tags=all_tags)
-    return {"parent_run_id": run.info.run_id,
-            "champion_before": champion_version(client, params.promote.registered_model)}
+    return {
+        "parent_run_id": run.info.run_id,
+        "champion_before": champion_version(client, params.promote.registered_model),
+    }
 
 
 def find(params: Params, root: Path, tags: dict) -> str:
@@ -59,8 +65,7 @@ def end(params: Params, root: Path, run_id: str, failed: list[str] | None = None
     mlflow = tracking.setup(root, _experiment(params))
     client = mlflow.tracking.MlflowClient()
     parent = client.get_run(run_id)
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     latest: dict[tuple, object] = {}  # a retried step counts by its last attempt
     for child in sorted(children, key=lambda r: r.info.start_time or 0):
         if child.info.status == "RUNNING":  # its container died without closing it

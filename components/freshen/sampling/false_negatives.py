@@ -34,17 +34,24 @@ class FalseNegativeFilter:
         p = p or {}
         for key in ("relative_margin", "absolute_margin"):
             value = p.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0.0 <= value <= 1.0):
-                raise FreshenError(f"params.yaml: field 'train.negatives.false_negatives.{key}': must be a number "
-                                   f"in [0, 1] or null, got {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0
+            ):
+                raise FreshenError(
+                    f"params.yaml: field 'train.negatives.false_negatives.{key}': must be a number "
+                    f"in [0, 1] or null, got {value!r}"
+                )
         range_min = p.get("range_min", 0)
         if not isinstance(range_min, int) or isinstance(range_min, bool) or range_min < 0:
-            raise FreshenError("params.yaml: field 'train.negatives.false_negatives.range_min': must be an integer "
-                               f">= 0, got {range_min!r}")
+            raise FreshenError(
+                "params.yaml: field 'train.negatives.false_negatives.range_min': must be an integer "
+                f">= 0, got {range_min!r}"
+            )
         if not isinstance(p.get("in_batch", True), bool):
-            raise FreshenError("params.yaml: field 'train.negatives.false_negatives.in_batch': must be true or "
-                               f"false, got {p.get('in_batch')!r}")
+            raise FreshenError(
+                "params.yaml: field 'train.negatives.false_negatives.in_batch': must be true or "
+                f"false, got {p.get('in_batch')!r}"
+            )
         return cls(p.get("relative_margin"), p.get("absolute_margin"), range_min, p.get("in_batch", True))
 
     @property
@@ -66,9 +73,16 @@ class FalseNegativeFilter:
             flagged |= scores > pos - self.absolute_margin
         return flagged
 
-    def pick(self, rows: torch.Tensor, scores: torch.Tensor, positive: torch.Tensor, k: int, selection: Selection,
-             generator: torch.Generator | None = None,
-             rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def pick(
+        self,
+        rows: torch.Tensor,
+        scores: torch.Tensor,
+        positive: torch.Tensor,
+        k: int,
+        selection: Selection,
+        generator: torch.Generator | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """k negatives per query from its candidate list (`rows`, `scores` [b, m], best first; rows
         of -1 / scores of -inf where there were fewer), picked by `selection` among the candidates
         that pass the rules. A query with fewer than k passing candidates is filled up with the best
@@ -93,9 +107,11 @@ class FalseNegativeFilter:
                 rest = (valid[i] & ~keep[i]).nonzero().flatten()
                 fill = rest[: k - len(chosen)]
                 if len(chosen) + len(fill) < k:
-                    raise FreshenError(f"fewer than {k} candidate negatives for a query: raise "
-                                       "train.negatives.candidates or lower train.negatives.k")
-                unusable[i, len(chosen):] = True
+                    raise FreshenError(
+                        f"fewer than {k} candidate negatives for a query: raise "
+                        "train.negatives.candidates or lower train.negatives.k"
+                    )
+                unusable[i, len(chosen) :] = True
                 chosen = torch.cat([chosen, fill])
             out[i] = rows[i, chosen]
         counts = {"fn_rank": int(by_rank.sum()), "fn_margin": int(by_margin.sum()), "fn_short": int(unusable.sum())}

@@ -19,8 +19,16 @@ def corrected_chunk(cache: np.ndarray | torch.Tensor, start: int, stop: int, cor
 
 
 @torch.no_grad()
-def chunked_topk(queries: torch.Tensor, cache, k: int, exclude: list[list[int]], corrector=None,
-                 chunk_size: int = 65536, noise: torch.Generator | None = None, beta: float = 1.0):
+def chunked_topk(
+    queries: torch.Tensor,
+    cache,
+    k: int,
+    exclude: list[list[int]],
+    corrector=None,
+    chunk_size: int = 65536,
+    noise: torch.Generator | None = None,
+    beta: float = 1.0,
+):
     """Top-k rows per query of `beta * <q, h(C)>` (Gumbel-perturbed when `noise` is a generator:
     one draw per scored row, chunk by chunk).
 

@@ -51,8 +51,13 @@ class CacheScorer:
         self.index = None
         if self.ann_threshold and len(table) > self.ann_threshold:
             start = time.perf_counter()
-            self.index = build_index(table.detach().cpu().numpy(), self.ann_index, nprobe=self.ann_nprobe,
-                                     ef_search=self.ann_ef_search, param="train.negatives.ann_index")
+            self.index = build_index(
+                table.detach().cpu().numpy(),
+                self.ann_index,
+                nprobe=self.ann_nprobe,
+                ef_search=self.ann_ef_search,
+                param="train.negatives.ann_index",
+            )
             self.index_build_s = time.perf_counter() - start
 
     def query_for(self, q: torch.Tensor, corrector):
@@ -68,9 +73,17 @@ class CacheScorer:
         with torch.no_grad():
             return corrector(emb) if corrector is not None else emb
 
-    def negatives(self, q: torch.Tensor, k: int, exclude: list[list[int]], positive_rows: list[int],
-                  fn_filter: FalseNegativeFilter, corrector=None, generator=None,
-                  rng=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def negatives(
+        self,
+        q: torch.Tensor,
+        k: int,
+        exclude: list[list[int]],
+        positive_rows: list[int],
+        fn_filter: FalseNegativeFilter,
+        corrector=None,
+        generator=None,
+        rng=None,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """k negatives per query: (rows [b, k], unusable [b, k], false-negative counts); through
         the false-negative filter when it is active, else `select`'s (all usable, no counts)."""
         if fn_filter.active:
@@ -79,9 +92,17 @@ class CacheScorer:
         return rows, torch.zeros(rows.shape, dtype=torch.bool), {}
 
     @torch.no_grad()
-    def select_filtered(self, q: torch.Tensor, k: int, exclude: list[list[int]], positive_rows: list[int],
-                        fn_filter: FalseNegativeFilter, corrector=None, generator=None,
-                        rng=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def select_filtered(
+        self,
+        q: torch.Tensor,
+        k: int,
+        exclude: list[list[int]],
+        positive_rows: list[int],
+        fn_filter: FalseNegativeFilter,
+        corrector=None,
+        generator=None,
+        rng=None,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Negatives through the false-negative filter: (rows [b, k], unusable [b, k], counts)."""
         m = min(max(self.selection.candidates, k + fn_filter.range_min), len(self.table))
         rows = self._candidates(q, m, exclude, corrector)
@@ -103,20 +124,37 @@ class CacheScorer:
         among them (-1 where fewer qualify); from the ANN index past `ann_threshold`."""
         if self.index is not None:
             cand = self._search(q, corrector, max(m, self.ann_candidates))
-            scores = (self.rows_through(cand.clamp(min=0).flatten(), corrector).view(*cand.shape, -1)
-                      * q.float()[:, None, :]).sum(-1)
+            scores = (
+                self.rows_through(cand.clamp(min=0).flatten(), corrector).view(*cand.shape, -1) * q.float()[:, None, :]
+            ).sum(-1)
         else:
             q_eff, cor = self.query_for(q, corrector)
-            cand, scores = chunked_topk(q_eff, self.table, min(m + max(map(len, exclude), default=0), len(self.table)),
-                                        [[]] * len(q), cor, self.chunk)
-        banned = torch.stack([torch.isin(cand[i], torch.tensor(rows, dtype=torch.long)) for i, rows in enumerate(exclude)])
+            cand, scores = chunked_topk(
+                q_eff,
+                self.table,
+                min(m + max(map(len, exclude), default=0), len(self.table)),
+                [[]] * len(q),
+                cor,
+                self.chunk,
+            )
+        banned = torch.stack(
+            [torch.isin(cand[i], torch.tensor(rows, dtype=torch.long)) for i, rows in enumerate(exclude)]
+        )
         scores = scores.masked_fill(banned | (cand < 0), float("-inf"))
         top = scores.topk(min(m, scores.shape[1]), dim=1)
         return cand.gather(1, top.indices).masked_fill(~torch.isfinite(top.values), -1)
 
     @torch.no_grad()
-    def select(self, q: torch.Tensor, k: int, exclude: list[list[int]], positive_rows: list[int] | None,
-               corrector=None, generator=None, rng=None) -> torch.Tensor:
+    def select(
+        self,
+        q: torch.Tensor,
+        k: int,
+        exclude: list[list[int]],
+        positive_rows: list[int] | None,
+        corrector=None,
+        generator=None,
+        rng=None,
+    ) -> torch.Tensor:
         """Rows of k negatives per query [b, k] by the selection, never an excluded row (no
         false-negative filter): exactly, or from the ANN index past `ann_threshold`."""
         if self.index is None:
@@ -132,8 +170,16 @@ class CacheScorer:
             positive = (q_eff * self.rows_through(positive_rows, cor)).sum(-1)
             return balanced(rows, scores, positive, k, sel.bins, rng)
         gumbel = sel.kind == "gumbel"
-        return chunked_topk(q_eff, self.table, k, exclude, cor, self.chunk, noise=generator if gumbel else None,
-                            beta=sel.beta if gumbel else 1.0)[0]
+        return chunked_topk(
+            q_eff,
+            self.table,
+            k,
+            exclude,
+            cor,
+            self.chunk,
+            noise=generator if gumbel else None,
+            beta=sel.beta if gumbel else 1.0,
+        )[0]
 
     def _select_ann(self, q, k, exclude, positive_rows, corrector, generator, rng) -> torch.Tensor:
         """The ANN index's `ann_candidates` per query, rescored exactly through the corrector (each
@@ -149,11 +195,13 @@ class CacheScorer:
         if short:  # too few candidates left for some queries: those are selected exactly
             ok = [i for i in range(b) if i not in short]
             out = torch.empty((b, k), dtype=torch.long)
-            out[short] = self._select_exact(q[short], k, [exclude[i] for i in short], _subset(positive_rows, short),
-                                            corrector, generator, rng)
+            out[short] = self._select_exact(
+                q[short], k, [exclude[i] for i in short], _subset(positive_rows, short), corrector, generator, rng
+            )
             if ok:
-                out[ok] = self._select_ann(q[ok], k, [exclude[i] for i in ok], _subset(positive_rows, ok),
-                                           corrector, generator, rng)
+                out[ok] = self._select_ann(
+                    q[ok], k, [exclude[i] for i in ok], _subset(positive_rows, ok), corrector, generator, rng
+                )
             return out
         rows, inverse = torch.unique(cand[valid], return_inverse=True)
         scores = torch.zeros(cand.shape)

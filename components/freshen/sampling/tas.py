@@ -14,16 +14,18 @@ def check_batch_size(n_queries: int, batch_size: int) -> None:
     if batch_size < 1:
         raise FreshenError(f"params.yaml: field 'train.batch_size': must be an integer >= 1, got {batch_size}")
     if n_queries < batch_size:
-        raise FreshenError(f"params.yaml: field 'train.batch_size': {n_queries} training queries cannot fill a "
-                           f"batch of {batch_size} (lower it)")
+        raise FreshenError(
+            f"params.yaml: field 'train.batch_size': {n_queries} training queries cannot fill a "
+            f"batch of {batch_size} (lower it)"
+        )
 
 
 class TASBatches:
-    def __init__(self, cluster_of: dict[str, int], batch_size: int, clusters_per_batch: int,
-                 rng: np.random.Generator):
+    def __init__(self, cluster_of: dict[str, int], batch_size: int, clusters_per_batch: int, rng: np.random.Generator):
         if clusters_per_batch < 1:
-            raise FreshenError("params.yaml: field 'train.clusters_per_batch': must be an integer >= 1, "
-                               f"got {clusters_per_batch}")
+            raise FreshenError(
+                f"params.yaml: field 'train.clusters_per_batch': must be an integer >= 1, got {clusters_per_batch}"
+            )
         check_batch_size(len(cluster_of), batch_size)
         self.members: dict[int, list[str]] = {}
         for qid in sorted(cluster_of):
@@ -68,6 +70,7 @@ class RandomBatches:
 def make_batches(p: dict, cluster_of: dict[str, int], train_qids: list[str], rng: np.random.Generator):
     """The batches `train.batching` asks for: TAS over the query clusters, or uniform random."""
     if p.get("batching", "tas") == "tas":
-        return TASBatches({q: cluster_of[q] for q in train_qids}, int(p["batch_size"]),
-                          int(p.get("clusters_per_batch", 1)), rng)
+        return TASBatches(
+            {q: cluster_of[q] for q in train_qids}, int(p["batch_size"]), int(p.get("clusters_per_batch", 1)), rng
+        )
     return RandomBatches(train_qids, int(p["batch_size"]), rng)

@@ -5,6 +5,7 @@ Its kind is `evaluate.index` (default Flat: exact IndexFlatIP), with `evaluate.n
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from freshen.cache import load_cache
@@ -13,6 +14,8 @@ from freshen.locks import hold
 from freshen.params import Params
 from freshen.retrieval import index_settings
 from freshen.steps.common import NullLog, path
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ["orchestration", "evaluate"]
 OPTIONS = ("cache_dir", "out")
@@ -25,5 +28,5 @@ def run(params: Params, root: Path, log=NullLog(), cache_dir: str | None = None,
     with hold(target or cache.path):
         meta = write_index(cache, target, index_settings(params.evaluate))
     log.metrics({"docs": meta["count"], "dim": meta["dim"]})
-    print(f"build-index: {meta['count']} rows of {cache.path} -> {meta['file']}")
+    logger.info(f"build-index: {meta['count']} rows of {cache.path} -> {meta['file']}")
     return meta

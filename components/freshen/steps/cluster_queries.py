@@ -28,8 +28,16 @@ def choose_k(n_queries: int, cluster: ClusterParams) -> int:
 
 
 def kmeans(emb: np.ndarray, k: int, niter: int, seed: int, spherical: bool):
-    km = faiss.Kmeans(emb.shape[1], k, niter=niter, seed=seed, spherical=spherical, verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=100000)
+    km = faiss.Kmeans(
+        emb.shape[1],
+        k,
+        niter=niter,
+        seed=seed,
+        spherical=spherical,
+        verbose=False,
+        min_points_per_centroid=1,
+        max_points_per_centroid=100000,
+    )
     km.train(np.ascontiguousarray(emb, dtype=np.float32))
     _, assign = km.index.search(np.ascontiguousarray(emb, dtype=np.float32), 1)
     return km.centroids, assign[:, 0], float(km.obj[-1]) if len(km.obj) else 0.0
@@ -52,11 +60,17 @@ def cluster(params: Params, root: Path) -> dict:
     encoder = place(Encoder.from_params(params.model.model_dump()), params.encode.device)
     emb = encode(encoder, [ds.queries[q] for q in qids], "query", **encode_options(params.encode))
     k = choose_k(len(qids), cfg)
-    centroids, assign, objective = kmeans(emb, k, cfg.niter, params.seed,
-                                          encoder.config.normalize)
+    centroids, assign, objective = kmeans(emb, k, cfg.niter, params.seed, encoder.config.normalize)
     sizes = np.bincount(assign, minlength=k)
-    stats = {"k": k, "queries": len(qids), "size_min": int(sizes.min()), "size_median": float(np.median(sizes)),
-             "size_max": int(sizes.max()), "empty_clusters": int((sizes == 0).sum()), "objective": objective}
+    stats = {
+        "k": k,
+        "queries": len(qids),
+        "size_min": int(sizes.min()),
+        "size_median": float(np.median(sizes)),
+        "size_max": int(sizes.max()),
+        "empty_clusters": int((sizes == 0).sum()),
+        "objective": objective,
+    }
     with atomic_dir(path(root, cfg.out_dir)) as tmp:
         lines = ["query-id\tcluster"] + [f"{q}\t{int(c)}" for q, c in zip(qids, assign)]
         (tmp / "assignments.tsv").write_text("\n".join(lines) + "\n")

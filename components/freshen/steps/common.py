@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from freshen.cache import EMBEDDINGS, Cache, load_cache
-from freshen.data.beir import check_id_text, load_beir, read_lines
+from freshen.data.beir import load_beir
+from freshen.data.lines import check_id_text, read_lines
 from freshen.errors import DataError
 from freshen.integrity import check_cache_corpus, check_finite_rows
 from freshen.params import Params

@@ -6,6 +6,7 @@ when the real re-embedding lands; this step skips once that happened for this ch
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from freshen.cache import load_cache, write_corrected_cache
@@ -17,6 +18,8 @@ from freshen.params import Params
 from freshen.retrieval import index_settings
 from freshen.steps.common import NullLog, path
 from freshen.steps.fetch_champion import champion_identity, read_champion
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ["cache", "orchestration", "evaluate"]
 OPTIONS = ()
@@ -41,13 +44,23 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
     # the serving folder has one writer at a time, this step or publish_index; holding the new
     # folder's lock too clears what a killed attempt left beside it, inside the serving folder
     with hold(serving, folder):
-        cache = write_corrected_cache(folder, stale, corrector, {
-            "model": f"models:/{champ['registered_model']}/{champ['version']}",
-            "model_digest": champ["encoder_digest"], "corrector_digest": model_digest(champ["corrector_dir"]),
-            "source": "corrected_index", "stale_cache": str(stale.path), "champion_version": champ["version"]})
+        cache = write_corrected_cache(
+            folder,
+            stale,
+            corrector,
+            {
+                "model": f"models:/{champ['registered_model']}/{champ['version']}",
+                "model_digest": champ["encoder_digest"],
+                "corrector_digest": model_digest(champ["corrector_dir"]),
+                "source": "corrected_index",
+                "stale_cache": str(stale.path),
+                "champion_version": champ["version"],
+            },
+        )
         write_index(cache, settings=index_settings(params.evaluate))
-        pointer = publish(serving, folder, {"corrected": True, **champion_identity(champ)},
-                          keep=params.orchestration.keep_serving)
+        pointer = publish(
+            serving, folder, {"corrected": True, **champion_identity(champ)}, keep=params.orchestration.keep_serving
+        )
     log.metrics({"docs": len(cache)})
-    print(f"corrected-index: champion v{champ['version']} serves {folder} (corrected from {stale.path})")
+    logger.info(f"corrected-index: champion v{champ['version']} serves {folder} (corrected from {stale.path})")
     return pointer

@@ -30,10 +30,20 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
         corpus = prepared_corpus(params, root)
         encoder = place(Encoder.from_params(params.model.model_dump()), params.encode.device)
         base = resolve_model_path(params.model.name_or_path)
-        _, stats = embed_to_cache(encoder, corpus, out, params.encode,
-                                  {"model": str(params.model.name_or_path or DEFAULT_MODEL),
-                                   "model_digest": model_digest(base), "params_hash": params_hash(params, SECTIONS),
-                                   "source": "embed_cache", "corrected": False,
-                                   "corpus_sha256": file_sha256(corpus.path)}, "embed cache")
+        _, stats = embed_to_cache(
+            encoder,
+            corpus,
+            out,
+            params.encode,
+            {
+                "model": str(params.model.name_or_path or DEFAULT_MODEL),
+                "model_digest": model_digest(base),
+                "params_hash": params_hash(params, SECTIONS),
+                "source": "embed_cache",
+                "corrected": False,
+                "corpus_sha256": file_sha256(corpus.path),
+            },
+            "embed cache",
+        )
     log.metrics({**stats, "threads": threads})
     return stats

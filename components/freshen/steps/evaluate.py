@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ from freshen.retrieval import (
     write_trec,
 )
 from freshen.steps.common import NullLog, checked_cache, path, prepared
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ["model", "encode", "evaluate"]
 NOT_SPLITS = ("drift", "vs_zero_shot")  # the top-level sections of the metrics that are no split
@@ -64,13 +67,16 @@ def evaluate_and_write(params: Params, root: Path, log=NullLog()) -> dict:
     stale = checked_cache(path(root, params.cache.out_dir), params, root, ds)
     fresh = checked_cache(path(root, params.reembed.out_dir), params, root, ds)
     if stale.ids != fresh.ids:
-        raise DataError(fresh.path / "ids.json", f"documents are in another order than in {stale.path}: "
-                                                 "rebuild both caches (dvc repro)")
+        raise DataError(
+            fresh.path / "ids.json",
+            f"documents are in another order than in {stale.path}: rebuild both caches (dvc repro)",
+        )
     model_dir = path(root, params.train.out_dir)
     zero_shot = place(Encoder.from_params(params.model.model_dump()), enc_p.device)
     trained = place(Encoder.load(model_dir / "encoder"), enc_p.device)
-    corrector = Corrector.load(model_dir / "corrector", expect_dim=stale.dim) \
-        if (model_dir / "corrector").is_dir() else None
+    corrector = (
+        Corrector.load(model_dir / "corrector", expect_dim=stale.dim) if (model_dir / "corrector").is_dir() else None
+    )
     k = cfg.depth
     indexes = {"stale": make_index(stale.embeddings, cfg), "fresh": make_index(fresh.embeddings, cfg)}
     if corrector is not None:
@@ -80,8 +86,11 @@ def evaluate_and_write(params: Params, root: Path, log=NullLog()) -> dict:
     # `reembed.corrector: true` writes h(cache) instead of encoding the corpus: then there is no
     # fresh cache to measure drift and overlap against, and "trained" searches that estimate
     measured = not fresh.manifest.get("corrected", False)
-    systems = {"zero_shot": ("zero_shot", "stale"), "trained": ("trained", "fresh"),
-               "trained_stale_cache": ("trained", "stale")}
+    systems = {
+        "zero_shot": ("zero_shot", "stale"),
+        "trained": ("trained", "fresh"),
+        "trained_stale_cache": ("trained", "stale"),
+    }
     if corrector is not None:
         systems["trained_corrected_cache"] = ("trained", "corrected")
 
@@ -93,8 +102,10 @@ def evaluate_and_write(params: Params, root: Path, log=NullLog()) -> dict:
         qrels = ds.evaluation_qrels(split)  # queries with a relevant judgement only
         qids = sorted(qrels)
         texts = [ds.queries[q] for q in qids]
-        q_emb = {name: encode(enc, texts, "query", **encode_options(enc_p))
-                 for name, enc in (("zero_shot", zero_shot), ("trained", trained))}
+        q_emb = {
+            name: encode(enc, texts, "query", **encode_options(enc_p))
+            for name, enc in (("zero_shot", zero_shot), ("trained", trained))
+        }
         found = {}
         metrics[split] = {}
         for system, (enc_name, index_name) in systems.items():
@@ -111,18 +122,23 @@ def evaluate_and_write(params: Params, root: Path, log=NullLog()) -> dict:
         if measured:
             metrics[split]["top100_overlap_stale_vs_fresh"] = overlap_at(found["trained_stale_cache"], found["trained"])
         if measured and corrector is not None:
-            metrics[split]["top100_overlap_corrected_vs_fresh"] = overlap_at(found["trained_corrected_cache"],
-                                                                            found["trained"])
+            metrics[split]["top100_overlap_corrected_vs_fresh"] = overlap_at(
+                found["trained_corrected_cache"], found["trained"]
+            )
     metrics["drift"] = {}
     if measured:
         metrics["drift"]["cos_stale_vs_fresh"] = row_cosine(stale.embeddings, fresh.embeddings)
     if measured and corrector is not None:
         metrics["drift"]["cos_corrected_vs_fresh"] = row_cosine(corrected, fresh.embeddings)
     # trained minus zero-shot nDCG@10: what training bought over the pre-trained encoder
-    metrics["vs_zero_shot"] = {s: metrics[s]["trained"]["ndcg_at_10"] - metrics[s]["zero_shot"]["ndcg_at_10"]
-                               for s in splits}
-    metrics[MEASURED] = {"model_digest": checkpoint_digest(model_dir), "stale_cache": stale.digest(),
-                         "fresh_cache": fresh.digest()}
+    metrics["vs_zero_shot"] = {
+        s: metrics[s]["trained"]["ndcg_at_10"] - metrics[s]["zero_shot"]["ndcg_at_10"] for s in splits
+    }
+    metrics[MEASURED] = {
+        "model_digest": checkpoint_digest(model_dir),
+        "stale_cache": stale.digest(),
+        "fresh_cache": fresh.digest(),
+    }
 
     with atomic_dir(path(root, cfg.out_dir)) as tmp:
         for name, run_ in runs_out.items():
@@ -134,19 +150,29 @@ def evaluate_and_write(params: Params, root: Path, log=NullLog()) -> dict:
     for split in splits:
         for system, m in metrics[split].items():
             if isinstance(m, dict):
-                w.writerow([split, system, f"{m['ndcg_at_10']:.4f}", f"{m['recall_at_100']:.4f}", f"{m['mrr_at_10']:.4f}"])
+                w.writerow(
+                    [split, system, f"{m['ndcg_at_10']:.4f}", f"{m['recall_at_100']:.4f}", f"{m['mrr_at_10']:.4f}"]
+                )
     write_text(path(root, cfg.plot), buf.getvalue())
-    flat = {f"{split}.{system}.{name}": v for split in splits
-            for system, m in metrics[split].items() if isinstance(m, dict) for name, v in m.items()}
-    flat.update({f"{split}.{key}": v for split in splits
-                 for key, v in metrics[split].items() if not isinstance(v, dict)})
+    flat = {
+        f"{split}.{system}.{name}": v
+        for split in splits
+        for system, m in metrics[split].items()
+        if isinstance(m, dict)
+        for name, v in m.items()
+    }
+    flat.update(
+        {f"{split}.{key}": v for split in splits for key, v in metrics[split].items() if not isinstance(v, dict)}
+    )
     flat.update({f"{section}.{k}": v for section in NOT_SPLITS for k, v in metrics[section].items()})
     log.metrics({k.replace("@", "_at_"): v for k, v in flat.items()})
     log.artifact(path(root, cfg.plot), "plots")
-    print(report(metrics))
+    logger.info(report(metrics))
     if "dev" in splits and metrics["vs_zero_shot"]["dev"] <= 0:
-        print(f"evaluate: the trained model does not beat the pre-trained encoder on dev (nDCG@10 "
-              f"{metrics['dev']['trained']['ndcg_at_10']:.4f} vs {metrics['dev']['zero_shot']['ndcg_at_10']:.4f})")
+        logger.info(
+            f"evaluate: the trained model does not beat the pre-trained encoder on dev (nDCG@10 "
+            f"{metrics['dev']['trained']['ndcg_at_10']:.4f} vs {metrics['dev']['zero_shot']['ndcg_at_10']:.4f})"
+        )
     return metrics
 
 
@@ -158,9 +184,16 @@ def report(metrics: dict) -> str:
         lines.append(f"{split:>5} {'system':<26} nDCG@10  R@100   MRR@10")
         for system, m in systems.items():
             if isinstance(m, dict):
-                lines.append(f"{'':>5} {system:<26} {m['ndcg_at_10']:.4f}   {m['recall_at_100']:.4f}  {m['mrr_at_10']:.4f}")
+                lines.append(
+                    f"{'':>5} {system:<26} {m['ndcg_at_10']:.4f}   {m['recall_at_100']:.4f}  {m['mrr_at_10']:.4f}"
+                )
             else:
                 lines.append(f"{'':>5} {system:<26} {m:.4f}")
-    lines.append("drift: " + (", ".join(f"{k}={v:.4f}" for k, v in metrics["drift"].items())
-                              or "not measured: the re-embedded cache is h(cache), not a fresh encoding"))
+    lines.append(
+        "drift: "
+        + (
+            ", ".join(f"{k}={v:.4f}" for k, v in metrics["drift"].items())
+            or "not measured: the re-embedded cache is h(cache), not a fresh encoding"
+        )
+    )
     return "\n".join(lines)

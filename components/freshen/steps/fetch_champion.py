@@ -6,6 +6,7 @@ model even if the alias moves meanwhile. A no-op when that version is already th
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from freshen.modeling.encoder import model_digest
 from freshen.params import Params
 from freshen.steps.common import NullLog, path
 
+logger = logging.getLogger(__name__)
+
 SECTIONS = ["promote", "mlflow", "orchestration"]
 OPTIONS = ()
 INFO = "champion.json"
@@ -27,8 +30,11 @@ def champion_identity(champ: dict) -> dict:
     """How the serving pointer and the Asset events name a champion: its version, the registry's
     digest of the whole checkpoint (`model_digest`, as in promotion.json and the version's tag)
     and its encoder's alone (`encoder_digest`, what a cache manifest's `model_digest` names)."""
-    return {"champion_version": champ["version"], "model_digest": champ["checkpoint_digest"],
-            "encoder_digest": champ["encoder_digest"]}
+    return {
+        "champion_version": champ["version"],
+        "model_digest": champ["checkpoint_digest"],
+        "encoder_digest": champ["encoder_digest"],
+    }
 
 
 def read_champion(params: Params, root: Path) -> dict:
@@ -69,8 +75,10 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
     try:
         version = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
-        raise FreshenError(f"registered model '{name}' (promote.registered_model) has no 'champion' alias yet: "
-                           "run the freshen_train DAG or `freshen promote` first") from None
+        raise FreshenError(
+            f"registered model '{name}' (promote.registered_model) has no 'champion' alias yet: "
+            "run the freshen_train DAG or `freshen promote` first"
+        ) from None
     dest = path(root, params.orchestration.champion_dir)
     with hold(dest):  # one fetch into this folder at a time
         return download_champion(name, version, dest, log)
@@ -84,12 +92,15 @@ def download_champion(name: str, version, dest: Path, log) -> dict:
     if (dest / INFO).is_file():
         have = json.loads((dest / INFO).read_text())
         if have.get("version") == str(version.version) and have.get("checkpoint_digest") == digest_tag:
-            print(f"fetch-champion: {name} v{version.version} already in {dest}")
+            logger.info(f"fetch-champion: {name} v{version.version} already in {dest}")
             log.tags({"champion_version": version.version})
             return have
     with atomic_dir(dest) as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}",
-                                                         dst_path=str(tmp / "_download")))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version.version}", dst_path=str(tmp / "_download")
+            )
+        )
         flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
         artifacts = flavor.get("artifacts", {})
         if "encoder" not in artifacts:
@@ -98,10 +109,15 @@ def download_champion(name: str, version, dest: Path, log) -> dict:
             if key in artifacts:
                 shutil.move(str(local / artifacts[key]["path"]), str(tmp / key))
         shutil.rmtree(tmp / "_download")
-        info = {"registered_model": name, "version": str(version.version), "checkpoint_digest": digest_tag,
-                "encoder_digest": model_digest(tmp / "encoder"), "has_corrector": (tmp / "corrector").is_dir(),
-                "source_run_id": version.run_id}
+        info = {
+            "registered_model": name,
+            "version": str(version.version),
+            "checkpoint_digest": digest_tag,
+            "encoder_digest": model_digest(tmp / "encoder"),
+            "has_corrector": (tmp / "corrector").is_dir(),
+            "source_run_id": version.run_id,
+        }
         write_json(tmp / INFO, info)
-    print(f"fetch-champion: {name} v{version.version} -> {dest}")
+    logger.info(f"fetch-champion: {name} v{version.version} -> {dest}")
     log.tags({"champion_version": version.version})
     return info

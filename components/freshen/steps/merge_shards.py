@@ -4,6 +4,7 @@ incomplete or mixes corpora or models, naming the shard, before writing anything
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from freshen.config import params_hash
@@ -13,6 +14,8 @@ from freshen.params import Params
 from freshen.sharding import check_shards, merge
 from freshen.steps.common import NullLog, path, prepared
 from freshen.steps.reembed_shard import model_dir_for
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ["encode", "orchestration"]
 OPTIONS = ("num_shards", "model_dir")
@@ -29,5 +32,5 @@ def run(params: Params, root: Path, log=NullLog(), num_shards: int | None = None
         cache = merge(shards, refreshed, {"params_hash": params_hash(params, SECTIONS)})
     stats = {"docs": len(cache), "num_shards": count}
     log.metrics(stats)
-    print(f"merge-shards: {count} shards, {len(cache)} rows -> {cache.path}")
+    logger.info(f"merge-shards: {count} shards, {len(cache)} rows -> {cache.path}")
     return stats

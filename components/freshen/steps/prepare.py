@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from freshen.atomic import atomic_dir, write_json
-from freshen.data.beir import carve_dev, load_beir, write_qrels
+from freshen.data.beir import carve_dev, load_beir
 from freshen.data.fetch import resolve_dataset_dir
+from freshen.data.qrels import write_qrels
 from freshen.errors import DataError
 from freshen.locks import hold
 from freshen.params import Params
@@ -26,9 +27,12 @@ def check_dev_size(dev: dict, least: int, source: Path, given: bool) -> None:
     where = source / "qrels" / ("dev.tsv" if given else "train.tsv")
     fix = "add judged dev queries" if given else "raise data.dev_fraction or add a qrels/dev.tsv"
     carved = "" if given else ", carved by data.dev_fraction,"
-    raise DataError(where, f"dev split{carved} has {judged} queries with a relevant document; promotion needs at least {least} "
-                           f"(data.min_dev_queries) to judge a model: {fix}, or lower data.min_dev_queries "
-                           "if you accept a noisier judgement")
+    raise DataError(
+        where,
+        f"dev split{carved} has {judged} queries with a relevant document; promotion needs at least {least} "
+        f"(data.min_dev_queries) to judge a model: {fix}, or lower data.min_dev_queries "
+        "if you accept a noisier judgement",
+    )
 
 
 def run(params: Params, root: Path, log=NullLog()) -> dict:
@@ -57,8 +61,12 @@ def write_prepared(params: Params, root: Path, out: Path) -> dict:
                 fh.write(json.dumps({"_id": qid, "text": text}) + "\n")
         for split, qrels in splits.items():
             write_qrels(tmp / "qrels" / f"{split}.tsv", qrels)
-        summary = {"dataset": data.name, "docs": len(ds.corpus), "queries": len(ds.queries),
-                   **{f"{s}_queries": len(q) for s, q in splits.items()},
-                   "dev_carved": "dev" not in ds.qrels}
+        summary = {
+            "dataset": data.name,
+            "docs": len(ds.corpus),
+            "queries": len(ds.queries),
+            **{f"{s}_queries": len(q) for s, q in splits.items()},
+            "dev_carved": "dev" not in ds.qrels,
+        }
         write_json(tmp / "manifest.json", {**summary, "source": str(source)})
     return summary

@@ -8,6 +8,7 @@ promoting the same version twice changes nothing."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from freshen.jsonfile import read_json
 from freshen.locks import hold
 from freshen.params import Params
 from freshen.steps.common import NullLog, path
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ["promote", "mlflow"]
 TAG_DIGEST, TAG_METRIC, TAG_VALUE = "freshen.model_digest", "freshen.metric", "freshen.metric_value"
@@ -45,8 +48,9 @@ def logged_model(digest: str):
     """A pyfunc of these weights logged by an earlier promote that died before registering it."""
     import mlflow
 
-    found = mlflow.search_logged_models(filter_string=f"tags.`{TAG_DIGEST}` = '{digest}'", max_results=1,
-                                        output_format="list")
+    found = mlflow.search_logged_models(
+        filter_string=f"tags.`{TAG_DIGEST}` = '{digest}'", max_results=1, output_format="list"
+    )
     return found[0] if found else None
 
 
@@ -73,9 +77,14 @@ def log_and_register(model_dir: Path, name: str, digest: str, dim: int):
         with warnings.catch_warnings():  # advice for models that infer their signature: this one states it
             warnings.filterwarnings("ignore", message=".*(type hints|input example).*", category=UserWarning)
             uri = mlflow.pyfunc.log_model(
-                name="retriever", python_model=FreshenEmbedder(), artifacts=artifacts, signature=signature,
-                code_paths=[str(Path(freshen.__file__).parent)], tags={TAG_DIGEST: digest},
-                pip_requirements=["torch", "transformers", "safetensors", "numpy", "pandas", "tqdm", "pyyaml"]).model_uri
+                name="retriever",
+                python_model=FreshenEmbedder(),
+                artifacts=artifacts,
+                signature=signature,
+                code_paths=[str(Path(freshen.__file__).parent)],
+                tags={TAG_DIGEST: digest},
+                pip_requirements=["torch", "transformers", "safetensors", "numpy", "pandas", "tqdm", "pyyaml"],
+            ).model_uri
     return mlflow.register_model(uri, name, tags={TAG_DIGEST: digest})
 
 
@@ -84,8 +93,17 @@ def comparison(value: float, other: float, margin: float) -> str:
     return f"{value:.4f} {'>' if value > other + margin else '<='} {other:.4f} + {margin}"
 
 
-def decide(client, name: str, version: str, metric: str, value: float, zero_shot_metric: str, zero_shot: float,
-           min_improvement: float = 0.0, min_improvement_over_zero_shot: float = 0.0) -> dict:
+def decide(
+    client,
+    name: str,
+    version: str,
+    metric: str,
+    value: float,
+    zero_shot_metric: str,
+    zero_shot: float,
+    min_improvement: float = 0.0,
+    min_improvement_over_zero_shot: float = 0.0,
+) -> dict:
     """Set `challenger`; move `champion` only on a strict improvement over both the champion
     and the zero-shot encoder. Returns the decision."""
     from mlflow.exceptions import MlflowException
@@ -98,34 +116,51 @@ def decide(client, name: str, version: str, metric: str, value: float, zero_shot
     beats_zero_shot = value > zero_shot + min_improvement_over_zero_shot
     out = {"version": version, "beats_zero_shot": beats_zero_shot, "beats_champion": None, "champion_value": best}
     if champion is not None and str(champion.version) == str(version):
-        return {**out, "promoted": False, "champion": version,
-                "reason": f"v{version} is already champion: nothing to do"}
+        return {
+            **out,
+            "promoted": False,
+            "champion": version,
+            "reason": f"v{version} is already champion: nothing to do",
+        }
     client.set_registered_model_alias(name, "challenger", version)
     beats_champion = None if best is None else value > best + min_improvement
     promoted = beats_zero_shot and beats_champion is not False
-    vs_zero_shot = f"the pre-trained (zero-shot) encoder ({zero_shot_metric}={zero_shot:.4f}, " \
-                   f"margin {min_improvement_over_zero_shot})"
+    vs_zero_shot = (
+        f"the pre-trained (zero-shot) encoder ({zero_shot_metric}={zero_shot:.4f}, "
+        f"margin {min_improvement_over_zero_shot})"
+    )
     vs_champion = None if best is None else f"champion v{champion.version} ({best:.4f}, margin {min_improvement})"
     if promoted and champion is None:
         reason = f"first model: no champion yet ({metric}={value:.4f} beats {vs_zero_shot})"
     elif promoted:
         reason = f"{metric}={value:.4f} beats {vs_champion} and {vs_zero_shot}"
     else:
-        lost = [text for text, beats in ((vs_champion, beats_champion), (vs_zero_shot, beats_zero_shot))
-                if beats is False]
+        lost = [
+            text for text, beats in ((vs_champion, beats_champion), (vs_zero_shot, beats_zero_shot)) if beats is False
+        ]
         unchanged = "no champion yet" if champion is None else f"champion v{champion.version} unchanged"
         reason = f"{metric}={value:.4f} does not beat {' or '.join(lost)}: {unchanged}"
-    tags = {TAG_METRIC: metric, TAG_VALUE: repr(float(value)),
-            TAG_ZERO_SHOT_METRIC: zero_shot_metric, TAG_ZERO_SHOT_VALUE: repr(float(zero_shot)),
-            TAG_VS_CHAMPION: "no champion" if best is None else comparison(value, best, min_improvement),
-            TAG_VS_ZERO_SHOT: comparison(value, zero_shot, min_improvement_over_zero_shot),
-            TAG_DECISION: "champion" if promoted else "challenger", TAG_REASON: reason}
+    tags = {
+        TAG_METRIC: metric,
+        TAG_VALUE: repr(float(value)),
+        TAG_ZERO_SHOT_METRIC: zero_shot_metric,
+        TAG_ZERO_SHOT_VALUE: repr(float(zero_shot)),
+        TAG_VS_CHAMPION: "no champion" if best is None else comparison(value, best, min_improvement),
+        TAG_VS_ZERO_SHOT: comparison(value, zero_shot, min_improvement_over_zero_shot),
+        TAG_DECISION: "champion" if promoted else "challenger",
+        TAG_REASON: reason,
+    }
     for key, tag in tags.items():  # before the alias: a champion always carries its value
         client.set_model_version_tag(name, version, key, tag)
     if promoted:
         client.set_registered_model_alias(name, "champion", version)
-    return {**out, "promoted": promoted, "beats_champion": beats_champion, "reason": reason,
-            "champion": version if promoted else (None if champion is None else str(champion.version))}
+    return {
+        **out,
+        "promoted": promoted,
+        "beats_champion": beats_champion,
+        "reason": reason,
+        "champion": version if promoted else (None if champion is None else str(champion.version)),
+    }
 
 
 def read_metric(metrics: dict, metrics_file: Path, key: str, param: str) -> float:
@@ -202,17 +237,37 @@ def register_and_decide(params: Params, root: Path, log) -> dict:
     if existing is None:
         dim = encoder_dim(model_dir / "encoder" / "config.json")
         existing = log_and_register(model_dir, name, digest, dim)
-    decision = decide(client, name, str(existing.version), cfg.metric, value, zero_shot_metric, zero_shot,
-                      cfg.min_improvement, cfg.min_improvement_over_zero_shot)
-    decision.update(registered_model=name, metric=cfg.metric, value=value, model_digest=digest,
-                    zero_shot_metric=zero_shot_metric, zero_shot_value=zero_shot)
+    decision = decide(
+        client,
+        name,
+        str(existing.version),
+        cfg.metric,
+        value,
+        zero_shot_metric,
+        zero_shot,
+        cfg.min_improvement,
+        cfg.min_improvement_over_zero_shot,
+    )
+    decision.update(
+        registered_model=name,
+        metric=cfg.metric,
+        value=value,
+        model_digest=digest,
+        zero_shot_metric=zero_shot_metric,
+        zero_shot_value=zero_shot,
+    )
     write_json(path(root, cfg.out), decision)
     is_champion = decision["champion"] == decision["version"]
-    log.tags({"promotion.decision": "champion" if is_champion else "challenger",
-              "promotion.reason": decision["reason"], "registered_version": decision["version"]})
+    log.tags(
+        {
+            "promotion.decision": "champion" if is_champion else "challenger",
+            "promotion.reason": decision["reason"],
+            "registered_version": decision["version"],
+        }
+    )
     log.metrics({"promoted": int(decision["promoted"]), "promoted_metric": value, "zero_shot_value": zero_shot})
     if is_champion:
-        print(f"promote: {name} v{decision['version']}: {decision['reason']}")
+        logger.info(f"promote: {name} v{decision['version']}: {decision['reason']}")
     else:  # the last stage of `dvc repro`: this is the line the user sees last
-        print(f"promote: NOT promoted: {name} v{decision['version']} stays challenger: {decision['reason']}")
+        logger.info(f"promote: NOT promoted: {name} v{decision['version']} stays challenger: {decision['reason']}")
     return decision

@@ -4,6 +4,7 @@ folder, and current.json swapped to it (replacing a corrected index of the same 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from freshen.cache import load_cache
@@ -14,6 +15,8 @@ from freshen.params import Params
 from freshen.steps.common import NullLog, path
 from freshen.steps.fetch_champion import champion_identity, read_champion
 from freshen.steps.fetch_champion import skip_reason as no_champion
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ["orchestration"]
 OPTIONS = ()
@@ -28,9 +31,11 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
     champ = read_champion(params, root)
     cache = load_cache(path(root, orch.refresh_dir))
     if cache.manifest.get("model_digest") != champ["encoder_digest"]:
-        raise FreshenError(f"{cache.path / 'manifest.json'}: field 'model_digest': the refreshed cache was made by "
-                           f"{str(cache.manifest.get('model_digest'))[:12]}, not by champion v{champ['version']} "
-                           f"({champ['encoder_digest'][:12]}); re-run the refresh")
+        raise FreshenError(
+            f"{cache.path / 'manifest.json'}: field 'model_digest': the refreshed cache was made by "
+            f"{str(cache.manifest.get('model_digest'))[:12]}, not by champion v{champ['version']} "
+            f"({champ['encoder_digest'][:12]}); re-run the refresh"
+        )
     check_index(cache, cache.path / INDEX_FILE)
     serving = path(root, orch.serving_dir)
     folder = serving / f"reembedded-v{champ['version']}-{champ['encoder_digest'][:12]}"
@@ -38,8 +43,7 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
     # folder's lock too clears what a killed attempt left beside it, inside the serving folder
     with hold(serving, folder):
         link_tree(cache.path, folder)
-        pointer = publish(serving, folder, {"corrected": False, **champion_identity(champ)},
-                          keep=orch.keep_serving)
+        pointer = publish(serving, folder, {"corrected": False, **champion_identity(champ)}, keep=orch.keep_serving)
     log.tags({"serving_folder": folder.name})
-    print(f"publish-index: champion v{champ['version']} serves {folder}")
+    logger.info(f"publish-index: champion v{champ['version']} serves {folder}")
     return pointer

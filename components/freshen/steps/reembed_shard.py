@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from freshen.config import params_hash
@@ -17,6 +18,8 @@ from freshen.steps.common import NullLog, path, shown
 from freshen.steps.embed_cache import prepared_corpus
 from freshen.steps.fetch_champion import read_champion
 
+logger = logging.getLogger(__name__)
+
 SECTIONS = ["encode", "orchestration"]
 OPTIONS = ("shard", "num_shards", "model_dir")
 UNIT_TAG = "freshen.unit"
@@ -26,8 +29,14 @@ def model_dir_for(params: Params, root: Path, model_dir: str | None) -> Path:
     return path(root, model_dir) if model_dir else Path(read_champion(params, root)["encoder_dir"])
 
 
-def run(params: Params, root: Path, log=NullLog(), shard: int | None = None, num_shards: int | None = None,
-        model_dir: str | None = None) -> dict:
+def run(
+    params: Params,
+    root: Path,
+    log=NullLog(),
+    shard: int | None = None,
+    num_shards: int | None = None,
+    model_dir: str | None = None,
+) -> dict:
     if shard is None:
         raise FreshenError("reembed-shard needs --shard I (0-based)")
     count = num_shards or params.orchestration.num_shards
@@ -40,11 +49,22 @@ def run(params: Params, root: Path, log=NullLog(), shard: int | None = None, num
     with hold(shards_dir / shard_name(shard, count)):  # other shards run in parallel; this one, once
         mdir = model_dir_for(params, root, model_dir)
         encoder = place(Encoder.load(mdir), params.encode.device)
-        cache = embed_shard(encoder, corpus, shard, count, shards_dir, params.encode,
-                            {"model": shown(mdir, root), "model_digest": model_digest(mdir),
-                             "params_hash": params_hash(params, ["encode"]), "source": "reembed_shard",
-                             "corrected": False})
+        cache = embed_shard(
+            encoder,
+            corpus,
+            shard,
+            count,
+            shards_dir,
+            params.encode,
+            {
+                "model": shown(mdir, root),
+                "model_digest": model_digest(mdir),
+                "params_hash": params_hash(params, ["encode"]),
+                "source": "reembed_shard",
+                "corrected": False,
+            },
+        )
     stats = {"shard": shard, "num_shards": count, "docs": stop - start}
     log.metrics(stats)
-    print(f"reembed-shard: rows {start}..{stop} of {len(ids)} -> {cache.path}")
+    logger.info(f"reembed-shard: rows {start}..{stop} of {len(ids)} -> {cache.path}")
     return stats

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 
 from freshen.atomic import atomic_dir, restored_on_failure, write_json, write_text
@@ -25,21 +26,47 @@ from freshen.steps.common import NullLog, checked_cache, path, prepared, read_cl
 from freshen.training import pilot
 from freshen.training.loop import Trainer, train
 
+logger = logging.getLogger(__name__)
+
 SECTIONS = ["seed", "model", "train"]
-CURVE_FIELDS = ["step", "loss", "corrector_loss", "corrector_ce", "cos_stale_fresh", "cos_corrected_fresh",
-                "dev_ndcg_at_10", "probe_cos_stale_fresh", "probe_cos_corrected_fresh",
-                "overlap_stale_fresh", "overlap_corrected_fresh", "fn_rank", "fn_margin", "fn_short", "fn_in_batch",
-                "train_passage_passes", "reembed_passes", "wall_seconds"]
-EVAL_FIELDS = ["dev_ndcg_at_10", "probe_cos_stale_fresh", "probe_cos_corrected_fresh", "overlap_stale_fresh",
-               "overlap_corrected_fresh"]
+CURVE_FIELDS = [
+    "step",
+    "loss",
+    "corrector_loss",
+    "corrector_ce",
+    "cos_stale_fresh",
+    "cos_corrected_fresh",
+    "dev_ndcg_at_10",
+    "probe_cos_stale_fresh",
+    "probe_cos_corrected_fresh",
+    "overlap_stale_fresh",
+    "overlap_corrected_fresh",
+    "fn_rank",
+    "fn_margin",
+    "fn_short",
+    "fn_in_batch",
+    "train_passage_passes",
+    "reembed_passes",
+    "wall_seconds",
+]
+EVAL_FIELDS = [
+    "dev_ndcg_at_10",
+    "probe_cos_stale_fresh",
+    "probe_cos_corrected_fresh",
+    "overlap_stale_fresh",
+    "overlap_corrected_fresh",
+]
 
 
 def training_section(params: Params) -> dict:
     """The train section as the training code takes it (plain values, the keys of params.yaml),
     plus how it encodes in bulk (the corpus re-embedded by strategy refresh, refits, probes): the
     `encode` section's batch size and precision."""
-    return {**params.train.model_dump(), "encode_batch_size": params.encode.batch_size,
-            "encode_precision": params.encode.precision}
+    return {
+        **params.train.model_dump(),
+        "encode_batch_size": params.encode.batch_size,
+        "encode_precision": params.encode.precision,
+    }
 
 
 def corrector_not_saved(p: dict) -> str | None:
@@ -72,21 +99,30 @@ def verdict(validations: list[dict], best_step: int | None, keep_best: bool) -> 
     figures = {"zero_shot_dev_ndcg_at_10": zero, "beats_zero_shot": saved > zero}
     if keep_best and best_step == 0:
         best_later = max(dev[1:], key=lambda v: v["dev_ndcg_at_10"], default=None)
-        later = f"; the best later step, {best_later['step']}, reached {best_later['dev_ndcg_at_10']:.4f}" \
-            if best_later else ""
-        return figures, (f"training did not beat the pre-trained encoder on dev (nDCG@10 {zero:.4f} at step 0"
-                         f"{later}): the saved model is the pre-trained encoder")
+        later = (
+            f"; the best later step, {best_later['step']}, reached {best_later['dev_ndcg_at_10']:.4f}"
+            if best_later
+            else ""
+        )
+        return figures, (
+            f"training did not beat the pre-trained encoder on dev (nDCG@10 {zero:.4f} at step 0"
+            f"{later}): the saved model is the pre-trained encoder"
+        )
     if saved <= zero:
-        return figures, (f"the saved model does not beat the pre-trained encoder on dev (nDCG@10 {saved:.4f} "
-                         f"against {zero:.4f} at step 0)")
+        return figures, (
+            f"the saved model does not beat the pre-trained encoder on dev (nDCG@10 {saved:.4f} "
+            f"against {zero:.4f} at step 0)"
+        )
     return figures, None
 
 
 def run(params: Params, root: Path, log=NullLog()) -> dict:
     t = params.train
     # one train of this project at a time: the model, the metrics rewritten at every evaluation, the curve
-    with hold(path(root, t.out_dir), path(root, t.metrics), path(root, t.curve)), \
-            restored_on_failure(path(root, t.metrics)) as model_saved:
+    with (
+        hold(path(root, t.out_dir), path(root, t.metrics), path(root, t.curve)),
+        restored_on_failure(path(root, t.metrics)) as model_saved,
+    ):
         return train_and_save(params, root, log, model_saved)
 
 
@@ -107,26 +143,47 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
     def pretrained():
         encoder = place(Encoder.from_params(params.model.model_dump()), t.device)
         if encoder.dim != cache.dim:
-            raise FreshenError(f"{cache.path}/manifest.json: field 'dim': cache dim {cache.dim} does not match "
-                               f"the encoder's {encoder.dim}")
+            raise FreshenError(
+                f"{cache.path}/manifest.json: field 'dim': cache dim {cache.dim} does not match "
+                f"the encoder's {encoder.dim}"
+            )
         return encoder
 
     pilot_summary: dict = {}
     if pilot.candidates(p):
+
         def run_pilot(variant: dict, steps: int) -> tuple[float, int]:
             res = Trainer(pretrained(), ds, cache, clusters, variant, params.seed, teacher=teacher).run(steps)
             return res.validations[-1]["dev_ndcg_at_10"], res.counters.train_passage_passes
 
         p, pilot_summary = pilot.choose(p, run_pilot)
-        log.metrics({"pilot_passes": pilot_summary["pilot_passes"], "pilot_choice": pilot_summary["pilot_choice"],
-                     **{f"pilot_{i}_dev_ndcg_at_10": c["dev_ndcg_at_10"]
-                        for i, c in enumerate(pilot_summary["pilot_candidates"])}})
-        print(f"freshen train: pilot chose candidate {pilot_summary['pilot_choice']} "
-              f"{pilot_summary['pilot_candidates'][pilot_summary['pilot_choice']]}")
-    result = train(pretrained(), ds, cache, clusters, p, params.seed, teacher=teacher,
-                   on_log=lambda rec, step: log.metrics({k: v for k, v in rec.items() if k != "step"}, step),
-                   on_eval=lambda rec, counters: write_json(path(root, t.metrics), {
-                       **counters.as_dict(), "steps_run": rec["step"], "evaluation": evaluation(rec)}))
+        log.metrics(
+            {
+                "pilot_passes": pilot_summary["pilot_passes"],
+                "pilot_choice": pilot_summary["pilot_choice"],
+                **{
+                    f"pilot_{i}_dev_ndcg_at_10": c["dev_ndcg_at_10"]
+                    for i, c in enumerate(pilot_summary["pilot_candidates"])
+                },
+            }
+        )
+        logger.info(
+            f"freshen train: pilot chose candidate {pilot_summary['pilot_choice']} "
+            f"{pilot_summary['pilot_candidates'][pilot_summary['pilot_choice']]}"
+        )
+    result = train(
+        pretrained(),
+        ds,
+        cache,
+        clusters,
+        p,
+        params.seed,
+        teacher=teacher,
+        on_log=lambda rec, step: log.metrics({k: v for k, v in rec.items() if k != "step"}, step),
+        on_eval=lambda rec, counters: write_json(
+            path(root, t.metrics), {**counters.as_dict(), "steps_run": rec["step"], "evaluation": evaluation(rec)}
+        ),
+    )
     not_saved = corrector_not_saved(p) if result.corrector is not None else "no corrector"
     with atomic_dir(path(root, t.out_dir)) as tmp:
         result.encoder.save(tmp / "encoder")
@@ -135,20 +192,37 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
         # no wall time in the model folder (it is in metrics/train.json): the same params must
         # give the same bytes, so that DVC and the registry see the same model
         counters = {k: v for k, v in result.counters.as_dict().items() if k != "wall_seconds"}
-        write_json(tmp / "train_state.json", {"counters": counters, "corrector_saved": not_saved is None,
-                                               **({"corrector_not_saved": not_saved} if not_saved else {}),
-                                               "params_hash": params_hash(params, SECTIONS),
-                                               "cache_manifest": cache.manifest, "steps": t.steps})
+        write_json(
+            tmp / "train_state.json",
+            {
+                "counters": counters,
+                "corrector_saved": not_saved is None,
+                **({"corrector_not_saved": not_saved} if not_saved else {}),
+                "params_hash": params_hash(params, SECTIONS),
+                "cache_manifest": cache.manifest,
+                "steps": t.steps,
+            },
+        )
     model_saved()  # from here on the metrics describe the model there, even if writing the summary fails
     last = result.curve[-1]
     figures, warning = verdict(result.validations, result.best_step, t.keep_best)
-    summary = {**result.counters.as_dict(), "final_loss": last["loss"], "steps_run": len(result.curve), **figures,
-               **pilot_summary,
-               **({"best_step": result.best_step,
-                   "best_dev_ndcg_at_10": max(v.get("dev_ndcg_at_10", float("-inf")) for v in result.validations)}
-                  if result.best_step is not None else {}),
-               **{k: last[k] for k in ("corrector_loss", "cos_stale_fresh", "cos_corrected_fresh") if k in last},
-               **({"evaluation": evaluation(result.validations[-1])} if result.validations else {})}
+    summary = {
+        **result.counters.as_dict(),
+        "final_loss": last["loss"],
+        "steps_run": len(result.curve),
+        **figures,
+        **pilot_summary,
+        **(
+            {
+                "best_step": result.best_step,
+                "best_dev_ndcg_at_10": max(v.get("dev_ndcg_at_10", float("-inf")) for v in result.validations),
+            }
+            if result.best_step is not None
+            else {}
+        ),
+        **{k: last[k] for k in ("corrector_loss", "cos_stale_fresh", "cos_corrected_fresh") if k in last},
+        **({"evaluation": evaluation(result.validations[-1])} if result.validations else {}),
+    }
     write_json(path(root, t.metrics), summary)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CURVE_FIELDS, extrasaction="ignore")
@@ -159,5 +233,5 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
     log.artifact(path(root, t.curve), "plots")
     if warning:
         log.tags({"train.beats_zero_shot": "false"})
-        print(f"freshen train: WARNING: {warning}")
+        logger.warning(f"freshen train: {warning}")
     return summary

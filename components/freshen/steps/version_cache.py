@@ -4,6 +4,7 @@ orchestration.dvc.enabled is false. Commit the .dvc file it writes to keep the v
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from freshen.errors import FreshenError
 from freshen.locks import hold
 from freshen.params import Params
 from freshen.steps.common import NullLog, path
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ["orchestration"]
 OPTIONS = ()
@@ -26,8 +29,10 @@ def skip_reason(params: Params, root: Path) -> str | None:
 def dvc(root: Path, *args: str) -> str:
     res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
     if res.returncode != 0:
-        raise FreshenError(f"`dvc {' '.join(args)}` failed in {root} (exit {res.returncode}): "
-                           f"{(res.stderr or res.stdout).strip()[-2000:]}")
+        raise FreshenError(
+            f"`dvc {' '.join(args)}` failed in {root} (exit {res.returncode}): "
+            f"{(res.stderr or res.stdout).strip()[-2000:]}"
+        )
     return res.stdout
 
 
@@ -47,5 +52,5 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
             dvc(root, "push", str(dvc_file.relative_to(root)))
     info = {"dvc_file": str(dvc_file.relative_to(root)), "md5": out.get("md5"), "pushed": bool(orch.dvc.push)}
     log.tags({"dvc.refreshed.md5": info["md5"]})
-    print(f"version-cache: {rel} -> {info['dvc_file']} (md5 {info['md5']})")
+    logger.info(f"version-cache: {rel} -> {info['dvc_file']} (md5 {info['md5']})")
     return info

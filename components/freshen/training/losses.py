@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def contrastive_loss(q: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
+def contrastive_loss(
+    q: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Cross-entropy of each query's positive against every passage of the step (its sampled
     negatives and the in-batch passages). `mask[i, j]` hides passages that are also positives
     of query i, so a duplicate positive is never pushed down."""
@@ -21,8 +22,15 @@ def drift_loss(corrected: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
     return ((corrected - fresh.detach()) ** 2).sum(-1).mean()
 
 
-def corrected_logits_loss(q: torch.Tensor, corrected: torch.Tensor, fresh: torch.Tensor, labels: torch.Tensor,
-                          mask: torch.Tensor, temperature: float, target: str) -> torch.Tensor:
+def corrected_logits_loss(
+    q: torch.Tensor,
+    corrected: torch.Tensor,
+    fresh: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    target: str,
+) -> torch.Tensor:
     """The corrector's optional cross-entropy term on the step's corrected logits <f(q), h(C[d])>
     (docs/method.md step 1.6). `positive`: the retriever's own loss with h(C[d]) in place of g(d);
     `fresh`: against the softmax of the fresh logits <f(q), g(d)>, so the corrected cache ranks
@@ -40,8 +48,9 @@ def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.float(), b.float(), dim=-1).mean())
 
 
-def margin_mse(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, teacher_margin: torch.Tensor,
-               scale: float) -> torch.Tensor:
+def margin_mse(
+    q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, teacher_margin: torch.Tensor, scale: float
+) -> torch.Tensor:
     """TAS-Balanced Margin-MSE: MSE((s(q,p+) - s(q,p-)) - (t(q,p+) - t(q,p-))), with student
     scores scaled by `scale` (1/temperature) to the teacher's range."""
     student = ((q * pos).sum(-1) - (q * neg).sum(-1)) * scale

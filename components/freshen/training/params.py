@@ -19,45 +19,61 @@ def check_train_params(p: dict) -> None:
         _check_int(p["steps"], "train.steps", 1)  # first: the pilot's check below compares with it
     neg = p.get("negatives", {})
     if neg.get("strategy") not in STRATEGIES:
-        raise FreshenError(f"params.yaml: field 'train.negatives.strategy': must be one of {STRATEGIES}, "
-                           f"got {neg.get('strategy')!r}")
+        raise FreshenError(
+            f"params.yaml: field 'train.negatives.strategy': must be one of {STRATEGIES}, got {neg.get('strategy')!r}"
+        )
     if neg.get("selection", "topk") not in SELECTIONS:
-        raise FreshenError(f"params.yaml: field 'train.negatives.selection': must be one of {SELECTIONS}, "
-                           f"got {neg.get('selection')!r}")
+        raise FreshenError(
+            f"params.yaml: field 'train.negatives.selection': must be one of {SELECTIONS}, got {neg.get('selection')!r}"
+        )
     if p.get("batching", "tas") not in ("tas", "random"):
         raise FreshenError(f"params.yaml: field 'train.batching': must be 'tas' or 'random', got {p.get('batching')!r}")
     refresh = int(neg.get("refresh_every", 0) or 0)
     if neg["strategy"] == "refresh" and refresh <= 0:
         raise FreshenError("params.yaml: field 'train.negatives.refresh_every': must be > 0 for strategy 'refresh'")
     if neg["strategy"] in ("in_batch", "stale") and refresh > 0:
-        raise FreshenError(f"params.yaml: field 'train.negatives.refresh_every': strategy '{neg['strategy']}' "
-                           "never refreshes (use 'refresh', or 'corrected' with refresh)")
+        raise FreshenError(
+            f"params.yaml: field 'train.negatives.refresh_every': strategy '{neg['strategy']}' "
+            "never refreshes (use 'refresh', or 'corrected' with refresh)"
+        )
     cor = p.get("corrector", {})
     arch = cor.get("arch", "residual_mlp")
     if arch not in ("linear", "residual_mlp"):
-        raise FreshenError(f"params.yaml: field 'train.corrector.arch': must be 'linear' or 'residual_mlp', got {arch!r}")
+        raise FreshenError(
+            f"params.yaml: field 'train.corrector.arch': must be 'linear' or 'residual_mlp', got {arch!r}"
+        )
     if cor.get("ce_target", "fresh") not in CE_TARGETS:
-        raise FreshenError(f"params.yaml: field 'train.corrector.ce_target': must be one of {CE_TARGETS}, "
-                           f"got {cor.get('ce_target')!r}")
+        raise FreshenError(
+            f"params.yaml: field 'train.corrector.ce_target': must be one of {CE_TARGETS}, got {cor.get('ce_target')!r}"
+        )
     weight = cor.get("ce_weight", 0.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
         raise FreshenError(f"params.yaml: field 'train.corrector.ce_weight': must be a number >= 0, got {weight!r}")
     if not isinstance(cor.get("normalize", False), bool):
-        raise FreshenError(f"params.yaml: field 'train.corrector.normalize': must be true or false, "
-                           f"got {cor.get('normalize')!r}")
-    for section, values, key, least in (("corrector", cor, "replay_steps", 1), ("corrector", cor, "updates_per_step", 1),
-                                        ("corrector", cor, "drift_sample", 0), ("corrector", cor, "refit_every", 0),
-                                        ("corrector", cor, "refit_sample", 0), ("corrector", cor, "refit_epochs", 1),
-                                        ("negatives", neg, "fresh_overlay_steps", 0)):
+        raise FreshenError(
+            f"params.yaml: field 'train.corrector.normalize': must be true or false, got {cor.get('normalize')!r}"
+        )
+    for section, values, key, least in (
+        ("corrector", cor, "replay_steps", 1),
+        ("corrector", cor, "updates_per_step", 1),
+        ("corrector", cor, "drift_sample", 0),
+        ("corrector", cor, "refit_every", 0),
+        ("corrector", cor, "refit_sample", 0),
+        ("corrector", cor, "refit_epochs", 1),
+        ("negatives", neg, "fresh_overlay_steps", 0),
+    ):
         _check_int(values.get(key, least), f"train.{section}.{key}", least)
     if FalseNegativeFilter.from_params(neg.get("false_negatives")).active and neg.get("fresh_overlay_steps", 0):
-        raise FreshenError("params.yaml: field 'train.negatives.fresh_overlay_steps': works without false-negative "
-                           "control only (set train.negatives.false_negatives.relative_margin and absolute_margin "
-                           "to null and range_min to 0)")
+        raise FreshenError(
+            "params.yaml: field 'train.negatives.fresh_overlay_steps': works without false-negative "
+            "control only (set train.negatives.false_negatives.relative_margin and absolute_margin "
+            "to null and range_min to 0)"
+        )
     _check_int(p.get("min_positive_grade", 1), "train.min_positive_grade", 1)
     if p.get("positive_grades", "all") not in ("all", "top"):
-        raise FreshenError(f"params.yaml: field 'train.positive_grades': must be 'all' or 'top', "
-                           f"got {p.get('positive_grades')!r}")
+        raise FreshenError(
+            f"params.yaml: field 'train.positive_grades': must be 'all' or 'top', got {p.get('positive_grades')!r}"
+        )
     for key in ("probe_passages", "overlap_passages", "overlap_k", "eval_every", "early_stopping_patience"):
         if p.get(key) is not None:
             _check_int(p[key], f"train.{key}", 0)
@@ -66,8 +82,10 @@ def check_train_params(p: dict) -> None:
     if cor.get("refit_every", 0) and not cor.get("refit_sample", 0):
         raise FreshenError("params.yaml: field 'train.corrector.refit_sample': must be > 0 when refit_every is set")
     if neg.get("fresh_overlay_steps", 0) and neg.get("selection", "topk") != "topk":
-        raise FreshenError("params.yaml: field 'train.negatives.fresh_overlay_steps': works with selection 'topk' "
-                           f"only, got selection {neg.get('selection')!r}")
+        raise FreshenError(
+            "params.yaml: field 'train.negatives.fresh_overlay_steps': works with selection 'topk' "
+            f"only, got selection {neg.get('selection')!r}"
+        )
 
 
 def _check_int(value, field: str, least: int) -> None:
@@ -78,13 +96,18 @@ def _check_int(value, field: str, least: int) -> None:
 def check_teacher_coverage(teacher: dict, train_qids: list[str], positives: dict, row_of: dict) -> None:
     """Every training query needs a teacher score for each of its positives and for at least one
     other passage: balanced margin sampling draws from exactly those. Checked before training."""
-    lacking = [q for q in train_qids
-               if any(d not in teacher.get(q, {}) for d in positives[q])
-               or not any(d not in positives[q] and d in row_of for d in teacher.get(q, {}))]
+    lacking = [
+        q
+        for q in train_qids
+        if any(d not in teacher.get(q, {}) for d in positives[q])
+        or not any(d not in positives[q] and d in row_of for d in teacher.get(q, {}))
+    ]
     if lacking:
-        raise FreshenError(f"params.yaml: field 'train.teacher.scores': {len(lacking)} of {len(train_qids)} training "
-                           f"queries lack a teacher score for a positive or for any other passage, e.g. '{lacking[0]}' "
-                           "(score each training query's positives and its candidate negatives)")
+        raise FreshenError(
+            f"params.yaml: field 'train.teacher.scores': {len(lacking)} of {len(train_qids)} training "
+            f"queries lack a teacher score for a positive or for any other passage, e.g. '{lacking[0]}' "
+            "(score each training query's positives and its candidate negatives)"
+        )
 
 
 def check_positive_grade(dataset, min_grade: int) -> None:
@@ -93,6 +116,8 @@ def check_positive_grade(dataset, min_grade: int) -> None:
     lacking = sorted(set(judged) - set(kept))
     if lacking:
         grades = sorted({r for docs in dataset.qrels["train"].values() for r in docs.values() if r > 0})
-        raise FreshenError(f"params.yaml: field 'train.min_positive_grade': {min_grade} leaves {len(lacking)} of "
-                           f"{len(judged)} training queries with no positive, e.g. '{lacking[0]}' (grades in "
-                           f"qrels/train.tsv: {', '.join(map(str, grades))}): lower it")
+        raise FreshenError(
+            f"params.yaml: field 'train.min_positive_grade': {min_grade} leaves {len(lacking)} of "
+            f"{len(judged)} training queries with no positive, e.g. '{lacking[0]}' (grades in "
+            f"qrels/train.tsv: {', '.join(map(str, grades))}): lower it"
+        )

@@ -23,13 +23,17 @@ def candidates(p: dict) -> list[dict]:
     pilot = p.get("pilot") or {}
     cands = pilot.get("candidates") or []
     if not isinstance(cands, list) or not all(isinstance(c, dict) for c in cands):
-        raise FreshenError("params.yaml: field 'train.pilot.candidates': must be a list of mappings of dotted "
-                           f"train keys to values, got {cands!r}")
+        raise FreshenError(
+            "params.yaml: field 'train.pilot.candidates': must be a list of mappings of dotted "
+            f"train keys to values, got {cands!r}"
+        )
     if len(cands) < 2:
         return []
     steps = pilot.get("steps")
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= int(p["steps"]):
-        raise FreshenError(f"params.yaml: field 'train.pilot.steps': must be an integer in [1, train.steps], got {steps!r}")
+        raise FreshenError(
+            f"params.yaml: field 'train.pilot.steps': must be an integer in [1, train.steps], got {steps!r}"
+        )
     return cands
 
 
@@ -57,7 +61,10 @@ def choose(p: dict, run_pilot) -> tuple[dict, dict]:
         passes.append(spent)
         log.info("pilot %d %s: dev nDCG@10 %.4f after %d steps", i, overrides or "(as written)", score, steps)
     best = max(range(len(cands)), key=lambda i: (scores[i], -i))
-    summary = {"pilot_choice": best, "pilot_steps": steps,
-               "pilot_passes": sum(passes),
-               "pilot_candidates": [{"overrides": c, "dev_ndcg_at_10": s} for c, s in zip(cands, scores)]}
+    summary = {
+        "pilot_choice": best,
+        "pilot_steps": steps,
+        "pilot_passes": sum(passes),
+        "pilot_candidates": [{"overrides": c, "dev_ndcg_at_10": s} for c, s in zip(cands, scores)],
+    }
     return variant(p, cands[best], best), summary
