@@ -18,10 +18,30 @@ from freshen.orchestration.pipeline import PIPELINES, cli_argv  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def compiled(tmp_path, which: str) -> dict:
+def compiled_docs(tmp_path, which: str) -> list[dict]:
+    """The compiled YAML's documents: the pipeline spec, then the Kubernetes platform spec."""
     out = tmp_path / f"{which}.yaml"
     assert kfp_pipeline.main(["--pipeline", which, "--out", str(out), "--project-dir", str(REPO)]) == 0
-    return yaml.safe_load(out.read_text())
+    return list(yaml.safe_load_all(out.read_text()))
+
+
+def compiled(tmp_path, which: str) -> dict:
+    return compiled_docs(tmp_path, which)[0]
+
+
+@pytest.mark.parametrize("which", ["train", "refresh"])
+def test_every_executor_mounts_the_project_volume(tmp_path, which):
+    """kfp-kubernetes comes with the [kfp] extra: every container gets the project PVC at
+    orchestration.container_root (without it, the pipeline would run on empty folders)."""
+    spec, platform = compiled_docs(tmp_path, which)
+    orch = load_project(REPO, prefer_env=False).params.orchestration
+    executors = spec["deploymentSpec"]["executors"]
+    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(mounts) == set(executors) and len(executors) >= 3
+    for name, executor in mounts.items():
+        [pvc] = executor["pvcMount"]
+        assert pvc["mountPath"] == orch.container_root, name
+        assert pvc["pvcNameParameter"]["runtimeValue"]["constant"] == orch.kubernetes.pvc, name
 
 
 def task_name(kfp_name: str) -> str:
@@ -132,7 +152,7 @@ def test_compile_command_writes_yaml(tmp_path):
         text=True,
     )
     assert res.returncode == 0, res.stderr
-    assert yaml.safe_load(out.read_text())["pipelineInfo"]["name"] == "freshen-train"
+    assert next(yaml.safe_load_all(out.read_text()))["pipelineInfo"]["name"] == "freshen-train"
 
 
 def test_start_run_and_end_run_find_each_other_by_the_kubeflow_run_id(tmp_path, mlflow_uri, capsys):

@@ -7,7 +7,7 @@ definition's edges (as the Airflow DAGs have them).
 
 Images, resources, GPUs and the project volume come from `orchestration:` in params.yaml. Steps
 share files through the PersistentVolumeClaim orchestration.kubernetes.pvc, mounted at
-orchestration.container_root (needs the kfp-kubernetes package; without it the YAML has no
+orchestration.container_root (kfp-kubernetes, in the [kfp] extra; without it the YAML has no
 volume and a warning says so). start-run opens the MLflow parent run; an exit handler closes
 it, finding it by the Kubeflow run id it was tagged with.
 
