@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from functools import cache
 from pathlib import Path
 
@@ -136,7 +137,9 @@ def params_read(source: Path, module: str, entry: tuple[str, ...] = ENTRY) -> di
     return read
 
 
+@functools.cache
 def _sections() -> frozenset[str]:
+    """The params sections' names (asked for every node walked: computed once)."""
     from freshen.params import Params
 
     return frozenset(Params.model_fields)
