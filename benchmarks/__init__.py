@@ -8,5 +8,7 @@
 - search: exact against ANN search and corrected-negative selection at corpus scale
 - encode_throughput: Freshen's encoder against sentence-transformers on the same weights
 - encode_memory: peak memory of re-embedding corpora of different sizes
+- deployment: every pipeline step in the component image against the same steps outside it
+- kfp_local: the Kubeflow pipelines executed by kfp.local's DockerRunner
 
 common.py holds what their reports share (machine line, command line, writing)."""

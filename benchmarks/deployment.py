@@ -33,9 +33,7 @@ import yaml
 from freshen.orchestration.pipeline import REFRESH, TRAIN, cli_argv
 
 from benchmarks.common import ROOT, command_line, machine, write_report
-
-sys.path.insert(0, str(ROOT / "tests"))
-from tiny import make_project  # noqa: E402
+from tests.tiny import make_project
 
 CONTAINER_ROOT = "/project"
 INPUTS = ("tiny-beir/*", "tiny-bert/*", "params.yaml", ".dvc/*", ".dvcignore")

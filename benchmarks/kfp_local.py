@@ -30,9 +30,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import ROOT, command_line, machine, write_report
-
-sys.path.insert(0, str(ROOT / "tests"))
-from tiny import make_project  # noqa: E402
+from tests.tiny import make_project
 
 
 def prepare(work: Path, image: str) -> Path:

@@ -17,7 +17,17 @@ BENCHMARKS = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py") if p.stem
 def test_the_benchmarks_are_the_ones_the_package_documents():
     documented = importlib.import_module("benchmarks").__doc__
     assert BENCHMARKS == sorted(
-        ["ablation", "encode_memory", "encode_throughput", "faults", "generalize", "search", "seeds"]
+        [
+            "ablation",
+            "deployment",
+            "encode_memory",
+            "encode_throughput",
+            "faults",
+            "generalize",
+            "kfp_local",
+            "search",
+            "seeds",
+        ]
     )
     assert all(f"- {name}:" in documented for name in BENCHMARKS)
 

@@ -169,3 +169,16 @@ def test_compose_overrides_are_real_params_keys(compose):
     assert params.orchestration.runner == "docker"
     network = params.orchestration.docker.network
     assert re.fullmatch(rf"{compose['name']}_default", network)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_python_base_is_a_build_arg_defaulting_to_the_public_image(dockerfile):
+    """A machine without a registry builds on its own base (--build-arg BASE_IMAGE=...); users
+    get the official image without passing anything."""
+    steps = instructions(dockerfile)
+    froms = [args for word, args in steps if word == "FROM"]
+    if froms[0].startswith("apache/airflow"):
+        return  # the Airflow image has its own base, pinned to the Airflow release
+    first_from = next(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    defaults = dict(a.split("=", 1) for w, a in steps[:first_from] if w == "ARG" and "=" in a)
+    assert froms == ["${BASE_IMAGE}"] and defaults["BASE_IMAGE"] == "python:3.11-slim-bookworm"
