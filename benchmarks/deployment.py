@@ -49,6 +49,7 @@ VOLATILE: dict[str, tuple[str, tuple[str, ...]]] = {
     "metrics/train.json": ("wall times", ("wall_seconds", "seconds", "elapsed_s")),
     "plots/train_curve.csv": ("the wall_seconds column", ()),
     "metrics/promotion.json": ("the registry's run ids and time", ("run_id", "time", "timestamp", "decided_at")),
+    "artifacts/champion/champion.json": ("the MLflow run the champion was logged in", ("source_run_id",)),
     "artifacts/serving/current.json": ("the time it was published", ("published_at", "time", "timestamp")),
 }
 
@@ -107,16 +108,34 @@ def strip(value, keys: tuple[str, ...]):
     return value
 
 
-def compare(container: Path, host: Path) -> dict:
+def is_input(rel: str) -> bool:
+    return any(fnmatch.fnmatch(rel, pattern) for pattern in INPUTS)
+
+
+def same_but_project_path(a: Path, b: Path, a_root: str, b_root: str) -> bool:
+    """Two JSON files equal once each names its project folder alike (manifests record sources
+    as absolute paths: /project in the container, the copy's folder on the host)."""
+    try:
+        return json.loads(a.read_text().replace(a_root, "<project>")) == json.loads(
+            b.read_text().replace(b_root, "<project>")
+        )
+    except ValueError:
+        return False
+
+
+def compare(container: Path, host: Path, container_root: str = CONTAINER_ROOT) -> dict:
     """Every output file of the two runs: identical, differing where expected, or differing."""
     a, b = files(container), files(host)
-    outputs = sorted(r for r in set(a) | set(b) if not any(fnmatch.fnmatch(r, p) for p in INPUTS))
-    out: dict[str, list] = {"identical": [], "volatile_same_content": [], "volatile": [], "differ": []}
+    outputs = sorted(r for r in set(a) | set(b) if not is_input(r))
+    out: dict[str, list] = {"identical": [], "same_but_project_path": [], "volatile_same_content": []}
+    out.update(volatile=[], differ=[])
     out["only_in_container"] = [r for r in outputs if r not in b and not volatile(r)]
     out["only_on_host"] = [r for r in outputs if r not in a and not volatile(r)]
     for rel in (r for r in outputs if r in a and r in b):
         if sha256(a[rel]) == sha256(b[rel]):
             out["identical"].append(rel)
+        elif rel.endswith(".json") and same_but_project_path(a[rel], b[rel], container_root, str(host)):
+            out["same_but_project_path"].append(rel)
         elif (why := volatile(rel)) is None:
             out["differ"].append(rel)
         elif rel.endswith(".json") and why[1]:
@@ -128,9 +147,9 @@ def compare(container: Path, host: Path) -> dict:
 
 
 def unreadable(root: Path) -> list[str]:
-    """Files and folders another uid cannot read (no read bit for others; folders: no x either)."""
+    """Outputs another uid cannot read (no read bit for others; folders: no x either)."""
     bad = []
-    for p in [root, *root.rglob("*")]:
+    for p in [root, *(p for p in root.rglob("*") if not is_input(str(p.relative_to(root))))]:
         mode = p.stat().st_mode
         need = 0o005 if p.is_dir() else 0o004
         if mode & need != need:
@@ -160,10 +179,12 @@ def markdown(summary: dict) -> str:
         f"Totals: container {summary['container_total_s']:.0f} s, host {summary['host_total_s']:.0f} s.",
         "",
         f"Artifacts: {len(cmp['identical'])} files byte-identical; "
+        f"{len(cmp['same_but_project_path'])} JSON files equal but for the project folder's path; "
         f"{len(cmp['volatile_same_content'])} JSON files equal but for their volatile fields; "
         f"{len(cmp['volatile'])} volatile files (MLflow store, locks); {len(cmp['differ'])} differ.",
     ]
-    for key in ("differ", "volatile_same_content", "only_in_container", "only_on_host", "unreadable"):
+    keys = ("differ", "same_but_project_path", "volatile_same_content", "volatile", "only_in_container")
+    for key in (*keys, "only_on_host", "unreadable"):
         items = summary["unreadable"] if key == "unreadable" else cmp[key]
         if items:
             lines += ["", f"{key}:", *(f"- `{i}`" for i in items)]

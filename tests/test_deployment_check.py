@@ -30,8 +30,10 @@ def test_compare_separates_identical_volatile_and_differing_files(tmp_path):
         (root / "artifacts" / "model.json").write_text(json.dumps({"digest": digest + str(seconds)}))
         (root / "mlflow.db").write_bytes(str(seconds).encode())
         (root / "params.yaml").write_text(str(seconds))  # an input: not compared
-    out = compare(a, b)
+        (root / "artifacts" / "manifest.json").write_text(json.dumps({"source": f"{root}/beir", "n": 3}))
+    out = compare(a, b, container_root=str(a))
     assert out["identical"] == ["artifacts/same.bin"]
+    assert out["same_but_project_path"] == ["artifacts/manifest.json"]
     assert out["volatile_same_content"] == ["metrics/train.json"]
     assert out["differ"] == ["artifacts/model.json"]
     assert [v.split(":")[0] for v in out["volatile"]] == ["mlflow.db"]
