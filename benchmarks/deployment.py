@@ -54,6 +54,20 @@ VOLATILE: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+# what the deployment check exercises: its committed report is stale when one of these changes
+WATCHED = ("containers", "dags", "components/freshen/orchestration", "scripts/deploy", "scripts/check_deployment.sh")
+
+
+def inputs_digest(repo: Path = ROOT) -> str:
+    """sha256 over the git-tracked files under WATCHED (path and content), as checked out."""
+    listed = subprocess.run(["git", "ls-files", "-z", *WATCHED], cwd=repo, capture_output=True, check=True)
+    digest = hashlib.sha256()
+    for rel in sorted(filter(None, listed.stdout.decode().split("\0"))):
+        if (repo / rel).is_file():
+            digest.update(rel.encode() + b"\0" + (repo / rel).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def step_calls(num_shards: int) -> list[tuple[str, list[str]]]:
     """(label, freshen argv after the entrypoint) for every step of both pipelines, in order;
     a mapped step once per shard."""
@@ -198,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default="podman", help="docker or podman")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "deployment")
     parser.add_argument("--work", type=Path, default=None, help="keep the two projects here (default: a temp dir)")
+    parser.add_argument("--inputs-digest", action="store_true", help="print the digest of WATCHED files and exit")
     args = parser.parse_args(argv)
+    if args.inputs_digest:
+        print(inputs_digest())
+        return 0
 
     work = Path(args.work or tempfile.mkdtemp(prefix="freshen-deploy-"))
     container, host = work / "container", work / "host"

@@ -2,10 +2,11 @@
 which step calls it makes, and how it tells expected differences from real ones."""
 
 import json
+from pathlib import Path
 
 from freshen.orchestration.pipeline import REFRESH, TRAIN
 
-from benchmarks.deployment import CONTAINER_ROOT, compare, step_calls, unreadable
+from benchmarks.deployment import CONTAINER_ROOT, WATCHED, compare, inputs_digest, step_calls, unreadable
 
 
 def test_every_step_of_both_pipelines_is_called_a_mapped_one_once_per_shard():
@@ -50,3 +51,13 @@ def test_unreadable_names_files_and_folders_another_uid_cannot_read(tmp_path):
     (tmp_path / "closed").chmod(0o700)
     tmp_path.chmod(0o755)
     assert sorted(unreadable(tmp_path)) == ["closed (0o700)", "secret (0o600)"]
+
+
+def test_the_committed_deployment_report_was_made_from_the_current_containers_dags_and_orchestration():
+    """The check takes most of an hour, longer than CI: it is rerun by hand on every change to
+    what it exercises, and its output committed. This fails when that output is stale."""
+    committed = Path(__file__).resolve().parents[1] / "benchmarks/results/deployment/inputs.sha256"
+    assert committed.read_text().strip() == inputs_digest(), (
+        f"{', '.join(WATCHED)} changed since benchmarks/results/deployment/ was made: "
+        "rerun sudo scripts/check_deployment.sh and commit its output"
+    )
