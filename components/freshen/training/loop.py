@@ -18,24 +18,25 @@ import torch
 
 from freshen.integrity import diverged
 from freshen.modeling.corrector import Corrector
+from freshen.params import EncodeParams, TrainParams
 from freshen.progress import progress
 from freshen.sampling.tas import make_batches
 from freshen.training.corrector_trainer import CorrectorTrainer
 from freshen.training.data import Counters, TrainingData, TrainResult
 from freshen.training.hooks import Callbacks, Hooks
-from freshen.training.params import check_train_params
 from freshen.training.passages import Passages
 from freshen.training.refresher import Refresher
 from freshen.training.retriever import RetrieverUpdate
 from freshen.training.step_negatives import StepNegatives
 from freshen.training.validator import BestCheckpoint, Validator
 
-__all__ = ["Counters", "TrainResult", "Trainer", "check_train_params", "train"]
+__all__ = ["Counters", "TrainResult", "Trainer", "train"]
 log = logging.getLogger(__name__)
 
 
 class Trainer:
-    """One training run: its parts, built from the `train` section `p`; `run()` does the steps."""
+    """One training run: its parts, built from the `train` section `p` (and `encode_p`, how it
+    encodes in bulk: the schema's `encode` defaults when None); `run()` does the steps."""
 
     def __init__(
         self,
@@ -43,14 +44,15 @@ class Trainer:
         dataset,
         cache,
         cluster_of,
-        p: dict,
+        p: TrainParams,
         seed: int,
+        *,
+        encode_p: EncodeParams | None = None,
         teacher=None,
         on_log=None,
         on_eval=None,
         hooks: list[Hooks] | tuple = (),
     ):
-        check_train_params(p)
         self.encoder, self.p = encoder, p
         self.hooks = [Callbacks(on_log, on_eval), *hooks]
         self.rng = np.random.default_rng(seed)  # batches, each query's positive, the probe passages
@@ -58,8 +60,8 @@ class Trainer:
         self.data = TrainingData(dataset, cache, cluster_of, p, teacher)
         self.batches = make_batches(p, cluster_of, self.data.train_qids, self.rng)
         self.counters = Counters()
-        self.passages = Passages(encoder, self.data.doc_texts, p)
-        self.negatives = StepNegatives(self.data, cache, p["negatives"], seed)
+        self.passages = Passages(encoder, self.data.doc_texts, p, encode_p or EncodeParams())
+        self.negatives = StepNegatives(self.data, cache, p.negatives, seed)
         self.scorer = self.negatives.scorer
         self.validator = Validator(self.data, p, seed, self.rng, self.scorer, self.passages, self.counters)
         self.corrector_trainer = CorrectorTrainer.from_params(
@@ -123,8 +125,8 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> TrainResult:
         """All the steps, or the first `stop_after` of the schedule (a pilot), validated at the last.
         A pilot skips the step-0 validation: the pre-trained encoder is the same for every candidate."""
-        steps, eval_every = int(self.p["steps"]), int(self.p.get("eval_every", 0) or 0)
-        best = BestCheckpoint(int(self.p.get("early_stopping_patience", 0) or 0))
+        steps, eval_every = self.p.steps, self.p.eval_every
+        best = BestCheckpoint(self.p.early_stopping_patience)
         started = time.perf_counter()
         if eval_every and stop_after is None:  # step 0: the pre-trained encoder; keep_best may keep it
             val = self._validation(0, best)
@@ -160,12 +162,12 @@ class Trainer:
                 wall_seconds=round(self.counters.wall_seconds, 3),
             )
             self.curve.append(record)
-            logged = step % int(self.p.get("log_every", 10)) == 0 or step == steps or "refit_cos_after" in record
+            logged = step % self.p.log_every == 0 or step == steps or "refit_cos_after" in record
             self._emit(record, step, evaluated, logged)
             if best.stop:
                 log.info("early stopping at step %d: dev nDCG@10 did not improve for %d evaluations", step, best.bad)
                 break
-        if self.p.get("keep_best", True):
+        if self.p.keep_best:
             best.restore(self.encoder, self.corrector)
         self.counters.wall_seconds = time.perf_counter() - started
         return TrainResult(self.encoder, self.corrector, self.counters, self.curve, self.validations, best.step)
@@ -189,10 +191,12 @@ def train(
     dataset,
     cache,
     cluster_of: dict[str, int],
-    p: dict,
+    p: TrainParams,
     seed: int,
-    on_log=None,
+    *,
+    encode_p: EncodeParams | None = None,
     teacher=None,
+    on_log=None,
     on_eval=None,
     hooks: list[Hooks] | tuple = (),
 ) -> TrainResult:
@@ -200,5 +204,15 @@ def train(
     `on_log(record, step)` every `log_every` steps and at evaluations; `on_eval(record, counters)`
     after each evaluation."""
     return Trainer(
-        encoder, dataset, cache, cluster_of, p, seed, teacher=teacher, on_log=on_log, on_eval=on_eval, hooks=hooks
+        encoder,
+        dataset,
+        cache,
+        cluster_of,
+        p,
+        seed,
+        encode_p=encode_p,
+        teacher=teacher,
+        on_log=on_log,
+        on_eval=on_eval,
+        hooks=hooks,
     ).run()
