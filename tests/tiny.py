@@ -1,10 +1,13 @@
-"""Tiny test material made on the spot: a synthetic BEIR dataset and a random-weight BERT."""
+"""Tiny test material made on the spot: a synthetic BEIR dataset, a random-weight BERT, and train
+sections typed as the trainer takes them."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 TOPICS = {
     "cell": "cell protein gene membrane mitochondria receptor kinase enzyme".split(),
@@ -112,3 +115,24 @@ def make_tiny_bert(
         (path / "2_Normalize").mkdir(exist_ok=True)
         (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
     return path
+
+
+def train_params(train: dict[str, Any], **changes: Any):
+    """A `TrainParams` from a plain train section, complete (a test's params.yaml) or partial (the
+    schema's defaults fill in the rest), with `changes` merged in: a mapping updates the
+    sub-section it names (`negatives={"k": 3}` keeps the other negatives keys). Validated by the
+    schema, as params.yaml is: a bad value is a FreshenError naming the field."""
+    from freshen.params import validate_params
+
+    return validate_params({"train": merged(train, changes)}, "test params").train
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of `base` with `changes` applied, mappings merged key by key."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
