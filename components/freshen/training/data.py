@@ -5,6 +5,7 @@ the counters of what training spends."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from freshen.errors import FreshenError
@@ -37,6 +38,21 @@ class Counters:
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "target_passes_total": self.train_passage_passes + self.reembed_passes}
+
+    def add(self, counts: dict[str, int]) -> None:
+        """Add a step's counts (the false-negative filter's) to the counters of those names."""
+        for key, n in counts.items():
+            setattr(self, key, getattr(self, key) + n)
+
+    def stamp(self, record: dict, started: float) -> dict:
+        """`record` with the passes spent so far and the wall time since `started` (perf_counter)."""
+        self.wall_seconds = time.perf_counter() - started
+        record.update(
+            train_passage_passes=self.train_passage_passes,
+            reembed_passes=self.reembed_passes,
+            wall_seconds=round(self.wall_seconds, 3),
+        )
+        return record
 
 
 @dataclass

@@ -55,6 +55,14 @@ class StepNegatives:
             q_emb, self.k, exclude, positive_rows, self.fn_filter, corrector, self.generator, self.rng
         )
 
+    def mask_in_batch(self, q_emb: torch.Tensor, p_emb: torch.Tensor, mask: torch.Tensor) -> dict[str, int]:
+        """Mask (in place) the step's passages the false-negative margin rule flags for a query
+        (`false_negatives.in_batch`); its count `fn_in_batch`, or {} when the rule is off."""
+        f = self.fn_filter
+        if not (f.in_batch and f.has_margin):
+            return {}
+        return {"fn_in_batch": f.mask_in_batch(q_emb.detach(), p_emb.detach(), mask)}
+
     def embedded(self, step: int, rows: list[int], fresh: torch.Tensor) -> None:
         """The step embedded `rows` fresh (`fresh`): the overlay keeps them."""
         if self.overlay is not None:

@@ -30,6 +30,7 @@ class Validator:
     def __init__(self, data, p: TrainParams, seed: int, rng: np.random.Generator, scorer, passages, counters):
         self.dev, self.queries, doc_ids = data.dev, data.queries, data.doc_ids
         self.doc_ids, self.scorer, self.passages, self.counters = doc_ids, scorer, passages, counters
+        self.every = p.eval_every
         n_probe = min(p.probe_passages, len(doc_ids))
         self.probe_rows = sorted(rng.choice(len(doc_ids), size=n_probe, replace=False).tolist())
         # a random passage sample, its own stream (batches stay those of every other setting)
@@ -38,6 +39,10 @@ class Validator:
             np.sort(np.random.default_rng([seed, 3]).choice(len(doc_ids), size=n_overlap, replace=False))
         )
         self.overlap_k = min(p.overlap_k, n_overlap)
+
+    def due(self, step: int, steps: int) -> bool:
+        """Whether a run of `steps` steps validates after `step`: every `eval_every`, and the last."""
+        return bool(self.every) and (step % self.every == 0 or step == steps)
 
     @torch.no_grad()
     def validate(self, step: int, corrector=None, sampling_corrector=None) -> dict:
