@@ -400,7 +400,10 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
     # the next refresh of this champion (its cron tick) encodes nothing: the shards copy the rows
     # of the caches this model already made (reembed's, the refreshed one)
     encoded.clear()
-    again = bag.dags["freshen_cache_refresh"].test(run_conf={"orchestration.num_shards": 3})
+    # (`set` given: dag.test() in one process keeps the DAG object, and with it the last run's `set`)
+    again = bag.dags["freshen_cache_refresh"].test(
+        run_conf={"orchestration.num_shards": 3, "set": {"encode.reuse": True}}
+    )
     assert str(again.state) == "success", task_states(again)
     assert encoded == []
     reused = client.search_runs([exp.experiment_id], "tags.`freshen.unit` LIKE '%-of-3' and metrics.passes = 0")

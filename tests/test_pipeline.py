@@ -83,6 +83,7 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     assert "overlap_corrected_fresh" in curve[0] and "wall_seconds" in curve[0] and len(curve) == 1 + 1 + 6
     assert curve[1].startswith("0,")  # step 0: the pre-trained encoder's validation
     ev = json.loads((project / "metrics/eval.json").read_text())
+    assert ev["dev"]["queries"] == 3 and ev["test"]["queries"] == 12  # what a saturation warning names
     for split in ("dev", "test"):
         for system in ("zero_shot", "trained", "trained_stale_cache", "trained_corrected_cache", "bm25"):
             assert 0.0 <= ev[split][system]["ndcg_at_10"] <= 1.0
