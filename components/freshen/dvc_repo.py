@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -106,6 +107,8 @@ def why_not_recorded(root: Path, overrides: dict, enabled: bool = True) -> str |
     with a dvc.yaml, DVC versioning on, and no override of a key any stage reads."""
     if not enabled:
         return "orchestration.dvc.enabled is false"
+    if importlib.util.find_spec("dvc") is None:
+        return "DVC is not installed where this task runs (pip install dvc, as in requirements/constraints.txt)"
     if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
         return f"{root} has no DVC pipeline (.dvc/ and dvc.yaml): nothing to record"
     changed = sorted(k for k in overrides if k.split(".")[0] not in NOT_STAGE_PARAMS)
