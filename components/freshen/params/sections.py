@@ -62,6 +62,11 @@ class EncodeParams(Section):
         "auto", "auto: bf16 on GPUs and on CPUs with native bf16, else fp32."
     )
     device: str = doc("auto", "auto (the GPU when there is one), cpu, cuda or cuda:N.")
+    reuse: bool = doc(
+        True,
+        "Copy rows from a complete cache made by the same model, corpus and embedding settings instead "
+        "of encoding again (false: always encode, e.g. after changing the encoding code).",
+    )
 
 
 class ClusterParams(Section):
