@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tiny import make_beir, make_tiny_bert, small_params  # noqa: E402
+from tiny import make_beir, make_tiny_bert, tiny_params_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def tiny_beir(tmp_path) -> Path:
 @pytest.fixture()
 def tiny_params(tmp_path, tiny_model, tiny_beir):
     """params.yaml of the repo, pointed at tiny data and a tiny model, with small settings."""
-    return small_params(REPO / "params.yaml", tiny_model, tiny_beir)
+    return tiny_params_for(REPO / "params.yaml", tiny_model, tiny_beir)
 
 
 @pytest.fixture()

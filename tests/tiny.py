@@ -1,10 +1,16 @@
-"""Tiny test material made on the spot: a synthetic BEIR dataset and a random-weight BERT."""
+"""Tiny test material made on the spot: a synthetic BEIR dataset, a random-weight BERT, params
+pointed at them, and a whole project folder from the three.
+
+`python tests/tiny.py DIR` writes such a project (the deployment check runs every step on it)."""
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 TOPICS = {
     "cell": "cell protein gene membrane mitochondria receptor kinase enzyme".split(),
@@ -114,14 +120,13 @@ def make_tiny_bert(
     return path
 
 
-def small_params(params_yaml: Path, model: Path | str, beir: Path | str) -> dict:
-    """The params of `params_yaml`, pointed at a tiny BEIR folder and a tiny model, with settings
-    small enough for a test (a few training steps, tiny batches). Paths are used as given."""
+def tiny_params_for(params_file: Path, tiny_model: Path | str, tiny_beir: Path | str) -> dict:
+    """The params in `params_file` pointed at a tiny model and dataset, with small settings."""
     import yaml
 
-    params = yaml.safe_load(Path(params_yaml).read_text())
-    params["data"].update(local_dir=str(beir), url=None, sha256={}, verify=False, min_dev_queries=1)
-    params["model"].update(name_or_path=str(model), query_max_len=16, passage_max_len=32)
+    params = yaml.safe_load(Path(params_file).read_text())
+    params["data"].update(local_dir=str(tiny_beir), url=None, sha256={}, verify=False, min_dev_queries=1)
+    params["model"].update(name_or_path=str(tiny_model), query_max_len=16, passage_max_len=32)
     params["encode"].update(batch_size=16, precision="fp32")
     params["cluster"].update(queries_per_cluster=6, niter=5)
     # keep_best off: on a 3-query dev split the training-time index can rank step 0 (the random-weight
@@ -142,3 +147,22 @@ def small_params(params_yaml: Path, model: Path | str, beir: Path | str) -> dict
     params["train"]["negatives"].update(k=2)
     params["train"]["corrector"].update(hidden=32, warmup_steps=2)
     return params
+
+
+def make_project(root: Path) -> Path:
+    """A project folder steps run in: params.yaml (the repo's, made tiny), a tiny dataset and
+    model inside it, named by relative paths so the folder can be mounted or copied anywhere."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    make_beir(root / "tiny-beir")
+    make_tiny_bert(root / "tiny-bert")
+    params = tiny_params_for(REPO / "params.yaml", "tiny-bert", "tiny-beir")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python tests/tiny.py DIR  (writes a tiny project there)")
+    print(make_project(Path(sys.argv[1])))

@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from airflow_env import airflow_env  # noqa: E402
-from live_airflow import Api, Processes, airflow_command, airflow_config, free_port  # noqa: E402
-from tiny import make_beir, make_tiny_bert, small_params  # noqa: E402
+from airflow_service import Api, Processes, airflow_command, airflow_config, free_port  # noqa: E402
+from tiny import make_project  # noqa: E402
 
 TRAIN, REFRESH = "freshen_train", "freshen_cache_refresh"
 NUM_SHARDS = 3  # given through $FRESHEN_SET; the project's params.yaml keeps the repository's value
@@ -87,14 +87,11 @@ class Report:
 # ---------------------------------------------------------------- the project and its services
 
 
-def make_project(root: Path, runner: str) -> dict:
-    """A tiny project: BEIR data and a random BERT inside it, small params, DVC initialised."""
-    root.mkdir(parents=True)
-    make_beir(root / "data" / "tiny-beir")
-    model = make_tiny_bert(root / "models" / "tiny-bert")
-    # containers see the project at orchestration.container_root: paths relative to it there
-    model_path = "models/tiny-bert" if runner == "docker" else str(model)
-    params = small_params(REPO / "params.yaml", model_path, "data/tiny-beir")
+def prepare_project(root: Path, runner: str) -> dict:
+    """The tiny project of tests/tiny.py (data and model inside it, named by relative paths),
+    retried once after 5 s, DVC initialised; owned by the image's user for the docker runner."""
+    make_project(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
     params["orchestration"].update(retries=1, retry_delay_s=5)
     expect(params["orchestration"]["num_shards"] != NUM_SHARDS, "params.yaml must differ from $FRESHEN_SET's K")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -182,7 +179,7 @@ def check_runner(runner: str, args, work: Path, report: Report) -> None:
     procs = Processes(env, work / "logs")
     try:
         with report.phase("tiny project"):
-            params = make_project(project, runner)
+            params = prepare_project(project, runner)
         name = params["promote"]["registered_model"]
         if runner == "docker":
             with report.phase("mlflow server"):
