@@ -170,6 +170,29 @@ def wait_for_new_run(api: Api, dag_id: str, run_type: str, known: set[str], time
     return None
 
 
+def remove_containers(docker_url: str, project: Path) -> list[str]:
+    """Remove the containers that mount `project` (the steps of this check, left running or
+    stopped by an interrupted run); returns their ids."""
+    import docker
+
+    client = docker.DockerClient(base_url=docker_url)
+    ours = [
+        c
+        for c in client.containers.list(all=True)
+        if any(m.get("Source") == str(project) for m in c.attrs.get("Mounts") or [])
+    ]
+    for container in ours:
+        container.remove(force=True)
+    return [c.short_id for c in ours]
+
+
+def error_lines(home: Path, dag_id: str, run_id: str) -> int:
+    """Lines logged at level error in the task logs of one run, though every task succeeded
+    (what a step prints on stderr lands there: progress bars, library warnings)."""
+    folder = home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+    return sum(f.read_text(errors="replace").count('"level":"error"') for f in folder.rglob("*.log"))
+
+
 def check_runner(runner: str, args, work: Path, report: Report) -> None:
     project = work / "project"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FRESHEN_", "MLFLOW_"))}
@@ -221,6 +244,7 @@ def check_runner(runner: str, args, work: Path, report: Report) -> None:
             expect(done["state"] == "success", f"train run {done['state']}: {states}")
             expect(set(states.values()) == {"success"}, f"not every task succeeded: {states}")
             report.fact(train_run_1=run_id, train_tasks=len(states))
+            report.fact(train_run_1_error_log_lines=error_lines(work / "airflow-home", TRAIN, run_id))
 
         with report.phase("champion moved (MLflow registry)"):
             client = mlflow_client(mlflow_uri)
@@ -247,6 +271,7 @@ def check_runner(runner: str, args, work: Path, report: Report) -> None:
             merged = json.loads((project / params["orchestration"]["refresh_dir"] / "manifest.json").read_text())
             expect(merged["num_shards"] == NUM_SHARDS, f"merged cache manifest: {merged}")
             report.fact(refresh_run=rid, mapped_shards=len(shards), serving_folder=pointer["folder"])
+            report.fact(refresh_error_log_lines=error_lines(work / "airflow-home", REFRESH, rid))
 
         with report.phase("train run 2 (worse challenger): champion and refresh untouched"):
             run_id = api.trigger(TRAIN, {"train.steps": 2, "promote.min_improvement": 1.0})
@@ -270,7 +295,10 @@ def check_runner(runner: str, args, work: Path, report: Report) -> None:
         with report.phase("stop every process started"):
             stopped = procs.stop(grace_s=args.grace)
             report.fact(sigkilled_after_grace=len(stopped["killed"]), processes_left=stopped["left"])
+            if runner == "docker":
+                report.fact(containers_left=remove_containers(args.docker_url, project))
             expect(not stopped["left"], f"processes still running after SIGKILL: {stopped['left']}")
+            expect(not report.data["facts"].get("containers_left"), "step containers were left behind")
 
 
 # ---------------------------------------------------------------- docker prerequisites, output, main
