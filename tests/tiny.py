@@ -1,13 +1,18 @@
-"""Tiny test material made on the spot: a synthetic BEIR dataset, a random-weight BERT, and train
-sections typed as the trainer takes them."""
+"""Tiny test material made on the spot: a synthetic BEIR dataset, a random-weight BERT, train
+sections typed as the trainer takes them, params pointed at them, and a whole project folder.
+
+`python tests/tiny.py DIR` writes such a project (the deployment check runs every step on it)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
 
 TOPICS = {
     "cell": "cell protein gene membrane mitochondria receptor kinase enzyme".split(),
@@ -136,3 +141,51 @@ def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def tiny_params_for(params_file: Path, tiny_model: Path | str, tiny_beir: Path | str) -> dict:
+    """The params in `params_file` pointed at a tiny model and dataset, with small settings."""
+    import yaml
+
+    params = yaml.safe_load(Path(params_file).read_text())
+    params["data"].update(local_dir=str(tiny_beir), url=None, sha256={}, verify=False, min_dev_queries=1)
+    params["model"].update(name_or_path=str(tiny_model), query_max_len=16, passage_max_len=32)
+    params["encode"].update(batch_size=16, precision="fp32")
+    params["cluster"].update(queries_per_cluster=6, niter=5)
+    # keep_best off: on a 3-query dev split the training-time index can rank step 0 (the random-weight
+    # model) first, and the end-to-end tests promote a trained model; the tests of keep_best set it on
+    params["train"].update(
+        steps=6,
+        batch_size=4,
+        log_every=2,
+        passage_max_len=32,
+        lr=1e-3,
+        eval_every=3,
+        probe_passages=8,
+        overlap_passages=30,
+        overlap_k=5,
+        keep_best=False,
+    )
+    params["train"]["pilot"]["steps"] = 2
+    params["train"]["negatives"].update(k=2)
+    params["train"]["corrector"].update(hidden=32, warmup_steps=2)
+    return params
+
+
+def make_project(root: Path) -> Path:
+    """A project folder steps run in: params.yaml (the repo's, made tiny), a tiny dataset and
+    model inside it, named by relative paths so the folder can be mounted or copied anywhere."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    make_beir(root / "tiny-beir")
+    make_tiny_bert(root / "tiny-bert")
+    params = tiny_params_for(REPO / "params.yaml", "tiny-bert", "tiny-beir")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python tests/tiny.py DIR  (writes a tiny project there)")
+    print(make_project(Path(sys.argv[1])))

@@ -73,7 +73,7 @@ def evaluate_and_write(params: Params, root: Path, log=NullLog()) -> dict:
             f"documents are in another order than in {stale.path}: rebuild both caches (dvc repro)",
         )
     model_dir = path(root, params.train.out_dir)
-    zero_shot = place(Encoder.from_params(params.model.model_dump()), enc_p.device)
+    zero_shot = place(Encoder.from_params(params.model.model_dump(), root), enc_p.device)
     trained = place(Encoder.load(model_dir / "encoder"), enc_p.device)
     corrector = (
         Corrector.load(model_dir / "corrector", expect_dim=stale.dim) if (model_dir / "corrector").is_dir() else None

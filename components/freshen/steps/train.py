@@ -130,7 +130,7 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
         Corrector.load(path(root, t.corrector.init), expect_dim=cache.dim)  # fail before training
 
     def pretrained():
-        encoder = place(Encoder.from_params(params.model.model_dump()), t.device)
+        encoder = place(Encoder.from_params(params.model.model_dump(), root), t.device)
         if encoder.dim != cache.dim:
             raise FreshenError(
                 f"{cache.path}/manifest.json: field 'dim': cache dim {cache.dim} does not match "
