@@ -81,7 +81,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def main() -> None:
-    from freshen.sampling.scorer import ANN_INDEX
+    from freshen.params.train import NegativesParams
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="corpus rows (the cache)")
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=1.0, help="row noise around its centre (relative norm)")
     ap.add_argument("--query-noise", type=float, default=0.5, help="query noise around its corpus row")
     ap.add_argument("--queries", type=int, default=1000, help="search batch of part (a)")
-    ap.add_argument("--index", default=ANN_INDEX, help="ANN faiss index_factory string")
+    ap.add_argument("--index", default=NegativesParams().ann_index, help="ANN faiss index_factory string")
     ap.add_argument("--nprobe", type=int, default=64)
     ap.add_argument("--ef-search", type=int, default=128, help="HNSW efSearch for part (a)")
     ap.add_argument("--batch", type=int, default=32, help="training queries per select() call")
@@ -140,14 +140,14 @@ def main() -> None:
     h = random_corrector(args.dim, args.drift, table[:4096], args.seed)
     q_np, pos = near_rows(corpus, args.batch, args.query_noise, rng)
     q, exclude = torch.from_numpy(q_np), [[int(r)] for r in pos]
-    neg_p = {
-        "selection": "topk",
-        "ann_threshold": args.rows - 1,
-        "ann_candidates": args.candidates,
-        "ann_index": args.index,
-        "ann_nprobe": args.nprobe,
-    }
-    scorer = CacheScorer(table, neg_p)
+    neg = NegativesParams(
+        selection="topk",
+        ann_threshold=args.rows - 1,
+        ann_candidates=args.candidates,
+        ann_index=args.index,
+        ann_nprobe=args.nprobe,
+    )
+    scorer = CacheScorer(table, neg)
     print(f"(b) scorer index {args.index} built in {scorer.index_build_s:.2f} s", flush=True)
     t = time.perf_counter()
     exact, _ = chunked_topk(q, table, max(ks), exclude, corrector=h)

@@ -4,7 +4,8 @@ One task per step of the train pipeline (`freshen.orchestration.pipeline.TRAIN`,
 `freshen <step>` run where orchestration.runner (params.yaml) says, after `start_run` opened the
 MLflow parent run. Params of a run override params.yaml keys. After the last step,
 publish_champion updates the `freshen_champion` Asset only when `champion` moved, which triggers
-freshen_cache_refresh; end_run closes the parent run. See docs/orchestration.md."""
+freshen_cache_refresh; record_outputs records the outputs in dvc.lock (`dvc commit`) when the
+run made what params.yaml gives; end_run closes the parent run. See docs/orchestration.md."""
 
 from datetime import datetime, timezone
 
@@ -29,7 +30,10 @@ project = ft.load_project(__file__)
 def freshen_train():
     run = ft.start_run(project, TRAIN.kind)
     steps = ft.steps(project, TRAIN, run)
-    [steps[name] for name in TRAIN.last()] >> ft.publish_champion(project, run) >> ft.end_run(project, run)
+    after = [ft.publish_champion(project, run), ft.record_outputs(project, run, TRAIN.names)]
+    for name in TRAIN.last():
+        steps[name] >> after
+    after >> ft.end_run(project, run)
 
 
 freshen_train()

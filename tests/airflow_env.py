@@ -17,13 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 _state: dict = {}
 
 
+def airflow_env(home: Path) -> dict[str, str]:
+    """The variables that make `home` an Airflow home running the repo's dags/ and no examples."""
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    }
+
+
 def use_temp_airflow_home() -> Path:
     if "home" not in _state:
         home = Path(tempfile.mkdtemp(prefix="freshen-airflow-home-"))
         atexit.register(shutil.rmtree, home, True)
-        os.environ.update(
-            AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags")
-        )
+        os.environ.update(airflow_env(home))
         _state["home"] = home
     return _state["home"]
 

@@ -1,17 +1,18 @@
 """The DAGs' expected tasks and edges (upstream, downstream): the steps and edges of
 freshen.orchestration.pipeline, plus what Airflow adds around them: start_run before every task
-that reads its XCom, plan_shards before the mapped step, publish_champion after the train
-pipeline, end_run last."""
+that reads its XCom, plan_shards before the mapped step, publish_champion and record_outputs
+after the train pipeline, end_run last."""
 
 from freshen.orchestration.pipeline import REFRESH, TRAIN
 
 TRAIN_STEPS = TRAIN.names
-TRAIN_TASKS = {"start_run", *TRAIN_STEPS, "publish_champion", "end_run"}
+AFTER_TRAIN = ("publish_champion", "record_outputs")
+TRAIN_TASKS = {"start_run", *TRAIN_STEPS, *AFTER_TRAIN, "end_run"}
 TRAIN_EDGES = (
     {("start_run", t) for t in TRAIN_TASKS - {"start_run"}}
     | TRAIN.edges()
-    | {(last, "publish_champion") for last in TRAIN.last()}
-    | {("publish_champion", "end_run")}
+    | {(last, after) for last in TRAIN.last() for after in AFTER_TRAIN}
+    | {(after, "end_run") for after in AFTER_TRAIN}
 )
 
 MAPPED = {s.name for s in REFRESH.steps if s.mapped}

@@ -73,7 +73,6 @@ def test_normalize_is_saved_and_old_folders_load_without_it(tmp_path):
     (tmp_path / "c" / "corrector.json").write_text(json.dumps(cfg))
     old = Corrector.load(tmp_path / "c", expect_dim=8)
     assert not old.normalize and not torch.allclose(old(x).norm(dim=-1), torch.ones(3))
-    assert Corrector.from_params(8, {"normalize": True}).normalize
 
 
 def test_save_load_and_dimension_check(tmp_path):

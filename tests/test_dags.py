@@ -316,7 +316,8 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
     run = bag.dags["freshen_train"].test(run_conf={"train.steps": 4, "set": {"train.log_every": 1}})
     states = task_states(run)
     assert str(run.state) == "success", states
-    assert {t for (t, _), (s, _) in states.items() if s == "success"} == TRAIN_TASKS
+    assert {t for (t, _), (s, _) in states.items() if s == "success"} == TRAIN_TASKS - {"record_outputs"}
+    assert states[("record_outputs", -1)][0] == "skipped"  # no dvc.yaml here (tests/test_dvc_repo.py has one)
     mlflow.set_tracking_uri(mlflow_uri)
     client = MlflowClient()
     name = tiny_params["promote"]["registered_model"]
@@ -333,10 +334,13 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
         {"registered_model": name, "version": "1", "previous": None, "parent_run_id": parent.info.run_id}
     ]
 
-    # refresh with K = 3; shard 1 dies after its first chunk and is retried, resuming from there
-    real, attempts = embed_corpus.encode_chunks, []
+    # refresh with K = 3, every shard encoded (encode.reuse false: the rows `reembed` wrote for this
+    # model would be copied otherwise, see below); shard 1 dies after its first chunk and is
+    # retried, resuming from there
+    real, attempts, encoded = embed_corpus.encode_chunks, [], []
 
     def flaky(encoder, texts, kind, sink, on_chunk=None, **kw):
+        encoded.append(kw.get("desc", ""))
         if "shard 2/3" not in kw.get("desc", ""):
             return real(encoder, texts, kind, sink, on_chunk=on_chunk, **kw)
         attempts.append(kw.get("start_row", 0))
@@ -350,7 +354,9 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
         return real(encoder, texts, kind, sink, on_chunk=dies_after_first_chunk, **kw)
 
     monkeypatch.setattr(embed_corpus, "encode_chunks", flaky)
-    refresh = bag.dags["freshen_cache_refresh"].test(run_conf={"orchestration.num_shards": 3})
+    refresh = bag.dags["freshen_cache_refresh"].test(
+        run_conf={"orchestration.num_shards": 3, "set": {"encode.reuse": False}}
+    )
     states = task_states(refresh)
     assert str(refresh.state) == "success", states
     assert states[("reembed_shard", 1)] == ("success", 2) and states[("reembed_shard", 0)][1] == 1
@@ -390,6 +396,21 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
         f"tags.`mlflow.parentRunId` = '{refresh_parent.info.run_id}' and tags.`freshen.unit` = '1-of-3'",
     )
     assert sorted(r.info.status for r in shard_runs) == ["FAILED", "FINISHED"]
+
+    # the next refresh of this champion (its cron tick) encodes nothing: the shards copy the rows
+    # of the caches this model already made (reembed's, the refreshed one)
+    encoded.clear()
+    # (`set` given: dag.test() in one process keeps the DAG object, and with it the last run's `set`)
+    again = bag.dags["freshen_cache_refresh"].test(
+        run_conf={"orchestration.num_shards": 3, "set": {"encode.reuse": True}}
+    )
+    assert str(again.state) == "success", task_states(again)
+    assert encoded == []
+    reused = client.search_runs([exp.experiment_id], "tags.`freshen.unit` LIKE '%-of-3' and metrics.passes = 0")
+    assert sorted(r.data.metrics["passes_saved"] for r in reused) == [20, 20, 20]
+    np.testing.assert_array_equal(
+        np.asarray(load_cache(root / orch["refresh_dir"]).embeddings), np.asarray(single.embeddings)
+    )  # reembed's rows, copied
 
     # a worse challenger never takes champion, and publishes no Asset event
     worse = bag.dags["freshen_train"].test(run_conf={"train.steps": 2, "promote.min_improvement": 1.0})

@@ -148,3 +148,18 @@ def test_missing_encoder_weights_and_bad_meta_are_named(saved_encoder):
     (saved_encoder / "model.safetensors").unlink()
     with pytest.raises(DataError, match=r"enc: cannot load the model: .*no file named model\.safetensors"):
         Encoder.load(saved_encoder)
+
+
+def test_a_relative_model_path_is_found_in_the_project_from_any_working_directory(tmp_path, mlflow_uri, monkeypatch):
+    """model.name_or_path, like data.local_dir, may name a folder inside the project: a step run
+    with --root from another working directory (an Airflow worker's) finds it there."""
+    from freshen.cli import main
+    from tiny import make_project
+
+    root = make_project(tmp_path / "proj")  # params.yaml names the model "tiny-bert"
+    monkeypatch.chdir(tmp_path)
+    assert not (tmp_path / "tiny-bert").exists()
+    assert main(["prepare", "--root", str(root)]) == 0
+    assert main(["embed-cache", "--root", str(root)]) == 0
+    manifest = json.loads((root / "artifacts/cache/initial/manifest.json").read_text())
+    assert manifest["count"] == 60 and manifest["model"] == "tiny-bert"  # recorded as named, not resolved

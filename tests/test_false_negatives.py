@@ -7,10 +7,12 @@ import torch
 from freshen.errors import DataError, FreshenError
 from freshen.modeling.encoder import Encoder
 from freshen.params import validate_params
+from freshen.params.train import NegativesParams
 from freshen.sampling.false_negatives import FalseNegativeFilter
 from freshen.sampling.selection import Selection
-from freshen.training.loop import Trainer, check_train_params
+from freshen.training.loop import Trainer
 from recorder import Recorder
+from tiny import train_params
 
 ROWS = torch.tensor([[10, 11, 12, 13, 14, 15]])
 SCORES = torch.tensor([[0.99, 0.90, 0.80, 0.70, 0.60, 0.50]])
@@ -71,22 +73,21 @@ def test_in_batch_passages_the_rule_flags_are_masked():
 
 def test_training_reports_what_the_rules_removed(tiny_training):
     ds, cache, clusters, params = tiny_training
-    p = {
-        **params["train"],
-        "precision": "fp32",
-        "steps": 3,
-        "eval_every": 0,
-        "negatives": {
-            **params["train"]["negatives"],
+    p = train_params(
+        params["train"],
+        precision="fp32",
+        steps=3,
+        eval_every=0,
+        negatives={
             "strategy": "stale",
             "candidates": 20,
             "false_negatives": {"relative_margin": 0.02, "range_min": 1, "in_batch": True},
         },
-    }
+    )
     rec = Recorder()
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5, hooks=[rec])
     records = [t.step(s) for s in range(1, 4)]
-    b = p["batch_size"]
+    b = p.batch_size
     assert all(r["fn_rank"] == b for r in records)  # the top candidate of every query skipped
     assert all({"fn_margin", "fn_short", "fn_in_batch"} <= set(r) for r in records)
     assert t.counters.fn_rank == 3 * b and t.counters.fn_margin == sum(r["fn_margin"] for r in records)
@@ -104,7 +105,7 @@ def test_lower_grades_are_neither_positives_nor_negatives(tiny_training):
     train[q] = {**{d: 2 for d in train[q]}, weak: 1}
     for other in sorted(train)[1:]:
         train[other] = {d: 2 for d in train[other]}
-    p = {**params["train"], "precision": "fp32", "steps": 2, "eval_every": 0, "min_positive_grade": 2}
+    p = train_params(params["train"], precision="fp32", steps=2, eval_every=0, min_positive_grade=2)
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
     assert weak not in t.data.positives[q]
     assert t.data.row_of[weak] in t.data.pos_rows[q]  # excluded from its negatives and masked in-batch
@@ -112,27 +113,28 @@ def test_lower_grades_are_neither_positives_nor_negatives(tiny_training):
 
 def test_a_minimum_grade_that_leaves_a_query_without_positive_is_refused(tiny_training):
     ds, cache, clusters, params = tiny_training
-    p = {**params["train"], "precision": "fp32", "min_positive_grade": 2}  # the tiny qrels grade everything 1
+    p = train_params(params["train"], precision="fp32", min_positive_grade=2)  # the tiny qrels grade everything 1
     with pytest.raises(FreshenError, match=r"train.min_positive_grade.*2 leaves \d+ of \d+ training queries"):
         Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
 
 
 @pytest.mark.parametrize(
-    "key,value",
+    "key,value,message",
     [
-        ("relative_margin", 1.5),
-        ("relative_margin", -0.1),
-        ("absolute_margin", 2),
-        ("relative_margin", "high"),
-        ("range_min", -1),
-        ("in_batch", "yes"),
+        ("relative_margin", 1.5, "Input should be less than or equal to 1, got 1.5"),
+        ("relative_margin", -0.1, "Input should be greater than or equal to 0, got -0.1"),
+        ("absolute_margin", 2, "Input should be less than or equal to 1, got 2"),
+        ("relative_margin", "high", "Input should be a valid number, got 'high'"),
+        ("range_min", -1, "Input should be greater than or equal to 0, got -1"),
+        ("in_batch", "yes", "Input should be a valid boolean, got 'yes'"),
     ],
 )
-def test_bad_false_negative_params_are_refused(key, value):
-    with pytest.raises(FreshenError, match=f"train.negatives.false_negatives.{key}"):
-        check_train_params({"negatives": {"strategy": "stale", "false_negatives": {key: value}}})
-    with pytest.raises(FreshenError, match="train.min_positive_grade"):
-        check_train_params({"negatives": {"strategy": "stale"}, "min_positive_grade": 0})
+def test_bad_false_negative_params_are_refused(key, value, message):
+    with pytest.raises(FreshenError) as err:
+        train_params({"negatives": {"strategy": "stale", "false_negatives": {key: value}}})
+    assert f"train.negatives.false_negatives.{key}: {message}" in str(err.value)
+    with pytest.raises(FreshenError, match="train.min_positive_grade: Input should be greater than or equal to 1"):
+        train_params({"negatives": {"strategy": "stale"}, "min_positive_grade": 0})
 
 
 def test_a_dev_split_too_small_to_judge_promotion_is_refused(tiny_params, tmp_path):
@@ -169,8 +171,8 @@ def test_filtered_selection_is_the_same_on_the_exact_and_the_ann_path(corrector_
     rule = FalseNegativeFilter(relative_margin=0.05, range_min=2)
     picks = []
     for p in (
-        {"candidates": 40},
-        {"candidates": 40, "ann_threshold": 1000, "ann_candidates": 300, "ann_index": "Flat"},
+        NegativesParams(candidates=40),
+        NegativesParams(candidates=40, ann_threshold=1000, ann_candidates=300, ann_index="Flat"),
     ):
         scorer = CacheScorer(cache, p)
         rows, unusable, counts = scorer.select_filtered(q, 4, exclude, positives, rule, corrector=h)
@@ -188,10 +190,10 @@ def test_top_grades_train_on_each_query_s_highest_grade_only(tiny_training, grad
     own = next(iter(train[q]))
     weak = [d for d in ds.doc_ids() if d not in train[q]][:3]
     train[q] = {own: 2, **{d: 1 for d in weak}}  # one grade-2 passage, three grade-1
-    p = {**params["train"], "precision": "fp32", "steps": 2, "eval_every": 0, "positive_grades": grades}
+    p = train_params(params["train"], precision="fp32", steps=2, eval_every=0, positive_grades=grades)
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
     assert t.data.positives[q] == ([own] if grades == "top" else [own, *weak])
     assert t.data.positives[other] == list(train[other])  # binary qrels: top changes nothing
     assert {t.data.row_of[d] for d in [own, *weak]} == set(t.data.pos_rows[q])  # all of them never negatives
-    with pytest.raises(FreshenError, match="train.positive_grades"):
-        check_train_params({"negatives": {"strategy": "stale"}, "positive_grades": "best"})
+    with pytest.raises(FreshenError, match="train.positive_grades: Input should be 'top' or 'all', got 'best'"):
+        train_params({"negatives": {"strategy": "stale"}, "positive_grades": "best"})

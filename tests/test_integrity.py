@@ -16,6 +16,7 @@ from freshen.modeling.encoder import Encoder
 from freshen.params import validate_params
 from freshen.steps import cluster_queries, embed_cache, prepare, train
 from freshen.training.loop import Trainer
+from tiny import train_params
 
 
 @pytest.fixture()
@@ -92,15 +93,10 @@ def test_a_diverging_run_stops_naming_the_step(tiny_training):
     """lr 1e8 blows the encoder up within a few steps: the step it happens at is named, not a
     misleading error from the negative sampler downstream."""
     ds, cache, clusters, params = tiny_training
-    p = {
-        **params["train"],
-        "precision": "fp32",
-        "steps": 6,
-        "eval_every": 0,
-        "pilot": None,
-        "lr": 1e8,
-        "warmup_steps": 0,
-    }
+    p = train_params(
+        params["train"], precision="fp32", steps=6, eval_every=0, pilot={"candidates": []}, lr=1e8, warmup_ratio=0.0
+    )
+
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=5)
     with pytest.raises(
         FreshenError,

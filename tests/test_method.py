@@ -11,10 +11,12 @@ from freshen.data.teacher import read_teacher_scores
 from freshen.errors import DataError, FreshenError
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
+from freshen.params.train import NegativesParams
 from freshen.sampling.negatives import chunked_topk
 from freshen.sampling.scorer import CacheScorer
-from freshen.training.loop import check_train_params, train
+from freshen.training.loop import train
 from recorder import Recorder
+from tiny import train_params
 
 
 def _linear(dim, seed=0):
@@ -36,7 +38,7 @@ def test_linear_corrector_is_exact_search_on_the_stale_cache():
     assert torch.allclose(direct, q @ h(cache.float()).T, atol=1e-4)
     transformed, _ = chunked_topk(q_t, cache, 10, [[]] * 5, chunk_size=64)
     assert torch.equal(through, transformed)
-    scorer = CacheScorer(cache, {"selection": "topk"})
+    scorer = CacheScorer(cache, NegativesParams(selection="topk"))
     assert torch.equal(scorer.select(q, 10, [[]] * 5, [0] * 5, corrector=h), through)
     # the scorer takes the shortcut: it searches the raw cache with W^T q, no row goes through h
     q_eff, cor = scorer.query_for(q, h)
@@ -52,7 +54,7 @@ def test_normalized_linear_corrector_is_scored_through_its_rows():
     cache, q = torch.randn(300, 12, generator=g).half(), torch.randn(5, 12, generator=g)
     h = _linear(12)
     h.normalize = True
-    scorer = CacheScorer(cache, {"selection": "topk"})
+    scorer = CacheScorer(cache, NegativesParams(selection="topk"))
     q_eff, cor = scorer.query_for(q, h)
     assert cor is h and torch.equal(q_eff, q)
     expected = torch.topk(q @ torch.nn.functional.normalize(h.linear(cache.float()), dim=-1).T, 10).indices
@@ -71,7 +73,7 @@ def test_ann_candidates_rescored_by_the_corrector(selection):
     h = Corrector(16, "residual_mlp", hidden=16)
     exclude = [[int(r) for r in chunked_topk(q[i : i + 1], cache, 3, [[]])[0][0]] for i in range(8)]
     exact, _ = chunked_topk(q, cache, 10, exclude, corrector=h)
-    p = {"selection": selection, "ann_threshold": 1000, "ann_candidates": 200, "ann_index": "Flat", "candidates": 50}
+    p = NegativesParams(selection=selection, ann_threshold=1000, ann_candidates=200, ann_index="Flat", candidates=50)
     scorer = CacheScorer(cache, p)
     assert scorer.index is not None and scorer.index.ntotal == 3000
     rows = scorer.select(
@@ -96,9 +98,7 @@ def tiny(tiny_training):
 
 
 def _params(tiny_params, **train):
-    p = {**tiny_params["train"], "precision": "fp32"}
-    neg = {**p["negatives"], **train.pop("negatives", {})}
-    return {**p, **train, "negatives": neg}
+    return train_params(tiny_params["train"], precision="fp32", **train)
 
 
 def test_validation_keeps_the_best_checkpoint(tiny):
@@ -117,16 +117,17 @@ def test_validation_keeps_the_best_checkpoint(tiny):
     # the returned encoder is the best one: validating it again gives the best score
     from freshen.training.loop import Trainer
 
-    again = Trainer(res.encoder, ds, cache, clusters, {**p, "negatives": {**p["negatives"]}}, seed=3)
+    again = Trainer(res.encoder, ds, cache, clusters, p, seed=3)
     again.corrector.load_state_dict(res.corrector.state_dict())
-    assert again.validate(p["steps"] + 1000)["dev_ndcg_at_10"] == pytest.approx(max(scores), abs=1e-6)
+    assert again.validate(p.steps + 1000)["dev_ndcg_at_10"] == pytest.approx(max(scores), abs=1e-6)
 
 
 def test_early_stopping_stops(tiny):
     ds, cache, clusters, params = tiny
-    p = _params(params, steps=40, eval_every=1, early_stopping_patience=2, lr=0.0, warmup_ratio=0.0)
+    p = _params(params, steps=40, eval_every=1, early_stopping_patience=2, lr=1e-30, warmup_ratio=0.0)
     res = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
-    # lr 0: dev nDCG never improves on step 0's (the pre-trained encoder), so training stops at step 2
+    # lr 1e-30 (the schema wants lr > 0): each update is far below float32 resolution, so dev
+    # nDCG never improves on step 0's (the pre-trained encoder) and training stops at step 2
     assert len(res.curve) == 2 and res.best_step == 0
 
 
@@ -144,8 +145,13 @@ def test_corrector_replay_window_and_updates(tiny):
     from freshen.training.loop import Trainer
 
     ds, cache, clusters, params = tiny
-    p = _params(params, steps=5, eval_every=0, negatives={"strategy": "corrected"})
-    p["corrector"] = {**p["corrector"], "replay_steps": 3, "updates_per_step": 4}
+    p = _params(
+        params,
+        steps=5,
+        eval_every=0,
+        negatives={"strategy": "corrected"},
+        corrector={"replay_steps": 3, "updates_per_step": 4},
+    )
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
     ct = t.corrector_trainer
     targets = []
@@ -173,8 +179,7 @@ def test_drift_sample_feeds_the_corrector_random_passages_and_is_counted(tiny):
     from freshen.training.loop import Trainer
 
     ds, cache, clusters, params = tiny
-    p = _params(params, steps=3, eval_every=0, negatives={"strategy": "corrected"})
-    p["corrector"] = {**p["corrector"], "drift_sample": 5}
+    p = _params(params, steps=3, eval_every=0, negatives={"strategy": "corrected"}, corrector={"drift_sample": 5})
     rec, rec_plain = Recorder(), Recorder()
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[rec])
     ct = t.corrector_trainer
@@ -183,7 +188,7 @@ def test_drift_sample_feeds_the_corrector_random_passages_and_is_counted(tiny):
         ds,
         cache,
         clusters,
-        {**p, "corrector": {**p["corrector"], "drift_sample": 0}},
+        _params(params, steps=3, eval_every=0, negatives={"strategy": "corrected"}, corrector={"drift_sample": 0}),
         seed=3,
         hooks=[rec_plain],
     )
@@ -208,7 +213,7 @@ def test_drift_sample_feeds_the_corrector_random_passages_and_is_counted(tiny):
         again = t.encoder.embed([t.data.doc_texts[int(r)] for r in sample_rows], "passage", max_len=t.passages.max_len)
     assert torch.allclose(again.float(), sample_fresh, atol=1e-4)
     # strategies without a corrector in use spend nothing on it
-    p["negatives"]["strategy"] = "stale"
+    p = _params(params, steps=3, eval_every=0, negatives={"strategy": "stale"}, corrector={"drift_sample": 5})
     stale = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
     stale.step(1)
     assert stale.counters.drift_sample_passes == 0 and stale.counters.train_passage_passes == 4 * 3
@@ -230,8 +235,8 @@ def test_refit_fits_the_corrector_on_a_fresh_sample_and_counts_it(tiny):
     from freshen.training.loop import Trainer
 
     ds, cache, clusters, params = tiny
-    p = _params(params, steps=4, eval_every=0, lr=5e-3, negatives={"strategy": "corrected"})
-    p["corrector"] = {**p["corrector"], "refit_every": 2, "refit_sample": 6, "refit_epochs": 30}
+    refit = {"refit_every": 2, "refit_sample": 6, "refit_epochs": 30}
+    p = _params(params, steps=4, eval_every=0, lr=5e-3, negatives={"strategy": "corrected"}, corrector=refit)
     fitted = []
 
     class Watch(Recorder):  # the corrector and its online optimiser's state before the refit, and its record
@@ -252,7 +257,14 @@ def test_refit_fits_the_corrector_on_a_fresh_sample_and_counts_it(tiny):
         ds,
         cache,
         clusters,
-        {**p, "corrector": {**p["corrector"], "refit_every": 0}},
+        _params(
+            params,
+            steps=4,
+            eval_every=0,
+            lr=5e-3,
+            negatives={"strategy": "corrected"},
+            corrector={**refit, "refit_every": 0},
+        ),
         seed=3,
         hooks=[rec_plain],
     )
@@ -266,15 +278,10 @@ def test_refit_fits_the_corrector_on_a_fresh_sample_and_counts_it(tiny):
     assert any(not torch.equal(before_state[k], v) for k, v in t.corrector.state_dict().items())
     assert res.counters.drift_sample_passes == 6 and res_plain.counters.drift_sample_passes == 0
     assert res.counters.train_passage_passes == res_plain.counters.train_passage_passes + 6 == 4 * 4 * (1 + 2) + 6
-    with pytest.raises(FreshenError, match="train.corrector.refit_sample"):
-        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"refit_every": 5}})
-    with pytest.raises(FreshenError, match="train.corrector.refit_epochs"):
-        check_train_params(
-            {
-                "negatives": {"strategy": "corrected"},
-                "corrector": {"refit_every": 5, "refit_sample": 10, "refit_epochs": 0},
-            }
-        )
+    with pytest.raises(FreshenError, match="train.corrector.refit_sample: must be > 0 when refit_every is set"):
+        train_params({"corrector": {"refit_every": 5}})
+    with pytest.raises(FreshenError, match="train.corrector.refit_epochs: Input should be greater than or equal to 1"):
+        train_params({"corrector": {"refit_every": 5, "refit_sample": 10, "refit_epochs": 0}})
 
 
 def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):
@@ -295,8 +302,8 @@ def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):
                 "candidates": 10,
                 "false_negatives": {"relative_margin": None},
             },
+            corrector={"warmup_steps": 0},
         )
-        p["corrector"] = {**p["corrector"], "warmup_steps": 0}
         recs.append(Recorder())
         t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[recs[-1]])
         for step in range(1, 5):
@@ -321,12 +328,11 @@ def test_fresh_overlay_ranks_recent_passages_by_their_fresh_embedding(tiny):
     fresh.table[7], fresh.step[7] = (10 * q[1]).half(), 9 - 4
     rows = fresh.rerank(9, q, cand, 2, overlay.scorer, overlay.corrector)
     assert without[0, 0] != 3 and rows[0, 0] == 3 and torch.equal(rows[1], without[1])
-    with pytest.raises(FreshenError, match="fresh_overlay_steps"):
-        check_train_params({"negatives": {"strategy": "corrected", "fresh_overlay_steps": 2, "selection": "gumbel"}})
-    with pytest.raises(FreshenError, match="fresh_overlay_steps.*without false-negative control"):
-        check_train_params(
-            {"negatives": {"strategy": "corrected", "fresh_overlay_steps": 2, "false_negatives": {"range_min": 1}}}
-        )
+    no_filter = {"relative_margin": None}
+    with pytest.raises(FreshenError, match="train.negatives.fresh_overlay_steps: works with selection 'topk' only"):
+        train_params({"negatives": {"fresh_overlay_steps": 2, "selection": "gumbel", "false_negatives": no_filter}})
+    with pytest.raises(FreshenError, match="train.negatives.fresh_overlay_steps: works without false-negative control"):
+        train_params({"negatives": {"fresh_overlay_steps": 2, "false_negatives": {**no_filter, "range_min": 1}}})
 
 
 @pytest.mark.parametrize("selection", ["gumbel", "balanced"])
@@ -370,8 +376,8 @@ def test_cross_entropy_term_trains_the_corrector(tiny, target):
     ds, cache, clusters, params = tiny
     trainers = []
     for weight in (0.0, 1.0):
-        p = _params(params, steps=3, eval_every=0, negatives={"strategy": "corrected"})
-        p["corrector"] = {**p["corrector"], "ce_weight": weight, "ce_target": target}
+        cor = {"ce_weight": weight, "ce_target": target}
+        p = _params(params, steps=3, eval_every=0, negatives={"strategy": "corrected"}, corrector=cor)
         t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
         records = [t.step(s) for s in (1, 2, 3)]
         assert all(("corrector_ce" in r) == (weight > 0) for r in records)
@@ -380,23 +386,32 @@ def test_cross_entropy_term_trains_the_corrector(tiny, target):
     assert any(not torch.equal(plain[k], with_ce[k]) for k in plain)
 
 
-def test_param_errors_before_training(tmp_path):
-    with pytest.raises(FreshenError, match="never refreshes"):
-        check_train_params({"negatives": {"strategy": "stale", "refresh_every": 10}})
-    with pytest.raises(FreshenError, match="train.corrector.arch"):
-        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"arch": "transformer"}})
-    with pytest.raises(FreshenError, match="train.corrector.replay_steps"):
-        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"replay_steps": 0}})
-    with pytest.raises(FreshenError, match="train.corrector.drift_sample"):
-        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"drift_sample": -1}})
-    with pytest.raises(FreshenError, match="train.corrector.ce_target"):
-        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"ce_target": "teacher"}})
-    with pytest.raises(FreshenError, match="train.corrector.ce_weight"):
-        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"ce_weight": "1"}})
-    with pytest.raises(FreshenError, match="train.corrector.updates_per_step"):
-        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"updates_per_step": 2.5}})
-    with pytest.raises(FreshenError, match="train.corrector.normalize': must be true or false, got 'yes'"):
-        check_train_params({"negatives": {"strategy": "corrected"}, "corrector": {"normalize": "yes"}})
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"negatives": {"strategy": "stale", "refresh_every": 10}},
+            "train.negatives.refresh_every: strategy 'stale' never refreshes",
+        ),
+        ({"corrector": {"arch": "transformer"}}, "train.corrector.arch: Input should be 'linear' or 'residual_mlp'"),
+        (
+            {"corrector": {"replay_steps": 0}},
+            "train.corrector.replay_steps: Input should be greater than or equal to 1",
+        ),
+        (
+            {"corrector": {"drift_sample": -1}},
+            "train.corrector.drift_sample: Input should be greater than or equal to 0",
+        ),
+        ({"corrector": {"ce_target": "teacher"}}, "train.corrector.ce_target: Input should be 'fresh' or 'positive'"),
+        ({"corrector": {"ce_weight": "1"}}, "train.corrector.ce_weight: Input should be a valid number, got '1'"),
+        ({"corrector": {"updates_per_step": 2.5}}, "train.corrector.updates_per_step: Input should be a valid integer"),
+        ({"corrector": {"normalize": "yes"}}, "train.corrector.normalize: Input should be a valid boolean, got 'yes'"),
+    ],
+)
+def test_param_errors_before_training(changes, message):
+    with pytest.raises(FreshenError) as err:
+        train_params({}, **changes)
+    assert message in str(err.value)
 
 
 def test_teacher_file_is_validated(tiny_beir, tmp_path):

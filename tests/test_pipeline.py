@@ -83,6 +83,7 @@ def test_cli_runs_every_step_tracks_and_promotes(project, mlflow_uri, tiny_param
     assert "overlap_corrected_fresh" in curve[0] and "wall_seconds" in curve[0] and len(curve) == 1 + 1 + 6
     assert curve[1].startswith("0,")  # step 0: the pre-trained encoder's validation
     ev = json.loads((project / "metrics/eval.json").read_text())
+    assert ev["dev"]["queries"] == 3 and ev["test"]["queries"] == 12  # what a saturation warning names
     for split in ("dev", "test"):
         for system in ("zero_shot", "trained", "trained_stale_cache", "trained_corrected_cache", "bm25"):
             assert 0.0 <= ev[split][system]["ndcg_at_10"] <= 1.0
@@ -386,10 +387,14 @@ def step_statuses(uri, step):
     return sorted(r.info.status for r in client.search_runs([exp.experiment_id]) if r.info.run_name == step)
 
 
+FORCE = ("--set", "encode.reuse=false")
+
+
 @pytest.fixture()
 def embedded(project):
     """The project prepared and embedded once (in this process), 10 rows a chunk: a good cache
-    that a later embed-cache replaces, and whose bytes a refused run must leave alone."""
+    that a later embed-cache replaces, and whose bytes a refused run must leave alone. The later
+    runs set encode.reuse=false (FORCE): with the same model and corpus they would reuse it."""
     from freshen.steps import embed_cache, prepare
 
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -411,9 +416,9 @@ def test_a_second_embed_cache_is_refused_at_once_and_the_first_finishes_intact(e
     out = project / "artifacts/cache/initial"
     previous = files(out)
     before = np.array(load_cache(out).embeddings, dtype=np.float32)
-    first, signals = start_paused(project, tmp_path, "embed-cache")
+    first, signals = start_paused(project, tmp_path, "embed-cache", *FORCE)
     try:
-        second = freshen(project, "embed-cache", ok=False)
+        second = freshen(project, "embed-cache", *FORCE, ok=False)
         assert second.returncode == 2, second.stderr[-3000:]
         assert f"{out} is being written by another run (pid {first.pid}, since " in second.stderr
         assert "Traceback" not in second.stderr
@@ -442,7 +447,7 @@ def test_sigterm_ends_the_step_run_failed_and_keeps_the_resume_folder(embedded, 
     project, params = embedded
     out = project / "artifacts/cache/initial"
     previous = files(out)
-    first, _ = start_paused(project, tmp_path, "embed-cache")
+    first, _ = start_paused(project, tmp_path, "embed-cache", *FORCE)
     first.send_signal(signal.SIGTERM)  # docker stop, a deleted pod, Airflow failing the task
     try:
         assert first.wait(timeout=120) == 128 + signal.SIGTERM
@@ -456,7 +461,8 @@ def test_sigterm_ends_the_step_run_failed_and_keeps_the_resume_folder(embedded, 
     partial = project / "artifacts/cache/.initial.partial"
     assert json.loads((partial / "progress.json").read_text())["rows_done"] == 10
     assert sorted(p.name for p in out.parent.iterdir()) == [".initial.partial", "initial"]  # lock released
-    assert embed_cache.run(validate_params(params), project)["resumed_from_row"] == 10  # the next run resumes it
+    forced = validate_params({**params, "encode": {**params["encode"], "reuse": False}})
+    assert embed_cache.run(forced, project)["resumed_from_row"] == 10  # the next forced run resumes it
 
 
 def test_step_runs_a_dead_process_left_running_are_marked_killed(tmp_path, mlflow_uri, tiny_params):

@@ -81,6 +81,51 @@ def test_promoting_the_same_version_twice_is_a_no_op(client, tmp_path):
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == v1
 
 
+def test_a_champion_at_the_maximum_is_named_a_saturated_split_not_refused_in_silence(client, tmp_path):
+    """A small dev split where a model scores nDCG@10 = 1.0 cannot tell a better model from it:
+    promote says so, naming the split and its size, when it happens and on every refusal after."""
+    metric = "dev.trained.ndcg_at_10"
+    v1, v2 = (_version(client, tmp_path, i) for i in (1, 2))
+    first = decide(client, NAME, v1, metric, 1.0, *ZS, split_queries=3)
+    assert first["promoted"]
+    assert first["saturated"].startswith("the dev split (3 queries) is saturated: this model scores 1.0000")
+    assert "data.min_dev_queries" in first["saturated"] and first["saturated"] in first["reason"]
+    tie = decide(client, NAME, v2, metric, 1.0, *ZS, split_queries=3)
+    assert not tie["promoted"] and _alias_of(client, "champion") == v1
+    assert tie["saturated"].startswith(
+        f"the dev split (3 queries) is saturated: champion v{v1} scores 1.0000 on {metric}, the maximum, "
+        "so no challenger can ever beat it; use more or harder dev queries"
+    )
+    assert tie["saturated"] in client.get_model_version(NAME, v2).tags[TAG_REASON]
+    # the pre-trained encoder at the maximum: no model can beat it either
+    from freshen.saturation import promotion_note
+
+    note = promotion_note(metric, 0.9, None, None, 1.0, None)
+    assert note.startswith("the dev split is saturated: the pre-trained encoder already scores the maximum")
+
+
+def test_a_split_below_the_maximum_is_not_called_saturated(client, tmp_path):
+    v1, v2 = _version(client, tmp_path, 1), _version(client, tmp_path, 2)
+    assert decide(client, NAME, v1, "dev.x", 0.99, *ZS, split_queries=40)["saturated"] is None
+    assert decide(client, NAME, v2, "dev.x", 0.98, *ZS, split_queries=40)["saturated"] is None
+
+
+def test_evaluate_warns_of_a_saturated_dev_split_with_its_size():
+    from freshen.saturation import evaluation_note
+
+    dev = {"queries": 3, "trained": {"ndcg_at_10": 1.0}, "zero_shot": {"ndcg_at_10": 0.8}}
+    note = evaluation_note({"dev": dev}, "dev")
+    assert note.startswith("the dev split (3 queries) is saturated: trained scores ndcg_at_10 = 1.0, the maximum")
+    assert "qrels/dev.tsv" in note
+    both = evaluation_note({"dev": {**dev, "zero_shot": {"ndcg_at_10": 1.0}}}, "dev")
+    assert "trained and zero_shot score ndcg_at_10 = 1.0" in both
+    assert evaluation_note({"dev": {**dev, "trained": {"ndcg_at_10": 0.97}}}, "dev") is None
+
+
+def _alias_of(client, alias):
+    return str(client.get_model_version_by_alias(NAME, alias).version)
+
+
 # promote.run end to end: an eval.json and a model folder per run, registered as a pyfunc
 
 
@@ -107,7 +152,7 @@ def _eval_json(project, trained: float, zero_shot: float, digest: str | None, **
     (root / "metrics/eval.json").write_text(
         json.dumps(
             {
-                "dev": {"trained": {"ndcg_at_10": trained}, "zero_shot": {"ndcg_at_10": zero_shot}},
+                "dev": {"queries": 4, "trained": {"ndcg_at_10": trained}, "zero_shot": {"ndcg_at_10": zero_shot}},
                 **({"measured": {"model_digest": digest, **caches}} if digest else {}),
             }
         )
@@ -152,6 +197,16 @@ def test_challenger_beating_the_champion_but_not_zero_shot_stays_challenger(proj
     same = _promote(project, tiny_model, 0.60, 0.50, 1)
     assert not same["promoted"] and "already champion" in same["reason"] and _alias(client, name, "champion") == "1"
     assert _written(project)["beats_zero_shot"] is True and "NOT promoted" not in caplog.text
+
+
+def test_promote_warns_when_the_champion_saturates_dev_and_writes_it(project, tiny_model, caplog):
+    caplog.set_level(logging.INFO, logger="freshen.steps.promote")
+    assert _promote(project, tiny_model, 1.0, 0.5, 1)["promoted"]
+    d = _promote(project, tiny_model, 1.0, 0.5, 2)
+    assert not d["promoted"] and _written(project)["saturated"] == d["saturated"]
+    assert "the dev split (4 queries) is saturated: champion v1 scores 1.0000" in d["saturated"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings[-1] == f"promote: {d['saturated']}"
 
 
 def test_first_model_not_beating_zero_shot_does_not_become_champion(project, tiny_model):

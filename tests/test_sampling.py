@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from freshen.params.train import NegativesParams
 from freshen.sampling.negatives import chunked_topk
 from freshen.sampling.scorer import CacheScorer
 from freshen.sampling.selection import balanced_pick
@@ -83,7 +84,8 @@ def test_no_positive_is_ever_a_negative(selection):
         positives = [list(rng.choice(30, size=3, replace=False)) for _ in range(4)]
         # make the positives the highest-scoring rows so a bug would pick them
         cache[[p for ps in positives for p in ps]] = (q.repeat_interleave(3, 0) * 10).half()
-        scorer = CacheScorer(cache, {"selection": selection, "candidates": 20, "chunk_size": 9})
+        scorer = CacheScorer(cache, NegativesParams(selection=selection, candidates=20, chunk_size=9))
+
         rows = scorer.select(
             q, 4, positives, [ps[0] for ps in positives], generator=torch.Generator().manual_seed(trial), rng=rng
         )

@@ -8,6 +8,7 @@ import pytest
 import torch
 from freshen.modeling.corrector import Corrector
 from freshen.params import EvaluateParams, validate_params
+from freshen.params.train import NegativesParams
 from freshen.retrieval import build_index, index_settings, search
 from freshen.sampling.negatives import chunked_topk
 from freshen.sampling.scorer import CacheScorer
@@ -93,7 +94,7 @@ def test_invalid_index_names_the_param():
     ):
         make_index(x, EvaluateParams(index="IVF1024,Flat"))
     with pytest.raises(FreshenError, match=r"field 'train\.negatives\.ann_index': 'bogus'"):
-        CacheScorer(torch.from_numpy(x), {"ann_threshold": 100, "ann_index": "bogus"})
+        CacheScorer(torch.from_numpy(x), NegativesParams(ann_threshold=100, ann_index="bogus"))
 
 
 def test_evaluate_builds_the_index_params_ask_for():
@@ -131,7 +132,7 @@ def _corrector(dim, seed=0, scale=0.5):
     return h.eval()
 
 
-def _scorer_case(selection="topk", candidates=300, **neg):
+def _scorer_case(selection="topk", candidates=300):
     x, q, near = clustered()
     cache, q = torch.from_numpy(x), torch.from_numpy(q[:16])
     h = _corrector(x.shape[1])
@@ -140,15 +141,14 @@ def _scorer_case(selection="topk", candidates=300, **neg):
     # each query's positive (the row it was drawn near) and its 3 nearest raw rows are excluded
     raw = exact_top(x, q.numpy(), 3)
     exclude = [[int(near[i])] + [int(r) for r in raw[i]] for i in range(16)]
-    p = {
-        "selection": selection,
-        "ann_threshold": 1000,
-        "ann_candidates": candidates,
-        "ann_index": "IVF64,Flat",
-        "ann_nprobe": 16,
-        "candidates": 50,
-        **neg,
-    }
+    p = NegativesParams(
+        selection=selection,
+        ann_threshold=1000,
+        ann_candidates=candidates,
+        ann_index="IVF64,Flat",
+        ann_nprobe=16,
+        candidates=50,
+    )
     return CacheScorer(cache, p), cache, q, h, exclude, [int(near[i]) for i in range(16)]
 
 

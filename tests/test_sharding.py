@@ -52,7 +52,7 @@ def test_three_shards_merge_into_the_one_process_cache(project):
     root, params = project
     reembed.run(validate_params(params), root)
     one = load_cache(root / params["reembed"]["out_dir"])
-    shard_all(root, params, 3)
+    shard_all(root, {**params, "encode": {**params["encode"], "reuse": False}}, 3)  # encoded, not copied
     merge_shards.run(validate_params(params), root, num_shards=3, model_dir=MODEL)
     merged = load_cache(root / params["orchestration"]["refresh_dir"])
     assert_same_cache(merged, one)

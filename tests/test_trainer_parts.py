@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from freshen.modeling.encoder import Encoder
+from freshen.params.train import CorrectorParams
 from freshen.sampling.selection import Selection, balanced, gumbel_keys
 from freshen.training.corrector_trainer import CorrectorTrainer
 from freshen.training.data import Counters
@@ -13,11 +14,11 @@ from freshen.training.loop import Trainer, train
 from freshen.training.refresher import Refresher
 from freshen.training.validator import BestCheckpoint
 from recorder import Recorder
+from tiny import train_params
 
 
 def _params(params, **neg):
-    p = {**params["train"], "precision": "fp32", "steps": 4, "eval_every": 2}
-    return {**p, "negatives": {**p["negatives"], **neg}}
+    return train_params(params["train"], precision="fp32", steps=4, eval_every=2, negatives=neg)
 
 
 def _same_run(a, b) -> bool:
@@ -54,15 +55,15 @@ def test_a_hook_observes_a_run_without_changing_it(tiny_training):
     watched = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, hooks=[rec])
     plain = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3)
     assert _same_run(watched, plain)
-    assert len(rec.batches) == len(rec.picked) == len(rec.samples) == p["steps"]
-    assert all(rows.shape == (p["batch_size"], p["negatives"]["k"]) for _, rows in rec.picked)
+    assert len(rec.batches) == len(rec.picked) == len(rec.samples) == p.steps
+    assert all(rows.shape == (p.batch_size, p.negatives.k) for _, rows in rec.picked)
     # the corrector samples once past its warm-up (2 steps in the tiny params)
     assert [c is not None for c in rec.correctors] == [False, False, True, True]
 
 
 def test_corrector_schedule_restarts_with_a_refresh():
     ct = CorrectorTrainer(
-        {"warmup_steps": 2, "hidden": 8, "drift_sample": 3}, 8, True, [1, 2, 3], 10, 0, 0.05, None, Counters()
+        CorrectorParams(warmup_steps=2, hidden=8, drift_sample=3), 8, True, [1, 2, 3], 10, 0, 0.05, None, Counters()
     )
     assert [ct.correcting(s) for s in (1, 2, 3)] == [False, False, True]
     with torch.no_grad():
@@ -77,7 +78,7 @@ def test_corrector_schedule_restarts_with_a_refresh():
     drawn = torch.cat([ct.sample_rows(3) for _ in range(20)]).tolist()
     assert not set(drawn) & {1, 2, 3} and set(drawn) <= set(range(10))  # probes are never sampled
     offline = CorrectorTrainer(
-        {"warmup_steps": 0, "hidden": 8, "drift_sample": 3, "refit_every": 2},
+        CorrectorParams(warmup_steps=0, hidden=8, drift_sample=3, refit_every=2, refit_sample=4),
         8,
         False,
         [],
@@ -90,7 +91,20 @@ def test_corrector_schedule_restarts_with_a_refresh():
     assert not offline.correcting(5) and offline.drift_sample == 0 and not offline.refit_due(2, 10)
 
 
+@pytest.mark.parametrize(
+    "cor", [CorrectorParams(arch="linear", normalize=True, lr=5e-4), CorrectorParams(hidden=12, depth=2, lr=2e-3)]
+)
+def test_the_corrector_and_its_optimiser_are_built_as_its_params_say(cor):
+    ct = CorrectorTrainer(cor, 8, True, [], 10, 0, 0.05, None, Counters())
+    h = ct.corrector
+    assert (h.dim, h.arch, h.normalize) == (8, cor.arch, cor.normalize)
+    if cor.arch == "residual_mlp":
+        assert (h.hidden, h.depth) == (cor.hidden, cor.depth) and len(h.mlp) == 2 * cor.depth + 1
+    assert [g["lr"] for g in ct.opt.param_groups] == [cor.lr]
+
+
 def test_refresh_is_due_every_n_steps_but_not_after_the_last():
+
     r = Refresher(2, 6, None, None, Counters())
     assert [s for s in range(1, 7) if r.due(s)] == [2, 4]
     assert not any(Refresher(0, 6, None, None, Counters()).due(s) for s in range(1, 7))

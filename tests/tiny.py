@@ -1,14 +1,16 @@
-"""Tiny test material made on the spot: a synthetic BEIR dataset, a random-weight BERT, params
-pointed at them, and a whole project folder from the three.
+"""Tiny test material made on the spot: a synthetic BEIR dataset, a random-weight BERT, train
+sections typed as the trainer takes them, params pointed at them, and a whole project folder.
 
 `python tests/tiny.py DIR` writes such a project (the deployment check runs every step on it)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,6 +120,27 @@ def make_tiny_bert(
         (path / "2_Normalize").mkdir(exist_ok=True)
         (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
     return path
+
+
+def train_params(train: dict[str, Any], **changes: Any):
+    """A `TrainParams` from a plain train section, complete (a test's params.yaml) or partial (the
+    schema's defaults fill in the rest), with `changes` merged in: a mapping updates the
+    sub-section it names (`negatives={"k": 3}` keeps the other negatives keys). Validated by the
+    schema, as params.yaml is: a bad value is a FreshenError naming the field."""
+    from freshen.params import validate_params
+
+    return validate_params({"train": merged(train, changes)}, "test params").train
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of `base` with `changes` applied, mappings merged key by key."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def tiny_params_for(params_file: Path, tiny_model: Path | str, tiny_beir: Path | str) -> dict:

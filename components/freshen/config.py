@@ -9,23 +9,8 @@ import os
 import random
 from typing import TYPE_CHECKING
 
-from freshen.errors import FreshenError
-
 if TYPE_CHECKING:
     from freshen.params import Params
-
-
-def set_dotted(params: dict, key: str, value) -> None:
-    """Set an existing dotted key of a plain dict (e.g. a pilot candidate's override of the train section)."""
-    node = params
-    parts = key.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            raise FreshenError(f"override '{key}': '{part}' is not a section of params.yaml")
-        node = node[part]
-    if parts[-1] not in node:
-        raise FreshenError(f"override '{key}': no such key in params.yaml")
-    node[parts[-1]] = value
 
 
 def get_dotted(params: dict, key: str):

@@ -50,13 +50,22 @@ def clear_leftovers(shards_dir: Path, index: int, count: int) -> None:
 
 
 def embed_shard(
-    encoder, corpus, index: int, count: int, shards_dir: Path, encode: EncodeParams, manifest: dict
-) -> Cache:
+    encoder,
+    corpus,
+    index: int,
+    count: int,
+    shards_dir: Path,
+    encode: EncodeParams,
+    manifest: dict,
+    reuse_from: list[Path] = (),
+) -> tuple[Cache, dict]:
     """Embed rows [start, stop) of `corpus` (a CorpusFile) into this shard's folder; a retry of a
-    stopped attempt resumes after its last completed chunk."""
+    stopped attempt resumes after its last completed chunk. When a cache in `reuse_from` holds these
+    rows by the same model and settings, they are copied instead (see embed_corpus.embed_to_cache).
+    Returns the shard and the embedding stats."""
     start, stop = shard_bounds(len(corpus), index, count)
     clear_leftovers(shards_dir, index, count)
-    cache, _ = embed_to_cache(
+    return embed_to_cache(
         encoder,
         corpus.slice(start, stop),
         shards_dir / shard_name(index, count),
@@ -72,8 +81,8 @@ def embed_shard(
             "corpus_sha256": file_sha256(corpus.path),
         },
         f"re-embed shard {index + 1}/{count}",
+        reuse_from,
     )
-    return cache
 
 
 def check_shards(
@@ -135,7 +144,7 @@ def merge(shards: list[Cache], out_dir: Path, manifest: dict) -> Cache:
                 arr[row : row + len(block)] = block
                 row += len(block)
 
-    keep = {k: first[k] for k in ("model", "model_digest", "max_len", "corpus_sha256") if k in first}
+    keep = {k: first[k] for k in ("model", "model_digest", "max_len", "corpus_sha256", "embedding_key") if k in first}
     return write_cache(
         out_dir,
         ids,

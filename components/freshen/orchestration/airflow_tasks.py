@@ -263,6 +263,23 @@ def publish_champion(project: config.Project, ctx):
     return publish_champion(ctx)
 
 
+def record_outputs(project: config.Project, ctx, stages: tuple[str, ...]):
+    """`dvc commit` of the train stages after a run that made what dvc.yaml gives (params.yaml
+    as it is), so `dvc status` is clean; skipped, saying why, otherwise (freshen.dvc_repo)."""
+
+    @task(task_id="record_outputs")
+    def record_outputs(ctx: dict) -> list[str]:
+        from freshen import dvc_repo
+
+        enabled = run_params(project, ctx).orchestration.dvc.enabled
+        reason = dvc_repo.why_not_recorded(project.root, json.loads(ctx["set_json"]), enabled)
+        if reason:
+            raise AirflowSkipException(f"outputs not recorded in dvc.lock: {reason}")
+        return dvc_repo.commit_outputs(project.root, list(stages))
+
+    return record_outputs(ctx)
+
+
 def end_run(project: config.Project, ctx):
     """Close the MLflow parent run (teardown: runs whatever happened upstream)."""
 

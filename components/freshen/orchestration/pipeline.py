@@ -96,7 +96,7 @@ REFRESH = Pipeline(
         Step("corrected_index", after=("fetch_champion",), serves=True,
              about="serves at once: the champion's corrector over the old cache, with an index"),
         Step("reembed_shard", after=("fetch_champion",), gpu=True, mapped=True,
-             about="one corpus shard embedded by the champion's encoder"),
+             about="one corpus shard embedded by the champion's encoder (copied when a cache of that model has it)"),
         Step("merge_shards", after=("reembed_shard",),
              about="checks the shard set and merges it into orchestration.refresh_dir"),
         Step("build_index", after=("merge_shards",),

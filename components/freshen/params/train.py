@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import ValidationError, model_validator
 
 from freshen.params.base import FieldProblem, Section, doc, section
+from freshen.params.errors import describe
 
 
 class FalseNegativeParams(Section):
@@ -199,20 +200,27 @@ class TrainParams(Section):
 
 def check_candidate(train: TrainParams, index: int, overrides: dict[str, Any]) -> None:
     """A pilot candidate must name train keys and make a valid train section."""
+    try:
+        pilot_variant(train, overrides)
+    except ValueError as problem:
+        raise FieldProblem(f"pilot.candidates.{index}", str(problem)) from None
+
+
+def pilot_variant(train: TrainParams, overrides: dict[str, Any]) -> TrainParams:
+    """`train` with one pilot candidate's dotted overrides applied, and no pilot of its own
+    (`pilot.candidates` empty). A key `train` lacks, or a value the section refuses, is a
+    ValueError whose message names the candidate's key or the refused field."""
     raw = copy.deepcopy(train.model_dump())
-    raw["pilot"] = {"candidates": []}
-    where = f"pilot.candidates.{index}"
+    raw["pilot"]["candidates"] = []
     for key, value in overrides.items():
         node, parts = raw, str(key).split(".")
         for part in parts[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict) or parts[-1] not in node:
-            raise FieldProblem(where, f"no train key '{key}'")
+            raise ValueError(f"no train key '{key}'")
         node[parts[-1]] = value
     try:
-        TrainParams.model_validate(raw)
+        return TrainParams.model_validate(raw)
     except ValidationError as exc:
-        from freshen.params.errors import describe
-
         field, message = describe(exc.errors()[0])
-        raise FieldProblem(where, f"{field}: {message}") from None
+        raise ValueError(f"{field}: {message}") from None

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from freshen.errors import FreshenError
+from freshen.params.train import FalseNegativeParams
 from freshen.sampling.selection import Selection, balanced_one
 
 
@@ -29,30 +30,9 @@ class FalseNegativeFilter:
     in_batch: bool = True
 
     @classmethod
-    def from_params(cls, p: dict | None) -> FalseNegativeFilter:
-        """From `train.negatives.false_negatives`; checked here, before any training."""
-        p = p or {}
-        for key in ("relative_margin", "absolute_margin"):
-            value = p.get(key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0
-            ):
-                raise FreshenError(
-                    f"params.yaml: field 'train.negatives.false_negatives.{key}': must be a number "
-                    f"in [0, 1] or null, got {value!r}"
-                )
-        range_min = p.get("range_min", 0)
-        if not isinstance(range_min, int) or isinstance(range_min, bool) or range_min < 0:
-            raise FreshenError(
-                "params.yaml: field 'train.negatives.false_negatives.range_min': must be an integer "
-                f">= 0, got {range_min!r}"
-            )
-        if not isinstance(p.get("in_batch", True), bool):
-            raise FreshenError(
-                "params.yaml: field 'train.negatives.false_negatives.in_batch': must be true or "
-                f"false, got {p.get('in_batch')!r}"
-            )
-        return cls(p.get("relative_margin"), p.get("absolute_margin"), range_min, p.get("in_batch", True))
+    def from_params(cls, p: FalseNegativeParams) -> FalseNegativeFilter:
+        """From `train.negatives.false_negatives` (checked by the schema)."""
+        return cls(p.relative_margin, p.absolute_margin, p.range_min, p.in_batch)
 
     @property
     def has_margin(self) -> bool:

@@ -23,25 +23,22 @@ import time
 import numpy as np
 import torch
 
+from freshen.params.train import NegativesParams
 from freshen.retrieval import build_index
 from freshen.sampling.false_negatives import FalseNegativeFilter
 from freshen.sampling.negatives import chunked_topk
 from freshen.sampling.selection import Selection, balanced
 
-ANN_INDEX = "IVF4096,Flat"
-
 
 class CacheScorer:
     """The cache `table` [n, dim] (float16) and, past `ann_threshold` rows, an ANN index over it."""
 
-    def __init__(self, table: torch.Tensor, neg_p: dict):
-        self.selection = Selection.from_params(neg_p)
-        self.chunk = int(neg_p.get("chunk_size", 65536))
-        self.ann_threshold = int(neg_p.get("ann_threshold", 0) or 0)
-        self.ann_candidates = int(neg_p.get("ann_candidates", 1000))
-        self.ann_index = str(neg_p.get("ann_index") or ANN_INDEX)
-        self.ann_nprobe = int(neg_p.get("ann_nprobe") or 64)
-        self.ann_ef_search = int(neg_p.get("ann_ef_search") or max(self.ann_candidates, 64))
+    def __init__(self, table: torch.Tensor, neg: NegativesParams):
+        self.selection = Selection.from_params(neg)
+        self.chunk = neg.chunk_size
+        self.ann_threshold, self.ann_candidates = neg.ann_threshold, neg.ann_candidates
+        self.ann_index, self.ann_nprobe = neg.ann_index, neg.ann_nprobe
+        self.ann_ef_search = neg.ann_ef_search if neg.ann_ef_search is not None else max(self.ann_candidates, 64)
         self.index, self.index_build_s = None, 0.0
         self.set_table(table)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SELECTIONS = ("topk", "gumbel", "balanced")
+from freshen.params.train import NegativesParams
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,8 @@ class Selection:
     bins: int = 10  # balanced: equal-width margin bins
 
     @classmethod
-    def from_params(cls, neg: dict) -> Selection:
-        return cls(
-            neg.get("selection", "topk"),
-            float(neg.get("beta", 20.0)),
-            int(neg.get("candidates", 100)),
-            int(neg.get("bins", 10)),
-        )
+    def from_params(cls, neg: NegativesParams) -> Selection:
+        return cls(neg.selection, neg.beta, neg.candidates, neg.bins)
 
     def keys(self, scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """The keys whose top k are the picks: the scores (top-k) or their Gumbel-perturbed

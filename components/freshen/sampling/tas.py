@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from freshen.errors import FreshenError
+from freshen.params.train import TrainParams
 
 
 def check_batch_size(n_queries: int, batch_size: int) -> None:
@@ -67,10 +68,8 @@ class RandomBatches:
         return [self.qids[i] for i in self.rng.choice(len(self.qids), size=self.batch_size, replace=False)]
 
 
-def make_batches(p: dict, cluster_of: dict[str, int], train_qids: list[str], rng: np.random.Generator):
+def make_batches(p: TrainParams, cluster_of: dict[str, int], train_qids: list[str], rng: np.random.Generator):
     """The batches `train.batching` asks for: TAS over the query clusters, or uniform random."""
-    if p.get("batching", "tas") == "tas":
-        return TASBatches(
-            {q: cluster_of[q] for q in train_qids}, int(p["batch_size"]), int(p.get("clusters_per_batch", 1)), rng
-        )
-    return RandomBatches(train_qids, int(p["batch_size"]), rng)
+    if p.batching == "tas":
+        return TASBatches({q: cluster_of[q] for q in train_qids}, p.batch_size, p.clusters_per_batch, rng)
+    return RandomBatches(train_qids, p.batch_size, rng)

@@ -57,7 +57,7 @@ def cluster(params: Params, root: Path) -> dict:
     ds = prepared(params, root)
     cfg = params.cluster
     qids = sorted(ds.positives("train"))
-    encoder = place(Encoder.from_params(params.model.model_dump()), params.encode.device)
+    encoder = place(Encoder.from_params(params.model.model_dump(), root), params.encode.device)
     emb = encode(encoder, [ds.queries[q] for q in qids], "query", **encode_options(params.encode))
     k = choose_k(len(qids), cfg)
     centroids, assign, objective = kmeans(emb, k, cfg.niter, params.seed, encoder.config.normalize)

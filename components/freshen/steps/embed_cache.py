@@ -28,8 +28,8 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
     with hold(out):  # a second embed-cache of this project fails here, before loading the model
         threads = set_threads()
         corpus = prepared_corpus(params, root)
-        encoder = place(Encoder.from_params(params.model.model_dump()), params.encode.device)
-        base = resolve_model_path(params.model.name_or_path)
+        encoder = place(Encoder.from_params(params.model.model_dump(), root), params.encode.device)
+        base = resolve_model_path(params.model.name_or_path, root)
         _, stats = embed_to_cache(
             encoder,
             corpus,

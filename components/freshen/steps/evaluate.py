@@ -32,6 +32,7 @@ from freshen.retrieval import (
     to_run,
     write_trec,
 )
+from freshen.saturation import evaluation_note
 from freshen.steps.common import NullLog, checked_cache, path, prepared
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def evaluate_and_write(params: Params, root: Path, log=NullLog()) -> dict:
             f"documents are in another order than in {stale.path}: rebuild both caches (dvc repro)",
         )
     model_dir = path(root, params.train.out_dir)
-    zero_shot = place(Encoder.from_params(params.model.model_dump()), enc_p.device)
+    zero_shot = place(Encoder.from_params(params.model.model_dump(), root), enc_p.device)
     trained = place(Encoder.load(model_dir / "encoder"), enc_p.device)
     corrector = (
         Corrector.load(model_dir / "corrector", expect_dim=stale.dim) if (model_dir / "corrector").is_dir() else None
@@ -107,7 +108,7 @@ def evaluate_and_write(params: Params, root: Path, log=NullLog()) -> dict:
             for name, enc in (("zero_shot", zero_shot), ("trained", trained))
         }
         found = {}
-        metrics[split] = {}
+        metrics[split] = {"queries": len(qids)}
         for system, (enc_name, index_name) in systems.items():
             scores, rows = search(indexes[index_name], q_emb[enc_name], k)
             found[system] = rows
@@ -168,6 +169,9 @@ def evaluate_and_write(params: Params, root: Path, log=NullLog()) -> dict:
     log.metrics({k.replace("@", "_at_"): v for k, v in flat.items()})
     log.artifact(path(root, cfg.plot), "plots")
     logger.info(report(metrics))
+    note = evaluation_note(metrics, "dev") if "dev" in splits else None
+    if note:
+        logger.warning(f"evaluate: {note}")
     if "dev" in splits and metrics["vs_zero_shot"]["dev"] <= 0:
         logger.info(
             f"evaluate: the trained model does not beat the pre-trained encoder on dev (nDCG@10 "
@@ -187,8 +191,8 @@ def report(metrics: dict) -> str:
                 lines.append(
                     f"{'':>5} {system:<26} {m['ndcg_at_10']:.4f}   {m['recall_at_100']:.4f}  {m['mrr_at_10']:.4f}"
                 )
-            else:
-                lines.append(f"{'':>5} {system:<26} {m:.4f}")
+            else:  # an overlap figure, or the split's query count
+                lines.append(f"{'':>5} {system:<26} {m:.4f}" if isinstance(m, float) else f"{'':>5} {system:<26} {m}")
     lines.append(
         "drift: "
         + (

@@ -20,6 +20,7 @@ from freshen.integrity import check_measured, checkpoint_digest, file_sha256
 from freshen.jsonfile import read_json
 from freshen.locks import hold
 from freshen.params import Params
+from freshen.saturation import promotion_note, split_of
 from freshen.steps.common import NullLog, path
 
 logger = logging.getLogger(__name__)
@@ -103,9 +104,11 @@ def decide(
     zero_shot: float,
     min_improvement: float = 0.0,
     min_improvement_over_zero_shot: float = 0.0,
+    split_queries: int | None = None,
 ) -> dict:
     """Set `challenger`; move `champion` only on a strict improvement over both the champion
-    and the zero-shot encoder. Returns the decision."""
+    and the zero-shot encoder. Returns the decision; its `saturated` says when the split `metric`
+    is measured on (of `split_queries` queries) can no longer separate models (freshen.saturation)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -115,6 +118,9 @@ def decide(
     best = None if champion is None else float(champion.tags.get(TAG_VALUE, "-inf"))
     beats_zero_shot = value > zero_shot + min_improvement_over_zero_shot
     out = {"version": version, "beats_zero_shot": beats_zero_shot, "beats_champion": None, "champion_value": best}
+    out["saturated"] = promotion_note(
+        metric, value, None if champion is None else champion.version, best, zero_shot, split_queries
+    )
     if champion is not None and str(champion.version) == str(version):
         return {
             **out,
@@ -140,6 +146,8 @@ def decide(
         ]
         unchanged = "no champion yet" if champion is None else f"champion v{champion.version} unchanged"
         reason = f"{metric}={value:.4f} does not beat {' or '.join(lost)}: {unchanged}"
+    if out["saturated"]:
+        reason = f"{reason}; {out['saturated']}"
     tags = {
         TAG_METRIC: metric,
         TAG_VALUE: repr(float(value)),
@@ -247,6 +255,7 @@ def register_and_decide(params: Params, root: Path, log) -> dict:
         zero_shot,
         cfg.min_improvement,
         cfg.min_improvement_over_zero_shot,
+        metrics.get(split_of(cfg.metric), {}).get("queries"),
     )
     decision.update(
         registered_model=name,
@@ -266,6 +275,8 @@ def register_and_decide(params: Params, root: Path, log) -> dict:
         }
     )
     log.metrics({"promoted": int(decision["promoted"]), "promoted_metric": value, "zero_shot_value": zero_shot})
+    if decision["saturated"]:
+        logger.warning(f"promote: {decision['saturated']}")
     if is_champion:
         logger.info(f"promote: {name} v{decision['version']}: {decision['reason']}")
     else:  # the last stage of `dvc repro`: this is the line the user sees last

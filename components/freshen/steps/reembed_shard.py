@@ -20,13 +20,23 @@ from freshen.steps.fetch_champion import read_champion
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ["encode", "orchestration"]
+SECTIONS = ["encode", "reembed", "orchestration"]
 OPTIONS = ("shard", "num_shards", "model_dir")
 UNIT_TAG = "freshen.unit"
 
 
 def model_dir_for(params: Params, root: Path, model_dir: str | None) -> Path:
     return path(root, model_dir) if model_dir else Path(read_champion(params, root)["encoder_dir"])
+
+
+def reusable_caches(params: Params, root: Path) -> list[Path]:
+    """Where a shard's rows may already be: the train pipeline's `reembed` output (the champion
+    re-embedded the corpus there just before it was promoted) and the last refreshed cache."""
+    return [path(root, params.reembed.out_dir), path(root, params.orchestration.refresh_dir)]
+
+
+def pick(stats: dict, *keys: str) -> dict:
+    return {k: stats[k] for k in keys}
 
 
 def run(
@@ -49,7 +59,7 @@ def run(
     with hold(shards_dir / shard_name(shard, count)):  # other shards run in parallel; this one, once
         mdir = model_dir_for(params, root, model_dir)
         encoder = place(Encoder.load(mdir), params.encode.device)
-        cache = embed_shard(
+        cache, embedded = embed_shard(
             encoder,
             corpus,
             shard,
@@ -63,8 +73,9 @@ def run(
                 "source": "reembed_shard",
                 "corrected": False,
             },
+            reuse_from=reusable_caches(params, root),
         )
-    stats = {"shard": shard, "num_shards": count, "docs": stop - start}
+    stats = {"shard": shard, "num_shards": count, "docs": stop - start, **pick(embedded, "passes", "passes_saved")}
     log.metrics(stats)
-    logger.info(f"reembed-shard: rows {start}..{stop} of {len(ids)} -> {cache.path}")
+    logger.info(f"reembed-shard: rows {start}..{stop} of {len(ids)} -> {cache.path} ({stats['passes']} encoded)")
     return stats

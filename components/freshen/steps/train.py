@@ -21,7 +21,7 @@ from freshen.errors import FreshenError
 from freshen.locks import hold
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
-from freshen.params import Params
+from freshen.params import Params, TrainParams
 from freshen.steps.common import NullLog, checked_cache, path, prepared, read_clusters
 from freshen.training import pilot
 from freshen.training.loop import Trainer, train
@@ -58,27 +58,16 @@ EVAL_FIELDS = [
 ]
 
 
-def training_section(params: Params) -> dict:
-    """The train section as the training code takes it (plain values, the keys of params.yaml),
-    plus how it encodes in bulk (the corpus re-embedded by strategy refresh, refits, probes): the
-    `encode` section's batch size and precision."""
-    return {
-        **params.train.model_dump(),
-        "encode_batch_size": params.encode.batch_size,
-        "encode_precision": params.encode.precision,
-    }
-
-
-def corrector_not_saved(p: dict) -> str | None:
+def corrector_not_saved(p: TrainParams) -> str | None:
     """Why the run's corrector is not saved with the retriever (None: it is), for the train
     section `p` the run trained with (the pilot's choice, when there is one). A saved corrector
     is applied to `cache.out_dir` by evaluate, reembed and corrected_index, so only one that maps
     that cache ships: 'stale' trains one only to measure drift, and with refresh the corrector
     maps the last refreshed cache, which lived only in memory."""
-    neg = p["negatives"]
-    if neg["strategy"] != "corrected":
-        return f"strategy '{neg['strategy']}' does not sample through a corrector"
-    if neg["refresh_every"] > 0:
+    neg = p.negatives
+    if neg.strategy != "corrected":
+        return f"strategy '{neg.strategy}' does not sample through a corrector"
+    if neg.refresh_every > 0:
         return "with refresh_every the corrector maps the last refreshed cache, not cache.out_dir"
     return None
 
@@ -129,7 +118,7 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
 def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda: None) -> dict:
     """The pilot when there is one, training, then the model, metrics and curve written;
     `model_saved()` is called once the new model has replaced the previous one."""
-    t, p = params.train, training_section(params)
+    t = p = params.train  # p: the section trained with, the pilot's choice when there is one
     set_threads()
     ds = prepared(params, root)
     cache = checked_cache(path(root, params.cache.out_dir), params, root, ds)
@@ -141,7 +130,7 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
         Corrector.load(path(root, t.corrector.init), expect_dim=cache.dim)  # fail before training
 
     def pretrained():
-        encoder = place(Encoder.from_params(params.model.model_dump()), t.device)
+        encoder = place(Encoder.from_params(params.model.model_dump(), root), t.device)
         if encoder.dim != cache.dim:
             raise FreshenError(
                 f"{cache.path}/manifest.json: field 'dim': cache dim {cache.dim} does not match "
@@ -152,8 +141,11 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
     pilot_summary: dict = {}
     if pilot.candidates(p):
 
-        def run_pilot(variant: dict, steps: int) -> tuple[float, int]:
-            res = Trainer(pretrained(), ds, cache, clusters, variant, params.seed, teacher=teacher).run(steps)
+        def run_pilot(variant: TrainParams, steps: int) -> tuple[float, int]:
+            trainer = Trainer(
+                pretrained(), ds, cache, clusters, variant, params.seed, encode_p=params.encode, teacher=teacher
+            )
+            res = trainer.run(steps)
             return res.validations[-1]["dev_ndcg_at_10"], res.counters.train_passage_passes
 
         p, pilot_summary = pilot.choose(p, run_pilot)
@@ -178,6 +170,7 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
         clusters,
         p,
         params.seed,
+        encode_p=params.encode,
         teacher=teacher,
         on_log=lambda rec, step: log.metrics({k: v for k, v in rec.items() if k != "step"}, step),
         on_eval=lambda rec, counters: write_json(

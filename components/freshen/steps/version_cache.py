@@ -1,16 +1,16 @@
 """Orchestration step version_cache: `dvc add` the refreshed cache (and `dvc push` it when
 orchestration.dvc.push), so every cache version can be checked out again. Skipped when
-orchestration.dvc.enabled is false. Commit the .dvc file it writes to keep the version."""
+orchestration.dvc.enabled is false. Nothing is staged in git, whatever core.autostage says:
+commit the .dvc file it writes (`git add artifacts/cache/refreshed.dvc`) to keep the version."""
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from freshen.dvc_repo import add
 from freshen.errors import FreshenError
 from freshen.locks import hold
 from freshen.params import Params
@@ -26,16 +26,6 @@ def skip_reason(params: Params, root: Path) -> str | None:
     return None if params.orchestration.dvc.enabled else "orchestration.dvc.enabled is false"
 
 
-def dvc(root: Path, *args: str) -> str:
-    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise FreshenError(
-            f"`dvc {' '.join(args)}` failed in {root} (exit {res.returncode}): "
-            f"{(res.stderr or res.stdout).strip()[-2000:]}"
-        )
-    return res.stdout
-
-
 def run(params: Params, root: Path, log=NullLog()) -> dict:
     orch = params.orchestration
     if not (root / ".dvc").is_dir():
@@ -45,11 +35,8 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
         raise FreshenError(f"{target}: no refreshed cache to version (run merge-shards first)")
     rel = str(target.resolve().relative_to(root.resolve()))
     with hold(target):  # no merge-shards or build-index changes the folder while DVC hashes it
-        dvc(root, "add", rel)
-        dvc_file = root / f"{rel}.dvc"
+        dvc_file = add(root, target, push=orch.dvc.push)
         out = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])[0]
-        if orch.dvc.push:
-            dvc(root, "push", str(dvc_file.relative_to(root)))
     info = {"dvc_file": str(dvc_file.relative_to(root)), "md5": out.get("md5"), "pushed": bool(orch.dvc.push)}
     log.tags({"dvc.refreshed.md5": info["md5"]})
     logger.info(f"version-cache: {rel} -> {info['dvc_file']} (md5 {info['md5']})")

@@ -24,6 +24,7 @@ import torch
 
 from freshen.integrity import check_finite_value
 from freshen.modeling.corrector import Corrector
+from freshen.params.train import CorrectorParams, TrainParams
 from freshen.training.losses import corrected_logits_loss, drift_loss, mean_cosine
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class CorrectorTrainer:
 
     def __init__(
         self,
-        cor_p: dict,
+        cor: CorrectorParams,
         dim: int,
         online: bool,
         probe_rows: list[int],
@@ -45,16 +46,13 @@ class CorrectorTrainer:
         passages,
         counters,
     ):
-        self.p, self.online, self.passages, self.counters = cor_p, online, passages, counters
-        self.start, self.warmup = 0, int(cor_p.get("warmup_steps", 0))
+        self.params, self.online, self.passages, self.counters = cor, online, passages, counters
+        self.start = 0
         self.corrector, self.opt = self._new(dim)
-        self.replay: deque = deque(maxlen=int(cor_p.get("replay_steps", 1)))  # (rows, fresh) of the last steps
-        self.updates = int(cor_p.get("updates_per_step", 1))
-        self.ce_weight, self.ce_target = float(cor_p.get("ce_weight", 0.0)), cor_p.get("ce_target", "fresh")
+        self.replay: deque = deque(maxlen=cor.replay_steps)  # (rows, fresh) of the last steps
         self.temperature = temperature
-        self.drift_sample = int(cor_p.get("drift_sample", 0)) if online else 0
-        self.refit_every = int(cor_p.get("refit_every", 0) or 0) if online else 0
-        self.refit_sample, self.refit_epochs = int(cor_p.get("refit_sample", 0)), int(cor_p.get("refit_epochs", 50))
+        self.drift_sample = cor.drift_sample if online else 0
+        self.refit_every = cor.refit_every if online else 0
         self.probe_set = set(probe_rows)
         self.sample_rng = np.random.default_rng([seed, 1])  # its own stream: batches stay those of every other arm
         self.sample_pool = (
@@ -65,31 +63,23 @@ class CorrectorTrainer:
 
     @classmethod
     def from_params(
-        cls, p: dict, dim: int, probe_rows: list[int], n_docs: int, seed: int, passages, counters
+        cls, p: TrainParams, dim: int, probe_rows: list[int], n_docs: int, seed: int, passages, counters
     ) -> CorrectorTrainer | None:
         """The corrector of the `train` section `p`: strategies 'corrected' and 'stale' train one
         ('stale' only to measure drift), the others none."""
-        strategy = p["negatives"]["strategy"]
+        strategy = p.negatives.strategy
         if strategy not in ("corrected", "stale"):
             return None
-        return cls(
-            p.get("corrector", {}),
-            dim,
-            strategy == "corrected",
-            probe_rows,
-            n_docs,
-            seed,
-            float(p.get("temperature", 0.05)),
-            passages,
-            counters,
-        )
+        online = strategy == "corrected"
+        return cls(p.corrector, dim, online, probe_rows, n_docs, seed, p.temperature, passages, counters)
 
     def _new(self, dim: int) -> tuple[Corrector, torch.optim.Optimizer]:
-        init = self.p.get("init")
-        corrector = (
-            Corrector.load(init, expect_dim=dim) if init and self.start == 0 else Corrector.from_params(dim, self.p)
-        )
-        return corrector, torch.optim.Adam(corrector.parameters(), lr=float(self.p.get("lr", 1e-3)))
+        c = self.params
+        if c.init and self.start == 0:
+            corrector = Corrector.load(c.init, expect_dim=dim)
+        else:
+            corrector = Corrector(dim, c.arch, c.hidden, c.depth, c.normalize)
+        return corrector, torch.optim.Adam(corrector.parameters(), lr=c.lr)
 
     def restart(self, step: int, dim: int) -> None:
         """After a refresh: a new corrector from the identity, its replay window emptied (its stale
@@ -100,7 +90,7 @@ class CorrectorTrainer:
 
     def correcting(self, step: int) -> bool:
         """Whether the corrector drives sampling (and dev validation) at `step`."""
-        return self.online and step > self.start + self.warmup
+        return self.online and step > self.start + self.params.warmup_steps
 
     def sample_rows(self, n: int) -> torch.Tensor:
         """`n` distinct random non-probe rows (fewer if the pool is smaller), sorted, from the
@@ -149,9 +139,10 @@ class CorrectorTrainer:
         window = table[torch.cat([r for r, _ in self.replay])].float()
         target = torch.cat([f for _, f in self.replay])
         b = len(q_emb)
-        ce_queries = keep[:b] if self.ce_weight > 0 else torch.zeros(b, dtype=torch.bool)  # a probe positive: no label
+        ce_weight = self.params.ce_weight
+        ce_queries = keep[:b] if ce_weight > 0 else torch.zeros(b, dtype=torch.bool)  # a probe positive: no label
         ce_mask = (mask | ~keep[None, :])[ce_queries]
-        for update in range(self.updates):
+        for update in range(self.params.updates_per_step):
             c_loss = drift_loss(self.corrector(window), target)
             if ce_queries.any():
                 ce = corrected_logits_loss(
@@ -161,9 +152,9 @@ class CorrectorTrainer:
                     torch.arange(b)[ce_queries],
                     ce_mask,
                     self.temperature,
-                    self.ce_target,
+                    self.params.ce_target,
                 )
-                c_loss = c_loss + self.ce_weight * ce
+                c_loss = c_loss + ce_weight * ce
                 if update == 0:
                     rec["corrector_ce"] = float(ce.detach())
             self.opt.zero_grad(set_to_none=True)
@@ -183,7 +174,7 @@ class CorrectorTrainer:
         `refit_epochs` epochs of minibatches of 256, with an optimiser of its own: a thousand
         updates on this sample would leave the online optimiser's second moments tuned to it, and
         the next online steps far too large."""
-        rows = self.sample_rows(self.refit_sample)
+        rows = self.sample_rows(self.params.refit_sample)
         n = len(rows)
         fresh = self.passages.encode(rows, desc=f"refit@{step}")
         self.passages.encoder.train()
@@ -192,8 +183,8 @@ class CorrectorTrainer:
         stale = table[rows].float()
         with torch.no_grad():
             before = mean_cosine(self.corrector(stale), fresh)
-        opt = torch.optim.Adam(self.corrector.parameters(), lr=float(self.p.get("lr", 1e-3)))
-        for _ in range(self.refit_epochs):
+        opt = torch.optim.Adam(self.corrector.parameters(), lr=self.params.lr)
+        for _ in range(self.params.refit_epochs):
             for batch in torch.from_numpy(self.sample_rng.permutation(n)).split(256):
                 loss = drift_loss(self.corrector(stale[batch]), fresh[batch])
                 opt.zero_grad(set_to_none=True)

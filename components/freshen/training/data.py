@@ -5,10 +5,12 @@ the counters of what training spends."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from freshen.errors import FreshenError
 from freshen.modeling.corrector import Corrector
+from freshen.params import TrainParams
 from freshen.training.params import check_positive_grade, check_teacher_coverage
 from freshen.training.teacher import Teacher
 
@@ -37,6 +39,21 @@ class Counters:
     def as_dict(self) -> dict:
         return {**self.__dict__, "target_passes_total": self.train_passage_passes + self.reembed_passes}
 
+    def add(self, counts: dict[str, int]) -> None:
+        """Add a step's counts (the false-negative filter's) to the counters of those names."""
+        for key, n in counts.items():
+            setattr(self, key, getattr(self, key) + n)
+
+    def stamp(self, record: dict, started: float) -> dict:
+        """`record` with the passes spent so far and the wall time since `started` (perf_counter)."""
+        self.wall_seconds = time.perf_counter() - started
+        record.update(
+            train_passage_passes=self.train_passage_passes,
+            reembed_passes=self.reembed_passes,
+            wall_seconds=round(self.wall_seconds, 3),
+        )
+        return record
+
 
 @dataclass
 class TrainResult:
@@ -56,14 +73,14 @@ class TrainingData:
     only each query's highest grade). Every passage judged relevant at all (any grade > 0) is
     never a negative and is masked out of in-batch softmaxes: `pos_rows`."""
 
-    def __init__(self, dataset, cache, cluster_of: dict[str, int], p: dict, teacher: dict | None):
-        min_grade = int(p.get("min_positive_grade", 1))
+    def __init__(self, dataset, cache, cluster_of: dict[str, int], p: TrainParams, teacher: dict | None):
+        min_grade = p.min_positive_grade
         check_positive_grade(dataset, min_grade)
-        self.positives = dataset.positives("train", min_grade, top=p.get("positive_grades", "all") == "top")
+        self.positives = dataset.positives("train", min_grade, top=p.positive_grades == "top")
         judged = dataset.positives("train")
         # dev queries with a relevant judgement (the others are left out, with a warning)
         self.dev = dataset.evaluation_qrels("dev") if dataset.qrels.get("dev") else None
-        self.train_qids = sorted(q for q in self.positives if q in cluster_of or p.get("batching") == "random")
+        self.train_qids = sorted(q for q in self.positives if q in cluster_of or p.batching == "random")
         if not self.train_qids:
             raise FreshenError("no training queries with positives (check qrels/train.tsv and the clusters)")
         self.row_of = cache.row_of()
@@ -77,13 +94,11 @@ class TrainingData:
         self.teacher = None
         if teacher is not None:
             check_teacher_coverage(teacher, self.train_qids, self.positives, self.row_of)
-            strategy = p["negatives"]["strategy"]
+            strategy = p.negatives.strategy
             if strategy != "in_batch":
                 log.info(
                     "teacher scores given: negatives are drawn from the teacher's scored candidates by "
                     "balanced margin sampling, not from the cache (strategy '%s' trains only its corrector)",
                     strategy,
                 )
-            self.teacher = Teacher(
-                teacher, self.positives, self.row_of, self.doc_ids, float((p.get("teacher") or {}).get("alpha", 0.75))
-            )
+            self.teacher = Teacher(teacher, self.positives, self.row_of, self.doc_ids, p.teacher.alpha)

@@ -32,6 +32,41 @@ class Hooks:
         """After each evaluation: its record and the counters so far."""
 
 
+class HookList(Hooks):
+    """Several hooks called as one, each event in the order the hooks were given."""
+
+    def __init__(self, hooks: list[Hooks]):
+        self.hooks = hooks
+
+    def batch(self, step: int, qids: list[str]) -> None:
+        for h in self.hooks:
+            h.batch(step, qids)
+
+    def negatives(self, step: int, qids: list[str], rows: torch.Tensor, corrector) -> None:
+        for h in self.hooks:
+            h.negatives(step, qids, rows, corrector)
+
+    def drift_sample(self, step: int, sample: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        for h in self.hooks:
+            h.drift_sample(step, sample)
+
+    def before_refit(self, step: int, corrector_trainer) -> None:
+        for h in self.hooks:
+            h.before_refit(step, corrector_trainer)
+
+    def after_refit(self, step: int, corrector_trainer, record: dict) -> None:
+        for h in self.hooks:
+            h.after_refit(step, corrector_trainer, record)
+
+    def log(self, record: dict, step: int) -> None:
+        for h in self.hooks:
+            h.log(record, step)
+
+    def evaluation(self, record: dict, counters) -> None:
+        for h in self.hooks:
+            h.evaluation(record, counters)
+
+
 class Callbacks(Hooks):
     """`on_log(record, step)` and `on_eval(record, counters)` callables as hooks (`train()`'s API)."""
 

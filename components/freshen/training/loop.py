@@ -18,24 +18,27 @@ import torch
 
 from freshen.integrity import diverged
 from freshen.modeling.corrector import Corrector
+from freshen.params import EncodeParams, TrainParams
 from freshen.progress import progress
 from freshen.sampling.tas import make_batches
 from freshen.training.corrector_trainer import CorrectorTrainer
 from freshen.training.data import Counters, TrainingData, TrainResult
-from freshen.training.hooks import Callbacks, Hooks
-from freshen.training.params import check_train_params
+from freshen.training.hooks import Callbacks, HookList, Hooks
 from freshen.training.passages import Passages
 from freshen.training.refresher import Refresher
 from freshen.training.retriever import RetrieverUpdate
 from freshen.training.step_negatives import StepNegatives
 from freshen.training.validator import BestCheckpoint, Validator
 
-__all__ = ["Counters", "TrainResult", "Trainer", "check_train_params", "train"]
+__all__ = ["Counters", "TrainResult", "Trainer", "train"]
 log = logging.getLogger(__name__)
 
 
 class Trainer:
-    """One training run: its parts, built from the `train` section `p`; `run()` does the steps."""
+    """One training run: its parts, built from the `train` section `p` and `encode_p` (how it
+    encodes in bulk; None: the schema's `encode` defaults); `run()` does the steps.
+    `on_log(record, step)` every `log_every` steps and at evaluations; `on_eval(record, counters)`
+    after each evaluation; `hooks` observe each step."""
 
     def __init__(
         self,
@@ -43,23 +46,24 @@ class Trainer:
         dataset,
         cache,
         cluster_of,
-        p: dict,
+        p: TrainParams,
         seed: int,
+        *,
+        encode_p: EncodeParams | None = None,
         teacher=None,
         on_log=None,
         on_eval=None,
         hooks: list[Hooks] | tuple = (),
     ):
-        check_train_params(p)
         self.encoder, self.p = encoder, p
-        self.hooks = [Callbacks(on_log, on_eval), *hooks]
+        self.hooks = HookList([Callbacks(on_log, on_eval), *hooks])
         self.rng = np.random.default_rng(seed)  # batches, each query's positive, the probe passages
         torch.manual_seed(seed)  # dropout, the corrector's initial weights
         self.data = TrainingData(dataset, cache, cluster_of, p, teacher)
         self.batches = make_batches(p, cluster_of, self.data.train_qids, self.rng)
         self.counters = Counters()
-        self.passages = Passages(encoder, self.data.doc_texts, p)
-        self.negatives = StepNegatives(self.data, cache, p["negatives"], seed)
+        self.passages = Passages(encoder, self.data.doc_texts, p, encode_p or EncodeParams())
+        self.negatives = StepNegatives(self.data, cache, p.negatives, seed)
         self.scorer = self.negatives.scorer
         self.validator = Validator(self.data, p, seed, self.rng, self.scorer, self.passages, self.counters)
         self.corrector_trainer = CorrectorTrainer.from_params(
@@ -81,9 +85,8 @@ class Trainer:
 
     def step(self, step: int) -> dict:
         """One training step: negatives, fresh embeddings, the retriever's and the corrector's updates."""
-        data, qids = self.data, next(self.batches)
-        for h in self.hooks:
-            h.batch(step, qids)
+        data, qids, ct = self.data, next(self.batches), self.corrector_trainer
+        self.hooks.batch(step, qids)
         pos_docs = [data.positives[q][int(self.rng.integers(len(data.positives[q])))] for q in qids]
         q_emb = self.passages.embed_queries([data.queries[q] for q in qids])
         self.counters.query_passes += len(qids)
@@ -91,25 +94,19 @@ class Trainer:
             raise diverged(f"train: step {step}: the encoder's query embeddings hold NaN or Inf")
         corrector = self._sampling_corrector(step)
         neg_rows, unusable, fn_counts = self.negatives.pick(step, qids, pos_docs, q_emb.detach(), corrector)
-        for h in self.hooks:
-            h.negatives(step, qids, neg_rows, corrector)
+        self.hooks.negatives(step, qids, neg_rows, corrector)
 
         rows = [data.row_of[d] for d in pos_docs] + neg_rows.flatten().tolist()
         p_emb = self.passages.embed(rows)
         self.counters.train_passage_passes += len(rows)
         self.negatives.embedded(step, rows, p_emb)
-        ct = self.corrector_trainer
         sample = ct.draw_drift_sample() if ct is not None else None  # by the encoder the targets saw
-        for h in self.hooks:
-            h.drift_sample(step, sample)
+        self.hooks.drift_sample(step, sample)
         mask = RetrieverUpdate.mask([data.pos_rows[q] for q in qids], rows, unusable)
-        fn_filter = self.negatives.fn_filter
-        if fn_filter.in_batch and fn_filter.has_margin:
-            fn_counts["fn_in_batch"] = fn_filter.mask_in_batch(q_emb.detach(), p_emb.detach(), mask)
+        fn_counts.update(self.negatives.mask_in_batch(q_emb, p_emb, mask))
         update = self.retriever.step(step, qids, pos_docs, neg_rows, q_emb, p_emb, mask)
         record = {"step": step, "loss": update.pop("loss"), **fn_counts, **update}
-        for key, n in fn_counts.items():
-            setattr(self.counters, key, getattr(self.counters, key) + n)
+        self.counters.add(fn_counts)
         if ct is not None:
             record.update(ct.update(step, rows, p_emb.detach(), q_emb.detach(), mask, self.scorer.table, sample))
         return record
@@ -123,49 +120,31 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> TrainResult:
         """All the steps, or the first `stop_after` of the schedule (a pilot), validated at the last.
         A pilot skips the step-0 validation: the pre-trained encoder is the same for every candidate."""
-        steps, eval_every = int(self.p["steps"]), int(self.p.get("eval_every", 0) or 0)
-        best = BestCheckpoint(int(self.p.get("early_stopping_patience", 0) or 0))
+        steps, ct = self.p.steps, self.corrector_trainer
+        best = BestCheckpoint(self.p.early_stopping_patience)
         started = time.perf_counter()
-        if eval_every and stop_after is None:  # step 0: the pre-trained encoder; keep_best may keep it
-            val = self._validation(0, best)
-            self.counters.wall_seconds = time.perf_counter() - started
-            record = {
-                **val,
-                "train_passage_passes": 0,
-                "reembed_passes": 0,
-                "wall_seconds": round(self.counters.wall_seconds, 3),
-            }
-            self._emit(record, 0, evaluated=True)
+        if self.p.eval_every and stop_after is None:  # step 0: the pre-trained encoder; keep_best may keep it
+            self._emit(self.counters.stamp(dict(self._validation(0, best)), started), 0, evaluated=True)
         self.encoder.train()
-        ct = self.corrector_trainer
-        for step in progress(
-            range(1, min(steps, stop_after or steps) + 1), desc="train", unit="step", mininterval=20, disable=False
-        ):
+        last = min(steps, stop_after or steps)
+        for step in progress(range(1, last + 1), desc="train", unit="step", mininterval=20, disable=False):
             record = self.step(step)
             if self.refresher.due(step):
                 self.refresh(step)
             if ct is not None and ct.refit_due(step, steps):
-                for h in self.hooks:
-                    h.before_refit(step, ct)
+                self.hooks.before_refit(step, ct)
                 record.update(ct.refit(step, self.scorer.table))
-                for h in self.hooks:
-                    h.after_refit(step, ct, record)
-            evaluated = (bool(eval_every) and (step % eval_every == 0 or step == steps)) or step == stop_after
+                self.hooks.after_refit(step, ct, record)
+            evaluated = self.validator.due(step, steps) or step == stop_after
             if evaluated:
                 record.update({k: v for k, v in self._validation(step, best).items() if k != "step"})
-            self.counters.wall_seconds = time.perf_counter() - started
-            record.update(
-                train_passage_passes=self.counters.train_passage_passes,
-                reembed_passes=self.counters.reembed_passes,
-                wall_seconds=round(self.counters.wall_seconds, 3),
-            )
-            self.curve.append(record)
-            logged = step % int(self.p.get("log_every", 10)) == 0 or step == steps or "refit_cos_after" in record
+            self.curve.append(self.counters.stamp(record, started))
+            logged = step % self.p.log_every == 0 or step == steps or "refit_cos_after" in record
             self._emit(record, step, evaluated, logged)
             if best.stop:
                 log.info("early stopping at step %d: dev nDCG@10 did not improve for %d evaluations", step, best.bad)
                 break
-        if self.p.get("keep_best", True):
+        if self.p.keep_best:
             best.restore(self.encoder, self.corrector)
         self.counters.wall_seconds = time.perf_counter() - started
         return TrainResult(self.encoder, self.corrector, self.counters, self.curve, self.validations, best.step)
@@ -177,28 +156,13 @@ class Trainer:
         return val
 
     def _emit(self, record: dict, step: int, evaluated: bool, logged: bool = False) -> None:
-        for h in self.hooks:
-            if logged or evaluated:
-                h.log(record, step)
-            if evaluated:
-                h.evaluation(record, self.counters)
+        if logged or evaluated:
+            self.hooks.log(record, step)
+        if evaluated:
+            self.hooks.evaluation(record, self.counters)
 
 
-def train(
-    encoder,
-    dataset,
-    cache,
-    cluster_of: dict[str, int],
-    p: dict,
-    seed: int,
-    on_log=None,
-    teacher=None,
-    on_eval=None,
-    hooks: list[Hooks] | tuple = (),
-) -> TrainResult:
+def train(encoder, dataset, cache, cluster_of: dict[str, int], p: TrainParams, seed: int, **options) -> TrainResult:
     """Train `encoder` in place; return it with its corrector, the counters and the curves.
-    `on_log(record, step)` every `log_every` steps and at evaluations; `on_eval(record, counters)`
-    after each evaluation."""
-    return Trainer(
-        encoder, dataset, cache, cluster_of, p, seed, teacher=teacher, on_log=on_log, on_eval=on_eval, hooks=hooks
-    ).run()
+    `options`: `Trainer`'s keywords (encode_p, teacher, on_log, on_eval, hooks)."""
+    return Trainer(encoder, dataset, cache, cluster_of, p, seed, **options).run()

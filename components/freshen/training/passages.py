@@ -1,7 +1,10 @@
 """The corpus as the encoder being trained sees it: passage texts by cache row, embedded for
 training (with gradient), fresh without gradient, or encoded in batches (measurement, refits,
 refreshes). Outputs come back to the CPU as float32, where the losses, the cache scoring and the
-corrector run; the encoder stays where it was placed (a GPU when there is one)."""
+corrector run; the encoder stays where it was placed (a GPU when there is one).
+
+Training passes run at `train.precision`, passages cut at `train.passage_max_len`; bulk encoding
+(refreshes, refits, measurement) takes the `encode` section's batch size and precision."""
 
 from __future__ import annotations
 
@@ -9,16 +12,16 @@ import numpy as np
 import torch
 
 from freshen.encoding import autocast_dtype, encode, encode_into
+from freshen.params import EncodeParams, TrainParams
 
 
 class Passages:
-    def __init__(self, encoder, texts: list[str], p: dict):
+    def __init__(self, encoder, texts: list[str], p: TrainParams, encode_p: EncodeParams):
         self.encoder, self.texts = encoder, texts
-        self.max_len = int(p.get("passage_max_len") or encoder.config.passage_max_len)
+        self.max_len = p.passage_max_len or encoder.config.passage_max_len
         self.device = next(encoder.parameters()).device
-        self.amp = autocast_dtype(p.get("precision", "fp32"), self.device)
-        self.batch_size = int(p.get("encode_batch_size", 64))
-        self.precision = p.get("encode_precision", "auto")
+        self.amp = autocast_dtype(p.precision, self.device)
+        self.batch_size, self.precision = encode_p.batch_size, encode_p.precision
 
     def autocast(self):
         """The training precision (`train.precision`) for the encoder's forward passes."""
@@ -41,7 +44,7 @@ class Passages:
         return fresh.float().cpu()
 
     def encode(self, rows, desc: str) -> torch.Tensor:
-        """`rows` encoded in inference batches of `train.encode_batch_size`."""
+        """`rows` encoded in inference batches of `encode.batch_size`."""
         return torch.from_numpy(
             encode(
                 self.encoder,

@@ -5,58 +5,35 @@ section as written). Each trains `train.pilot.steps` steps of the full schedule 
 pre-trained encoder, on the same batches (same seed), and is validated on dev like any
 evaluation; the best (the first on a tie) is then trained in full, from the pre-trained encoder
 again, so that its run is the one `train` gives without a pilot. The pilots' passes are the
-choice's cost: counted as `pilot_passes`, logged with each candidate's dev figure."""
+choice's cost: counted as `pilot_passes`, logged with each candidate's dev figure. The schema
+checks every candidate when params are loaded (`freshen.params.train.check_candidate`)."""
 
 from __future__ import annotations
 
-import copy
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from freshen.config import set_dotted
-from freshen.errors import FreshenError
+from freshen.params import TrainParams
+from freshen.params.train import pilot_variant
 
 log = logging.getLogger(__name__)
 
 
-def candidates(p: dict) -> list[dict]:
-    """The candidates' override sets, checked; [] when the pilot is off (fewer than two)."""
-    pilot = p.get("pilot") or {}
-    cands = pilot.get("candidates") or []
-    if not isinstance(cands, list) or not all(isinstance(c, dict) for c in cands):
-        raise FreshenError(
-            "params.yaml: field 'train.pilot.candidates': must be a list of mappings of dotted "
-            f"train keys to values, got {cands!r}"
-        )
-    if len(cands) < 2:
-        return []
-    steps = pilot.get("steps")
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= int(p["steps"]):
-        raise FreshenError(
-            f"params.yaml: field 'train.pilot.steps': must be an integer in [1, train.steps], got {steps!r}"
-        )
-    return cands
+def candidates(p: TrainParams) -> list[dict[str, Any]]:
+    """The candidates' override sets; [] when the pilot is off (fewer than two)."""
+    return p.pilot.candidates if len(p.pilot.candidates) >= 2 else []
 
 
-def variant(p: dict, overrides: dict, index: int) -> dict:
-    """The `train` section with one candidate's overrides (and no pilot of its own)."""
-    out = copy.deepcopy(p)
-    out["pilot"] = None
-    for key, value in overrides.items():
-        try:
-            set_dotted(out, key, value)
-        except FreshenError:
-            raise FreshenError(f"params.yaml: field 'train.pilot.candidates[{index}]': no train key '{key}'") from None
-    return out
-
-
-def choose(p: dict, run_pilot) -> tuple[dict, dict]:
-    """(the chosen variant of `p`, a summary). `run_pilot(variant_params, steps)` trains one
-    pilot and returns (dev nDCG@10 at its last step, training passage passes spent)."""
+def choose(p: TrainParams, run_pilot: Callable[[TrainParams, int], tuple[float, int]]) -> tuple[TrainParams, dict]:
+    """(the chosen variant of `p`, a summary). `run_pilot(variant, steps)` trains one pilot (a
+    variant: `p` with a candidate's overrides and no pilot of its own) and returns (dev nDCG@10 at
+    its last step, training passage passes spent)."""
     cands = candidates(p)
-    steps = int(p["pilot"]["steps"])
+    steps = p.pilot.steps
     scores, passes = [], []
     for i, overrides in enumerate(cands):
-        score, spent = run_pilot(variant(p, overrides, i), steps)
+        score, spent = run_pilot(pilot_variant(p, overrides), steps)
         scores.append(score)
         passes.append(spent)
         log.info("pilot %d %s: dev nDCG@10 %.4f after %d steps", i, overrides or "(as written)", score, steps)
@@ -67,4 +44,4 @@ def choose(p: dict, run_pilot) -> tuple[dict, dict]:
         "pilot_passes": sum(passes),
         "pilot_candidates": [{"overrides": c, "dev_ndcg_at_10": s} for c, s in zip(cands, scores)],
     }
-    return variant(p, cands[best], best), summary
+    return pilot_variant(p, cands[best]), summary

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from freshen.params import TrainParams
+
 
 class Refresher:
     def __init__(self, every: int, steps: int, scorer, passages, counters, corrector_trainer=None):
@@ -19,9 +21,8 @@ class Refresher:
         )
 
     @classmethod
-    def from_params(cls, p: dict, scorer, passages, counters, corrector_trainer=None) -> Refresher:
-        every = int(p["negatives"].get("refresh_every", 0) or 0)
-        return cls(every, int(p["steps"]), scorer, passages, counters, corrector_trainer)
+    def from_params(cls, p: TrainParams, scorer, passages, counters, corrector_trainer=None) -> Refresher:
+        return cls(p.negatives.refresh_every, p.steps, scorer, passages, counters, corrector_trainer)
 
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0 and step < self.steps

@@ -12,19 +12,16 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from freshen.integrity import check_finite_value
+from freshen.params import TrainParams
 from freshen.training.losses import contrastive_loss
 
 
 class RetrieverUpdate:
-    def __init__(self, encoder, p: dict, teacher=None):
-        steps = int(p["steps"])
+    def __init__(self, encoder, p: TrainParams, teacher=None):
         self.encoder, self.teacher = encoder, teacher
-        self.opt = torch.optim.AdamW(
-            encoder.parameters(), lr=float(p["lr"]), weight_decay=float(p.get("weight_decay", 0.0))
-        )
-        self.sched = get_linear_schedule_with_warmup(self.opt, int(float(p.get("warmup_ratio", 0.1)) * steps), steps)
-        self.temperature = float(p.get("temperature", 0.05))
-        self.grad_clip = float(p.get("grad_clip", 1.0))
+        self.opt = torch.optim.AdamW(encoder.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        self.sched = get_linear_schedule_with_warmup(self.opt, int(p.warmup_ratio * p.steps), p.steps)
+        self.temperature, self.grad_clip = p.temperature, p.grad_clip
 
     @staticmethod
     def mask(pos_rows: list[list[int]], rows: list[int], unusable: torch.Tensor) -> torch.Tensor:

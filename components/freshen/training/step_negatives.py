@@ -13,22 +13,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from freshen.params.train import NegativesParams
 from freshen.sampling.false_negatives import FalseNegativeFilter
 from freshen.sampling.overlay import FreshOverlay
 from freshen.sampling.scorer import CacheScorer
 
 
 class StepNegatives:
-    def __init__(self, data, cache, neg_p: dict, seed: int):
-        self.data, strategy = data, neg_p["strategy"]
-        self.k = 0 if strategy == "in_batch" else int(neg_p.get("k", 4))
-        self.candidates, self.bins = int(neg_p.get("candidates", 100)), int(neg_p.get("bins", 10))
-        self.fn_filter = FalseNegativeFilter.from_params(neg_p.get("false_negatives"))
+    def __init__(self, data, cache, neg: NegativesParams, seed: int):
+        self.data, strategy = data, neg.strategy
+        self.k = 0 if strategy == "in_batch" else neg.k
+        self.candidates, self.bins = neg.candidates, neg.bins
+        self.fn_filter = FalseNegativeFilter.from_params(neg.false_negatives)
         self.generator = torch.Generator().manual_seed(seed)  # Gumbel noise
         self.rng = np.random.default_rng([seed, 2])  # balanced margin picks
         # the stale cache, a private float16 copy: the training-time index, not the artifact
-        self.scorer = CacheScorer(torch.from_numpy(np.array(cache.embeddings, dtype=np.float16)), neg_p)
-        overlay_steps = int(neg_p.get("fresh_overlay_steps", 0) or 0) if strategy == "corrected" else 0
+        self.scorer = CacheScorer(torch.from_numpy(np.array(cache.embeddings, dtype=np.float16)), neg)
+        overlay_steps = neg.fresh_overlay_steps if strategy == "corrected" else 0
         self.overlay = FreshOverlay(overlay_steps, self.scorer.table) if overlay_steps else None
 
     def pick(
@@ -53,6 +54,14 @@ class StepNegatives:
         return self.scorer.negatives(
             q_emb, self.k, exclude, positive_rows, self.fn_filter, corrector, self.generator, self.rng
         )
+
+    def mask_in_batch(self, q_emb: torch.Tensor, p_emb: torch.Tensor, mask: torch.Tensor) -> dict[str, int]:
+        """Mask (in place) the step's passages the false-negative margin rule flags for a query
+        (`false_negatives.in_batch`); its count `fn_in_batch`, or {} when the rule is off."""
+        f = self.fn_filter
+        if not (f.in_batch and f.has_margin):
+            return {}
+        return {"fn_in_batch": f.mask_in_batch(q_emb.detach(), p_emb.detach(), mask)}
 
     def embedded(self, step: int, rows: list[int], fresh: torch.Tensor) -> None:
         """The step embedded `rows` fresh (`fresh`): the overlay keeps them."""

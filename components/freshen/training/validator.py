@@ -17,6 +17,7 @@ import copy
 import numpy as np
 import torch
 
+from freshen.params import TrainParams
 from freshen.retrieval import evaluate_run, overlap_at
 from freshen.sampling.negatives import chunked_topk
 from freshen.training.losses import mean_cosine
@@ -26,17 +27,22 @@ class Validator:
     """`data`: the `TrainingData` (dev judgements, queries, cache rows); probe passages drawn
     from `rng`, the overlap sample from a stream of its own."""
 
-    def __init__(self, data, p: dict, seed: int, rng: np.random.Generator, scorer, passages, counters):
+    def __init__(self, data, p: TrainParams, seed: int, rng: np.random.Generator, scorer, passages, counters):
         self.dev, self.queries, doc_ids = data.dev, data.queries, data.doc_ids
         self.doc_ids, self.scorer, self.passages, self.counters = doc_ids, scorer, passages, counters
-        n_probe = min(int(p.get("probe_passages", 0) or 0), len(doc_ids))
+        self.every = p.eval_every
+        n_probe = min(p.probe_passages, len(doc_ids))
         self.probe_rows = sorted(rng.choice(len(doc_ids), size=n_probe, replace=False).tolist())
         # a random passage sample, its own stream (batches stay those of every other setting)
-        n_overlap = min(int(p.get("overlap_passages", 0) or 0), len(doc_ids))
+        n_overlap = min(p.overlap_passages, len(doc_ids))
         self.overlap_rows = torch.from_numpy(
             np.sort(np.random.default_rng([seed, 3]).choice(len(doc_ids), size=n_overlap, replace=False))
         )
-        self.overlap_k = min(int(p.get("overlap_k", 100)), n_overlap)
+        self.overlap_k = min(p.overlap_k, n_overlap)
+
+    def due(self, step: int, steps: int) -> bool:
+        """Whether a run of `steps` steps validates after `step`: every `eval_every`, and the last."""
+        return bool(self.every) and (step % self.every == 0 or step == steps)
 
     @torch.no_grad()
     def validate(self, step: int, corrector=None, sampling_corrector=None) -> dict:

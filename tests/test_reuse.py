@@ -1,0 +1,115 @@
+"""A corpus is encoded once per model: embed_cache, reembed and the refresh shards copy the rows
+of a complete cache with the same embedding key (model, corpus, settings that change a row)
+instead of encoding again, and count the encoder passes this saved (issue 26, defect 5)."""
+
+import numpy as np
+import pytest
+import yaml
+from freshen import embed_corpus, sharding
+from freshen.cache import load_cache
+from freshen.modeling.encoder import Encoder
+from freshen.params import validate_params
+from freshen.steps import embed_cache, merge_shards, prepare, reembed, reembed_shard
+
+MODEL = "artifacts/model/encoder"
+
+
+@pytest.fixture()
+def project(tmp_path, tiny_params):
+    """Prepared data, and an encoder where `train` leaves it (what reembed and the shards use)."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
+    prepare.run(validate_params(tiny_params), root)
+    Encoder.from_params(tiny_params["model"]).save(root / MODEL)
+    return root, tiny_params
+
+
+@pytest.fixture()
+def encoded(monkeypatch):
+    """The number of texts the encoder is given, by every step, from now on."""
+    real, texts = embed_corpus.encode_chunks, []
+
+    def counting(encoder, corpus, kind, sink, start_row=0, **kw):
+        texts.append(len(corpus) - start_row)
+        return real(encoder, corpus, kind, sink, start_row=start_row, **kw)
+
+    monkeypatch.setattr(embed_corpus, "encode_chunks", counting)
+    return texts
+
+
+def with_(params: dict, **encode) -> dict:
+    return {**params, "encode": {**params["encode"], **encode}}
+
+
+def files(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_a_second_embed_cache_with_the_same_model_and_corpus_encodes_nothing(project, encoded):
+    root, params = project
+    first = embed_cache.run(validate_params(params), root)
+    assert first["passes"] == 60 and first["passes_saved"] == 0 and encoded == [60]
+    out = root / params["cache"]["out_dir"]
+    before = files(out)
+    # the batch size and chunking only schedule the same work: still the same cache
+    again = embed_cache.run(validate_params(with_(params, batch_size=5, chunk_rows=7)), root)
+    assert again["passes"] == 0 and again["passes_saved"] == 60 and encoded == [60]
+    assert files(out) == before  # not rewritten
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"encode": {"precision": "bf16"}},  # another precision gives other rows
+        {"model": {"passage_max_len": 16}},  # another token limit too
+        {"encode": {"reuse": False}},  # asked to encode again
+    ],
+)
+def test_embed_cache_encodes_again_when_a_row_could_differ(project, encoded, change):
+    root, params = project
+    embed_cache.run(validate_params(params), root)
+    changed = {k: {**params[k], **v} for k, v in change.items()}
+    stats = embed_cache.run(validate_params({**params, **changed}), root)
+    assert stats["passes"] == 60 and stats["passes_saved"] == 0 and encoded == [60, 60]
+
+
+def test_a_changed_corpus_or_a_damaged_cache_is_encoded_again(project, encoded):
+    root, params = project
+    embed_cache.run(validate_params(params), root)
+    out = root / params["cache"]["out_dir"]
+    emb = out / "embeddings.npy"
+    data = bytearray(emb.read_bytes())
+    data[-1] ^= 0xFF  # one byte of one row changed since the cache was written
+    emb.write_bytes(bytes(data))
+    assert embed_cache.run(validate_params(params), root)["passes"] == 60
+    corpus = root / params["data"]["out_dir"] / "corpus.jsonl"
+    corpus.write_text(corpus.read_text().replace("protein", "proteins"))  # same ids, other texts
+    assert embed_cache.run(validate_params(params), root)["passes"] == 60
+    assert encoded == [60, 60, 60]
+
+
+def test_refresh_shards_take_the_rows_reembed_wrote_for_the_same_model(project, encoded, monkeypatch):
+    """After a promotion the champion is the model `reembed` just used: the refresh copies those
+    rows instead of embedding the corpus a second time."""
+    root, params = project
+    reembed.run(validate_params(params), root)
+    assert encoded == [60]
+    stats = [reembed_shard.run(validate_params(params), root, shard=i, num_shards=3, model_dir=MODEL) for i in range(3)]
+    assert encoded == [60]  # no text encoded by the shards
+    assert [(s["passes"], s["passes_saved"]) for s in stats] == [(0, 20)] * 3
+    merge_shards.run(validate_params(params), root, num_shards=3, model_dir=MODEL)
+    one = load_cache(root / params["reembed"]["out_dir"])
+    merged = load_cache(root / params["orchestration"]["refresh_dir"])
+    assert merged.ids == one.ids and merged.manifest["model_digest"] == one.manifest["model_digest"]
+    np.testing.assert_array_equal(np.asarray(merged.embeddings), np.asarray(one.embeddings))  # the same rows
+    assert merged.manifest["embedding_key"] == one.manifest["embedding_key"]
+
+    # another model (here: the encoder changed on disk) is embedded for real
+    Encoder.load(root / MODEL).save(root / "other")
+    cfg = root / "other" / "config.json"
+    cfg.write_text(cfg.read_text().replace("}", ', "note": 1}', 1))  # a different model digest
+    shards = root / params["orchestration"]["shards_dir"]
+    stats = reembed_shard.run(validate_params(params), root, shard=0, num_shards=3, model_dir="other")
+    assert stats["passes"] == 20 and encoded == [60, 20]
+    assert load_cache(shards / sharding.shard_name(0, 3)).manifest.get("reused_from") is None
