@@ -15,7 +15,7 @@ export FRESHEN_DEPLOY_OUT=${FRESHEN_DEPLOY_OUT:-$PWD/benchmarks/results/deployme
 export FRESHEN_PODMAN_SOCKET=${FRESHEN_PODMAN_SOCKET:-/run/freshen-podman.sock}
 
 # in order; later parts use what earlier ones made (engine, base image, component image, socket)
-PARTS=(install_podman base_image check_containers podman_socket kfp_local)
+PARTS=(install_podman base_image check_containers podman_socket live_airflow kfp_local)
 if [ $# -gt 0 ]; then PARTS=("$@"); fi
 
 OUT=$FRESHEN_DEPLOY_OUT

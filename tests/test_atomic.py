@@ -96,13 +96,16 @@ def test_modes_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
             write_json(tmp / "promotion.json", {})
             (tmp / "model.safetensors").write_bytes(b"w")
             (tmp / "encoder").mkdir()
+            (tmp / "encoder" / "weights.safetensors").write_bytes(b"w")
+            (tmp / "encoder" / "weights.safetensors").chmod(0o600)  # as the safetensors library writes
         with atomic_file(tmp_path / "serving" / "index.faiss") as tmp:
             tmp.write_bytes(b"i")
         with hold(tmp_path / "locked" / "out"):
             pass
     finally:
         os.umask(old)
-    for f in ("current.json", "serving/promotion.json", "serving/model.safetensors", "serving/index.faiss"):
+    files = ("current.json", "serving/promotion.json", "serving/model.safetensors", "serving/index.faiss")
+    for f in (*files, "serving/encoder/weights.safetensors"):
         assert mode(tmp_path / f) == file_mode, f
     for d in ("serving", "serving/encoder"):
         assert mode(tmp_path / d) == dir_mode, d

@@ -140,7 +140,23 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    readable_as_umask_allows(tmp)
     replace_dir(tmp, path)
+
+
+def readable_as_umask_allows(folder: Path) -> None:
+    """Give everything under `folder` the read (and, for folders, search) bits the umask allows:
+    libraries writing inside an atomic folder may create their files 0600 (safetensors does,
+    for every model weight), which no consumer running as another uid could read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [folder, *folder.rglob("*")]:
+        if p.is_symlink():
+            continue
+        st_mode = p.stat().st_mode
+        wanted = st_mode | ((0o555 if p.is_dir() else 0o444) & ~umask)
+        if wanted != st_mode:
+            os.chmod(p, wanted & 0o7777)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
