@@ -112,3 +112,33 @@ def make_tiny_bert(
         (path / "2_Normalize").mkdir(exist_ok=True)
         (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
     return path
+
+
+def small_params(params_yaml: Path, model: Path | str, beir: Path | str) -> dict:
+    """The params of `params_yaml`, pointed at a tiny BEIR folder and a tiny model, with settings
+    small enough for a test (a few training steps, tiny batches). Paths are used as given."""
+    import yaml
+
+    params = yaml.safe_load(Path(params_yaml).read_text())
+    params["data"].update(local_dir=str(beir), url=None, sha256={}, verify=False, min_dev_queries=1)
+    params["model"].update(name_or_path=str(model), query_max_len=16, passage_max_len=32)
+    params["encode"].update(batch_size=16, precision="fp32")
+    params["cluster"].update(queries_per_cluster=6, niter=5)
+    # keep_best off: on a 3-query dev split the training-time index can rank step 0 (the random-weight
+    # model) first, and the end-to-end tests promote a trained model; the tests of keep_best set it on
+    params["train"].update(
+        steps=6,
+        batch_size=4,
+        log_every=2,
+        passage_max_len=32,
+        lr=1e-3,
+        eval_every=3,
+        probe_passages=8,
+        overlap_passages=30,
+        overlap_k=5,
+        keep_best=False,
+    )
+    params["train"]["pilot"]["steps"] = 2
+    params["train"]["negatives"].update(k=2)
+    params["train"]["corrector"].update(hidden=32, warmup_steps=2)
+    return params
