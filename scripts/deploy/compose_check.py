@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def open_socket_to_airflow(path: Path) -> None:
+    """Airflow runs as uid 50000 in group 0, like the official image: it reaches a root-owned
+    podman socket through the group, which `podman system service` leaves without access (0600)."""
+    info = path.stat()
+    if info.st_gid != 0:
+        raise SystemExit(f"{path}: group {info.st_gid}, not 0: Airflow (uid 50000, gid 0) could not use it")
+    if info.st_mode & (stat.S_IRGRP | stat.S_IWGRP) != stat.S_IRGRP | stat.S_IWGRP:
+        print(f"{path}: group read/write added, for Airflow's group 0")
+        path.chmod(info.st_mode | stat.S_IRGRP | stat.S_IWGRP)
 
 
 def build_images(base: str, component_image: str) -> dict[str, str]:
@@ -291,6 +303,7 @@ def main() -> int:
 
     if not Path(args.socket).is_socket():
         raise SystemExit(f"{args.socket}: no podman socket (podman system service unix://{args.socket})")
+    open_socket_to_airflow(Path(args.socket))
     if sh("podman", "ps", "-aq", "--filter", f"label=io.podman.compose.project={PROJECT}", quiet=True).stdout.strip():
         raise SystemExit(f"a compose project '{PROJECT}' is already up: take it down first (podman-compose down -v)")
 
