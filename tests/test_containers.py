@@ -141,7 +141,7 @@ def test_compose_has_the_whole_local_stack(compose):
         conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
         assert conn.startswith("postgresql") and "@postgres:" in conn
     mlflow = " ".join(commands["mlflow"])
-    assert "--backend-store-uri postgresql://" in mlflow and "--serve-artifacts" in mlflow
+    assert "--backend-store-uri postgresql+psycopg2://" in mlflow and "--serve-artifacts" in mlflow
     assert services["mlflow"]["environment"]["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://mlflow"
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
 

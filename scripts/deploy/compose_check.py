@@ -78,8 +78,10 @@ def sh(*argv: str, check: bool = True, quiet: bool = False, **kw) -> subprocess.
 
 
 def compose(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    """podman-compose on the two files; its output (the merged file, every podman call) is kept
+    out of the log and shown, the end of it, only on failure."""
     files = [arg for path in COMPOSE_FILES for arg in ("-f", str(path))]
-    return sh("podman-compose", "-p", PROJECT, *files, *args, env=env, check=check)
+    return sh("podman-compose", "-p", PROJECT, *files, *args, env=env, check=check, quiet=True)
 
 
 def container(service: str) -> str:
@@ -142,7 +144,7 @@ def start_in_order(env: dict[str, str]) -> None:
     """Create the containers with podman-compose, then start them as the compose files' depends_on
     conditions say (podman-compose 1.0 does not wait for them): PostgreSQL healthy, MLflow
     healthy, the Airflow database migrated, then the Airflow services."""
-    compose("up", "-d", "--no-start", "--no-build", *SERVICES, env=env)
+    compose("up", "--no-start", "--no-build", *SERVICES, env=env)  # with -d, 1.0.3 passes -d to `podman create`
     sh("podman", "start", container("postgres"))
     wait_healthy("postgres", 120)
     sh("podman", "start", container("mlflow"))
