@@ -208,7 +208,10 @@ class Airflow:
 
     def log_tail(self, dag_id: str, run_id: str, task: dict, lines: int = 30) -> str:
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task['task_id']}/logs/{max(task['try_number'], 1)}"
-        content = self.call("GET", path, params={"full_content": True}).get("content", [])
+        try:
+            content = self.call("GET", path, params={"full_content": True}).get("content", [])
+        except CheckFailed as exc:
+            return f"(no log: {exc})"
         events = [c.get("event", str(c)) if isinstance(c, dict) else str(c) for c in content]
         return "\n".join(events[-lines:])
 
@@ -345,7 +348,8 @@ def main() -> int:
             ]
             failed = [t for t in tasks if t["state"] != "success"]
             for t in failed:
-                print(f"--- {t['task_id']} ({t['state']}), end of its log:\n{api.log_tail('freshen_train', run_id, t)}")
+                if t["state"] == "failed":
+                    print(f"--- {t['task_id']} failed; end of its log:\n{api.log_tail('freshen_train', run_id, t)}")
             if state != "success" or failed:
                 raise CheckFailed(
                     f"run {run_id} {state}; not successful: {[(t['task_id'], t['state']) for t in failed]}"
