@@ -42,7 +42,8 @@ IMAGES = {  # image -> Dockerfile, built from the base given as BASE_IMAGE
 AIRFLOW = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
 SERVICES = ["postgres", "mlflow", "airflow-init", *AIRFLOW]  # MinIO left out: it cannot be obtained here
 CONTAINER_ROOT = "/project"  # where the project is mounted in Airflow and in the step containers
-SUMMARY = REPO / "benchmarks" / "results" / "deployment" / "compose.md"
+# the folder of scripts/check_deployment.sh's reports, when it runs this
+SUMMARY = Path(os.environ.get("FRESHEN_DEPLOY_OUT", REPO / "benchmarks" / "results" / "deployment")) / "compose.md"
 
 
 class CheckFailed(RuntimeError):
