@@ -15,7 +15,7 @@ export FRESHEN_DEPLOY_OUT=${FRESHEN_DEPLOY_OUT:-$PWD/benchmarks/results/deployme
 export FRESHEN_PODMAN_SOCKET=${FRESHEN_PODMAN_SOCKET:-/run/freshen-podman.sock}
 
 # in order; later parts use what earlier ones made (engine, base image, component image, socket)
-PARTS=(install_podman base_image check_containers podman_socket live_airflow kfp_local)
+PARTS=(install_podman base_image check_containers podman_socket live_airflow kfp_local check_compose)
 if [ $# -gt 0 ]; then PARTS=("$@"); fi
 
 OUT=$FRESHEN_DEPLOY_OUT
@@ -41,7 +41,7 @@ for part in "${PARTS[@]}"; do
   echo "-- $part: $result in ${seconds}s"
 done
 echo >> "$SUMMARY"
-echo "Logs: logs/<part>.log; reports: containers.md, kfp.md." >> "$SUMMARY"
+echo "Logs: logs/<part>.log; reports: containers.md, live_airflow.txt, kfp.md, compose.md." >> "$SUMMARY"
 # what this output was made from; tests/test_deployment_check.py fails when it is stale
 if [ $# -eq 0 ]; then python -m benchmarks.deployment --inputs-digest > "$OUT/inputs.sha256"; fi
 cat "$SUMMARY"

@@ -141,7 +141,8 @@ def test_compose_has_the_whole_local_stack(compose):
         conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
         assert conn.startswith("postgresql") and "@postgres:" in conn
     mlflow = " ".join(commands["mlflow"])
-    assert "--backend-store-uri postgresql://" in mlflow and "--artifacts-destination s3://" in mlflow
+    assert "--backend-store-uri postgresql+psycopg2://" in mlflow and "--serve-artifacts" in mlflow
+    assert services["mlflow"]["environment"]["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://mlflow"
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
 
 
@@ -177,8 +178,66 @@ def test_the_python_base_is_a_build_arg_defaulting_to_the_public_image(dockerfil
     get the official image without passing anything."""
     steps = instructions(dockerfile)
     froms = [args for word, args in steps if word == "FROM"]
-    if froms[0].startswith("apache/airflow"):
-        return  # the Airflow image has its own base, pinned to the Airflow release
     first_from = next(i for i, (word, _) in enumerate(steps) if word == "FROM")
     defaults = dict(a.split("=", 1) for w, a in steps[:first_from] if w == "ARG" and "=" in a)
     assert froms == ["${BASE_IMAGE}"] and defaults["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+
+
+def merged(base: dict, override: dict) -> dict:
+    """Compose's merge of an override file: mappings merged key by key, `volumes` by target,
+    other values replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = merged(base[key], value)
+        elif key == "volumes" and isinstance(value, list):
+            targets = {v.split(":")[1] for v in value}
+            out[key] = [v for v in base.get(key, []) if v.split(":")[1] not in targets] + value
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_stack(compose):
+    return merged(compose, yaml.safe_load((CONTAINERS / "docker-compose.local.yaml").read_text()))
+
+
+def test_the_local_variant_needs_no_registry_and_no_minio(local_stack):
+    """Every service it starts is built here (none pulled); MLflow keeps artifacts on a volume."""
+    started = {name: s for name, s in local_stack["services"].items() if not s.get("profiles")}
+    assert "minio" not in started and "minio-init" not in started
+    for name, service in started.items():
+        assert "build" in service, f"{name}: pulls {service['image']}"
+        assert (CONTAINERS / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+        for dependency in service.get("depends_on", {}):
+            assert dependency in started, f"{name} depends on {dependency}, which is not started"
+    assert started["postgres"]["build"]["dockerfile"] == "containers/Dockerfile.postgres"
+    mlflow = started["mlflow"]
+    destination = mlflow["environment"]["MLFLOW_ARTIFACTS_DESTINATION"]
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in mlflow["volumes"]}
+    assert volumes[destination] in local_stack["volumes"]  # a named volume, not a folder in the image
+    assert "s3://" not in " ".join(mlflow["command"])
+
+
+def test_the_check_starts_the_local_variant_service_by_service(local_stack):
+    """podman-compose 1.0 ignores profiles: scripts/deploy/compose_check.py names the services,
+    which must be exactly those the local variant starts."""
+    sys.path.insert(0, str(REPO / "scripts" / "deploy"))
+    import compose_check
+
+    started = {name for name, s in local_stack["services"].items() if not s.get("profiles")}
+    assert set(compose_check.SERVICES) == started
+    built = {s["image"]: s["build"]["dockerfile"] for s in local_stack["services"].values() if "build" in s}
+    assert compose_check.IMAGES == built
+
+
+def test_airflow_sees_the_project_where_the_step_containers_do(compose):
+    """The worker reads params.yaml at FRESHEN_PROJECT_DIR; each step container gets the same host
+    folder at orchestration.container_root: one path, so XCom'd paths mean the same file."""
+    container_root = load_params(REPO / "params.yaml").orchestration.container_root
+    for name in ("airflow-scheduler", "airflow-dag-processor", "airflow-apiserver"):
+        service = compose["services"][name]
+        assert service["environment"]["FRESHEN_PROJECT_DIR"] == container_root
+        assert f"${{FRESHEN_HOST_PROJECT_DIR}}:{container_root}" in service["volumes"]
+        assert any(v.endswith(":/var/run/docker.sock") for v in service["volumes"])
