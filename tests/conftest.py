@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tiny import make_beir, make_tiny_bert, tiny_params_for  # noqa: E402
+from tiny import ENCODER_DIR, make_beir, make_tiny_bert, tiny_params_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +27,23 @@ def tiny_beir(tmp_path) -> Path:
 def tiny_params(tmp_path, tiny_model, tiny_beir):
     """params.yaml of the repo, pointed at tiny data and a tiny model, with small settings."""
     return tiny_params_for(REPO / "params.yaml", tiny_model, tiny_beir)
+
+
+@pytest.fixture()
+def prepared_project(tmp_path, tiny_params):
+    """(root, params): a project with prepared data and an encoder where `train` leaves it (what
+    reembed, the shards and the indexes use)."""
+    import yaml
+    from freshen.modeling.encoder import Encoder
+    from freshen.params import validate_params
+    from freshen.steps import prepare
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
+    prepare.run(validate_params(tiny_params), root)
+    Encoder.from_params(tiny_params["model"]).save(root / ENCODER_DIR)
+    return root, tiny_params
 
 
 @pytest.fixture()

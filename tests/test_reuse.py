@@ -4,25 +4,12 @@ instead of encoding again, and count the encoder passes this saved (issue 26, de
 
 import numpy as np
 import pytest
-import yaml
 from freshen import embed_corpus, sharding
 from freshen.cache import load_cache
 from freshen.modeling.encoder import Encoder
 from freshen.params import validate_params
-from freshen.steps import embed_cache, merge_shards, prepare, reembed, reembed_shard
-
-MODEL = "artifacts/model/encoder"
-
-
-@pytest.fixture()
-def project(tmp_path, tiny_params):
-    """Prepared data, and an encoder where `train` leaves it (what reembed and the shards use)."""
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
-    prepare.run(validate_params(tiny_params), root)
-    Encoder.from_params(tiny_params["model"]).save(root / MODEL)
-    return root, tiny_params
+from freshen.steps import embed_cache, merge_shards, reembed, reembed_shard
+from tiny import ENCODER_DIR
 
 
 @pytest.fixture()
@@ -46,8 +33,8 @@ def files(folder):
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
 
 
-def test_a_second_embed_cache_with_the_same_model_and_corpus_encodes_nothing(project, encoded):
-    root, params = project
+def test_a_second_embed_cache_with_the_same_model_and_corpus_encodes_nothing(prepared_project, encoded):
+    root, params = prepared_project
     first = embed_cache.run(validate_params(params), root)
     assert first["passes"] == 60 and first["passes_saved"] == 0 and encoded == [60]
     out = root / params["cache"]["out_dir"]
@@ -66,16 +53,16 @@ def test_a_second_embed_cache_with_the_same_model_and_corpus_encodes_nothing(pro
         {"encode": {"reuse": False}},  # asked to encode again
     ],
 )
-def test_embed_cache_encodes_again_when_a_row_could_differ(project, encoded, change):
-    root, params = project
+def test_embed_cache_encodes_again_when_a_row_could_differ(prepared_project, encoded, change):
+    root, params = prepared_project
     embed_cache.run(validate_params(params), root)
     changed = {k: {**params[k], **v} for k, v in change.items()}
     stats = embed_cache.run(validate_params({**params, **changed}), root)
     assert stats["passes"] == 60 and stats["passes_saved"] == 0 and encoded == [60, 60]
 
 
-def test_a_changed_corpus_or_a_damaged_cache_is_encoded_again(project, encoded):
-    root, params = project
+def test_a_changed_corpus_or_a_damaged_cache_is_encoded_again(prepared_project, encoded):
+    root, params = prepared_project
     embed_cache.run(validate_params(params), root)
     out = root / params["cache"]["out_dir"]
     emb = out / "embeddings.npy"
@@ -89,16 +76,18 @@ def test_a_changed_corpus_or_a_damaged_cache_is_encoded_again(project, encoded):
     assert encoded == [60, 60, 60]
 
 
-def test_refresh_shards_take_the_rows_reembed_wrote_for_the_same_model(project, encoded, monkeypatch):
+def test_refresh_shards_take_the_rows_reembed_wrote_for_the_same_model(prepared_project, encoded, monkeypatch):
     """After a promotion the champion is the model `reembed` just used: the refresh copies those
     rows instead of embedding the corpus a second time."""
-    root, params = project
+    root, params = prepared_project
     reembed.run(validate_params(params), root)
     assert encoded == [60]
-    stats = [reembed_shard.run(validate_params(params), root, shard=i, num_shards=3, model_dir=MODEL) for i in range(3)]
+    stats = [
+        reembed_shard.run(validate_params(params), root, shard=i, num_shards=3, model_dir=ENCODER_DIR) for i in range(3)
+    ]
     assert encoded == [60]  # no text encoded by the shards
     assert [(s["passes"], s["passes_saved"]) for s in stats] == [(0, 20)] * 3
-    merge_shards.run(validate_params(params), root, num_shards=3, model_dir=MODEL)
+    merge_shards.run(validate_params(params), root, num_shards=3, model_dir=ENCODER_DIR)
     one = load_cache(root / params["reembed"]["out_dir"])
     merged = load_cache(root / params["orchestration"]["refresh_dir"])
     assert merged.ids == one.ids and merged.manifest["model_digest"] == one.manifest["model_digest"]
@@ -106,7 +95,7 @@ def test_refresh_shards_take_the_rows_reembed_wrote_for_the_same_model(project, 
     assert merged.manifest["embedding_key"] == one.manifest["embedding_key"]
 
     # another model (here: the encoder changed on disk) is embedded for real
-    Encoder.load(root / MODEL).save(root / "other")
+    Encoder.load(root / ENCODER_DIR).save(root / "other")
     cfg = root / "other" / "config.json"
     cfg.write_text(cfg.read_text().replace("}", ', "note": 1}', 1))  # a different model digest
     shards = root / params["orchestration"]["shards_dir"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+ENCODER_DIR = "artifacts/model/encoder"  # where `train` leaves the encoder in a project
 
 TOPICS = {
     "cell": "cell protein gene membrane mitochondria receptor kinase enzyme".split(),
