@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import logging
 import os
 import signal
 import sys
@@ -24,6 +23,7 @@ import yaml
 from freshen.errors import FreshenError
 from freshen.orchestration.commands import ORCHESTRATION_STEPS, RUN_COMMANDS, SKIP_EXIT
 from freshen.params import Params, load_params
+from freshen.progress import configure_output, errors_only_on_stderr
 from freshen.steps import STEP_NAMES
 
 PARAMS_COMMAND = "params"  # `freshen params`: the effective params as YAML
@@ -143,7 +143,7 @@ def stop_cleanly_on_sigterm(step: str):
         return
 
     def stop(signum, frame):
-        print(f"freshen {step}: stopped by SIGTERM", file=sys.stderr, flush=True)
+        print(f"freshen {step}: stopped by SIGTERM", file=sys.__stderr__, flush=True)  # even while redirected
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_step(args) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_output(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     step = args.step.replace("-", "_")
     root = Path(args.root).resolve()
@@ -177,7 +175,8 @@ def run_step(args) -> int:
             print(yaml.safe_dump(params.model_dump(), sort_keys=False), end="")
             return 0
         if step in RUN_COMMANDS:
-            return run_command(step, params, root, args)
+            with errors_only_on_stderr():
+                return run_command(step, params, root, args)
         seed_everything(params.seed)
         module = importlib.import_module(f"freshen.steps.{step}")
         options = {name: getattr(args, name) for name in getattr(module, "OPTIONS", ())}
@@ -185,7 +184,8 @@ def run_step(args) -> int:
         if skip:
             print(f"freshen {step}: skipped: {skip}")
             return args.skip_exit_code
-        with tracking.step_run(step, params, root, args.parent_run_id, module.SECTIONS) as (run, parent):
+        step_run = tracking.step_run(step, params, root, args.parent_run_id, module.SECTIONS)
+        with errors_only_on_stderr(), step_run as (run, parent):
             import mlflow
 
             log = MlflowLog(mlflow, parent)

@@ -145,16 +145,19 @@ def airflow_command() -> list[str]:
 
 
 class Api:
-    """The Airflow REST API v2, authenticated with a JWT from the simple auth manager."""
+    """The Airflow REST API v2, authenticated with a JWT from the simple auth manager: with a user
+    and password, or without (GET /auth/token, when every user is an admin, as in the compose stack)."""
 
-    def __init__(self, base: str, user: str, password: str):
+    def __init__(self, base: str, user: str | None = None, password: str | None = None):
         self.base, self.user, self.password = base.rstrip("/"), user, password
         self.session = requests.Session()
 
     def login(self) -> None:
-        res = requests.post(
-            f"{self.base}/auth/token", json={"username": self.user, "password": self.password}, timeout=30
-        )
+        if self.user is None:
+            res = requests.get(f"{self.base}/auth/token", timeout=30)
+        else:
+            credentials = {"username": self.user, "password": self.password}
+            res = requests.post(f"{self.base}/auth/token", json=credentials, timeout=30)
         res.raise_for_status()
         self.session.headers["Authorization"] = f"Bearer {res.json()['access_token']}"
 
@@ -164,13 +167,17 @@ class Api:
             raise RuntimeError(f"{method} /api/v2{path}: HTTP {res.status_code}: {res.text[:500]}")
         return res.json() if res.content else {}
 
-    def wait_ready(self, dag_ids: list[str], timeout_s: float) -> None:
-        """Until the API answers, the scheduler is healthy and every DAG is parsed without errors."""
+    def wait_ready(self, dag_ids: list[str], timeout_s: float, components: tuple[str, ...] = ("scheduler",)) -> None:
+        """Until the API answers, the named components (all that report, for `()`) are healthy and
+        every DAG is parsed without import errors."""
         deadline = time.monotonic() + timeout_s
+        unhealthy: list[str] = []
         while True:
             try:
                 health = requests.get(f"{self.base}/api/v2/monitor/health", timeout=10).json()
-                if health["scheduler"]["status"] == "healthy":
+                names = components or [k for k, v in health.items() if isinstance(v, dict)]
+                unhealthy = [n for n in names if health[n]["status"] != "healthy"]
+                if not unhealthy:
                     self.login()
                     errors = self.call("GET", "/importErrors")["import_errors"]
                     if errors:
@@ -181,7 +188,9 @@ class Api:
             except (requests.ConnectionError, requests.Timeout, KeyError, requests.HTTPError):
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Airflow at {self.base} not ready with {dag_ids} after {timeout_s:.0f}s")
+                raise TimeoutError(
+                    f"Airflow at {self.base} not ready with {dag_ids} after {timeout_s:.0f}s (unhealthy: {unhealthy})"
+                )
             time.sleep(3)
 
     def unpause(self, dag_id: str) -> None:
@@ -203,10 +212,28 @@ class Api:
                 raise TimeoutError(f"{dag_id} run {run_id} still {run['state']} after {timeout_s:.0f}s")
             time.sleep(5)
 
+    def run_dag(self, dag_id: str, conf: dict, timeout_s: float) -> dict:
+        """Unpause, trigger and wait for one run; returns the finished run."""
+        self.unpause(dag_id)
+        return self.wait_run(dag_id, self.trigger(dag_id, conf), timeout_s)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+        return self.call("GET", path, params={"limit": 100})["task_instances"]
+
     def task_states(self, dag_id: str, run_id: str) -> dict[tuple[str, int], str]:
         """(task_id, map_index) -> state of every task instance of one run (-1: not mapped)."""
-        tis = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
-        return {(t["task_id"], t["map_index"]): t["state"] for t in tis["task_instances"]}
+        return {(t["task_id"], t["map_index"]): t["state"] for t in self.task_instances(dag_id, run_id)}
+
+    def log_tail(self, dag_id: str, run_id: str, task: dict, lines: int = 30) -> str:
+        """The last lines of one task instance's log (of its latest try)."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task['task_id']}/logs/{max(task['try_number'], 1)}"
+        try:
+            content = self.call("GET", path, params={"full_content": True}).get("content", [])
+        except RuntimeError as exc:
+            return f"(no log: {exc})"
+        events = [c.get("event", str(c)) if isinstance(c, dict) else str(c) for c in content]
+        return "\n".join(events[-lines:])
 
     def asset_events(self, name: str) -> list[dict]:
         assets = self.call("GET", "/assets", params={"name_pattern": name})["assets"]

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from airflow_service import Api, free_port  # noqa: E402
 from tiny import make_beir, make_tiny_bert, tiny_params_for  # noqa: E402
 
 PROJECT = "freshen"  # compose project: its network, freshen_default, is the one FRESHEN_SET names
@@ -87,12 +88,6 @@ def compose(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
 
 def container(service: str) -> str:
     return f"{PROJECT}_{service}_1"  # podman-compose's name for a service's first container
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def open_socket_to_airflow(path: Path) -> None:
@@ -157,64 +152,6 @@ def start_in_order(env: dict[str, str]) -> None:
         raise CheckFailed(f"airflow-init (airflow db migrate) exited with {code}")
     sh("podman", "start", *(container(s) for s in AIRFLOW))
     wait_healthy("airflow-apiserver", 300)
-
-
-class Airflow:
-    """Airflow's REST API v2 on the host port, with a JWT from /auth/token (all users are admins)."""
-
-    def __init__(self, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-        self.session = requests.Session()
-
-    def login(self) -> None:
-        res = requests.get(f"{self.base}/auth/token", timeout=30)
-        res.raise_for_status()
-        self.session.headers["Authorization"] = f"Bearer {res.json()['access_token']}"
-
-    def call(self, method: str, path: str, **kw) -> dict:
-        res = self.session.request(method, f"{self.base}/api/v2{path}", timeout=60, **kw)
-        if res.status_code >= 400:
-            raise CheckFailed(f"{method} /api/v2{path}: HTTP {res.status_code}: {res.text[:500]}")
-        return res.json() if res.content else {}
-
-    def wait_dag(self, dag_id: str, timeout_s: float) -> None:
-        """Until every component reports healthy and the DAG is parsed without import errors."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            health = self.call("GET", "/monitor/health")
-            unhealthy = [k for k, v in health.items() if isinstance(v, dict) and v.get("status") != "healthy"]
-            errors = self.call("GET", "/importErrors")["import_errors"]
-            if errors:
-                raise CheckFailed(f"DAG import errors: {json.dumps(errors)[:2000]}")
-            if not unhealthy and dag_id in {d["dag_id"] for d in self.call("GET", "/dags")["dags"]}:
-                return
-            if time.monotonic() > deadline:
-                raise CheckFailed(f"{dag_id} not ready after {timeout_s:.0f}s (unhealthy: {unhealthy})")
-            time.sleep(5)
-
-    def run_dag(self, dag_id: str, conf: dict, timeout_s: float) -> tuple[str, str]:
-        """Unpause, trigger and wait for one run; returns (run id, final state)."""
-        self.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
-        run_id = self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})["dag_run_id"]
-        deadline = time.monotonic() + timeout_s
-        while (state := self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]) not in ("success", "failed"):
-            if time.monotonic() > deadline:
-                raise CheckFailed(f"{dag_id} run {run_id} still {state} after {timeout_s:.0f}s")
-            time.sleep(10)
-        return run_id, state
-
-    def tasks(self, dag_id: str, run_id: str) -> list[dict]:
-        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
-        return self.call("GET", path, params={"limit": 100})["task_instances"]
-
-    def log_tail(self, dag_id: str, run_id: str, task: dict, lines: int = 30) -> str:
-        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task['task_id']}/logs/{max(task['try_number'], 1)}"
-        try:
-            content = self.call("GET", path, params={"full_content": True}).get("content", [])
-        except CheckFailed as exc:
-            return f"(no log: {exc})"
-        events = [c.get("event", str(c)) if isinstance(c, dict) else str(c) for c in content]
-        return "\n".join(events[-lines:])
 
 
 def seconds(start: str | None, end: str | None) -> float | None:
@@ -332,14 +269,14 @@ def main() -> int:
             params = make_project(project_dir)
         with phases("stack up (healthy)"):
             start_in_order(env)
-        api = Airflow(port)
+        api = Api(f"http://127.0.0.1:{port}")
         with phases("DAG parsed, components healthy"):
-            api.login()
-            api.wait_dag("freshen_train", 300)
+            api.wait_ready(["freshen_train"], 300, components=())
         with phases("freshen_train run"):
-            run_id, state = api.run_dag("freshen_train", {}, args.run_timeout)
+            run = api.run_dag("freshen_train", {}, args.run_timeout)
+            run_id, state = run["dag_run_id"], run["state"]
         with phases("assertions"):
-            tasks = api.tasks("freshen_train", run_id)
+            tasks = api.task_instances("freshen_train", run_id)
             report["tasks"] = [
                 {
                     **{k: t[k] for k in ("task_id", "state", "try_number")},
@@ -361,7 +298,7 @@ def main() -> int:
             if report["artifact_files"] == 0:
                 raise CheckFailed("no artifact on the mlflow-artifacts volume: the model was not logged there")
         report["passed"] = True
-    except (CheckFailed, requests.RequestException) as exc:
+    except (RuntimeError, TimeoutError, requests.RequestException) as exc:  # CheckFailed too
         report["error"] = str(exc)
         print(f"FAILED: {exc}", file=sys.stderr)
     finally:

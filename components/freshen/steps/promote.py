@@ -64,7 +64,7 @@ def log_and_register(model_dir: Path, name: str, digest: str, dim: int):
     from mlflow.models import infer_signature
 
     import freshen
-    from freshen.serving import FreshenEmbedder
+    from freshen import serving_model
 
     model = logged_model(digest)
     if model is not None:
@@ -79,7 +79,7 @@ def log_and_register(model_dir: Path, name: str, digest: str, dim: int):
             warnings.filterwarnings("ignore", message=".*(type hints|input example).*", category=UserWarning)
             uri = mlflow.pyfunc.log_model(
                 name="retriever",
-                python_model=FreshenEmbedder(),
+                python_model=serving_model.__file__,
                 artifacts=artifacts,
                 signature=signature,
                 code_paths=[str(Path(freshen.__file__).parent)],
