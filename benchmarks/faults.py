@@ -40,7 +40,7 @@ import numpy as np
 import yaml
 
 from benchmarks.common import RESULTS, ROOT, command_line, machine, write_report
-from tests.tiny import make_beir, make_tiny_bert  # the tests' synthetic material
+from tests.tiny import make_beir, make_tiny_bert, merged, tiny_params_for  # the tests' synthetic material
 
 BAD = ("lost", "wrong", "litter", "traceback")
 OUTPUTS = ("data", "artifacts", "metrics", "plots")
@@ -57,25 +57,19 @@ def make_template(work: Path, n_docs: int) -> Path:
     """A project folder with prepared data, clusters and the initial cache."""
     source = make_beir(work / "beir", n_docs=n_docs, n_train=60, n_test=20, with_dev=True)
     model = make_tiny_bert(work / "tiny-bert")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(local_dir=str(source), url=None, sha256={}, verify=False, min_dev_queries=1)
-    params["model"].update(name_or_path=str(model), query_max_len=16, passage_max_len=32)
-    params["encode"].update(batch_size=16, precision="fp32", chunk_rows=64)
-    params["cluster"].update(queries_per_cluster=6, niter=5)
-    params["train"].update(
-        steps=4,
-        batch_size=4,
-        log_every=2,
-        passage_max_len=32,
-        eval_every=2,
-        probe_passages=8,
-        overlap_passages=30,
-        overlap_k=5,
-        keep_best=False,
-    )
-    params["train"]["pilot"]["steps"] = 1
-    params["train"]["negatives"].update(k=2)
-    params["train"]["corrector"].update(hidden=32, warmup_steps=1)
+    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # the tests' tiny settings, shorter still, at the default learning rate
+    changes = {
+        "encode": {"chunk_rows": 64},
+        "train": {
+            "steps": 4,
+            "eval_every": 2,
+            "lr": defaults["train"]["lr"],
+            "pilot": {"steps": 1},
+            "corrector": {"warmup_steps": 1},
+        },
+    }
+    params = merged(tiny_params_for(ROOT / "params.yaml", model, source), changes)
     root = work / "template"
     root.mkdir()
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
