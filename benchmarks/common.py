@@ -3,10 +3,12 @@ that made the report, and writing the report (atomically, keeping its hand-writt
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from freshen import atomic
@@ -63,6 +65,15 @@ def write_report(path: Path, text: str) -> Path:
     """Write a report atomically, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic.write_text(path, text)
+
+
+def write_summary(out: Path, stem: str, summary: dict, markdown: Callable[[dict], str]) -> bool:
+    """A check's summary as `<stem>.json` and `<stem>.md` under `out`, the markdown printed too;
+    returns the summary's "ok"."""
+    write_report(out / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
+    write_report(out / f"{stem}.md", markdown(summary))
+    print(markdown(summary))
+    return bool(summary["ok"])
 
 
 def write_keeping_notes(path: Path, generated: str) -> Path:

@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 from freshen.orchestration.pipeline import REFRESH, TRAIN, cli_argv
 
-from benchmarks.common import ROOT, command_line, machine, write_report
+from benchmarks.common import ROOT, command_line, machine, write_summary
 from tests.tiny import make_project
 
 CONTAINER_ROOT = "/project"
@@ -257,10 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "unreadable": bad_modes,
         "ok": ok,
     }
-    write_report(args.out / "containers.json", json.dumps(summary, indent=2) + "\n")
-    write_report(args.out / "containers.md", markdown(summary))
-    print(markdown(summary))
-    return 0 if ok else 1
+    return 0 if write_summary(args.out, "containers", summary, markdown) else 1
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import ROOT, command_line, machine, write_report
+from benchmarks.common import ROOT, command_line, machine, write_summary
 from tests.tiny import make_project
 
 
@@ -163,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
         "ok": ok,
     }
-    write_report(args.out / "kfp.json", json.dumps(summary, indent=2) + "\n")
-    write_report(args.out / "kfp.md", markdown(summary))
-    print(markdown(summary))
-    return 0 if ok else 1
+    return 0 if write_summary(args.out, "kfp", summary, markdown) else 1
 
 
 if __name__ == "__main__":
