@@ -284,13 +284,15 @@ def main() -> int:
                 }
                 for t in sorted(tasks, key=lambda t: t["start_date"] or "")
             ]
-            failed = [t for t in tasks if t["state"] != "success"]
+            # the tiny project has no dvc.yaml, so there are no DVC stages to record the outputs in
+            expected = {t["task_id"]: "skipped" if t["task_id"] == "record_outputs" else "success" for t in tasks}
+            failed = [t for t in tasks if t["state"] != expected[t["task_id"]]]
             for t in failed:
                 if t["state"] == "failed":
                     print(f"--- {t['task_id']} failed; end of its log:\n{api.log_tail('freshen_train', run_id, t)}")
             if state != "success" or failed:
                 raise CheckFailed(
-                    f"run {run_id} {state}; not successful: {[(t['task_id'], t['state']) for t in failed]}"
+                    f"run {run_id} {state}; not as expected: {[(t['task_id'], t['state']) for t in failed]}"
                 )
             report["registered_model"] = params["promote"]["registered_model"]
             report["champion"] = champion_version(report["registered_model"])
