@@ -52,8 +52,10 @@ def runs_of(project: Path, kind: str) -> tuple[dict, list[dict]]:
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("freshen")
-    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
-    parent = next(r for r in runs if r.data.tags.get("freshen.kind") == "pipeline" and r.info.run_name == kind)
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"]) if exp else []
+    parent = next((r for r in runs if r.data.tags.get("freshen.kind") == "pipeline" and r.info.run_name == kind), None)
+    if parent is None:  # the pipeline failed before its first step opened the run
+        return {}, []
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
 
     def row(r):
