@@ -19,6 +19,7 @@ def test_the_benchmarks_are_the_ones_the_package_documents():
     assert BENCHMARKS == sorted(
         [
             "ablation",
+            "corpus_update",
             "deployment",
             "encode_memory",
             "encode_throughput",

@@ -192,6 +192,10 @@ def test_reembed_can_write_the_corrected_cache_instead(project, mlflow_uri):
     assert (
         not (project / "artifacts/model").exists() and "step/s" not in res.stdout + res.stderr
     )  # no training step ran
+    # a corrector of the right dimension, named relative to the project, from another working directory
+    Corrector(32).save(project / "h32")
+    args = ["train", "--root", str(project), "--set", "train.corrector.init=h32", "--set", "train.steps=2"]
+    assert sh(project.parent, sys.executable, "-m", "freshen", *args).returncode == 0
     freshen(project, "train")
     freshen(project, "reembed", "--set", "reembed.corrector=true")
     from freshen.cache import load_cache
@@ -440,7 +444,7 @@ def test_a_second_embed_cache_is_refused_at_once_and_the_first_finishes_intact(e
         if first.poll() is None:
             first.kill()
             first.wait()
-    assert sorted(files(out)) == ["embeddings.npy", "ids.json", "manifest.json"]
+    assert sorted(files(out)) == ["doc_hashes.npy", "embeddings.npy", "ids.json", "manifest.json", "row_origin.npy"]
     cache = load_cache(out)
     assert cache.ids == json.loads(previous["ids.json"]) and len(cache) == 60
     np.testing.assert_allclose(np.asarray(cache.embeddings, dtype=np.float32), before, atol=1e-3)  # same model

@@ -61,7 +61,7 @@ def test_embed_cache_encodes_again_when_a_row_could_differ(prepared_project, enc
     assert stats["passes"] == 60 and stats["passes_saved"] == 0 and encoded == [60, 60]
 
 
-def test_a_changed_corpus_or_a_damaged_cache_is_encoded_again(prepared_project, encoded):
+def test_a_damaged_cache_is_encoded_again_and_an_edited_corpus_only_where_it_changed(prepared_project, encoded):
     root, params = prepared_project
     embed_cache.run(validate_params(params), root)
     out = root / params["cache"]["out_dir"]
@@ -71,9 +71,12 @@ def test_a_changed_corpus_or_a_damaged_cache_is_encoded_again(prepared_project, 
     emb.write_bytes(bytes(data))
     assert embed_cache.run(validate_params(params), root)["passes"] == 60
     corpus = root / params["data"]["out_dir"] / "corpus.jsonl"
-    corpus.write_text(corpus.read_text().replace("protein", "proteins"))  # same ids, other texts
-    assert embed_cache.run(validate_params(params), root)["passes"] == 60
-    assert encoded == [60, 60, 60]
+    edited = sum("protein" in line for line in corpus.read_text().splitlines())
+    assert 0 < edited < 60
+    corpus.write_text(corpus.read_text().replace("protein", "proteins"))  # same ids, some other texts
+    stats = embed_cache.run(validate_params(params), root)
+    assert (stats["passes"], stats["rows_reused"], stats["rows_encoded"]) == (edited, 60 - edited, edited)
+    assert encoded == [60, 60, edited]
 
 
 def test_refresh_shards_take_the_rows_reembed_wrote_for_the_same_model(prepared_project, encoded, monkeypatch):

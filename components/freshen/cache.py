@@ -1,5 +1,11 @@
 """The embedding cache: a memory-mappable float16 array, its doc ids in the same order, and a
-manifest saying which model made it. Written atomically; validated whenever it is opened."""
+manifest saying which model made it. Written atomically; validated whenever it is opened.
+
+A cache also records, per row, the hash of the text the row was embedded from (`doc_hashes.npy`,
+see `data.corpus_file.text_hash`) and where the row came from (`row_origin.npy`: encoded by
+this cache's model, reused from another cache of the same model, or corrected: h(stale row)).
+That is what lets a new corpus version be diffed against a cache, and only the documents whose
+text changed be embedded again (`embed_corpus`)."""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from freshen.atomic import atomic_dir, replace_dir, write_json
+from freshen.cache_rows import Rows, load_rows, write_rows
 from freshen.errors import DataError
 from freshen.integrity import check_finite_rows, file_sha256
 from freshen.jsonfile import read_json
@@ -29,6 +36,7 @@ class Cache:
     ids: list[str]
     embeddings: np.ndarray  # (count, dim) float16, memory-mapped
     manifest: dict
+    rows: Rows | None = None  # None: a cache written before row hashes were recorded
 
     @property
     def dim(self) -> int:
@@ -50,9 +58,11 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-def _write_ids_and_manifest(folder: Path, ids: list[str], dim: int, manifest: dict) -> None:
-    """The two small files beside embeddings.npy, the same for every way a cache is written."""
+def _write_ids_and_manifest(folder: Path, ids: list[str], dim: int, manifest: dict, rows: Rows | None) -> None:
+    """The files beside embeddings.npy, the same for every way a cache is written."""
     (folder / IDS).write_text(json.dumps(ids))
+    if rows is not None:
+        manifest = {**manifest, **write_rows(folder, rows, len(ids))}
     full = {
         **manifest,
         "format": FORMAT,
@@ -66,7 +76,12 @@ def _write_ids_and_manifest(folder: Path, ids: list[str], dim: int, manifest: di
 
 
 def write_cache(
-    out_dir: str | Path, ids: list[str], dim: int, fill: Callable[[np.ndarray], None], manifest: dict
+    out_dir: str | Path,
+    ids: list[str],
+    dim: int,
+    fill: Callable[[np.ndarray], None],
+    manifest: dict,
+    rows: Rows | None = None,
 ) -> Cache:
     """Create the array as a memmap, let `fill` write its rows, then publish the folder whole."""
     with atomic_dir(out_dir) as tmp:
@@ -75,13 +90,14 @@ def write_cache(
         check_finite_rows(arr, out_dir, ids, hint="the model that computed it gave NaN or Inf; nothing was written")
         arr.flush()
         del arr
-        _write_ids_and_manifest(tmp, ids, dim, manifest)
+        _write_ids_and_manifest(tmp, ids, dim, manifest, rows)
     return load_cache(out_dir)
 
 
 def write_corrected_cache(out_dir: str | Path, stale: Cache, corrector, manifest: dict) -> Cache:
     """h(C): `corrector` applied to every row of `stale`, chunk by chunk, written as a cache of
     its own (manifest `"corrected": true`): an estimate of a re-embedding at no encoder pass."""
+    rows = Rows.all(stale.rows.hashes, "corrected") if stale.rows is not None else None
     return write_cache(
         out_dir,
         stale.ids,
@@ -93,6 +109,7 @@ def write_corrected_cache(out_dir: str | Path, stale: Cache, corrector, manifest
             "stale_model_digest": stale.manifest.get("model_digest"),
             "corpus_sha256": stale.manifest.get("corpus_sha256"),
         },
+        rows,
     )
 
 
@@ -123,7 +140,13 @@ class NpyRowWriter:
 
 
 def build_cache(
-    out_dir: str | Path, ids: list[str], dim: int, encode_rows, manifest: dict, resume_key: str
+    out_dir: str | Path,
+    ids: list[str],
+    dim: int,
+    encode_rows,
+    manifest: dict,
+    resume_key: str,
+    rows: Rows | None = None,
 ) -> tuple[Cache, int]:
     """Write a cache chunk by chunk into `.<name>.partial/`, resumably, then publish it whole.
 
@@ -137,11 +160,11 @@ def build_cache(
     lock (freshen.locks): a second run at the same time fails instead of writing into it."""
     out_dir = Path(out_dir)
     with hold(out_dir):
-        return _build_cache(out_dir, ids, dim, encode_rows, manifest, resume_key)
+        return _build_cache(out_dir, ids, dim, encode_rows, manifest, resume_key, rows)
 
 
 def _build_cache(
-    out_dir: Path, ids: list[str], dim: int, encode_rows, manifest: dict, resume_key: str
+    out_dir: Path, ids: list[str], dim: int, encode_rows, manifest: dict, resume_key: str, rows: Rows | None
 ) -> tuple[Cache, int]:
     part = out_dir.with_name(f".{out_dir.name}.partial")
     progress = part / PROGRESS
@@ -162,7 +185,7 @@ def _build_cache(
         writer.sync()
     finally:
         writer.close()
-    _write_ids_and_manifest(part, ids, dim, manifest)
+    _write_ids_and_manifest(part, ids, dim, manifest, rows)
     progress.unlink()
     replace_dir(part, out_dir)
     return load_cache(out_dir), start
@@ -232,4 +255,4 @@ def load_cache(path: str | Path) -> Cache:
         raise DataError(path / IDS, f"{len(ids)} ids for {emb.shape[0]} rows")
     if manifest.get("ids_sha256") and manifest["ids_sha256"] != ids_digest(ids):
         raise DataError(mpath, "ids.json does not match the manifest's digest", field="ids_sha256")
-    return Cache(path, ids, emb, manifest)
+    return Cache(path, ids, emb, manifest, load_rows(path, manifest, len(ids)))

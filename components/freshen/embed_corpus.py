@@ -1,13 +1,19 @@
-"""Embedding a corpus into a cache folder, the job behind embed_cache, reembed and
-reembed_shard: texts streamed from corpus.jsonl a chunk at a time, rows written straight to
+"""Embedding a corpus into a cache folder, the job behind embed_cache, reembed, reembed_shard
+and corrected_index: texts streamed from corpus.jsonl a chunk at a time, rows written straight to
 disk, progress recorded after every chunk so a stopped run resumes where it left off.
 
-A corpus is encoded only once per model: every cache records an `embedding_key` (the model's
-digest, the corpus file's sha256 and the settings that change a row), and a step whose rows a
-complete cache with the same key already holds copies them instead of encoding (`encode.reuse`).
-That makes a repeated embed_cache a no-op, and lets the refresh shards take the rows `reembed`
-wrote for the model that became champion. `dvc repro` removes a stage's outputs before running
-it, so under DVC a stage that reruns always encodes."""
+A text is encoded only once per model: every cache records an `embedding_key` (the model's
+digest and the settings that change a row) and the hash of each row's text (see `cache`). A row
+whose text a complete cache with the same key already holds is copied from it instead of being
+encoded (`encode.reuse`); only the others go through the encoder. So a repeated embed_cache is a
+no-op, the refresh shards take the rows `reembed` wrote for the model that became champion, and
+a new corpus version costs encoder passes only for its added and edited documents; removed
+documents simply have no row. `dvc repro` removes a stage's outputs before running it, so under
+DVC a stage that reruns encodes everything it cannot find elsewhere.
+
+Given a stale cache and a corrector (`corrected=`), rows that no cache of this model holds but
+the stale cache does are h(stale row) instead of encoded: the serving index of a new champion,
+or of a new corpus version, at encoder passes only for the texts the stale cache lacks."""
 
 from __future__ import annotations
 
@@ -15,14 +21,17 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from freshen.cache import EMBEDDINGS, Cache, build_cache, ids_digest, load_cache, write_cache
-from freshen.encoding import encode_chunks, pick_device
+from freshen.cache import EMBEDDINGS, Cache, build_cache, ids_digest, load_cache
+from freshen.cache_rows import ORIGINS, Rows
+from freshen.encoding import EncodeStats, encode_chunks, pick_device
 from freshen.errors import DataError
-from freshen.integrity import check_finite_rows, file_sha256
+from freshen.integrity import check_finite_rows, file_sha256, first_nonfinite_row
 from freshen.params import EncodeParams
 
 logger = logging.getLogger(__name__)
@@ -45,13 +54,12 @@ def place(encoder, device: str):
 
 
 def embedding_key(encoder, manifest: dict, encode: EncodeParams) -> str:
-    """What decides a cache's rows: the model (`model_digest`, plus the pooling and normalisation
-    the encoder applies), the corpus (`corpus_sha256`), the token limit and the precision. The
-    batch size, token budget and chunking only schedule the same work."""
+    """What decides a row, given its text: the model (`model_digest`, plus the pooling and
+    normalisation the encoder applies), the token limit and the precision. The batch size, token
+    budget and chunking only schedule the same work."""
     cfg = encoder.config
     identity = {
         "model_digest": manifest.get("model_digest"),
-        "corpus_sha256": manifest.get("corpus_sha256"),
         "pooling": cfg.pooling,
         "normalize": cfg.normalize,
         "towers": cfg.towers,
@@ -61,36 +69,97 @@ def embedding_key(encoder, manifest: dict, encode: EncodeParams) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def find_reusable(folders: list[Path], key: str, ids: list[str]) -> Cache | None:
-    """The first of `folders` holding a complete, intact cache with embedding key `key` and a row
-    for every id of `ids`; None when none does. A missing or damaged folder is passed over."""
+def reusable(folders: list[Path], key: str) -> list[Cache]:
+    """The complete, intact caches among `folders` with embedding key `key` and row hashes;
+    a missing, damaged or changed one is passed over."""
+    found, seen = [], set()
     for folder in folders:
         try:
             cache = load_cache(folder)
         except (DataError, OSError):
             continue
         m = cache.manifest
-        if m.get("embedding_key") != key or m.get("corrected") or len(cache) < len(ids):
+        if m.get("embedding_key") != key or cache.rows is None or cache.path.resolve() in seen:
             continue
         if m.get("embeddings_sha256") != file_sha256(cache.path / EMBEDDINGS):
             continue  # changed or damaged since it was written: encode instead
-        if set(ids) <= set(cache.ids):
-            return cache
-    return None
+        found.append(cache)
+        seen.add(cache.path.resolve())
+    return found
 
 
-def copy_rows(source: Cache, ids: list[str], out_dir: Path, manifest: dict) -> Cache:
-    """A cache of `ids` at `out_dir`, its rows copied from `source` (atomically, chunk by chunk)."""
-    if Path(out_dir).resolve() == source.path.resolve() and source.ids == ids:
-        return source  # the very cache that would be written: nothing to do
-    row_of = source.row_of()
-    rows = np.fromiter((row_of[i] for i in ids), dtype=np.int64, count=len(ids))
+@dataclass
+class RowPlan:
+    """Where each row of the new cache comes from: `source[i]` indexes `sources` (-1: encode it),
+    `row[i]` is its row there; `corrected` marks sources whose rows go through the corrector."""
 
-    def fill(arr: np.ndarray) -> None:
-        for s in range(0, len(rows), COPY_ROWS):
-            arr[s : s + COPY_ROWS] = source.embeddings[rows[s : s + COPY_ROWS]]
+    sources: list[Cache]
+    corrected: list[bool]
+    source: np.ndarray
+    row: np.ndarray
 
-    return write_cache(out_dir, ids, source.dim, fill, {**manifest, "reused_from": source.manifest.get("source")})
+    def missing(self) -> np.ndarray:
+        return np.flatnonzero(self.source < 0)
+
+    def origin(self) -> np.ndarray:
+        out = np.full(len(self.source), ORIGINS.index("encoded"), dtype=np.uint8)
+        for k, corrected in enumerate(self.corrected):
+            out[self.source == k] = ORIGINS.index("corrected" if corrected else "reused")
+        return out
+
+
+def plan_rows(hashes: np.ndarray, sources: list[Cache], corrected: list[bool]) -> RowPlan:
+    """For each text hash, the first source holding a row of that text: genuine rows of the
+    model only (a row another cache corrected is no embedding of it), h(stale) from a corrected
+    source."""
+    source = np.full(len(hashes), -1, dtype=np.int64)
+    row = np.full(len(hashes), -1, dtype=np.int64)
+    for k, cache in enumerate(sources):
+        todo = np.flatnonzero(source < 0)
+        if not todo.size:
+            break
+        usable = np.flatnonzero(cache.rows.origin != ORIGINS.index("corrected")) if not corrected[k] else None
+        have = cache.rows.hashes if usable is None else cache.rows.hashes[usable]
+        if not len(have):
+            continue
+        order = np.argsort(have, kind="stable")
+        at = np.minimum(np.searchsorted(have[order], hashes[todo]), len(have) - 1)
+        hit = have[order][at] == hashes[todo]
+        found = order[at[hit]]
+        source[todo[hit]] = k
+        row[todo[hit]] = found if usable is None else usable[found]
+    return RowPlan(sources, corrected, source, row)
+
+
+def runs(positions: np.ndarray):
+    """(start, stop) slices of `positions` whose values are consecutive integers."""
+    if not len(positions):
+        return
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    edges = [0, *breaks.tolist(), len(positions)]
+    yield from zip(edges[:-1], edges[1:])
+
+
+def scatter(sink, positions: np.ndarray, block: np.ndarray) -> None:
+    """Rows of `block` written at `positions` of the output, one sink call per consecutive run."""
+    for a, b in runs(positions):
+        sink(int(positions[a]), block[a:b])
+
+
+def copy_planned(plan: RowPlan, sink, check, corrector=None) -> None:
+    """Write every row the plan takes from a source: copied, or corrected by `corrector`."""
+    for k, cache in enumerate(plan.sources):
+        dest = np.flatnonzero(plan.source == k)
+        for s in range(0, len(dest), COPY_ROWS):
+            at = dest[s : s + COPY_ROWS]
+            src = plan.row[at]
+            order = np.argsort(src, kind="stable")  # read the source in row order
+            block = np.asarray(cache.embeddings[src[order]], dtype=np.float32)
+            if plan.corrected[k]:
+                with torch.inference_mode():
+                    block = corrector(torch.from_numpy(block)).numpy()
+                check(at[order], block)
+            scatter(sink, at[order], block)
 
 
 def embed_to_cache(
@@ -101,50 +170,85 @@ def embed_to_cache(
     manifest: dict,
     desc: str,
     reuse_from: list[Path] = (),
+    corrected: tuple[Cache, object] | None = None,
 ) -> tuple[Cache, dict]:
-    """Embed every document of `corpus` (a CorpusFile or a list of texts with `ids`) into a cache
-    at `out_dir`. Same corpus, model and settings as a stopped run: resume after its last chunk.
+    """Embed every document of `corpus` (a CorpusFile) into a cache at `out_dir`. Same corpus,
+    model and settings as a stopped run: resume after its last chunk.
 
-    With `encode.reuse`, a complete cache in `out_dir` or `reuse_from` with the same embedding key
-    (and a row for every document) is used instead: its rows are copied, no text is encoded, and
-    the stats count the encoder passes this saved (`passes_saved`)."""
+    With `encode.reuse`, rows whose text a cache in `out_dir` or `reuse_from` holds for the same
+    embedding key are copied from it; with `corrected=(stale_cache, corrector)`, rows still missing
+    whose text the stale cache holds are h(stale row); the rest are encoded. The stats count the
+    encoder passes spent (`passes`) and saved (`passes_saved`: rows reused or corrected)."""
+    out_dir = Path(out_dir)
     max_len = encoder.config.passage_max_len
-    manifest = {**manifest, "embedding_key": embedding_key(encoder, manifest, encode)}
-    source = (
-        find_reusable([Path(out_dir), *reuse_from], manifest["embedding_key"], corpus.ids) if encode.reuse else None
-    )
-    if source is not None:
-        started = time.perf_counter()
-        cache = copy_rows(source, corpus.ids, Path(out_dir), {**manifest, "max_len": max_len})
-        logger.info(f"{desc}: {len(corpus.ids)} rows reused from {source.path} (same model, corpus and settings)")
-        seconds = round(time.perf_counter() - started, 2)
-        return cache, {"docs": len(corpus.ids), "passes": 0, "passes_saved": len(corpus.ids), "seconds": seconds}
+    manifest = {**manifest, "embedding_key": embedding_key(encoder, manifest, encode), "max_len": max_len}
+    hashes = corpus.hashes
+    sources = reusable([out_dir, *reuse_from], manifest["embedding_key"]) if encode.reuse else []
+    flags = [False] * len(sources)
+    if corrected is not None:
+        stale, corrector = corrected
+        if stale.rows is None:
+            raise DataError(
+                stale.path / "manifest.json",
+                "records no row hashes (written by an older Freshen): re-run embed_cache",
+                field="doc_hashes_sha256",
+            )
+        sources, flags = [*sources, stale], [*flags, True]
+    plan = plan_rows(hashes, sources, flags)
+    if sources and sources[0].path.resolve() == out_dir.resolve() and _is_whole(plan, corpus.ids):
+        logger.info(f"{desc}: {out_dir} already holds every row (same model, texts and settings)")
+        return sources[0], {"docs": len(hashes), "passes": 0, "passes_saved": len(hashes), "seconds": 0.0}
+    missing = plan.missing()
+    origin = plan.origin()
+    used = sorted({str(plan.sources[k].manifest.get("source")) for k in np.unique(plan.source[plan.source >= 0])})
+    if used:
+        manifest["reused_from"] = used
+    if corrected is not None:
+        manifest["corrected"] = bool((origin == ORIGINS.index("corrected")).any())
     opts = encode_options(encode)
     resume_key = hashlib.sha256(
         json.dumps(
-            {"ids": ids_digest(corpus.ids), "model": manifest.get("model_digest"), "max_len": max_len, **opts},
+            {
+                "ids": ids_digest(corpus.ids),
+                "model": manifest.get("model_digest"),
+                "max_len": max_len,
+                "missing": hashlib.sha256(missing.tobytes()).hexdigest(),
+                "sources": [c.manifest.get("embeddings_sha256") for c in sources],
+                **opts,
+            },
             sort_keys=True,
         ).encode()
     ).hexdigest()
     seen: dict = {}
 
-    def encode_rows(start, sink, checkpoint):
-        def checked(first: int, block) -> None:  # a NaN row never reaches the cache
+    def check(positions: np.ndarray, block: np.ndarray) -> None:  # a NaN row never reaches the cache
+        bad = first_nonfinite_row(block)
+        if bad is not None:
             check_finite_rows(
-                block,
+                block[bad : bad + 1],
                 out_dir,
                 corpus.ids,
-                first_row=first,
-                hint="the encoder gave NaN or Inf (with encode.precision fp16, try fp32)",
+                first_row=int(positions[bad]),
+                hint="the model gave NaN or Inf (with encode.precision fp16, try fp32)",
             )
-            sink(first, block)
+
+    def encode_rows(start, sink, checkpoint):
+        copy_planned(plan, sink, check, corrected[1] if corrected is not None else None)
+
+        def encoded(first: int, block) -> None:
+            positions = missing[first : first + len(block)]
+            check(positions, block)
+            scatter(sink, positions, block)
 
         seen["start"] = start
+        if not len(missing):
+            seen["stats"] = EncodeStats()
+            return
         seen["stats"] = encode_chunks(
             encoder,
-            corpus,
+            corpus.take(missing),
             "passage",
-            checked,
+            encoded,
             max_len=max_len,
             start_row=start,
             on_chunk=checkpoint,
@@ -154,14 +258,16 @@ def embed_to_cache(
 
     started = time.perf_counter()
     cache, start = build_cache(
-        out_dir, corpus.ids, encoder.dim, encode_rows, {**manifest, "max_len": max_len}, resume_key
+        out_dir, corpus.ids, encoder.dim, encode_rows, manifest, resume_key, Rows(hashes, origin)
     )
     seconds = time.perf_counter() - started
     st = seen["stats"]
+    counts = cache.rows.counts()
     stats = {
         "docs": len(corpus.ids),
         "passes": st.texts,
-        "passes_saved": 0,
+        "passes_saved": counts["reused"] + counts["corrected"],
+        **{f"rows_{name}": n for name, n in counts.items()},
         "resumed_from_row": start,
         "seconds": round(seconds, 2),
         "docs_per_second": round(st.texts / seconds, 2) if seconds > 0 else 0.0,
@@ -169,4 +275,17 @@ def embed_to_cache(
         "blank": st.blank,
         "batches": st.batches,
     }
+    if stats["passes_saved"]:
+        logger.info(f"{desc}: {stats['passes']} texts encoded, {stats['passes_saved']} rows taken from {used}")
     return cache, stats
+
+
+def _is_whole(plan: RowPlan, ids: list[str]) -> bool:
+    """The plan takes every row, in order, from source 0 (its ids the corpus's): nothing to write."""
+    first = plan.sources[0]
+    return (
+        bool((plan.source == 0).all())
+        and np.array_equal(plan.row, np.arange(len(plan.row)))
+        and first.ids == ids
+        and not plan.corrected[0]
+    )

@@ -12,6 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from freshen.atomic import atomic_dir, atomic_file, write_json
 from freshen.cache import Cache
 from freshen.errors import DataError
@@ -65,11 +67,33 @@ def check_index(cache: Cache, index_file: Path) -> dict:
     return meta
 
 
+def serving_name(kind: str, champ: dict, corpus_sha256: str) -> str:
+    """An immutable serving folder's name: what it is, which champion, which corpus version."""
+    return f"{kind}-v{champ['version']}-{champ['encoder_digest'][:12]}-{corpus_sha256[:8]}"
+
+
 def read_pointer(serving_dir: Path) -> dict | None:
     import json
 
     path = serving_dir / POINTER
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def search_serving(serving_dir: Path, queries: np.ndarray, k: int) -> list[list[str]]:
+    """What a consumer does: read the pointer, then search the folder it names (which never
+    changes under it); the ids of the top `k` documents for each query vector."""
+    import faiss
+
+    from freshen.cache import load_cache
+
+    pointer = read_pointer(serving_dir)
+    if pointer is None:
+        raise DataError(serving_dir / POINTER, "no serving index yet (run the refresh)")
+    folder = serving_dir / pointer["folder"]
+    ids = load_cache(folder).ids
+    index = faiss.read_index(str(serving_dir / pointer["index"]))
+    _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(ids)))
+    return [[ids[r] for r in hits if r >= 0] for hits in rows]
 
 
 def link_tree(src: Path, dst: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from freshen.cache import Cache, ids_digest, load_cache, write_cache
+from freshen.cache_rows import Rows
 from freshen.embed_corpus import embed_to_cache
 from freshen.errors import FreshenError
 from freshen.integrity import file_sha256
@@ -144,11 +145,22 @@ def merge(shards: list[Cache], out_dir: Path, manifest: dict) -> Cache:
                 arr[row : row + len(block)] = block
                 row += len(block)
 
-    keep = {k: first[k] for k in ("model", "model_digest", "max_len", "corpus_sha256", "embedding_key") if k in first}
+    keep = {
+        k: first[k]
+        for k in ("model", "model_digest", "max_len", "corpus", "corpus_sha256", "embedding_key")
+        if k in first
+    }
+    rows = None
+    if all(shard.rows is not None for shard in shards):
+        rows = Rows(
+            np.concatenate([shard.rows.hashes for shard in shards]),
+            np.concatenate([shard.rows.origin for shard in shards]),
+        )
     return write_cache(
         out_dir,
         ids,
         shards[0].dim,
         fill,
         manifest={**keep, **manifest, "num_shards": len(shards), "source": "reembed", "corrected": False},
+        rows=rows,
     )

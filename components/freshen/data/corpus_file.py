@@ -1,8 +1,10 @@
 """A corpus read lazily, for embedding corpora larger than memory: one validating pass keeps
-each document's id and byte offset; texts are read back from the file a range at a time."""
+each document's id, byte offset and content hash; texts are read back from the file a range at
+a time."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,22 +13,42 @@ import numpy as np
 from freshen.data.beir import doc_text, iter_documents
 from freshen.errors import DataError
 
+HASH_DTYPE = "S16"  # the first 16 bytes of a sha256
+
+
+def text_hash(text: str) -> bytes:
+    """What identifies a document's row in a cache: the digest of the text it is embedded from."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
+
+
+def text_hashes(texts) -> np.ndarray:
+    return np.array([text_hash(t) for t in texts], dtype=HASH_DTYPE).reshape(-1)
+
 
 class CorpusFile:
-    """Documents of a corpus.jsonl by position: `len`, `ids`, `read(start, stop)` -> texts (title
-    and body joined as `doc_text` does), and `slice(start, stop)` for a shard of it."""
+    """Documents of a corpus.jsonl by position: `len`, `ids`, `hashes` (`text_hash` of each
+    document's text), `read(start, stop)` -> texts (title and body joined as `doc_text` does),
+    `slice(start, stop)` for a shard of it and `take(rows)` for any subset."""
 
-    def __init__(self, path: str | Path, ids: list[str] | None = None, offsets: np.ndarray | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        ids: list[str] | None = None,
+        offsets: np.ndarray | None = None,
+        hashes: np.ndarray | None = None,
+    ):
         self.path = Path(path)
-        if ids is None or offsets is None:
-            ids, starts = [], []
-            for _, offset, doc_id, _, _ in iter_documents(self.path):
+        if ids is None or offsets is None or hashes is None:
+            ids, starts, digests = [], [], []
+            for _, offset, doc_id, title, text in iter_documents(self.path):
                 ids.append(doc_id)
                 starts.append(offset)
+                digests.append(text_hash(doc_text({"title": title, "text": text})))
             if not ids:
                 raise DataError(self.path, "corpus is empty")
             offsets = np.asarray(starts, dtype=np.int64)
-        self.ids, self.offsets = ids, offsets
+            hashes = np.array(digests, dtype=HASH_DTYPE)
+        self.ids, self.offsets, self.hashes = ids, offsets, hashes
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -51,4 +73,8 @@ class CorpusFile:
         return out
 
     def slice(self, start: int, stop: int) -> CorpusFile:
-        return CorpusFile(self.path, self.ids[start:stop], self.offsets[start:stop])
+        return CorpusFile(self.path, self.ids[start:stop], self.offsets[start:stop], self.hashes[start:stop])
+
+    def take(self, rows: np.ndarray) -> CorpusFile:
+        """The documents at positions `rows` (ascending), read lazily like the whole."""
+        return CorpusFile(self.path, [self.ids[i] for i in rows], self.offsets[rows], self.hashes[rows])

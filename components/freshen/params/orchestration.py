@@ -59,6 +59,22 @@ class KubernetesParams(Section):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = doc("IfNotPresent", "Image pull policy.")
 
 
+class RefreshParams(Section):
+    policy: Literal["always", "never", "drift"] = doc(
+        "always",
+        "When the refresh re-embeds the corpus with the champion: always; never (serve h(stale cache) plus "
+        "the added and edited documents encoded); drift (re-embed when a probe says h(cache) drifted).",
+    )
+    min_cosine: float = doc(
+        0.95,
+        "drift: re-embed when the mean cosine between h(stale row) and the champion's embedding of the "
+        "probe documents is below this.",
+        ge=0,
+        le=1,
+    )
+    probe_docs: int = doc(512, "drift: documents of the probe sample, encoded by the champion.", ge=2)
+
+
 class OrchestrationParams(Section):
     runner: Literal["local", "docker", "kubernetes"] = doc(
         "local", "Where steps run: the Airflow worker's own Python, DockerOperator or KubernetesPodOperator."
@@ -77,6 +93,7 @@ class OrchestrationParams(Section):
     refresh_dir: str = doc("artifacts/cache/refreshed", "The merged cache (+ index.faiss), the version DVC tracks.")
     serving_dir: str = doc("artifacts/serving", "Immutable index folders + current.json, what consumers read.")
     keep_serving: int = doc(2, "Serving folders kept (the current one and the one before it).", ge=1)
+    refresh: RefreshParams = section(RefreshParams, "Whether a cache refresh re-embeds the corpus.")
     dvc: DvcParams = section(DvcParams, "Versioning of the refreshed cache.")
     mlflow_tracking_uri: str | None = doc(
         None, "Containers: the tracking server; null: the worker's $MLFLOW_TRACKING_URI."

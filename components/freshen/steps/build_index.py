@@ -14,11 +14,16 @@ from freshen.locks import hold
 from freshen.params import Params
 from freshen.retrieval import index_settings
 from freshen.steps.common import NullLog, path
+from freshen.steps.fetch_champion import reembed_skip_reason
 
 logger = logging.getLogger(__name__)
 
 SECTIONS = ["orchestration", "evaluate"]
 OPTIONS = ("cache_dir", "out")
+
+
+def skip_reason(params: Params, root: Path) -> str | None:
+    return reembed_skip_reason(params, root)  # orchestration.refresh decided against re-embedding
 
 
 def run(params: Params, root: Path, log=NullLog(), cache_dir: str | None = None, out: str | None = None) -> dict:

@@ -41,6 +41,7 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
                 "params_hash": params_hash(params, SECTIONS),
                 "source": "embed_cache",
                 "corrected": False,
+                "corpus": params.data.name,
                 "corpus_sha256": file_sha256(corpus.path),
             },
             "embed cache",

@@ -1,7 +1,11 @@
 """Orchestration step fetch_champion: copy the registry's `champion` (its encoder, and its
 corrector when it has one) into orchestration.champion_dir, with champion.json saying which
 version it is. Every refresh task reads the champion from there, so one refresh run uses one
-model even if the alias moves meanwhile. A no-op when that version is already there."""
+model even if the alias moves meanwhile. A no-op when that version is already there.
+
+It also decides whether this refresh re-embeds the corpus (orchestration.refresh, see
+freshen.refresh_policy) and writes the decision beside the champion, where the re-embedding
+steps read it (`reembed_skip_reason`)."""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from freshen import refresh_policy
 from freshen.atomic import atomic_dir, write_json
 from freshen.errors import FreshenError
+from freshen.integrity import file_sha256
 from freshen.locks import hold
 from freshen.modeling.encoder import model_digest
 from freshen.params import Params
@@ -21,7 +27,7 @@ from freshen.steps.common import NullLog, path
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ["promote", "mlflow", "orchestration"]
+SECTIONS = ["promote", "mlflow", "orchestration", "cache", "encode"]
 OPTIONS = ()
 INFO = "champion.json"
 
@@ -81,7 +87,47 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
         ) from None
     dest = path(root, params.orchestration.champion_dir)
     with hold(dest):  # one fetch into this folder at a time
-        return download_champion(name, version, dest, log)
+        info = download_champion(name, version, dest, log)
+        decision = refresh_decision(params, root, dest, info)
+    numbers = {k: v for k, v in decision.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    log.metrics({**numbers, "reembed": int(decision["reembed"])})
+    log.tags({"refresh.policy": decision["policy"], "refresh.reason": decision["reason"][:5000]})
+    logger.info(f"fetch-champion: {'re-embed' if decision['reembed'] else 'no re-embedding'}: {decision['reason']}")
+    return {**info, "refresh": decision}
+
+
+def refresh_decision(params: Params, root: Path, dest: Path, info: dict) -> dict:
+    """Whether this refresh re-embeds the corpus (freshen.refresh_policy), written beside the champion."""
+    from freshen.cache import load_cache
+    from freshen.embed_corpus import place
+    from freshen.modeling.corrector import Corrector
+    from freshen.modeling.encoder import Encoder
+    from freshen.steps.embed_cache import prepared_corpus
+
+    corpus = prepared_corpus(params, root)
+
+    def measure():
+        stale = load_cache(path(root, params.cache.out_dir))
+        encoder = place(Encoder.load(dest / "encoder"), params.encode.device)
+        corrector = Corrector.load(dest / "corrector", expect_dim=stale.dim).eval()
+        refresh = params.orchestration.refresh
+        return refresh_policy.probe_drift(encoder, corrector, stale, corpus, refresh, params.encode, params.seed)
+
+    decision = refresh_policy.decide(params.orchestration.refresh, info["has_corrector"], measure)
+    return refresh_policy.write_decision(dest, decision, info["encoder_digest"], file_sha256(corpus.path))
+
+
+def reembed_skip_reason(params: Params, root: Path) -> str | None:
+    """For the re-embedding steps: why this refresh does not re-embed (None: it does)."""
+    from freshen.steps.embed_cache import prepared_corpus
+
+    refresh = params.orchestration.refresh
+    if refresh.policy == "always":
+        return None
+    champ = read_champion(params, root)
+    corpus_sha = file_sha256(prepared_corpus(params, root).path)
+    folder = path(root, params.orchestration.champion_dir)
+    return refresh_policy.reembed_skip_reason(refresh, folder, champ["encoder_digest"], corpus_sha)
 
 
 def download_champion(name: str, version, dest: Path, log) -> dict:

@@ -13,12 +13,17 @@ from freshen.modeling.encoder import model_digest
 from freshen.params import Params
 from freshen.sharding import check_shards, merge
 from freshen.steps.common import NullLog, path, prepared
+from freshen.steps.fetch_champion import reembed_skip_reason
 from freshen.steps.reembed_shard import model_dir_for
 
 logger = logging.getLogger(__name__)
 
 SECTIONS = ["encode", "orchestration"]
 OPTIONS = ("num_shards", "model_dir")
+
+
+def skip_reason(params: Params, root: Path) -> str | None:
+    return reembed_skip_reason(params, root)  # orchestration.refresh decided against re-embedding
 
 
 def run(params: Params, root: Path, log=NullLog(), num_shards: int | None = None, model_dir: str | None = None) -> dict:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from freshen.cache import load_cache
 from freshen.errors import FreshenError
-from freshen.index_store import INDEX_FILE, check_index, link_tree, publish
+from freshen.index_store import INDEX_FILE, check_index, link_tree, publish, serving_name
 from freshen.locks import hold
 from freshen.params import Params
 from freshen.steps.common import NullLog, path
-from freshen.steps.fetch_champion import champion_identity, read_champion
+from freshen.steps.fetch_champion import champion_identity, read_champion, reembed_skip_reason
 from freshen.steps.fetch_champion import skip_reason as no_champion
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,8 @@ OPTIONS = ()
 
 
 def skip_reason(params: Params, root: Path) -> str | None:
-    return no_champion(params, root)  # the whole refresh was skipped: it runs after skipped upstreams
+    # it runs after skipped upstreams: skip when the whole refresh was, or when it did not re-embed
+    return no_champion(params, root) or reembed_skip_reason(params, root)
 
 
 def run(params: Params, root: Path, log=NullLog()) -> dict:
@@ -38,12 +39,18 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
         )
     check_index(cache, cache.path / INDEX_FILE)
     serving = path(root, orch.serving_dir)
-    folder = serving / f"reembedded-v{champ['version']}-{champ['encoder_digest'][:12]}"
+    corpus_sha = cache.manifest.get("corpus_sha256") or cache.manifest["ids_sha256"]
+    folder = serving / serving_name("reembedded", champ, corpus_sha)
     # the serving folder has one writer at a time, this step or corrected_index; holding the new
     # folder's lock too clears what a killed attempt left beside it, inside the serving folder
     with hold(serving, folder):
         link_tree(cache.path, folder)
-        pointer = publish(serving, folder, {"corrected": False, **champion_identity(champ)}, keep=orch.keep_serving)
+        pointer = publish(
+            serving,
+            folder,
+            {"corrected": False, "corpus_sha256": corpus_sha, **champion_identity(champ)},
+            keep=orch.keep_serving,
+        )
     log.tags({"serving_folder": folder.name})
     logger.info(f"publish-index: champion v{champ['version']} serves {folder}")
     return pointer

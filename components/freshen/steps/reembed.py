@@ -55,7 +55,7 @@ def reembed(params: Params, root: Path) -> dict:
             corpus,
             path(root, params.reembed.out_dir),
             params.encode,
-            {**manifest, "corrected": False, "corpus_sha256": file_sha256(corpus.path)},
+            {**manifest, "corrected": False, "corpus": params.data.name, "corpus_sha256": file_sha256(corpus.path)},
             "re-embed",
         )
     return stats

@@ -16,13 +16,17 @@ from freshen.params import Params
 from freshen.sharding import embed_shard, shard_bounds, shard_name
 from freshen.steps.common import NullLog, path, shown
 from freshen.steps.embed_cache import prepared_corpus
-from freshen.steps.fetch_champion import read_champion
+from freshen.steps.fetch_champion import read_champion, reembed_skip_reason
 
 logger = logging.getLogger(__name__)
 
 SECTIONS = ["encode", "reembed", "orchestration"]
 OPTIONS = ("shard", "num_shards", "model_dir")
 UNIT_TAG = "freshen.unit"
+
+
+def skip_reason(params: Params, root: Path) -> str | None:
+    return reembed_skip_reason(params, root)  # orchestration.refresh decided against re-embedding
 
 
 def model_dir_for(params: Params, root: Path, model_dir: str | None) -> Path:
@@ -71,6 +75,7 @@ def run(
                 "model_digest": model_digest(mdir),
                 "params_hash": params_hash(params, ["encode"]),
                 "source": "reembed_shard",
+                "corpus": params.data.name,
                 "corrected": False,
             },
             reuse_from=reusable_caches(params, root),

@@ -126,8 +126,10 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
     teacher = None
     if t.teacher.scores:
         teacher = read_teacher_scores(path(root, t.teacher.scores), ds.corpus, ds.queries)
-    if t.corrector.init:
-        Corrector.load(path(root, t.corrector.init), expect_dim=cache.dim)  # fail before training
+    if t.corrector.init:  # a path in the project, as every path param, wherever the trainer runs
+        init = str(path(root, t.corrector.init))
+        Corrector.load(init, expect_dim=cache.dim)  # fail before training
+        p = t.model_copy(update={"corrector": t.corrector.model_copy(update={"init": init})})
 
     def pretrained():
         encoder = place(Encoder.from_params(params.model.model_dump(), root), t.device)

@@ -15,6 +15,7 @@ from freshen.errors import FreshenError
 from freshen.locks import hold
 from freshen.params import Params
 from freshen.steps.common import NullLog, path
+from freshen.steps.fetch_champion import reembed_skip_reason
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,9 @@ OPTIONS = ()
 
 
 def skip_reason(params: Params, root: Path) -> str | None:
-    return None if params.orchestration.dvc.enabled else "orchestration.dvc.enabled is false"
+    if not params.orchestration.dvc.enabled:
+        return "orchestration.dvc.enabled is false"
+    return reembed_skip_reason(params, root)  # orchestration.refresh decided against re-embedding
 
 
 def run(params: Params, root: Path, log=NullLog()) -> dict:
