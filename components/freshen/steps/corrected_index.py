@@ -27,7 +27,7 @@ from freshen.modeling.encoder import Encoder, model_digest
 from freshen.params import Params
 from freshen.retrieval import index_settings
 from freshen.steps.common import NullLog, path
-from freshen.steps.embed_cache import prepared_corpus
+from freshen.steps.embed_cache import prepared_corpus, prepared_corpus_file
 from freshen.steps.fetch_champion import champion_identity, read_champion
 from freshen.steps.reembed_shard import reusable_caches
 
@@ -42,7 +42,7 @@ def skip_reason(params: Params, root: Path) -> str | None:
     if not champ.get("has_corrector"):
         return f"champion v{champ['version']} has no corrector"
     current = read_pointer(path(root, params.orchestration.serving_dir)) or {}
-    same_corpus = current.get("corpus_sha256") == file_sha256(prepared_corpus(params, root).path)
+    same_corpus = current.get("corpus_sha256") == file_sha256(prepared_corpus_file(params, root))
     if current.get("corrected") is False and current.get("encoder_digest") == champ["encoder_digest"] and same_corpus:
         return f"the re-embedded index of champion v{champ['version']} is already serving ({current['folder']})"
     return None

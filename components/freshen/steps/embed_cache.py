@@ -18,9 +18,13 @@ from freshen.steps.common import NullLog, path
 SECTIONS = ["model", "encode", "cache"]
 
 
+def prepared_corpus_file(params: Params, root: Path) -> Path:
+    return path(root, params.data.out_dir) / "corpus.jsonl"
+
+
 def prepared_corpus(params: Params, root: Path) -> CorpusFile:
-    """The prepared corpus, read lazily: memory holds ids and offsets, not the texts."""
-    return CorpusFile(path(root, params.data.out_dir) / "corpus.jsonl")
+    """The prepared corpus, read lazily: memory holds ids, offsets and text hashes, not the texts."""
+    return CorpusFile(prepared_corpus_file(params, root))
 
 
 def run(params: Params, root: Path, log=NullLog()) -> dict:

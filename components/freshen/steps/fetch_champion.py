@@ -102,11 +102,10 @@ def refresh_decision(params: Params, root: Path, dest: Path, info: dict) -> dict
     from freshen.embed_corpus import place
     from freshen.modeling.corrector import Corrector
     from freshen.modeling.encoder import Encoder
-    from freshen.steps.embed_cache import prepared_corpus
-
-    corpus = prepared_corpus(params, root)
+    from freshen.steps.embed_cache import prepared_corpus, prepared_corpus_file
 
     def measure():
+        corpus = prepared_corpus(params, root)
         stale = load_cache(path(root, params.cache.out_dir))
         encoder = place(Encoder.load(dest / "encoder"), params.encode.device)
         corrector = Corrector.load(dest / "corrector", expect_dim=stale.dim).eval()
@@ -114,18 +113,19 @@ def refresh_decision(params: Params, root: Path, dest: Path, info: dict) -> dict
         return refresh_policy.probe_drift(encoder, corrector, stale, corpus, refresh, params.encode, params.seed)
 
     decision = refresh_policy.decide(params.orchestration.refresh, info["has_corrector"], measure)
-    return refresh_policy.write_decision(dest, decision, info["encoder_digest"], file_sha256(corpus.path))
+    corpus_sha = file_sha256(prepared_corpus_file(params, root))
+    return refresh_policy.write_decision(dest, decision, info["encoder_digest"], corpus_sha)
 
 
 def reembed_skip_reason(params: Params, root: Path) -> str | None:
     """For the re-embedding steps: why this refresh does not re-embed (None: it does)."""
-    from freshen.steps.embed_cache import prepared_corpus
+    from freshen.steps.embed_cache import prepared_corpus_file
 
     refresh = params.orchestration.refresh
     if refresh.policy == "always":
         return None
     champ = read_champion(params, root)
-    corpus_sha = file_sha256(prepared_corpus(params, root).path)
+    corpus_sha = file_sha256(prepared_corpus_file(params, root))
     folder = path(root, params.orchestration.champion_dir)
     return refresh_policy.reembed_skip_reason(refresh, folder, champ["encoder_digest"], corpus_sha)
 
