@@ -21,10 +21,6 @@ def text_hash(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
 
 
-def text_hashes(texts) -> np.ndarray:
-    return np.array([text_hash(t) for t in texts], dtype=HASH_DTYPE).reshape(-1)
-
-
 class CorpusFile:
     """Documents of a corpus.jsonl by position: `len`, `ids`, `hashes` (`text_hash` of each
     document's text), `read(start, stop)` -> texts (title and body joined as `doc_text` does),
