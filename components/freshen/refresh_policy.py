@@ -23,6 +23,7 @@ from freshen.errors import FreshenError
 from freshen.jsonfile import read_json
 from freshen.params import EncodeParams
 from freshen.params.orchestration import RefreshParams
+from freshen.retrieval import overlap_at
 
 DECISION = "refresh.json"
 OVERLAP_K = 10
@@ -40,14 +41,15 @@ def probe_drift(
         raise FreshenError(f"{stale.path}: holds {len(held)} of the corpus's current texts; nothing to probe")
     rng = np.random.default_rng(seed)
     probe = np.sort(rng.choice(held, size=min(refresh.probe_docs, len(held)), replace=False))
-    texts = [corpus[i] for i in probe]
+    sample = corpus.take(probe)
+    texts = sample.read(0, len(sample))  # one pass over the file, not one open per document
     fresh = encode(encoder, texts, "passage", batch_size=encode_params.batch_size, precision=encode_params.precision)
     with torch.inference_mode():
         corrected = corrector(torch.from_numpy(np.asarray(stale.embeddings[plan.row[probe]], np.float32))).numpy()
     cosine = (fresh * corrected).sum(1) / (np.linalg.norm(fresh, axis=1) * np.linalg.norm(corrected, axis=1) + 1e-12)
     k = min(OVERLAP_K, len(probe) - 1)
     top_fresh, top_corrected = (top_others(fresh @ rows.T, k) for rows in (fresh, corrected))
-    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_fresh, top_corrected)])
+    overlap = overlap_at(top_fresh, top_corrected)
     stats = {"probe_docs": len(probe), "mean_cosine": round(float(cosine.mean()), 4)}
     stats[f"overlap_at_{k}"] = round(float(overlap), 4)
     return stats, len(probe)
