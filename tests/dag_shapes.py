@@ -1,9 +1,9 @@
 """The DAGs' expected tasks and edges (upstream, downstream): the steps and edges of
 freshen.orchestration.pipeline, plus what Airflow adds around them: start_run before every task
 that reads its XCom, plan_shards before the mapped step, publish_champion and record_outputs
-after the train pipeline, end_run last."""
+after the train pipeline, publish_corpus after the corpus pipeline, end_run last."""
 
-from freshen.orchestration.pipeline import REFRESH, TRAIN
+from freshen.orchestration.pipeline import CORPUS, REFRESH, TRAIN
 
 TRAIN_STEPS = TRAIN.names
 AFTER_TRAIN = ("publish_champion", "record_outputs")
@@ -22,6 +22,14 @@ REFRESH_EDGES = (
     | REFRESH.edges()
     | {("plan_shards", m) for m in MAPPED}
     | {(last, "end_run") for last in REFRESH.last()}
+)
+
+CORPUS_TASKS = {"start_run", *CORPUS.names, "publish_corpus", "end_run"}
+CORPUS_EDGES = (
+    {("start_run", t) for t in CORPUS_TASKS - {"start_run"}}
+    | CORPUS.edges()
+    | {(last, "publish_corpus") for last in CORPUS.last()}
+    | {("publish_corpus", "end_run")}
 )
 
 

@@ -17,8 +17,17 @@ from airflow_env import migrate_db, use_temp_airflow_home
 
 use_temp_airflow_home()  # before anything imports airflow
 
-from dag_shapes import REFRESH_EDGES, REFRESH_TASKS, TRAIN_EDGES, TRAIN_STEPS, TRAIN_TASKS, edges_of  # noqa: E402
-from freshen.orchestration.pipeline import TRAIN, cli_argv, steps_table  # noqa: E402
+from dag_shapes import (  # noqa: E402
+    CORPUS_EDGES,
+    CORPUS_TASKS,
+    REFRESH_EDGES,
+    REFRESH_TASKS,
+    TRAIN_EDGES,
+    TRAIN_STEPS,
+    TRAIN_TASKS,
+    edges_of,
+)
+from freshen.orchestration.pipeline import CORPUS, TRAIN, cli_argv, steps_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARENT_XCOM = "{{ ti.xcom_pull(task_ids='start_run')['parent_run_id'] }}"
@@ -47,7 +56,7 @@ def project_with(tmp_path, params: dict) -> Path:
 def test_every_dag_file_imports_without_errors():
     bag = dagbag()
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["freshen_cache_refresh", "freshen_train"]
+    assert sorted(bag.dag_ids) == ["freshen_cache_refresh", "freshen_corpus_update", "freshen_train"]
     assert {Path(d.fileloc).name for d in bag.dags.values()} == {p.name for p in (REPO / "dags").glob("*.py")}
 
 
@@ -81,12 +90,42 @@ def test_refresh_dag_schedule_tasks_and_edges():
     cron = yaml.safe_load((REPO / "params.yaml").read_text())["orchestration"]["refresh_cron"]
     assert isinstance(dag.timetable, AssetOrTimeSchedule)
     assert dag.timetable.timetable.expression == cron
-    assert [a.name for a in dag.timetable.asset_condition.objects] == ["freshen_champion"]
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["freshen_champion", "freshen_corpus"]
+    assert type(dag.timetable.asset_condition).__name__ == "AssetAny"  # either one starts a refresh
     assert type(dag.task_dict["reembed_shard"]).__name__.endswith("MappedOperator")
     assert str(dag.task_dict["publish_index"].trigger_rule) in ("none_failed", "TriggerRule.NONE_FAILED")
     for name in ("corrected_index", "publish_index"):
         assert [a.name for a in dag.task_dict[name].outlets] == ["freshen_serving_index"]
     assert {"orchestration.num_shards", "orchestration.dvc.enabled"} <= set(dag.params)
+
+
+def test_corpus_dag_prepares_then_announces_the_corpus_version(tmp_path, tiny_params, monkeypatch):
+    dag = dagbag().dags["freshen_corpus_update"]
+    assert set(dag.task_dict) == CORPUS_TASKS
+    assert edges_of(dag) == CORPUS_EDGES
+    assert [a.name for a in dag.task_dict["publish_corpus"].outlets] == ["freshen_corpus"]
+    assert dag.task_dict["end_run"].is_teardown
+    assert type(dag.timetable).__name__ == "NullTimetable"  # orchestration.corpus_cron null: when triggered
+    assert steps_table(CORPUS) in dag.doc_md
+    tiny_params["orchestration"]["corpus_cron"] = "30 2 * * *"
+    monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, tiny_params)))
+    assert dagbag().dags["freshen_corpus_update"].timetable.expression == "30 2 * * *"
+
+
+def test_refresh_reasons_name_the_triggering_events():
+    from freshen.orchestration.events import refresh_reasons
+
+    corpus = {"corpus_sha256": "1a2b3c4d5e", "added": 5, "edited": 4, "removed": 3, "docs": 62}
+    both = refresh_reasons("asset_triggered", {"freshen_champion": [{"version": "3"}], "freshen_corpus": [corpus]})
+    assert both["trigger"] == "asset_triggered" and both["champion"] == ["3"]
+    assert both["summary"] == "champion moved to v3; corpus version 1a2b3c4d (+5 added, ~4 edited, -3 removed)"
+    assert refresh_reasons("scheduled", {})["summary"] == "orchestration.refresh_cron"
+    assert refresh_reasons("manual", {}) == {
+        "trigger": "manual",
+        "champion": [],
+        "corpus": [],
+        "summary": "started by hand",
+    }
 
 
 def test_run_params_become_dotted_overrides():
@@ -127,7 +166,7 @@ def test_a_bad_orchestration_value_is_an_import_error_naming_the_field(tmp_path,
     params["orchestration"]["runner"] = "slurm"
     monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, params)))
     errors = dagbag().import_errors
-    assert len(errors) == 2
+    assert len(errors) == len(list((REPO / "dags").glob("*.py"))) == 3
     assert all(
         re.search(
             r"params\.yaml:\d+: orchestration\.runner: Input should be 'local', 'docker' or "
@@ -143,7 +182,7 @@ def test_an_unknown_gpu_step_is_an_import_error_naming_the_field(tmp_path, monke
     params["orchestration"]["gpu"]["steps"] = ["train", "re_embed"]
     monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, params)))
     errors = dagbag().import_errors
-    assert len(errors) == 2
+    assert len(errors) == len(list((REPO / "dags").glob("*.py"))) == 3
     assert all(
         re.search(r"params.yaml:\d+: orchestration.gpu.steps: .*unknown step 're_embed'", e) for e in errors.values()
     ), errors
@@ -411,6 +450,48 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
     np.testing.assert_array_equal(
         np.asarray(load_cache(root / orch["refresh_dir"]).embeddings), np.asarray(single.embeddings)
     )  # reembed's rows, copied
+
+    # a new corpus version (3 removed, 4 edited, 5 added): freshen_corpus_update prepares it and
+    # announces it; the refresh encodes those 9 documents only and stops serving the removed ones
+    from freshen.integrity import file_sha256
+    from test_corpus_versions import ADDED, EDITED, REMOVED, new_version
+
+    same = bag.dags["freshen_corpus_update"].test()
+    assert str(same.state) == "success" and task_states(same)[("publish_corpus", -1)][0] == "skipped"
+    served_before = read_pointer(root / orch["serving_dir"])
+    new_ids = new_version(tiny_params)
+    update = bag.dags["freshen_corpus_update"].test()
+    states = task_states(update)
+    assert str(update.state) == "success" and {s for s, _ in states.values()} == {"success"}, states
+    corpus_sha = file_sha256(root / tiny_params["data"]["out_dir"] / "corpus.jsonl")
+    [announced] = asset_events("freshen_corpus")
+    assert announced == {
+        "corpus": tiny_params["data"]["name"],
+        "corpus_sha256": corpus_sha,
+        "served_corpus_sha256": served_before["corpus_sha256"],
+        "served_folder": served_before["folder"],
+        "docs": len(new_ids),
+        "added": len(ADDED),
+        "edited": len(EDITED),
+        "removed": len(REMOVED),
+        "unchanged": len(new_ids) - len(ADDED) - len(EDITED),
+        "parent_run_id": announced["parent_run_id"],
+    }
+    encoded.clear()
+    fresh = bag.dags["freshen_cache_refresh"].test(run_conf={"orchestration.num_shards": 3, "set": {}})
+    assert str(fresh.state) == "success", task_states(fresh)
+    pointer = read_pointer(root / orch["serving_dir"])
+    assert pointer["corpus_sha256"] == corpus_sha and pointer["folder"].endswith(corpus_sha[:8])
+    assert load_cache(root / orch["serving_dir"] / pointer["folder"]).ids == new_ids  # no removed id left
+    corrected_event, reembedded_event = asset_events("freshen_serving_index")[-2:]
+    changed = len(ADDED) + len(EDITED)
+    for event in (corrected_event, reembedded_event):
+        assert (event["passes"], event["passes_saved"]) == (changed, len(new_ids) - changed)
+        assert event["corpus_sha256"] == corpus_sha and event["refresh"]["policy"] == "always"
+        assert event["reasons"]["trigger"] == "manual"  # dag.test(); the live check has the Asset-triggered run
+    assert reembedded_event["rows"] == {"encoded": changed, "reused": len(new_ids) - changed, "corrected": 0}
+    again = bag.dags["freshen_corpus_update"].test()  # the serving index holds this version now
+    assert task_states(again)[("publish_corpus", -1)][0] == "skipped" and len(asset_events("freshen_corpus")) == 1
 
     # a worse challenger never takes champion, and publishes no Asset event
     worse = bag.dags["freshen_train"].test(run_conf={"train.steps": 2, "promote.min_improvement": 1.0})

@@ -10,7 +10,11 @@ throwaway AIRFLOW_HOME with the repository's dags/, and through the REST API v2 
      succeeds with K mapped shards (K = orchestration.num_shards from $FRESHEN_SET, params.yaml
      says otherwise) and serves the new champion;
   4. a second train run whose challenger cannot meet promote.min_improvement (1.0 of an nDCG)
-     must leave the champion, the Asset and the refresh DAG untouched.
+     must leave the champion, the Asset and the refresh DAG untouched;
+  5. a corpus update (documents removed, edited, added in the tiny dataset): a triggered
+     freshen_corpus_update run must emit one `freshen_corpus` event counting them, which must
+     start one freshen_cache_refresh run that serves the new version (no removed id; only the
+     added and edited documents encoded), its MLflow parent run tagged with that reason.
 Every process started is stopped (SIGTERM, then SIGKILL) also on failure; none may be left.
 The summary (JSON + text, durations per phase) goes to benchmarks/results/deployment/.
 
@@ -44,7 +48,7 @@ from airflow_env import airflow_env  # noqa: E402
 from airflow_service import Api, Processes, airflow_command, airflow_config, free_port  # noqa: E402
 from tiny import make_project  # noqa: E402
 
-TRAIN, REFRESH = "freshen_train", "freshen_cache_refresh"
+TRAIN, REFRESH, CORPUS = "freshen_train", "freshen_cache_refresh", "freshen_corpus_update"
 NUM_SHARDS = 3  # given through $FRESHEN_SET; the project's params.yaml keeps the repository's value
 CONTAINER_UID = 1000  # the component image runs as this user
 USER = "freshen"
@@ -170,6 +174,28 @@ def wait_for_new_run(api: Api, dag_id: str, run_type: str, known: set[str], time
     return None
 
 
+def update_corpus(data: Path) -> dict[str, list[str]]:
+    """A new corpus version in place (the owner stays the image's user): two unjudged documents
+    removed, two edited, three added. Returns the ids of each kind."""
+    judged = {line.split("\t")[1] for f in (data / "qrels").glob("*.tsv") for line in f.read_text().splitlines()[1:]}
+    docs = [json.loads(line) for line in (data / "corpus.jsonl").read_text().splitlines() if line.strip()]
+    change = {
+        "removed": [d["_id"] for d in docs if d["_id"] not in judged][-2:],
+        "edited": [docs[0]["_id"], docs[1]["_id"]],
+    }
+    docs = [d for d in docs if d["_id"] not in change["removed"]]
+    for d in docs[:2]:
+        d["text"] += " revised after a new study"
+    change["added"] = [f"new{i}" for i in range(3)]
+    docs += [
+        {"_id": i, "title": f"update {i}", "text": f"a document added in the corpus update {i}"}
+        for i in change["added"]
+    ]
+    with open(data / "corpus.jsonl", "w") as fh:  # truncated in place: the owner stays
+        fh.writelines(json.dumps(d) + "\n" for d in docs)
+    return change
+
+
 def remove_containers(docker_url: str, project: Path) -> list[str]:
     """Remove the containers that mount `project` (the steps of this check, left running or
     stopped by an interrupted run); returns their ids."""
@@ -222,7 +248,7 @@ def check_runner(runner: str, args, work: Path, report: Report) -> None:
 
         with report.phase("airflow standalone up, DAGs parsed"):
             procs.start("airflow-standalone", [*airflow_command(), "standalone"], cwd=work)
-            api.wait_ready([TRAIN, REFRESH], timeout_s=args.start_timeout)
+            api.wait_ready([TRAIN, REFRESH, CORPUS], timeout_s=args.start_timeout)
 
         with report.phase("unpause; the refresh DAG's cron tick skips before any champion"):
             api.unpause(REFRESH)
@@ -294,6 +320,48 @@ def check_runner(runner: str, args, work: Path, report: Report) -> None:
             after = json.loads((project / params["orchestration"]["serving_dir"] / "current.json").read_text())
             expect(after["folder"] == pointer["folder"], "the serving index changed")
             report.fact(train_run_2=run_id, challenger=challenger)
+
+        with report.phase("corpus update: announced by freshen_corpus_update, served by the refresh it triggers"):
+            change = update_corpus(project / params["data"]["local_dir"])
+            known = {r["dag_run_id"] for r in api.runs(REFRESH)}
+            api.unpause(CORPUS)
+            run_id = api.trigger(CORPUS, {})
+            done = api.wait_run(CORPUS, run_id, args.run_timeout)
+            states = api.task_states(CORPUS, run_id)
+            expect(done["state"] == "success", f"corpus run {done['state']}: {states}")
+            expect(set(states.values()) == {"success"}, f"not every corpus task succeeded: {states}")
+            [event] = api.asset_events("freshen_corpus") or [None]
+            expect(event is not None, "no freshen_corpus event")
+            counts = {k: event["extra"][k] for k in change}
+            expect(counts == {k: len(v) for k, v in change.items()}, f"freshen_corpus event: {event['extra']}")
+            new_sha = event["extra"]["corpus_sha256"]
+            refresh = wait_for_new_run(api, REFRESH, "asset_triggered", known, timeout_s=180)
+            expect(refresh is not None, "no freshen_cache_refresh run after the corpus event")
+            rid = refresh["dag_run_id"]
+            done = api.wait_run(REFRESH, rid, args.run_timeout)
+            states = api.task_states(REFRESH, rid)
+            expect(done["state"] == "success", f"corpus refresh run {done['state']}: {states}")
+            expect(set(states.values()) == {"success"}, f"not every corpus refresh task succeeded: {states}")
+            trigger = api.triggering_events(REFRESH, rid)
+            expect([e["extra"].get("corpus_sha256") for e in trigger] == [new_sha], f"triggering events: {trigger}")
+            serving = project / params["orchestration"]["serving_dir"]
+            pointer = json.loads((serving / "current.json").read_text())
+            expect(pointer["corpus_sha256"] == new_sha and pointer["champion_version"] == champion, f"{pointer}")
+            served = serving / pointer["folder"]
+            ids = json.loads((served / "ids.json").read_text())
+            expect(not set(change["removed"]) & set(ids), "a removed document is still served")
+            expect(set(change["added"]) <= set(ids), "an added document is not served")
+            origin = json.loads((served / "manifest.json").read_text())["origin"]
+            expect(origin["encoded"] == len(change["added"]) + len(change["edited"]), f"rows by origin: {origin}")
+            client = mlflow_client(mlflow_uri)
+            exp = client.get_experiment_by_name(params["mlflow"]["experiment"])
+            parent = client.search_runs([exp.experiment_id], f"tags.`airflow.run_id` = '{rid}'")
+            tags = parent[0].data.tags if parent else {}
+            expect(tags.get("freshen.refresh.trigger") == "asset_triggered", f"refresh parent run tags: {tags}")
+            expect("corpus version" in tags.get("freshen.refresh.reasons", ""), f"refresh parent run tags: {tags}")
+            report.fact(corpus_run=run_id, corpus_refresh_run=rid, corpus_change={k: len(v) for k, v in change.items()})
+            report.fact(corpus_refresh_rows=origin, corpus_refresh_reasons=tags["freshen.refresh.reasons"])
+            report.fact(corpus_refresh_error_log_lines=error_lines(work / "airflow-home", REFRESH, rid))
     finally:
         with report.phase("stop every process started"):
             stopped = procs.stop(grace_s=args.grace)

@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freshen.config import flatten, get_dotted
 from freshen.errors import DataError
-from freshen.orchestration import config, runs
+from freshen.orchestration import config, events, runs
 from freshen.orchestration.commands import StepFailed, StepSkipped
 from freshen.orchestration.pipeline import Pipeline, cli_argv, steps_table
 from freshen.orchestration.runners import XCOM_FIELD, container_operator, run_local
@@ -36,6 +36,7 @@ RUN_PARAMS = {
         "promote.min_improvement_over_zero_shot",
     ),
     "refresh": ("orchestration.num_shards", "orchestration.dvc.enabled", "orchestration.dvc.push", "encode.batch_size"),
+    "corpus": (),  # the new version is where params.yaml says (data.source, data.local_dir)
 }
 JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
 
@@ -73,29 +74,38 @@ def default_args(project: config.Project) -> dict:
 
 def champion_asset(project: config.Project) -> Asset:
     """Updated whenever `champion` moves to a new version; the refresh DAG is scheduled on it."""
-    return Asset(name="freshen_champion", uri=f"x-freshen://champion/{project.registered_model}")
+    return Asset(name=events.CHAMPION, uri=f"x-freshen://champion/{project.registered_model}")
+
+
+def corpus_asset(project: config.Project) -> Asset:
+    """Updated whenever a new version of the corpus is prepared (freshen_corpus_update, or any
+    producer posting an event for it); the refresh DAG is scheduled on it too."""
+    return Asset(name=events.CORPUS, uri=f"x-freshen://corpus/{project.params.data.name}")
 
 
 def serving_asset(project: config.Project) -> Asset:
     """Updated whenever the serving index changes (corrected first, then re-embedded)."""
-    return Asset(name="freshen_serving_index", uri="x-freshen://serving-index")
-
-
-def serving_pointer(project: config.Project, ctx: dict) -> dict:
-    """The serving Asset event's extra: what the step just made current (current.json), so a
-    consumer learns the folder, champion version and whether it is the corrected index."""
-    from freshen.index_store import read_pointer
-    from freshen.steps.common import path
-
-    pointer = read_pointer(path(project.root, run_params(project, ctx).orchestration.serving_dir)) or {}
-    return {k: v for k, v in pointer.items() if k != "history"}
+    return Asset(name=events.SERVING, uri="x-freshen://serving-index")
 
 
 def refresh_schedule(project: config.Project):
+    """On orchestration.refresh_cron, or when the champion or the corpus changes."""
+    assets = champion_asset(project) | corpus_asset(project)
     cron = project.orch["refresh_cron"]
     if not cron:
-        return [champion_asset(project)]
-    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=[champion_asset(project)])
+        return assets
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=assets)
+
+
+def corpus_schedule(project: config.Project):
+    cron = project.orch["corpus_cron"]
+    return CronTriggerTimetable(cron, timezone="UTC") if cron else None
+
+
+def triggering_events(context) -> dict[str, list[dict]]:
+    """The Asset events that started this run, by Asset name (empty for a cron tick or by hand)."""
+    found = context.get("triggering_asset_events") or {}
+    return {asset.name: [dict(e.extra or {}) for e in found[asset]] for asset in found}
 
 
 def run_overrides(project: config.Project, dag_run_params: dict) -> dict:
@@ -136,7 +146,15 @@ def start_run(project: config.Project, kind: str):
         params = run_params(project, ctx)  # an unknown key fails here, before any work
         _tracking_env(project)
         ti = context["ti"]
-        info = runs.start(params, project.root, kind, {"airflow.dag_id": ti.dag_id, "airflow.run_id": ti.run_id})
+        tags = {"airflow.dag_id": ti.dag_id, "airflow.run_id": ti.run_id}
+        if kind == "refresh":  # why it runs: a new champion, a new corpus version, the cron, by hand
+            run_type = context["dag_run"].run_type
+            ctx["reasons"] = events.refresh_reasons(
+                getattr(run_type, "value", str(run_type)), triggering_events(context)
+            )
+            tags.update({"freshen.refresh.trigger": ctx["reasons"]["trigger"]})
+            tags.update({"freshen.refresh.reasons": ctx["reasons"]["summary"][:5000]})
+        info = runs.start(params, project.root, kind, tags)
         return {**ctx, **info, "num_shards": params.orchestration.num_shards}
 
     return start_run()
@@ -188,7 +206,8 @@ def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str 
                 project, cli_argv(name, project.cli_root(), project.params_file, ctx["parent_run_id"], ctx["set_json"])
             )
             if serving in kwargs["outlets"]:
-                context["outlet_events"][serving].extra = serving_pointer(project, ctx)
+                extra = events.serving_event(run_params(project, ctx), project.root, ctx.get("reasons"))
+                context["outlet_events"][serving].extra = extra
 
         return local_step(ctx)
     argv = cli_argv(
@@ -261,6 +280,23 @@ def publish_champion(project: config.Project, ctx):
         return extra
 
     return publish_champion(ctx)
+
+
+def publish_corpus(project: config.Project, ctx):
+    """Emit the corpus Asset when the prepared corpus is not the version the serving index holds
+    (its extra: the new version's digest, documents added / edited / removed); skipped otherwise.
+    Runs on the worker, which reads the project folder (as with the local runner)."""
+    asset = corpus_asset(project)
+
+    @task(task_id="publish_corpus", outlets=[asset])
+    def publish_corpus(ctx: dict, **context) -> dict:
+        extra, why_not = events.corpus_change(run_params(project, ctx), project.root)
+        if extra is None:
+            raise AirflowSkipException(f"no corpus Asset event: {why_not}")
+        context["outlet_events"][asset].extra = {**extra, "parent_run_id": ctx["parent_run_id"]}
+        return extra
+
+    return publish_corpus(ctx)
 
 
 def record_outputs(project: config.Project, ctx, stages: tuple[str, ...]):

@@ -1,4 +1,4 @@
-"""The two pipelines, written once: their steps, what runs before each, and the `freshen` argv.
+"""The pipelines, written once: their steps, what runs before each, and the `freshen` argv.
 
 Everything that runs the steps is built from here or checked against it:
 
@@ -108,7 +108,16 @@ REFRESH = Pipeline(
     ),
 )  # fmt: skip
 
-PIPELINES = {p.kind: p for p in (TRAIN, REFRESH)}
+CORPUS = Pipeline(
+    kind="corpus",
+    dag_id="freshen_corpus_update",
+    about="prepare the corpus's new version; the refresh serves it",
+    steps=(
+        Step("prepare", about="the dataset's new version, checked (the train pipeline's first step)"),
+    ),
+)  # fmt: skip
+
+PIPELINES = {p.kind: p for p in (TRAIN, REFRESH, CORPUS)}
 
 
 def all_steps() -> tuple[Step, ...]:

@@ -85,7 +85,12 @@ class OrchestrationParams(Section):
     retries: int = doc(2, "Retries per task; steps are idempotent, a retry overwrites only its own output.", ge=0)
     retry_delay_s: int = doc(60, "Seconds between retries.", ge=0)
     refresh_cron: str | None = doc(
-        "0 3 * * 0", "Cache refresh on this cron (null: never), and whenever the champion changes."
+        "0 3 * * 0", "Cache refresh on this cron (null: never), and whenever the champion or the corpus changes."
+    )
+    corpus_cron: str | None = doc(
+        None,
+        "freshen_corpus_update: prepare the dataset again on this cron and announce a new corpus version "
+        "(null: when triggered).",
     )
     num_shards: int = doc(4, "Cache refresh: corpus shards re-embedded in parallel.", ge=1)
     champion_dir: str = doc("artifacts/champion", "The champion's encoder and corrector, fetched from the registry.")
@@ -107,7 +112,7 @@ class OrchestrationParams(Section):
     docker: DockerParams = section(DockerParams, "The docker runner.")
     kubernetes: KubernetesParams = section(KubernetesParams, "The kubernetes runner.")
 
-    @field_validator("refresh_cron")
+    @field_validator("refresh_cron", "corpus_cron")
     @classmethod
     def _cron(cls, cron: str | None) -> str | None:
         if cron is None:
