@@ -28,6 +28,7 @@ def test_the_benchmarks_are_the_ones_the_package_documents():
             "kfp_local",
             "search",
             "seeds",
+            "serving_fit",
         ]
     )
     assert all(f"- {name}:" in documented for name in BENCHMARKS)

@@ -10,7 +10,7 @@ from freshen.params.loading import SET_ENV, Override, load_params, validate_para
 from freshen.params.orchestration import OrchestrationParams
 from freshen.params.schema import Params
 from freshen.params.sections import EncodeParams, EvaluateParams, ModelParams
-from freshen.params.train import TrainParams
+from freshen.params.train import ServingFitParams, TrainParams
 
 __all__ = [
     "SET_ENV",
@@ -20,6 +20,7 @@ __all__ = [
     "OrchestrationParams",
     "Override",
     "Params",
+    "ServingFitParams",
     "TrainParams",
     "load_params",
     "validate_params",

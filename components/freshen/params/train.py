@@ -62,6 +62,20 @@ class NegativesParams(Section):
     ann_ef_search: int | None = doc(None, "HNSW: efSearch; null: max(ann_candidates, 64).", ge=1)
 
 
+class ServingFitParams(Section):
+    epochs: int = doc(
+        0,
+        "> 0: after training, fit the corrector for retrieval from the stale cache (training queries, "
+        "their judged passages); the epoch with the best dev nDCG@10 is kept, h itself when none beats it. "
+        "It gains on documents the training queries judge and loses on the others (docs/results.md).",
+        ge=0,
+    )
+    lr: float = doc(1.0e-4, "Its learning rate (AdamW).", gt=0)
+    anchor: float = doc(1.0, "Weight of the squared distance from h'(c) to the trained h(c).", ge=0)
+    candidates: int = doc(200, "Rows each query's softmax is over: its top of h'(cache), with its positives.", ge=1)
+    batch_queries: int = doc(64, "Training queries per update.", ge=1)
+
+
 class CorrectorParams(Section):
     arch: Literal["linear", "residual_mlp"] = doc("residual_mlp", "The corrector network h.")
     hidden: int = doc(384, "residual_mlp: hidden width.", ge=1)
@@ -88,6 +102,7 @@ class CorrectorParams(Section):
     refit_epochs: int = doc(50, "Epochs of minibatches of 256 over the refit sample.", ge=1)
     normalize: bool = doc(False, "Project h's output onto the unit sphere (linear: no longer exact search).")
     init: str | None = doc(None, "Start from a saved corrector folder (its dim must match the cache).")
+    serving_fit: ServingFitParams = section(ServingFitParams, "After training: the corrector fitted for retrieval.")
 
     @model_validator(mode="after")
     def _refit(self) -> CorrectorParams:

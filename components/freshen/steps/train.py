@@ -23,7 +23,7 @@ from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
 from freshen.params import Params, TrainParams
 from freshen.steps.common import NullLog, checked_cache, path, prepared, read_clusters
-from freshen.training import pilot
+from freshen.training import pilot, serving_fit
 from freshen.training.loop import Trainer, train
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,23 @@ def verdict(validations: list[dict], best_step: int | None, keep_best: bool) -> 
     return figures, None
 
 
+def fit_for_serving(result, p: TrainParams, cache, ds, params: Params) -> dict:
+    """train.corrector.serving_fit: the saved corrector fitted for retrieval after training
+    (freshen.training.serving_fit); what it did, for the metrics. Replaces `result.corrector`."""
+    if not p.corrector.serving_fit.epochs:
+        return {}
+    if not ds.qrels.get("dev"):
+        logger.warning("freshen train: no dev queries, so no serving fit (it keeps the epoch that is best on dev)")
+        return {}
+    fit = serving_fit.fit_for_serving(result.encoder, result.corrector, cache, ds, p, params.seed, params.encode)
+    result.corrector = fit.corrector
+    return {
+        "serving_fit_epoch": fit.epoch,
+        "serving_fit_dev_ndcg_at_10_before": fit.dev_ndcg_at_10[0],
+        "serving_fit_dev_ndcg_at_10": fit.dev_ndcg_at_10[fit.epoch],
+    }
+
+
 def run(params: Params, root: Path, log=NullLog()) -> dict:
     t = params.train
     # one train of this project at a time: the model, the metrics rewritten at every evaluation, the curve
@@ -180,6 +197,7 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
         ),
     )
     not_saved = corrector_not_saved(p) if result.corrector is not None else "no corrector"
+    fitted = fit_for_serving(result, p, cache, ds, params) if not_saved is None else {}
     with atomic_dir(path(root, t.out_dir)) as tmp:
         result.encoder.save(tmp / "encoder")
         if not_saved is None:
@@ -193,6 +211,7 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
                 "counters": counters,
                 "corrector_saved": not_saved is None,
                 **({"corrector_not_saved": not_saved} if not_saved else {}),
+                **fitted,
                 "params_hash": params_hash(params, SECTIONS),
                 "cache_manifest": cache.manifest,
                 "steps": t.steps,
@@ -207,6 +226,7 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
         "steps_run": len(result.curve),
         **figures,
         **pilot_summary,
+        **fitted,
         **(
             {
                 "best_step": result.best_step,
