@@ -105,3 +105,32 @@ def test_refresh_shards_take_the_rows_reembed_wrote_for_the_same_model(prepared_
     stats = reembed_shard.run(validate_params(params), root, shard=0, num_shards=3, model_dir="other")
     assert stats["passes"] == 20 and encoded == [60, 20]
     assert load_cache(shards / sharding.shard_name(0, 3)).manifest.get("reused_from") is None
+
+
+def test_a_shard_whose_rows_did_not_change_still_names_the_new_corpus_version(prepared_project, encoded):
+    """A corpus update that leaves shard 0's documents as they were: its folder holds the right rows
+    but a manifest of the old version; it is written again (rows copied, nothing encoded) so that
+    the merge accepts the set. (The live deployment check found this.)"""
+    import json
+
+    from freshen.integrity import file_sha256
+    from freshen.steps import prepare
+
+    root, params = prepared_project
+    p = validate_params(params)
+    for i in range(3):
+        reembed_shard.run(p, root, shard=i, num_shards=3, model_dir=ENCODER_DIR)
+    corpus = params["data"]["local_dir"] + "/corpus.jsonl"
+    docs = [json.loads(line) for line in open(corpus)]
+    docs[-1]["text"] += " revised"  # shard 2 changes; shards 0 and 1 hold the same texts
+    with open(corpus, "w") as fh:
+        fh.writelines(json.dumps(d) + "\n" for d in docs)
+    prepare.run(p, root)
+    encoded.clear()
+    stats = [reembed_shard.run(p, root, shard=i, num_shards=3, model_dir=ENCODER_DIR) for i in range(3)]
+    assert [s["passes"] for s in stats] == [0, 0, 1] and encoded == [1]
+    new_sha = file_sha256(root / params["data"]["out_dir"] / "corpus.jsonl")
+    shards = root / params["orchestration"]["shards_dir"]
+    assert {load_cache(shards / sharding.shard_name(i, 3)).manifest["corpus_sha256"] for i in range(3)} == {new_sha}
+    merge_shards.run(p, root, num_shards=3, model_dir=ENCODER_DIR)
+    assert load_cache(root / params["orchestration"]["refresh_dir"]).manifest["count"] == 60

@@ -195,7 +195,12 @@ def embed_to_cache(
             )
         sources, flags = [*sources, stale], [*flags, True]
     plan = plan_rows(hashes, sources, flags)
-    if sources and sources[0].path.resolve() == out_dir.resolve() and _is_whole(plan, corpus.ids):
+    if (
+        sources
+        and sources[0].path.resolve() == out_dir.resolve()
+        and _is_whole(plan, corpus.ids)
+        and all(sources[0].manifest.get(k) == manifest[k] for k in CORPUS_FIELDS if k in manifest)
+    ):
         logger.info(f"{desc}: {out_dir} already holds every row (same model, texts and settings)")
         return sources[0], {"docs": len(hashes), "passes": 0, "passes_saved": len(hashes), "seconds": 0.0}
     missing = plan.missing()
@@ -278,6 +283,12 @@ def embed_to_cache(
     if stats["passes_saved"]:
         logger.info(f"{desc}: {stats['passes']} texts encoded, {stats['passes_saved']} rows taken from {used}")
     return cache, stats
+
+
+# what a manifest says about the corpus a cache was made for (a shard: its place in it): a cache
+# holding the right rows for another corpus version is written again (its rows copied), so that
+# its manifest names the version it is part of
+CORPUS_FIELDS = ("corpus", "corpus_sha256", "corpus_ids_sha256", "corpus_count", "start", "stop")
 
 
 def _is_whole(plan: RowPlan, ids: list[str]) -> bool:
