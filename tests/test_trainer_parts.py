@@ -148,3 +148,32 @@ def test_trainer_exposes_its_parts(tiny_training):
     assert t.corrector is t.corrector_trainer.corrector and t.scorer is t.negatives.scorer
     assert t.corrector_trainer.probe_set == set(t.validator.probe_rows)
     assert t.refresher.corrector_trainer is t.corrector_trainer
+
+
+def test_bulk_encoding_in_training_takes_the_encode_sections_batch_size_and_token_budget(tiny_params, monkeypatch):
+    """Refreshes, refits and measurement encode like embed_cache does: `encode.batch_size` and
+    `encode.max_tokens` plan their batches (issue 27: the budget did not reach the trainer)."""
+    from freshen import encoding
+    from freshen.params import EncodeParams
+    from freshen.training.passages import Passages
+
+    planned, real = [], encoding.plan_batches
+
+    def spy(lengths, batch_size, max_tokens=None):
+        planned.append((batch_size, max_tokens))
+        return real(lengths, batch_size, max_tokens)
+
+    monkeypatch.setattr(encoding, "plan_batches", spy)
+    texts = [f"passage {i} " + "word " * (i % 7) for i in range(12)]
+    passages = Passages(
+        Encoder.from_params(tiny_params["model"]),
+        texts,
+        _params(tiny_params),
+        EncodeParams(batch_size=5, max_tokens=40),
+    )
+    whole = passages.encode_all(passages.encoder.dim, "refresh")
+    some = passages.encode([0, 3], "refit")
+    probe = passages.measure([1, 2])
+    assert planned == [(5, 40)] * 3
+    np.testing.assert_allclose(some.numpy(), whole[[0, 3]], atol=1e-5)
+    np.testing.assert_allclose(probe.numpy(), whole[[1, 2]], atol=1e-5)

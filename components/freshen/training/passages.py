@@ -4,7 +4,8 @@ refreshes). Outputs come back to the CPU as float32, where the losses, the cache
 corrector run; the encoder stays where it was placed (a GPU when there is one).
 
 Training passes run at `train.precision`, passages cut at `train.passage_max_len`; bulk encoding
-(refreshes, refits, measurement) takes the `encode` section's batch size and precision."""
+(refreshes, refits, measurement) takes the `encode` section's batch size, token budget and
+precision."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class Passages:
         self.device = next(encoder.parameters()).device
         self.amp = autocast_dtype(p.precision, self.device)
         self.batch_size, self.precision = encode_p.batch_size, encode_p.precision
+        self.max_tokens = encode_p.max_tokens
 
     def autocast(self):
         """The training precision (`train.precision`) for the encoder's forward passes."""
@@ -51,6 +53,7 @@ class Passages:
                 [self.texts[int(r)] for r in rows],
                 "passage",
                 batch_size=self.batch_size,
+                max_tokens=self.max_tokens,
                 precision=self.precision,
                 desc=desc,
                 max_len=self.max_len,
@@ -66,6 +69,7 @@ class Passages:
             "passage",
             table,
             batch_size=self.batch_size,
+            max_tokens=self.max_tokens,
             precision=self.precision,
             desc=desc,
             max_len=self.max_len,
@@ -79,6 +83,8 @@ class Passages:
                 self.encoder,
                 [self.texts[int(r)] for r in rows],
                 "passage",
+                batch_size=self.batch_size,
+                max_tokens=self.max_tokens,
                 precision=self.precision,
                 max_len=self.max_len,
             )
