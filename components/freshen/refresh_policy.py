@@ -2,9 +2,13 @@
 
 `always` re-embeds (rows the champion already embedded, for texts that did not change, are
 copied, not encoded); `never` serves what `corrected_index` builds: h(stale row) for every text
-the stale cache holds, the added and edited documents encoded; `drift` measures on a probe how
-far h(stale cache) is from the champion's own embeddings and re-embeds past a threshold. A
-champion without a corrector is always re-embedded: nothing else can serve it.
+the stale cache holds, the added and edited documents encoded; `drift` measures how far h(stale cache) has fallen
+behind the champion and re-embeds past a threshold. Its `signal` is either `dev_ndcg` (the
+champion's dev queries search h(stale cache); re-embed when their nDCG@10 is more than
+`max_dev_drop` below the dev figure the champion was promoted on, its own re-embedding: labels,
+no passage encoded) or `cosine` (a probe of documents encoded by the champion, compared with
+h(stale row)). Cosine is the weaker predictor of retrieval (docs/results.md). A champion without
+a corrector is always re-embedded: nothing else can serve it.
 
 `fetch_champion` makes the decision once per refresh run and writes it beside the champion
 (`refresh.json`, bound to the champion's encoder and the corpus version); the re-embedding
@@ -19,7 +23,7 @@ from freshen.atomic import write_json
 from freshen.cache import Cache
 from freshen.embed_corpus import plan_rows
 from freshen.encoding import encode
-from freshen.errors import FreshenError
+from freshen.errors import DataError, FreshenError
 from freshen.jsonfile import read_json
 from freshen.params import EncodeParams
 from freshen.params.orchestration import RefreshParams
@@ -29,14 +33,25 @@ DECISION = "refresh.json"
 OVERLAP_K = 10
 
 
+def held_rows(stale: Cache, corpus):
+    """The row plan of the corpus over the stale cache, and the documents whose text it holds."""
+    if stale.rows is None:
+        raise DataError(
+            stale.path / "manifest.json",
+            "records no row hashes (written by an older Freshen): re-run embed_cache",
+            field="doc_hashes_sha256",
+        )
+    plan = plan_rows(corpus.hashes, [stale], [True])
+    return plan, np.flatnonzero(plan.source == 0)
+
+
 def probe_drift(
     encoder, corrector, stale: Cache, corpus, refresh: RefreshParams, encode_params: EncodeParams, seed: int
 ):
     """Mean cosine between h(stale row) and the champion's embedding of the same text, and the
     top-10 overlap of the probe documents ranked against each other both ways, on a seeded
     sample of the documents the stale cache holds. Returns (stats, encoder passes spent)."""
-    plan = plan_rows(corpus.hashes, [stale], [True])
-    held = np.flatnonzero(plan.source == 0)
+    plan, held = held_rows(stale, corpus)
     if len(held) < 2:
         raise FreshenError(f"{stale.path}: holds {len(held)} of the corpus's current texts; nothing to probe")
     rng = np.random.default_rng(seed)
@@ -53,6 +68,35 @@ def probe_drift(
     stats = {"probe_docs": len(probe), "mean_cosine": round(float(cosine.mean()), 4)}
     stats[f"overlap_at_{k}"] = round(float(overlap), 4)
     return stats, len(probe)
+
+
+def probe_dev(encoder, corrector, stale: Cache, corpus, queries: dict, qrels: dict, encode_params: EncodeParams):
+    """Dev nDCG@10 of the champion's queries over h(stale row) of every document whose current
+    text the stale cache holds (added and edited ones are left out: no passage is encoded), as
+    `evaluate` scores it (top 100, a query never retrieves its own id). Returns (stats, 0 passes)."""
+    import faiss
+
+    from freshen.retrieval import evaluate_run, exclude_self, to_run
+
+    plan, held = held_rows(stale, corpus)
+    if not len(held):
+        raise FreshenError(f"{stale.path}: holds none of the corpus's current texts; nothing to measure")
+    table = np.empty((len(held), stale.dim), dtype=np.float32)
+    corrector.eval()
+    corrector.correct_into(stale.embeddings[plan.row[held]], table)
+    qids = sorted(qrels)
+    vectors = encode(encoder, [queries[q] for q in qids], "query", precision=encode_params.precision)
+    index = faiss.IndexFlatIP(stale.dim)
+    index.add(table)
+    scores, rows = index.search(np.ascontiguousarray(vectors), min(100, len(held)))
+    ids = [corpus.ids[i] for i in held]
+    run = exclude_self(to_run(qids, ids, scores, rows))
+    stats = {
+        "dev_queries": len(qids),
+        "dev_docs": len(held),
+        "dev_ndcg_at_10": round(evaluate_run(qrels, run)["ndcg_at_10"], 4),
+    }
+    return stats, 0
 
 
 def top_others(scores: np.ndarray, k: int) -> np.ndarray:
@@ -81,13 +125,27 @@ def decide(refresh: RefreshParams, has_corrector: bool, measure) -> dict:
             "plus the added and edited documents encoded",
         }
     stats, passes = measure()
-    drifted = stats["mean_cosine"] < refresh.min_cosine
-    relation = "below" if drifted else "at or above"
+    if refresh.signal == "dev_ndcg":
+        drop = round(stats["promoted_dev_ndcg_at_10"] - stats["dev_ndcg_at_10"], 4)
+        drifted = drop > refresh.max_dev_drop
+        reason = (
+            f"dev nDCG@10 over h(stale cache) {stats['dev_ndcg_at_10']} is {drop} below the champion's promoted "
+            f"{stats['promoted_dev_ndcg_at_10']} ({'more than' if drifted else 'within'} "
+            f"orchestration.refresh.max_dev_drop {refresh.max_dev_drop}; {stats['dev_queries']} dev queries)"
+        )
+        stats = {**stats, "dev_drop": drop}
+    else:
+        drifted = stats["mean_cosine"] < refresh.min_cosine
+        reason = (
+            f"mean cosine of h(stale row) to the champion's row {stats['mean_cosine']} is "
+            f"{'below' if drifted else 'at or above'} orchestration.refresh.min_cosine {refresh.min_cosine} "
+            f"(probe of {stats['probe_docs']} documents)"
+        )
     return {
         "policy": "drift",
+        "signal": refresh.signal,
         "reembed": bool(drifted),
-        "reason": f"mean cosine of h(stale row) to the champion's row {stats['mean_cosine']} is {relation} "
-        f"orchestration.refresh.min_cosine {refresh.min_cosine} (probe of {stats['probe_docs']} documents)",
+        "reason": reason,
         "probe_passes": passes,
         **stats,
     }

@@ -22,7 +22,19 @@ from freshen.params import Params
 from freshen.steps.common import path
 
 CHAMPION, CORPUS, SERVING = "freshen_champion", "freshen_corpus", "freshen_serving_index"
-DECISION_FIELDS = ("policy", "reembed", "reason", "mean_cosine", "overlap_at_10", "probe_docs", "probe_passes")
+DECISION_FIELDS = (
+    "policy",
+    "signal",
+    "reembed",
+    "reason",
+    "dev_ndcg_at_10",
+    "promoted_dev_ndcg_at_10",
+    "dev_drop",
+    "mean_cosine",
+    "overlap_at_10",
+    "probe_docs",
+    "probe_passes",
+)
 
 
 def diff(old_ids: list[str], old_hashes, new_ids: list[str], new_hashes) -> dict[str, int | None]:

@@ -67,12 +67,22 @@ class RefreshParams(Section):
     )
     min_cosine: float = doc(
         0.95,
-        "drift: re-embed when the mean cosine between h(stale row) and the champion's embedding of the "
-        "probe documents is below this.",
+        "drift, signal cosine: re-embed when the mean cosine between h(stale row) and the champion's "
+        "embedding of the probe documents is below this.",
         ge=0,
         le=1,
     )
-    probe_docs: int = doc(512, "drift: documents of the probe sample, encoded by the champion.", ge=2)
+    probe_docs: int = doc(512, "drift, signal cosine: documents of the probe sample, encoded by the champion.", ge=2)
+    signal: Literal["dev_ndcg", "cosine"] = doc(
+        "dev_ndcg",
+        "drift: what decides. dev_ndcg: dev nDCG@10 of the champion's queries over h(stale cache), against the "
+        "dev figure it was promoted on (no passage encoded); cosine: min_cosine on the probe.",
+    )
+    max_dev_drop: float = doc(
+        0.01,
+        "drift, signal dev_ndcg: re-embed when h(stale cache) scores more than this below the promoted dev figure.",
+        ge=0,
+    )
 
 
 class OrchestrationParams(Section):

@@ -88,7 +88,7 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
     dest = path(root, params.orchestration.champion_dir)
     with hold(dest):  # one fetch into this folder at a time
         info = download_champion(name, version, dest, log)
-        decision = refresh_decision(params, root, dest, info)
+        decision = refresh_decision(params, root, dest, info, version.tags)
     numbers = {k: v for k, v in decision.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     log.metrics({**numbers, "reembed": int(decision["reembed"])})
     log.tags({"refresh.policy": decision["policy"], "refresh.reason": decision["reason"][:5000]})
@@ -96,25 +96,59 @@ def run(params: Params, root: Path, log=NullLog()) -> dict:
     return {**info, "refresh": decision}
 
 
-def refresh_decision(params: Params, root: Path, dest: Path, info: dict) -> dict:
-    """Whether this refresh re-embeds the corpus (freshen.refresh_policy), written beside the champion."""
+def refresh_decision(params: Params, root: Path, dest: Path, info: dict, tags: dict | None = None) -> dict:
+    """Whether this refresh re-embeds the corpus (freshen.refresh_policy), written beside the
+    champion. `tags`: the champion version's registry tags (the dev figure it was promoted on)."""
     from freshen.cache import load_cache
     from freshen.embed_corpus import place
     from freshen.modeling.corrector import Corrector
     from freshen.modeling.encoder import Encoder
     from freshen.steps.embed_cache import prepared_corpus, prepared_corpus_file
 
+    refresh = params.orchestration.refresh
+
     def measure():
+        promoted = promoted_dev_figure(info, tags or {}) if refresh.signal == "dev_ndcg" else None
         corpus = prepared_corpus(params, root)
         stale = load_cache(path(root, params.cache.out_dir))
         encoder = place(Encoder.load(dest / "encoder"), params.encode.device)
         corrector = Corrector.load(dest / "corrector", expect_dim=stale.dim).eval()
-        refresh = params.orchestration.refresh
-        return refresh_policy.probe_drift(encoder, corrector, stale, corpus, refresh, params.encode, params.seed)
+        if promoted is None:
+            return refresh_policy.probe_drift(encoder, corrector, stale, corpus, refresh, params.encode, params.seed)
+        queries, qrels = dev_split(params, root, corpus.ids)
+        stats, passes = refresh_policy.probe_dev(encoder, corrector, stale, corpus, queries, qrels, params.encode)
+        return {**stats, "promoted_dev_ndcg_at_10": promoted}, passes
 
     decision = refresh_policy.decide(params.orchestration.refresh, info["has_corrector"], measure)
     corpus_sha = file_sha256(prepared_corpus_file(params, root))
     return refresh_policy.write_decision(dest, decision, info["encoder_digest"], corpus_sha)
+
+
+DEV_METRIC = "dev.trained.ndcg_at_10"  # what `evaluate` calls the re-embedded cache's dev nDCG@10
+
+
+def promoted_dev_figure(info: dict, tags: dict) -> float:
+    """The dev nDCG@10 of its own re-embedded cache that the champion was promoted on (its tags)."""
+    from freshen.steps.promote import TAG_METRIC, TAG_VALUE
+
+    if tags.get(TAG_METRIC) != DEV_METRIC or tags.get(TAG_VALUE) is None:
+        raise FreshenError(
+            f"models:/{info['registered_model']}/{info['version']}: tag '{TAG_METRIC}' is "
+            f"{tags.get(TAG_METRIC)!r}, not '{DEV_METRIC}': orchestration.refresh.signal dev_ndcg compares "
+            "with the dev figure the champion was promoted on (promote.metric); use signal cosine"
+        )
+    return float(tags[TAG_VALUE])
+
+
+def dev_split(params: Params, root: Path, doc_ids: list[str]) -> tuple[dict, dict]:
+    """The prepared dev queries and their relevant judgements (the corpus is not read)."""
+    from freshen.data.beir import read_queries, relevant_queries
+    from freshen.data.qrels import read_qrels
+
+    data = path(root, params.data.out_dir)
+    queries = read_queries(data / "queries.jsonl")
+    qrels_file = data / "qrels" / "dev.tsv"
+    return queries, relevant_queries(read_qrels(qrels_file, dict.fromkeys(doc_ids), queries), qrels_file)
 
 
 def reembed_skip_reason(params: Params, root: Path) -> str | None:
