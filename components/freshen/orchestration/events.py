@@ -22,19 +22,7 @@ from freshen.params import Params
 from freshen.steps.common import path
 
 CHAMPION, CORPUS, SERVING = "freshen_champion", "freshen_corpus", "freshen_serving_index"
-DECISION_FIELDS = (
-    "policy",
-    "signal",
-    "reembed",
-    "reason",
-    "dev_ndcg_at_10",
-    "promoted_dev_ndcg_at_10",
-    "dev_drop",
-    "mean_cosine",
-    "overlap_at_10",
-    "probe_docs",
-    "probe_passes",
-)
+BINDING = ("encoder_digest", "corpus_sha256")  # what a decision is bound to: the pointer names both
 
 
 def diff(old_ids: list[str], old_hashes, new_ids: list[str], new_hashes) -> dict[str, int | None]:
@@ -113,7 +101,7 @@ def serving_event(params: Params, root: Path, reasons: dict | None = None) -> di
     decision = path(root, params.orchestration.champion_dir) / DECISION
     if decision.is_file():
         made = read_json(decision)
-        extra["refresh"] = {k: made[k] for k in DECISION_FIELDS if k in made}
+        extra["refresh"] = {k: v for k, v in made.items() if k not in BINDING}
     if reasons:
         extra["reasons"] = reasons
     return extra
