@@ -128,6 +128,15 @@ def test_refresh_reasons_name_the_triggering_events():
     }
 
 
+def test_a_corpus_diff_counts_by_id_and_text_hash():
+    from freshen.orchestration.events import diff
+
+    old = np.array([b"a" * 16, b"b" * 16, b"c" * 16], dtype="S16")
+    new = np.array([b"a" * 16, b"C" * 16, b"d" * 16], dtype="S16")
+    assert diff(["a", "b", "c"], old, ["a", "c", "d"], new) == {"added": 1, "edited": 1, "removed": 1, "unchanged": 1}
+    assert diff(["a", "b"], None, ["b", "e"], new[:2]) == {"added": 1, "edited": None, "removed": 1, "unchanged": None}
+
+
 def test_run_params_become_dotted_overrides():
     from freshen.orchestration.airflow_tasks import overrides_from
 

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from freshen.data.corpus_file import HASH_DTYPE
 from freshen.index_store import POINTER, read_pointer
 from freshen.integrity import file_sha256
 from freshen.jsonfile import read_json
@@ -28,13 +31,14 @@ BINDING = ("encoder_digest", "corpus_sha256")  # what a decision is bound to: th
 def diff(old_ids: list[str], old_hashes, new_ids: list[str], new_hashes) -> dict[str, int | None]:
     """Documents added, edited (same id, other text), removed and unchanged between two versions;
     `edited` is None when the old version's text hashes are unknown (a cache from before them)."""
-    new = set(new_ids)
-    added = sum(1 for i in new_ids if i not in set(old_ids))
-    removed = sum(1 for i in old_ids if i not in new)
+    old_set, new_set = set(old_ids), set(new_ids)
+    added = sum(1 for i in new_ids if i not in old_set)
+    removed = sum(1 for i in old_ids if i not in new_set)
     if old_hashes is None:
         return {"added": added, "edited": None, "removed": removed, "unchanged": None}
-    old = dict(zip(old_ids, (bytes(h) for h in old_hashes)))
-    edited = sum(1 for i, h in zip(new_ids, new_hashes) if i in old and old[i] != bytes(h))
+    old = dict(zip(old_ids, np.asarray(old_hashes, dtype=HASH_DTYPE).tolist()))
+    new_list = np.asarray(new_hashes, dtype=HASH_DTYPE).tolist()
+    edited = sum(1 for i, h in zip(new_ids, new_list) if i in old and old[i] != h)
     return {"added": added, "edited": edited, "removed": removed, "unchanged": len(new_ids) - added - edited}
 
 
