@@ -26,8 +26,7 @@ from freshen.encoding import encode, set_threads
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
 from freshen.params import load_params
-from freshen.retrieval import evaluate_run
-from freshen.training.serving_fit import corrected, fit_for_serving, top_rows
+from freshen.training.serving_fit import corrected, dev_scorer, fit_for_serving
 
 from benchmarks.common import RESULTS, command_line, machine, write_keeping_notes
 
@@ -35,12 +34,7 @@ SYSTEMS = ("stale", "h", "fitted", "reembedded")
 
 
 def ndcg(queries: np.ndarray, qids: list[str], table: np.ndarray, ids: list[str], qrels: dict) -> float:
-    if not qids:
-        return float("nan")
-    rows = top_rows(queries, table, 100)
-    scores = np.einsum("qd,qkd->qk", queries, table[rows])
-    run = {q: {ids[r]: float(s) for r, s in zip(rows[i], scores[i]) if r >= 0} for i, q in enumerate(qids)}
-    return evaluate_run({q: qrels[q] for q in qids}, run)["ndcg_at_10"]
+    return dev_scorer(queries, qids, ids, {q: qrels[q] for q in qids})(table) if qids else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
