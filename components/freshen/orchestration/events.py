@@ -15,14 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from freshen.data.corpus_file import HASH_DTYPE
-from freshen.index_store import POINTER, read_pointer
-from freshen.integrity import file_sha256
-from freshen.jsonfile import read_json
 from freshen.params import Params
-from freshen.steps.common import path
+
+# Airflow imports this module when it parses the DAGs, in images that may have no numpy, torch
+# or faiss (the compose stack's scheduler): everything else is imported where it is used.
 
 CHAMPION, CORPUS, SERVING = "freshen_champion", "freshen_corpus", "freshen_serving_index"
 BINDING = ("encoder_digest", "corpus_sha256")  # what a decision is bound to: the pointer names both
@@ -31,6 +27,10 @@ BINDING = ("encoder_digest", "corpus_sha256")  # what a decision is bound to: th
 def diff(old_ids: list[str], old_hashes, new_ids: list[str], new_hashes) -> dict[str, int | None]:
     """Documents added, edited (same id, other text), removed and unchanged between two versions;
     `edited` is None when the old version's text hashes are unknown (a cache from before them)."""
+    import numpy as np
+
+    from freshen.data.corpus_file import HASH_DTYPE
+
     old_set, new_set = set(old_ids), set(new_ids)
     added = sum(1 for i in new_ids if i not in old_set)
     removed = sum(1 for i in old_ids if i not in new_set)
@@ -46,6 +46,9 @@ def corpus_change(params: Params, root: Path) -> tuple[dict | None, str]:
     """(the corpus event's extra, "") when the prepared corpus is not the one served; else
     (None, why there is nothing to announce)."""
     from freshen.cache import load_cache
+    from freshen.index_store import POINTER, read_pointer
+    from freshen.integrity import file_sha256
+    from freshen.steps.common import path
     from freshen.steps.embed_cache import prepared_corpus
 
     corpus = prepared_corpus(params, root)
@@ -92,7 +95,10 @@ def serving_event(params: Params, root: Path, reasons: dict | None = None) -> di
     """The serving Asset event's extra: current.json (less its history), the served cache's rows
     by origin with the passes they cost and saved, this refresh's decision, and `reasons`."""
     from freshen.cache import load_cache
-    from freshen.refresh_policy import DECISION  # imports torch: not at DAG parse time
+    from freshen.index_store import read_pointer
+    from freshen.jsonfile import read_json
+    from freshen.refresh_policy import DECISION
+    from freshen.steps.common import path
 
     serving = path(root, params.orchestration.serving_dir)
     pointer = read_pointer(serving) or {}
