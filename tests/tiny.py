@@ -73,7 +73,12 @@ def make_beir(
 
 
 def make_tiny_bert(
-    path: Path, hidden: int = 32, layers: int = 2, seed: int = 0, sentence_transformers_layout: bool = True
+    path: Path,
+    hidden: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    sentence_transformers_layout: bool = True,
+    dropout: float = 0.1,
 ) -> Path:
     """A random-weight BERT with a word-level vocab, saved as a transformers folder."""
     import torch
@@ -94,6 +99,8 @@ def make_tiny_bert(
         num_attention_heads=2,
         intermediate_size=hidden * 2,
         max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)

@@ -25,6 +25,7 @@ from freshen.orchestration.commands import ORCHESTRATION_STEPS, RUN_COMMANDS, SK
 from freshen.params import Params, load_params
 from freshen.progress import configure_output, errors_only_on_stderr
 from freshen.steps import STEP_NAMES
+from freshen.training import launch
 
 PARAMS_COMMAND = "params"  # `freshen params`: the effective params as YAML
 
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow parent run to attach to (default: $FRESHEN_PARENT_RUN_ID or the open pipeline run)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train: data-parallel training in this many processes (torchrun; one per GPU, or Gloo on CPUs)",
+    )
     add_orchestration_options(parser)
     return parser
 
@@ -154,9 +161,30 @@ def stop_cleanly_on_sigterm(step: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    with stop_cleanly_on_sigterm(args.step.replace("-", "_")):
-        return run_step(args)
+    step = args.step.replace("-", "_")
+    with stop_cleanly_on_sigterm(step):
+        if args.nproc != 1 and os.environ.get(launch.NPROC_ENV) is None:
+            return launch_ranks(step, args, argv)
+        code = run_step(args)
+    launch.record_exit(code)
+    return code
+
+
+def launch_ranks(step: str, args, argv: list[str]) -> int:
+    """`freshen train --nproc N`: the params checked, then N ranks launched by torchrun."""
+    try:
+        if step != "train" or args.nproc < 1:
+            raise FreshenError(f"--nproc {args.nproc}: only `freshen train` runs in more than one process")
+        params = load_params(Path(args.root) / args.params, args.overrides, args.set_json)
+        from freshen.training.distributed import World, check_world
+
+        check_world(params.train, World(0, args.nproc), bool(params.train.teacher.scores))
+    except FreshenError as exc:
+        print(f"freshen {step}: error: {exc}", file=sys.stderr)
+        return 2
+    return launch.launch(argv, args.nproc)
 
 
 def run_step(args) -> int:
@@ -184,6 +212,9 @@ def run_step(args) -> int:
         if skip:
             print(f"freshen {step}: skipped: {skip}")
             return args.skip_exit_code
+        if os.environ.get("RANK", "0") != "0":  # a distributed run's other ranks: rank 0 tracks and writes
+            module.run(params, root, **options)
+            return 0
         step_run = tracking.step_run(step, params, root, args.parent_run_id, module.SECTIONS)
         with errors_only_on_stderr(), step_run as (run, parent):
             import mlflow

@@ -17,8 +17,11 @@ from freshen.progress import progress
 SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def set_threads() -> int:
+def set_threads(processes: int = 1) -> int:
+    """torch's threads: this machine's cores (those this process may run on), shared among
+    `processes` processes training side by side."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = max(1, n // processes)
     torch.set_num_threads(n)
     return n
 

@@ -24,6 +24,7 @@ from freshen.modeling.encoder import Encoder
 from freshen.params import Params, TrainParams
 from freshen.steps.common import NullLog, checked_cache, path, prepared, read_clusters
 from freshen.training import pilot, serving_fit
+from freshen.training.distributed import World
 from freshen.training.loop import Trainer, train
 
 logger = logging.getLogger(__name__)
@@ -122,21 +123,35 @@ def fit_for_serving(result, p: TrainParams, cache, ds, params: Params) -> dict:
     }
 
 
+def progress_writer(metrics: Path):
+    """`on_eval`: the counters and the evaluation so far, written to `train.metrics`."""
+    return lambda rec, counters: write_json(
+        metrics, {**counters.as_dict(), "steps_run": rec["step"], "evaluation": evaluation(rec)}
+    )
+
+
 def run(params: Params, root: Path, log=NullLog()) -> dict:
     t = params.train
-    # one train of this project at a time: the model, the metrics rewritten at every evaluation, the curve
-    with (
-        hold(path(root, t.out_dir), path(root, t.metrics), path(root, t.curve)),
-        restored_on_failure(path(root, t.metrics)) as model_saved,
-    ):
-        return train_and_save(params, root, log, model_saved)
+    world = World.from_env()  # one process, or this rank of a `torchrun` / `freshen train --nproc N` run
+    try:
+        if not world.main:  # rank 0 holds the outputs, writes and logs; the others train beside it
+            return train_and_save(params, root, NullLog(), world=world)
+        # one train of this project at a time: the model, the metrics rewritten at every evaluation, the curve
+        with (
+            hold(path(root, t.out_dir), path(root, t.metrics), path(root, t.curve)),
+            restored_on_failure(path(root, t.metrics)) as model_saved,
+        ):
+            return train_and_save(params, root, log, model_saved, world)
+    finally:
+        world.close()
 
 
-def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda: None) -> dict:
+def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda: None, world: World = World()) -> dict:
     """The pilot when there is one, training, then the model, metrics and curve written;
-    `model_saved()` is called once the new model has replaced the previous one."""
+    `model_saved()` is called once the new model has replaced the previous one. A rank other
+    than 0 of a distributed run trains and writes nothing (it returns {})."""
     t = p = params.train  # p: the section trained with, the pilot's choice when there is one
-    set_threads()
+    set_threads(world.size)
     ds = prepared(params, root)
     cache = checked_cache(path(root, params.cache.out_dir), params, root, ds)
     clusters = read_clusters(path(root, params.cluster.out_dir))
@@ -162,7 +177,15 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
 
         def run_pilot(variant: TrainParams, steps: int) -> tuple[float, int]:
             trainer = Trainer(
-                pretrained(), ds, cache, clusters, variant, params.seed, encode_p=params.encode, teacher=teacher
+                pretrained(),
+                ds,
+                cache,
+                clusters,
+                variant,
+                params.seed,
+                encode_p=params.encode,
+                teacher=teacher,
+                world=world,
             )
             res = trainer.run(steps)
             return res.validations[-1]["dev_ndcg_at_10"], res.counters.train_passage_passes
@@ -192,10 +215,12 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
         encode_p=params.encode,
         teacher=teacher,
         on_log=lambda rec, step: log.metrics({k: v for k, v in rec.items() if k != "step"}, step),
-        on_eval=lambda rec, counters: write_json(
-            path(root, t.metrics), {**counters.as_dict(), "steps_run": rec["step"], "evaluation": evaluation(rec)}
-        ),
+        on_eval=progress_writer(path(root, t.metrics)) if world.main else None,
+        world=world,
     )
+    world.barrier()  # every rank finished training: a rank that died fails the run before anything is written
+    if not world.main:
+        return {}
     not_saved = corrector_not_saved(p) if result.corrector is not None else "no corrector"
     fitted = fit_for_serving(result, p, cache, ds, params) if not_saved is None else {}
     with atomic_dir(path(root, t.out_dir)) as tmp:

@@ -23,6 +23,7 @@ from freshen.progress import progress
 from freshen.sampling.tas import make_batches
 from freshen.training.corrector_trainer import CorrectorTrainer
 from freshen.training.data import Counters, TrainingData, TrainResult
+from freshen.training.distributed import World, check_world, rank_seed
 from freshen.training.hooks import Callbacks, HookList, Hooks
 from freshen.training.passages import Passages
 from freshen.training.refresher import Refresher
@@ -54,25 +55,29 @@ class Trainer:
         on_log=None,
         on_eval=None,
         hooks: list[Hooks] | tuple = (),
+        world: World = World(),
     ):
-        self.encoder, self.p = encoder, p
+        self.encoder, self.p, self.world = encoder, p, world
+        check_world(p, world, teacher is not None)
         self.hooks = HookList([Callbacks(on_log, on_eval), *hooks])
         self.rng = np.random.default_rng(seed)  # batches, each query's positive, the probe passages
         torch.manual_seed(seed)  # dropout, the corrector's initial weights
         self.data = TrainingData(dataset, cache, cluster_of, p, teacher)
         self.batches = make_batches(p, cluster_of, self.data.train_qids, self.rng)
         self.counters = Counters()
-        self.passages = Passages(encoder, self.data.doc_texts, p, encode_p or EncodeParams())
+        self.passages = Passages(encoder, self.data.doc_texts, p, encode_p or EncodeParams(), world)
         self.negatives = StepNegatives(self.data, cache, p.negatives, seed)
         self.scorer = self.negatives.scorer
         self.validator = Validator(self.data, p, seed, self.rng, self.scorer, self.passages, self.counters)
         self.corrector_trainer = CorrectorTrainer.from_params(
             p, cache.dim, self.validator.probe_rows, len(self.data.doc_ids), seed, self.passages, self.counters
         )
-        self.retriever = RetrieverUpdate(encoder, p, self.data.teacher)
+        self.retriever = RetrieverUpdate(encoder, p, self.data.teacher, world)
         self.refresher = Refresher.from_params(p, self.scorer, self.passages, self.counters, self.corrector_trainer)
         self.curve: list[dict] = []
         self.validations: list[dict] = []
+        if world.distributed:  # every part is built alike on every rank; dropout differs by rank
+            torch.manual_seed(rank_seed(seed, world.rank))
 
     @property
     def corrector(self) -> Corrector | None:
@@ -84,11 +89,15 @@ class Trainer:
         return ct.corrector if ct is not None and ct.correcting(step) else None
 
     def step(self, step: int) -> dict:
-        """One training step: negatives, fresh embeddings, the retriever's and the corrector's updates."""
-        data, qids, ct = self.data, next(self.batches), self.corrector_trainer
+        """One training step: negatives, fresh embeddings, the retriever's and the corrector's
+        updates. With more than one rank (`training/distributed.py`) each embeds its share of
+        the global batch; negatives, masks and the corrector's update are the global batch's."""
+        data, qids, ct, world = self.data, next(self.batches), self.corrector_trainer, self.world
         self.hooks.batch(step, qids)
         pos_docs = [data.positives[q][int(self.rng.integers(len(data.positives[q])))] for q in qids]
-        q_emb = self.passages.embed_queries([data.queries[q] for q in qids])
+        mine = world.share(len(qids))
+        q_own = self.passages.embed_queries([data.queries[q] for q in qids[mine]])
+        q_emb = world.gather(q_own.detach(), len(qids)) if world.distributed else q_own
         self.counters.query_passes += len(qids)
         if not torch.isfinite(q_emb).all():  # before they pick negatives from the cache
             raise diverged(f"train: step {step}: the encoder's query embeddings hold NaN or Inf")
@@ -97,22 +106,46 @@ class Trainer:
         self.hooks.negatives(step, qids, neg_rows, corrector)
 
         rows = [data.row_of[d] for d in pos_docs] + neg_rows.flatten().tolist()
-        p_emb = self.passages.embed(rows)
+        p_emb = self._embed_passages(rows, len(qids), mine)
         self.counters.train_passage_passes += len(rows)
         self.negatives.embedded(step, rows, p_emb)
         sample = ct.draw_drift_sample() if ct is not None else None  # by the encoder the targets saw
         self.hooks.drift_sample(step, sample)
         mask = RetrieverUpdate.mask([data.pos_rows[q] for q in qids], rows, unusable)
         fn_counts.update(self.negatives.mask_in_batch(q_emb, p_emb, mask))
-        update = self.retriever.step(step, qids, pos_docs, neg_rows, q_emb, p_emb, mask)
+        targets = torch.arange(len(qids))[mine]
+        update = self.retriever.step(step, qids, pos_docs, neg_rows, q_own, p_emb, mask[mine], targets)
         record = {"step": step, "loss": update.pop("loss"), **fn_counts, **update}
         self.counters.add(fn_counts)
         if ct is not None:
             record.update(ct.update(step, rows, p_emb.detach(), q_emb.detach(), mask, self.scorer.table, sample))
+            world.broadcast(ct.corrector)
         return record
+
+    def _embed_passages(self, rows: list[int], b: int, mine: slice) -> torch.Tensor:
+        """The step's passages embedded with gradient [len(rows), dim]: b positives, then k
+        negatives per query. With more than one rank, each embeds its queries' positives and
+        negatives and the global batch is gathered (gradients flow back to their rank)."""
+        if not self.world.distributed:
+            return self.passages.embed(rows)
+        k = (len(rows) - b) // b
+        own = list(range(b))[mine]
+        order = own + [b + i * k + j for i in own for j in range(k)]
+        gathered = self.world.gather(self.passages.embed([rows[i] for i in order]), len(rows), grad=True)
+        # gathered: each rank's positives then its negatives, in rank order; back to the global order
+        index = torch.empty(len(rows), dtype=torch.long)
+        offset = 0
+        for r in range(self.world.size):
+            ranks = list(range(b))[World(r, self.world.size).share(b)]
+            block = ranks + [b + i * k + j for i in ranks for j in range(k)]
+            index[torch.tensor(block, dtype=torch.long)] = torch.arange(offset, offset + len(block))
+            offset += len(block)
+        return gathered[index]
 
     def refresh(self, step: int) -> None:
         self.refresher.refresh(step)
+        if self.corrector is not None:  # restarted: the same on every rank
+            self.world.broadcast(self.corrector)
 
     def validate(self, step: int) -> dict:
         return self.validator.validate(step, self.corrector, self._sampling_corrector(step))
@@ -134,6 +167,7 @@ class Trainer:
             if ct is not None and ct.refit_due(step, steps):
                 self.hooks.before_refit(step, ct)
                 record.update(ct.refit(step, self.scorer.table))
+                self.world.broadcast(ct.corrector)
                 self.hooks.after_refit(step, ct, record)
             evaluated = self.validator.due(step, steps) or step == stop_after
             if evaluated:

@@ -5,7 +5,7 @@ corrector run; the encoder stays where it was placed (a GPU when there is one).
 
 Training passes run at `train.precision`, passages cut at `train.passage_max_len`; bulk encoding
 (refreshes, refits, measurement) takes the `encode` section's batch size, token budget and
-precision."""
+precision. With more than one rank, bulk encoding is split over the ranks and gathered."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import torch
 
 from freshen.encoding import autocast_dtype, encode, encode_into
 from freshen.params import EncodeParams, TrainParams
+from freshen.training.distributed import World
 
 
 class Passages:
-    def __init__(self, encoder, texts: list[str], p: TrainParams, encode_p: EncodeParams):
-        self.encoder, self.texts = encoder, texts
+    def __init__(self, encoder, texts: list[str], p: TrainParams, encode_p: EncodeParams, world: World = World()):
+        self.encoder, self.texts, self.world = encoder, texts, world
         self.max_len = p.passage_max_len or encoder.config.passage_max_len
         self.device = next(encoder.parameters()).device
         self.amp = autocast_dtype(p.precision, self.device)
@@ -41,31 +42,28 @@ class Passages:
 
     def embed_fresh(self, rows) -> torch.Tensor:
         """The current encoder's embeddings of `rows`, no gradient, in training mode (as a step sees them)."""
+        rows = [int(r) for r in rows]
+        return self._split(len(rows), lambda a, b: self._fresh(rows[a:b]))
+
+    def _fresh(self, rows: list[int]) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
-            fresh = self.encoder.embed([self.texts[int(r)] for r in rows], "passage", max_len=self.max_len)
+            fresh = self.encoder.embed([self.texts[r] for r in rows], "passage", max_len=self.max_len)
         return fresh.float().cpu()
 
     def encode(self, rows, desc: str) -> torch.Tensor:
         """`rows` encoded in inference batches of `encode.batch_size`."""
-        return torch.from_numpy(
-            encode(
-                self.encoder,
-                [self.texts[int(r)] for r in rows],
-                "passage",
-                batch_size=self.batch_size,
-                max_tokens=self.max_tokens,
-                precision=self.precision,
-                desc=desc,
-                max_len=self.max_len,
-            )
-        )
+        rows = [int(r) for r in rows]
+        return self._split(len(rows), lambda a, b: self._encode([self.texts[r] for r in rows[a:b]], desc))
 
     def encode_all(self, dim: int, desc: str) -> np.ndarray:
         """The whole corpus encoded [n, dim] (a refresh)."""
-        table = np.zeros((len(self.texts), dim), dtype=np.float32)
+        return self._split(len(self.texts), lambda a, b: torch.from_numpy(self._encode_into(a, b, dim, desc))).numpy()
+
+    def _encode_into(self, start: int, stop: int, dim: int, desc: str) -> np.ndarray:
+        table = np.zeros((stop - start, dim), dtype=np.float32)
         encode_into(
             self.encoder,
-            self.texts,
+            self.texts[start:stop],
             "passage",
             table,
             batch_size=self.batch_size,
@@ -78,17 +76,34 @@ class Passages:
 
     def measure(self, rows) -> torch.Tensor:
         """`rows` encoded to measure the encoder (probe and overlap passages)."""
+        rows = [int(r) for r in rows]
+        return self._split(len(rows), lambda a, b: self._encode([self.texts[r] for r in rows[a:b]]))
+
+    def _encode(self, texts: list[str], desc: str | None = None) -> torch.Tensor:
         return torch.from_numpy(
             encode(
                 self.encoder,
-                [self.texts[int(r)] for r in rows],
+                texts,
                 "passage",
                 batch_size=self.batch_size,
                 max_tokens=self.max_tokens,
                 precision=self.precision,
                 max_len=self.max_len,
+                **({"desc": desc} if desc is not None else {}),
             )
         )
 
     def measure_queries(self, texts: list[str]) -> torch.Tensor:
-        return torch.from_numpy(encode(self.encoder, texts, "query", precision=self.precision))
+        return self._split(
+            len(texts),
+            lambda a, b: torch.from_numpy(encode(self.encoder, texts[a:b], "query", precision=self.precision)),
+        )
+
+    def _split(self, n: int, embed) -> torch.Tensor:
+        """`embed(start, stop)` [stop - start, dim]: the items [0, n) in one process; with more
+        than one rank, each embeds its share and the shares are gathered."""
+        if not self.world.distributed:
+            return embed(0, n)
+        start, stop = self.world.bounds(n)
+        part = embed(start, stop) if stop > start else torch.zeros((0, self.encoder.dim))
+        return self.world.gather(part.float(), n)

@@ -13,12 +13,13 @@ from transformers import get_linear_schedule_with_warmup
 
 from freshen.integrity import check_finite_value
 from freshen.params import TrainParams
+from freshen.training.distributed import World
 from freshen.training.losses import contrastive_loss
 
 
 class RetrieverUpdate:
-    def __init__(self, encoder, p: TrainParams, teacher=None):
-        self.encoder, self.teacher = encoder, teacher
+    def __init__(self, encoder, p: TrainParams, teacher=None, world: World = World()):
+        self.encoder, self.teacher, self.world = encoder, teacher, world
         self.opt = torch.optim.AdamW(encoder.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         self.sched = get_linear_schedule_with_warmup(self.opt, int(p.warmup_ratio * p.steps), p.steps)
         self.temperature, self.grad_clip = p.temperature, p.grad_clip
@@ -46,12 +47,16 @@ class RetrieverUpdate:
         q_emb: torch.Tensor,
         p_emb: torch.Tensor,
         mask: torch.Tensor,
+        targets: torch.Tensor | None = None,
     ) -> dict:
         """One optimiser update of the encoder; the step's record (its loss, and with a teacher
-        the number of in-batch Margin-MSE pairs)."""
+        the number of in-batch Margin-MSE pairs). `q_emb` [b, dim] and `mask` [b, n]: the
+        queries this rank embedded, `targets`: their positives' columns in `p_emb` (default:
+        the first b); with more than one rank the gradients and the loss are averaged over ranks."""
         record: dict = {}
         if self.teacher is None:
-            loss = contrastive_loss(q_emb, p_emb, torch.arange(len(qids)), mask, self.temperature)
+            targets = torch.arange(len(q_emb)) if targets is None else targets
+            loss = contrastive_loss(q_emb, p_emb, targets, mask, self.temperature)
         else:
             loss, record["teacher_inbatch_pairs"] = self.teacher.loss(
                 qids, pos_docs, neg_rows, q_emb, p_emb, self.temperature
@@ -59,7 +64,8 @@ class RetrieverUpdate:
         check_finite_value(float(loss.detach()), f"train: step {step}: the retriever loss")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.world.average_gradients(self.encoder.parameters())
         torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.grad_clip)
         self.opt.step()
         self.sched.step()
-        return {"loss": float(loss.detach()), **record}
+        return {"loss": self.world.mean(float(loss.detach())), **record}

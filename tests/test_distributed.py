@@ -1,0 +1,135 @@
+"""Data-parallel training (freshen/training/distributed.py) on tiny data, CPU, Gloo: two ranks
+of half the batch train as one process does; a rank that dies fails the whole run and leaves no
+model; `freshen train --nproc 2` writes, logs and counts once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from freshen.training.distributed import World
+from tiny import make_beir, make_tiny_bert
+
+HERE = Path(__file__).parent
+STEPS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_ranks(folder: Path, size: int) -> list[dict]:
+    """`size` ranks of tests/dist_worker.py on `folder`'s setup; each rank's output."""
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(size)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "dist_worker.py"), str(folder)],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(size)
+    ]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(size)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same training, one process x batch 16 and two ranks x batch 8: each rank's output."""
+    from freshen.cache import write_cache
+    from freshen.data.beir import load_beir
+    from freshen.encoding import encode_into
+    from freshen.modeling.encoder import Encoder
+
+    root = tmp_path_factory.mktemp("dist")
+    beir = make_beir(root / "beir", n_docs=60, n_train=52, n_test=8)
+    model = {
+        "name_or_path": str(make_tiny_bert(root / "bert", dropout=0.0)),
+        "query_max_len": 16,
+        "passage_max_len": 32,
+    }
+    ds = load_beir(beir)
+    ids = ds.doc_ids()
+    enc = Encoder.from_params(model)
+    write_cache(
+        root / "cache", ids, enc.dim, lambda a: encode_into(enc, ds.doc_texts(ids), "passage", a, precision="fp32"), {}
+    )
+    train_q = sorted(ds.positives("train"))
+    dev = train_q[:4]
+    setup = {
+        "beir": str(beir),
+        "model": model,
+        "cache": str(root / "cache"),
+        "dev": dev,
+        "clusters": {q: i % 3 for i, q in enumerate(q for q in train_q if q not in dev)},  # 16 queries each
+        "seed": 5,
+        "train": {
+            "steps": STEPS,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "precision": "fp32",
+            "passage_max_len": 32,
+            "eval_every": 2,
+            "keep_best": False,
+            "probe_passages": 8,
+            "overlap_passages": 20,
+            "overlap_k": 5,
+            "pilot": {"candidates": []},
+            "negatives": {"k": 2},
+            "corrector": {"hidden": 32, "warmup_steps": 1},  # samples through the corrector from step 2
+        },
+    }
+    out = {}
+    for size in (1, 2):
+        folder = root / f"world{size}"
+        folder.mkdir()
+        (folder / "setup.json").write_text(json.dumps(setup))
+        out[size] = _run_ranks(folder, size)
+    out["pretrained"] = {k: v.detach().clone() for k, v in enc.state_dict().items()}
+    return out
+
+
+def test_two_ranks_take_the_same_first_step_and_negatives_as_one_process(runs):
+    one, (r0, r1) = runs[1][0], runs[2]
+    assert r0["loss"][0] == pytest.approx(one["loss"][0], abs=1e-5)
+    assert len(one["negatives"]) == STEPS
+    for step in range(STEPS):  # every rank picks the global batch's negatives, as one process does
+        assert torch.equal(r0["negatives"][step], one["negatives"][step])
+        assert torch.equal(r1["negatives"][step], one["negatives"][step])
+    # counters count the global batch: every rank holds what one process counted
+    assert r0["counters"] == r1["counters"] == one["counters"]
+    assert one["counters"]["train_passage_passes"] == STEPS * 16 * (1 + 2)
+
+
+def test_two_ranks_end_with_the_weights_of_one_process(runs):
+    one, (r0, r1) = runs[1][0], runs[2]
+    for name, w in one["encoder"].items():
+        assert torch.allclose(r0["encoder"][name], w, atol=1e-4), name
+        assert torch.equal(r0["encoder"][name], r1["encoder"][name]), name  # the same update on every rank
+    start = runs["pretrained"]
+    moved = max(float((one["encoder"][n] - w).abs().max()) for n, w in start.items())
+    apart = max(float((r0["encoder"][n] - w).abs().max()) for n, w in one["encoder"].items())
+    assert moved > 100 * max(apart, 1e-7)  # training moved the weights far more than the ranks differ
+    for name, w in one["corrector"].items():
+        assert torch.allclose(r0["corrector"][name], w, atol=1e-4), name
+        assert torch.equal(r0["corrector"][name], r1["corrector"][name]), name
+    assert r0["dev"] == pytest.approx(one["dev"], abs=1e-4)
+
+
+def test_world_shares_cover_the_items_once_in_rank_order():
+    for n in (0, 1, 7, 16):
+        for size in (1, 2, 3):
+            bounds = [World(r, size).bounds(n) for r in range(size)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
