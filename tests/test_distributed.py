@@ -133,3 +133,91 @@ def test_world_shares_cover_the_items_once_in_rank_order():
             assert bounds[0][0] == 0 and bounds[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
             assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
+
+
+def _freshen(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.run(
+        [sys.executable, "-m", "freshen", *args, "--root", str(root)],
+        env={**os.environ, "PATH": path, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.fixture()
+def trainable(tmp_path, tiny_params, mlflow_uri):
+    """A tiny project prepared, clustered and embedded: ready for `freshen train`."""
+    import yaml
+    from freshen.params import validate_params
+    from freshen.steps import cluster_queries, embed_cache, prepare
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
+    params = validate_params(tiny_params)
+    for step in (prepare, cluster_queries, embed_cache):
+        step.run(params, root)
+    return root, params
+
+
+def _train_runs(uri: str) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("freshen")
+    return sorted(r.info.status for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "train")
+
+
+@pytest.mark.slow
+def test_freshen_train_nproc_2_writes_logs_and_counts_once(trainable, mlflow_uri):
+    root, params = trainable
+    two = _freshen(root, "train", "--nproc", "2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    model = root / params.train.out_dir
+    assert sorted(p.name for p in model.iterdir()) == ["corrector", "encoder", "train_state.json"]
+    assert _train_runs(mlflow_uri) == ["FINISHED"]  # rank 0 alone tracks
+    metrics_two = json.loads((root / params.train.metrics).read_text())
+    one = _freshen(root, "train")
+    assert one.returncode == 0, one.stderr[-3000:]
+    metrics_one = json.loads((root / params.train.metrics).read_text())
+    for key in ("train_passage_passes", "query_passes", "probe_passes", "steps_run", "pilot_choice", "pilot_passes"):
+        assert metrics_two[key] == metrics_one[key], key  # the global batch, counted once
+    assert metrics_two["train_passage_passes"] > 0
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_fails_the_run_and_leaves_no_model(trainable, mlflow_uri, tmp_path):
+    root, params = trainable
+    hook = tmp_path / "crash"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    from freshen.training import loop\n"
+        "    step = loop.Trainer.step\n"
+        "    def dying(self, n):\n"
+        "        if n == 2:\n"
+        "            os._exit(9)  # no cleanup at all, as a killed or crashed process\n"
+        "        return step(self, n)\n"
+        "    loop.Trainer.step = dying\n"
+    )
+    pythonpath = os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])
+    res = _freshen(root, "train", "--nproc", "2", "--set", "train.pilot.candidates=[]", env={"PYTHONPATH": pythonpath})
+    assert res.returncode != 0
+    assert not (root / params.train.out_dir).exists()
+    assert not (root / params.train.metrics).exists()
+    leftovers = [p.name for p in (root / "artifacts").iterdir()]
+    assert sorted(leftovers) == ["cache", "clusters"], leftovers  # no temporary model folder either
+    assert _train_runs(mlflow_uri) in (["FAILED"], ["KILLED"])
+
+
+def test_nproc_is_refused_before_any_work_where_it_cannot_run(trainable):
+    root, params = trainable
+    uneven = _freshen(root, "train", "--nproc", "3")  # tiny batch_size 4
+    assert uneven.returncode == 2
+    assert "train.batch_size: 4 is not divisible by the 3 training processes" in uneven.stderr
+    other = _freshen(root, "prepare", "--nproc", "2")
+    assert other.returncode == 2 and "only `freshen train`" in other.stderr
+    assert not (root / params.train.out_dir).exists()

@@ -21,7 +21,7 @@ def launch(argv: list[str], nproc: int) -> int:
     with tempfile.TemporaryDirectory(prefix="freshen-ranks-") as status:
         env = {**os.environ, NPROC_ENV: str(nproc), RANK_STATUS_ENV: status}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-        proc = subprocess.Popen([*cmd, "-m", "freshen", *argv], env=env)
+        proc = subprocess.Popen([*cmd, "-m", "freshen", "--", *argv], env=env)  # "--": argv is not torchrun's
         try:
             code = proc.wait()
         except BaseException:  # SIGTERM or Ctrl-C here: torchrun stops its ranks on SIGTERM
