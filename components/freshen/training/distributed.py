@@ -15,6 +15,7 @@ Counters count the global batch, so every rank holds the sums; rank 0 alone writ
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,17 +82,19 @@ class World:
         if not self.distributed:
             return part
         import torch.distributed as dist
-        import torch.distributed.nn.functional as dist_nn
 
         width = -(-n // self.size)  # shares differ by one row at most: pad to the largest
         padded = torch.cat([part, part.new_zeros((width - len(part), *part.shape[1:]))])
-        device = _collective_device()
-        padded = padded.to(device)
-        if grad:
-            pieces = dist_nn.all_gather(padded)
+        padded = padded.to(_collective_device()).contiguous()
+        if grad:  # sentence-transformers' gather for in-batch losses across devices
+            from sentence_transformers.util.distributed import all_gather
+
+            with warnings.catch_warnings():  # torch deprecates the autograd all_gather it calls for a private one
+                warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather", FutureWarning)
+                pieces = all_gather(padded, with_grad=True).split(width)
         else:
             pieces = [torch.empty_like(padded) for _ in range(self.size)]
-            dist.all_gather(pieces, padded.contiguous())
+            dist.all_gather(pieces, padded)
         sizes = [World(r, self.size).bounds(n) for r in range(self.size)]
         return torch.cat([p[: stop - start] for p, (start, stop) in zip(pieces, sizes)]).to(part.device)
 
