@@ -7,6 +7,7 @@
 - faults: fault injection against the CLI (bad input, damaged artifacts, kills, concurrent runs)
 - corpus_update: a corpus update of 1% and 10% of the documents served without re-embedding what did not change
 - serving_fit: the corrector fitted for retrieval after training, h'(stale) against h(stale) and the re-embedded cache
+- scale: training-step latency, peak memory and ANN fidelity as the cached corpus grows to 10M rows
 - search: exact against ANN search and corrected-negative selection at corpus scale
 - encode_throughput: Freshen's encoder against sentence-transformers on the same weights
 - encode_memory: peak memory of re-embedding corpora of different sizes

@@ -26,6 +26,7 @@ def test_the_benchmarks_are_the_ones_the_package_documents():
             "faults",
             "generalize",
             "kfp_local",
+            "scale",
             "search",
             "seeds",
             "serving_fit",
@@ -70,3 +71,32 @@ def test_a_report_is_written_with_its_folder_and_keeps_its_notes(tmp_path):
     common.write_keeping_notes(report, "# table 2\n")
     assert report.read_text() == "# table 2\n\n" + common.NOTES_MARKER + "\nhow it was run\n"
     assert [p.name for p in report.parent.iterdir()] == ["report.md"]  # no temporary left behind
+
+
+def test_the_scale_benchmark_trains_over_a_mapped_cache_and_compares_ann_with_exact(tmp_path, tiny_model):
+    """benchmarks/scale.py at toy sizes: the small corpus scored exactly from memory, the large one
+    mapped from the file past `memory_gb`, through an ANN index past `ann_threshold`."""
+    import json
+
+    from benchmarks import scale
+
+    out = tmp_path / "out"
+    scale.main(
+        [
+            "--rows", "400,3000", "--dim", "32", "--steps", "1", "--queries", "40", "--overlap-queries", "8",
+            "--work", str(tmp_path / "work"), "--out", str(out),
+            "--set", f"model.name_or_path={tiny_model}", "--set", "train.passage_max_len=32",
+            "--set", "train.precision=fp32", "--set", "train.negatives.ann_threshold=1000",
+            "--set", "train.negatives.ann_index=IVF8,Flat", "--set", "train.negatives.ann_candidates=200",
+            "--set", "train.negatives.memory_gb=0.00005",
+        ]
+    )  # fmt: skip
+    small, large = json.loads((out / "results.json").read_text())
+    assert (small["rows"], small["path"], small["table"]) == (400, "exact", "in memory")
+    assert (large["rows"], large["path"], large["table"]) == (3000, "ann", "mapped")
+    assert "ann_overlap_at_100" not in small and 0.5 <= large["ann_overlap_at_100"] <= 1.0
+    for r in (small, large):
+        assert r["step_s"] > 0 and all(r[f"{part}_s"] > 0 for part in scale.PARTS)
+        assert r["peak_rss_gib"] > r["cache_gib"] and r["rss_over_cache"] > 1
+    report = (out / "report.md").read_text()
+    assert "| 3,000 | " in report and "(goal: within 2x)" in report

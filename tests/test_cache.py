@@ -147,3 +147,16 @@ def test_a_damaged_partial_array_starts_the_cache_again(tmp_path):
 
     cache, start = build_cache(tmp_path / "c", ["a", "b"], 3, encode_rows, {}, resume_key="k")
     assert start == 0 and float(cache.embeddings[0, 0]) == 4.0
+
+
+def test_the_row_reader_gives_the_arrays_rows_without_mapping_them(tmp_path):
+    from freshen.cache import EMBEDDINGS, NpyRowReader
+
+    x = np.random.default_rng(0).standard_normal((37, 5)).astype(np.float16)
+    ids = [f"d{i}" for i in range(37)]
+    cache = write_cache(tmp_path / "c", ids, 5, lambda a: a.__setitem__(slice(None), x), {})
+    reader = NpyRowReader(cache.path / EMBEDDINGS)
+    assert reader.shape == (37, 5) and len(reader) == 37 and reader.dtype == np.float16
+    assert np.array_equal(reader[3:11], x[3:11]) and np.array_equal(reader[30:99], x[30:])
+    assert reader[5:5].shape == (0, 5)
+    assert np.array_equal(reader[np.array([36, 0, 7, 7])], x[[36, 0, 7, 7]])

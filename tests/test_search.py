@@ -240,3 +240,19 @@ def test_evaluate_leaves_out_test_queries_without_a_relevant_judgement(tiny_para
     assert metrics["test"]["trained"] == pytest.approx(evaluate_run(judged, by_query))
     assert metrics["test"]["trained"]["ndcg_at_10"] > evaluate_run(ds.qrels["test"], by_query)["ndcg_at_10"]
     assert json.loads((root / params["evaluate"]["metrics"]).read_text())["test"] == metrics["test"]
+
+
+def test_an_index_built_from_file_reads_is_the_index_built_from_the_array(tmp_path):
+    """Past `negatives.memory_gb` the training-time ANN index is built from `NpyRowReader`
+    (plain reads, no mapping): the same trained and filled index as from the array."""
+    from freshen.cache import EMBEDDINGS, NpyRowReader, write_cache
+
+    x = np.random.default_rng(1).standard_normal((500, 8)).astype(np.float16)
+    x /= np.linalg.norm(x.astype(np.float32), axis=1, keepdims=True).astype(np.float16)
+    cache = write_cache(tmp_path / "c", [f"d{i}" for i in range(500)], 8, lambda a: a.__setitem__(slice(None), x), {})
+    q = np.random.default_rng(2).standard_normal((6, 8)).astype(np.float32)
+    found = []
+    for source in (x, NpyRowReader(cache.path / EMBEDDINGS)):
+        index = build_index(source, "IVF8,Flat", nprobe=2, train_size=200, use_gpu=False)
+        found.append(index.search(q, 10))
+    assert np.array_equal(found[0][1], found[1][1]) and np.allclose(found[0][0], found[1][0])

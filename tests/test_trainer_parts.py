@@ -177,3 +177,52 @@ def test_bulk_encoding_in_training_takes_the_encode_sections_batch_size_and_toke
     assert planned == [(5, 40)] * 3
     np.testing.assert_allclose(some.numpy(), whole[[0, 3]], atol=1e-5)
     np.testing.assert_allclose(probe.numpy(), whole[[1, 2]], atol=1e-5)
+
+
+class _TextsFromFile:
+    """The dataset, its passage texts read from corpus.jsonl by byte offset (`CorpusFile`)."""
+
+    def __init__(self, ds, path):
+        from freshen.data.corpus_file import CorpusFile
+
+        self.ds, self.file = ds, CorpusFile(path)
+
+    def __getattr__(self, name):
+        return getattr(self.ds, name)
+
+    def doc_texts(self, ids):
+        assert list(ids) == self.file.ids  # cache rows are the corpus file's positions
+        return self.file
+
+
+def test_a_mapped_cache_and_texts_read_from_the_file_train_exactly_as_in_memory(tiny_training, tiny_beir):
+    """Past `negatives.memory_gb` the training-time cache is the cache file mapped copy-on-write
+    instead of a copy, and passage texts can come from the corpus file by offset: neither
+    changes a number of the run (issue 29: corpora larger than memory)."""
+    ds, cache, clusters, params = tiny_training
+    runs, tables, mapped = [], [], []
+    for memory_gb, data in ((4.0, ds), (0.0, _TextsFromFile(ds, tiny_beir / "corpus.jsonl"))):
+        t = Trainer(
+            Encoder.from_params(params["model"]), data, cache, clusters, _params(params, memory_gb=memory_gb), seed=3
+        )
+        runs.append(t.run())
+        tables.append(t.scorer.table.numpy())
+        mapped.append(t.scorer.source is not None)
+    assert mapped == [False, True]  # a copy, then the mapped file
+    assert np.array_equal(tables[0], tables[1])
+    assert _same_run(*runs)
+    # and the cache file itself is untouched by the run that mapped it
+    assert np.array_equal(np.load(cache.path / "embeddings.npy"), tables[0])
+
+
+def test_the_trainer_times_the_parts_of_its_steps(tiny_training):
+    ds, cache, clusters, params = tiny_training
+    t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, _params(params), seed=3)
+    t.encoder.train()
+    assert dict(t.timings) == {}
+    t.step(1)
+    first = dict(t.timings)
+    assert set(first) == {"encode", "negatives", "backward", "corrector"}
+    assert all(v > 0 for v in first.values())
+    t.step(2)
+    assert all(t.timings[k] > first[k] for k in first)  # cumulative

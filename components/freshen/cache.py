@@ -113,16 +113,53 @@ def write_corrected_cache(out_dir: str | Path, stale: Cache, corrector, manifest
     )
 
 
+def _open_npy(path: Path, mode: str):
+    """The open .npy file at its first row, its shape, dtype and the rows' offset."""
+    fh = open(path, mode)
+    major, _ = np.lib.format.read_magic(fh)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(fh)
+    return fh, shape, dtype, fh.tell()
+
+
+class NpyRowReader:
+    """A 2-d .npy array's rows read with plain file reads: `reader[start:stop]` and
+    `reader[rows]` give arrays, `shape` and `len` as the array's. Unlike a memmap, rows read do
+    not stay mapped in the process, so a pass over a large cache leaves RSS where it was."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        fh, self.shape, self.dtype, self.offset = _open_npy(self.path, "rb")
+        fh.close()
+        self.row_bytes = int(self.shape[1]) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, key) -> np.ndarray:
+        dim = int(self.shape[1])
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(len(self))
+            count = max(0, stop - start)
+            offset = self.offset + start * self.row_bytes
+            return np.fromfile(self.path, self.dtype, count * dim, offset=offset).reshape(count, dim)
+        rows = np.asarray(key, dtype=np.int64)
+        out = np.empty((len(rows), dim), dtype=self.dtype)
+        with open(self.path, "rb") as fh:
+            for i, r in enumerate(rows):
+                out[i] = np.frombuffer(
+                    os.pread(fh.fileno(), self.row_bytes, self.offset + int(r) * self.row_bytes), self.dtype
+                )
+        return out
+
+
 class NpyRowWriter:
     """Rows written into an existing .npy file with plain file writes at their offsets. Unlike a
     memmap, written pages do not stay in the process's memory, so RSS does not grow with the corpus."""
 
     def __init__(self, path: Path):
-        self.fh = open(path, "r+b")
-        major, _ = np.lib.format.read_magic(self.fh)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(self.fh)
-        self.offset, self.shape, self.dtype = self.fh.tell(), shape, dtype
+        self.fh, shape, dtype, self.offset = _open_npy(path, "r+b")
+        self.shape, self.dtype = shape, dtype
         self.row_bytes = int(shape[1]) * dtype.itemsize
 
     def write(self, first: int, block: np.ndarray) -> None:

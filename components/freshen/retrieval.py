@@ -42,7 +42,8 @@ def build_index(
     seed: int = 0,
     param: str = "index",
 ) -> faiss.Index:
-    """An inner-product faiss index over `embeddings` ([n, dim]; a float16 np.memmap is fine).
+    """An inner-product faiss index over `embeddings` ([n, dim]; a float16 np.memmap, a torch
+    tensor or an `NpyRowReader` are fine).
 
     `kind` is a faiss index_factory string ("Flat" exact, "HNSW32", "IVF4096,Flat", ...; "flat"
     is accepted too). An index that needs training is trained on a seeded random sample of at
@@ -50,8 +51,10 @@ def build_index(
     ever converted to float32. `nprobe` (IVF) and `ef_search` (HNSW, and an HNSW coarse
     quantizer) are set after building. Flat and IVF indexes go to all GPUs when faiss has GPUs
     and `use_gpu` is "auto" or true (HNSW stays on the CPU). `param` names the setting in errors."""
-    if not isinstance(embeddings, np.ndarray):
-        embeddings = embeddings.numpy() if hasattr(embeddings, "numpy") else np.asarray(embeddings)
+    if hasattr(embeddings, "numpy"):  # a torch tensor
+        embeddings = embeddings.numpy()
+    elif not hasattr(embeddings, "shape"):  # arrays and row readers are sliced as they are
+        embeddings = np.asarray(embeddings)
     n, dim = embeddings.shape
     factory = "Flat" if str(kind).strip().lower() == "flat" else str(kind).strip()
     try:
@@ -74,7 +77,7 @@ def build_index(
             sample = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
             train = np.ascontiguousarray(embeddings[sample], dtype=np.float32)
         else:
-            train = np.ascontiguousarray(embeddings, dtype=np.float32)
+            train = np.ascontiguousarray(embeddings[:n], dtype=np.float32)
         try:
             index.train(train)
         except RuntimeError as err:

@@ -49,8 +49,15 @@ class CorpusFile:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> str:
-        return self.read(i, i + 1)[0]
+    def __getitem__(self, key):
+        """The text of document `key`, or the list of texts of a slice: read from the file when
+        asked, so a `CorpusFile` serves as passage texts that are never held in memory."""
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise ValueError("CorpusFile: slices take every document (step 1)")
+            return self.read(start, stop)
+        return self.read(key, key + 1)[0]
 
     def read(self, start: int, stop: int) -> list[str]:
         """Texts of documents [start, stop): one seek, then sequential reads."""

@@ -53,6 +53,13 @@ class NegativesParams(Section):
         ge=0,
     )
     chunk_size: int = doc(65536, "Cache rows scored at once.", ge=1)
+    memory_gb: float = doc(
+        4.0,
+        "The training-time cache is copied into memory when its float16 size fits this many GiB; a "
+        "larger one is read from the cache file as it is scored (memory-mapped, copied on write) and "
+        "its ANN index is built from plain file reads.",
+        ge=0,
+    )
     ann_threshold: int = doc(
         2000000, "Caches larger than this: candidates from a faiss index, rescored by the corrector; 0: never.", ge=0
     )

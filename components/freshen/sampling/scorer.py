@@ -31,25 +31,27 @@ from freshen.sampling.selection import Selection, balanced
 
 
 class CacheScorer:
-    """The cache `table` [n, dim] (float16) and, past `ann_threshold` rows, an ANN index over it."""
+    """The cache `table` [n, dim] (float16) and, past `ann_threshold` rows, an ANN index over it
+    (built from `source`, the same rows read from the cache file, when given)."""
 
-    def __init__(self, table: torch.Tensor, neg: NegativesParams):
+    def __init__(self, table: torch.Tensor, neg: NegativesParams, source=None):
         self.selection = Selection.from_params(neg)
         self.chunk = neg.chunk_size
         self.ann_threshold, self.ann_candidates = neg.ann_threshold, neg.ann_candidates
         self.ann_index, self.ann_nprobe = neg.ann_index, neg.ann_nprobe
         self.ann_ef_search = neg.ann_ef_search if neg.ann_ef_search is not None else max(self.ann_candidates, 64)
         self.index, self.index_build_s = None, 0.0
-        self.set_table(table)
+        self.set_table(table, source)
 
-    def set_table(self, table: torch.Tensor) -> None:
-        """Use a new cache (after a refresh); rebuild the ANN index when one is used."""
-        self.table = table
+    def set_table(self, table: torch.Tensor, source=None) -> None:
+        """Use a new cache (after a refresh); rebuild the ANN index when one is used, from
+        `source` (rows read from the cache file) when given, else from `table`."""
+        self.table, self.source = table, source  # source: the rows in the cache file (table mapped from it)
         self.index = None
         if self.ann_threshold and len(table) > self.ann_threshold:
             start = time.perf_counter()
             self.index = build_index(
-                table.detach().cpu().numpy(),
+                source if source is not None else table.detach().cpu().numpy(),
                 self.ann_index,
                 nprobe=self.ann_nprobe,
                 ef_search=self.ann_ef_search,

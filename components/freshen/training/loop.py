@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -76,6 +78,7 @@ class Trainer:
         self.refresher = Refresher.from_params(p, self.scorer, self.passages, self.counters, self.corrector_trainer)
         self.curve: list[dict] = []
         self.validations: list[dict] = []
+        self.timings: dict[str, float] = defaultdict(float)  # seconds spent per part of the steps so far
         if world.distributed:  # every part is built alike on every rank; dropout differs by rank
             torch.manual_seed(rank_seed(seed, world.rank))
 
@@ -96,31 +99,45 @@ class Trainer:
         self.hooks.batch(step, qids)
         pos_docs = [data.positives[q][int(self.rng.integers(len(data.positives[q])))] for q in qids]
         mine = world.share(len(qids))
-        q_own = self.passages.embed_queries([data.queries[q] for q in qids[mine]])
-        q_emb = world.gather(q_own.detach(), len(qids)) if world.distributed else q_own
+        with self._timed("encode"):
+            q_own = self.passages.embed_queries([data.queries[q] for q in qids[mine]])
+            q_emb = world.gather(q_own.detach(), len(qids)) if world.distributed else q_own
         self.counters.query_passes += len(qids)
         if not torch.isfinite(q_emb).all():  # before they pick negatives from the cache
             raise diverged(f"train: step {step}: the encoder's query embeddings hold NaN or Inf")
         corrector = self._sampling_corrector(step)
-        neg_rows, unusable, fn_counts = self.negatives.pick(step, qids, pos_docs, q_emb.detach(), corrector)
+        with self._timed("negatives"):
+            neg_rows, unusable, fn_counts = self.negatives.pick(step, qids, pos_docs, q_emb.detach(), corrector)
         self.hooks.negatives(step, qids, neg_rows, corrector)
 
         rows = [data.row_of[d] for d in pos_docs] + neg_rows.flatten().tolist()
-        p_emb = self._embed_passages(rows, len(qids), mine)
+        with self._timed("encode"):
+            p_emb = self._embed_passages(rows, len(qids), mine)
         self.counters.train_passage_passes += len(rows)
         self.negatives.embedded(step, rows, p_emb)
-        sample = ct.draw_drift_sample() if ct is not None else None  # by the encoder the targets saw
+        with self._timed("corrector"):
+            sample = ct.draw_drift_sample() if ct is not None else None  # by the encoder the targets saw
         self.hooks.drift_sample(step, sample)
         mask = RetrieverUpdate.mask([data.pos_rows[q] for q in qids], rows, unusable)
         fn_counts.update(self.negatives.mask_in_batch(q_emb, p_emb, mask))
         targets = torch.arange(len(qids))[mine]
-        update = self.retriever.step(step, qids, pos_docs, neg_rows, q_own, p_emb, mask[mine], targets)
+        with self._timed("backward"):  # the loss, its backward pass through the encoder, the optimiser step
+            update = self.retriever.step(step, qids, pos_docs, neg_rows, q_own, p_emb, mask[mine], targets)
         record = {"step": step, "loss": update.pop("loss"), **fn_counts, **update}
         self.counters.add(fn_counts)
         if ct is not None:
-            record.update(ct.update(step, rows, p_emb.detach(), q_emb.detach(), mask, self.scorer.table, sample))
-            world.broadcast(ct.corrector)
+            with self._timed("corrector"):
+                record.update(ct.update(step, rows, p_emb.detach(), q_emb.detach(), mask, self.scorer.table, sample))
+                world.broadcast(ct.corrector)
         return record
+
+    @contextmanager
+    def _timed(self, part: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[part] += time.perf_counter() - start
 
     def _embed_passages(self, rows: list[int], b: int, mine: slice) -> torch.Tensor:
         """The step's passages embedded with gradient [len(rows), dim]: b positives, then k
@@ -160,7 +177,9 @@ class Trainer:
             self._emit(self.counters.stamp(dict(self._validation(0, best)), started), 0, evaluated=True)
         self.encoder.train()
         last = min(steps, stop_after or steps)
-        for step in progress(range(1, last + 1), desc="train", unit="step", mininterval=20, disable=False):
+        for step in progress(
+            range(1, last + 1), desc="train", unit="step", mininterval=20, disable=not self.world.main
+        ):
             record = self.step(step)
             if self.refresher.due(step):
                 self.refresh(step)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from freshen.cache import EMBEDDINGS, NpyRowReader
 from freshen.params.train import NegativesParams
 from freshen.sampling.false_negatives import FalseNegativeFilter
 from freshen.sampling.overlay import FreshOverlay
@@ -27,8 +28,8 @@ class StepNegatives:
         self.fn_filter = FalseNegativeFilter.from_params(neg.false_negatives)
         self.generator = torch.Generator().manual_seed(seed)  # Gumbel noise
         self.rng = np.random.default_rng([seed, 2])  # balanced margin picks
-        # the stale cache, a private float16 copy: the training-time index, not the artifact
-        self.scorer = CacheScorer(torch.from_numpy(np.array(cache.embeddings, dtype=np.float16)), neg)
+        table, source = training_table(cache, neg.memory_gb)
+        self.scorer = CacheScorer(table, neg, source=source)
         overlay_steps = neg.fresh_overlay_steps if strategy == "corrected" else 0
         self.overlay = FreshOverlay(overlay_steps, self.scorer.table) if overlay_steps else None
 
@@ -67,3 +68,15 @@ class StepNegatives:
         """The step embedded `rows` fresh (`fresh`): the overlay keeps them."""
         if self.overlay is not None:
             self.overlay.record(step, rows, fresh)
+
+
+def training_table(cache, memory_gb: float) -> tuple[torch.Tensor, NpyRowReader | None]:
+    """The training-time index's float16 rows (never the artifact itself: a refresh replaces
+    them), and where its ANN index reads them from (None: the table). Within `memory_gb` GiB a
+    private copy in memory; past it the cache file mapped copy-on-write, rows paged in as they
+    are scored, and the index built from plain file reads so that building it maps no page."""
+    n, dim = cache.embeddings.shape
+    if n * dim * 2 <= memory_gb * 2**30:
+        return torch.from_numpy(np.array(cache.embeddings, dtype=np.float16)), None
+    path = cache.path / EMBEDDINGS
+    return torch.from_numpy(np.load(path, mmap_mode="c")), NpyRowReader(path)
