@@ -20,6 +20,8 @@ def launch(argv: list[str], nproc: int) -> int:
     retry), else torchrun's. When a rank fails, torchrun stops the others."""
     with tempfile.TemporaryDirectory(prefix="freshen-ranks-") as status:
         env = {**os.environ, NPROC_ENV: str(nproc), RANK_STATUS_ENV: status}
+        # each rank's share of the cores (torchrun would set 1, and say so on stderr)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc)))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
         proc = subprocess.Popen([*cmd, "-m", "freshen", "--", *argv], env=env)  # "--": argv is not torchrun's
         try:
