@@ -23,7 +23,10 @@ def on_terminal() -> bool:
 
 
 def progress(iterable=None, **kwargs):
-    """`tqdm(iterable, **kwargs)`, on stdout and sparser when stderr is not a terminal."""
+    """`tqdm(iterable, **kwargs)`, on stdout and sparser when stderr is not a terminal; none on
+    a distributed run's ranks other than 0 (rank 0's bars are the run's)."""
+    if os.environ.get("RANK", "0") != "0":
+        kwargs["disable"] = True
     if not on_terminal():
         kwargs.setdefault("file", sys.stdout)
         kwargs["mininterval"] = max(float(kwargs.get("mininterval", 0.1)), QUIET_INTERVAL)
