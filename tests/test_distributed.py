@@ -220,6 +220,8 @@ def test_nproc_is_refused_before_any_work_where_it_cannot_run(trainable):
     uneven = _freshen(root, "train", "--nproc", "3")  # tiny batch_size 4
     assert uneven.returncode == 2
     assert "train.batch_size: 4 is not divisible by the 3 training processes" in uneven.stderr
+    none = _freshen(root, "train", "--nproc", "0")
+    assert none.returncode == 2 and "at least 1" in none.stderr
     other = _freshen(root, "prepare", "--nproc", "2")
     assert other.returncode == 2 and "only `freshen train`" in other.stderr
     assert not (root / params.train.out_dir).exists()

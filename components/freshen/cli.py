@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
 def launch_ranks(step: str, args, argv: list[str]) -> int:
     """`freshen train --nproc N`: the params checked, then N ranks launched by torchrun."""
     try:
-        if step != "train" or args.nproc < 1:
+        if args.nproc < 1:
+            raise FreshenError(f"--nproc {args.nproc}: the number of training processes is at least 1")
+        if step != "train":
             raise FreshenError(f"--nproc {args.nproc}: only `freshen train` runs in more than one process")
         params = load_params(Path(args.root) / args.params, args.overrides, args.set_json)
         from freshen.training.distributed import World, check_world
