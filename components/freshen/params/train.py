@@ -64,7 +64,11 @@ class NegativesParams(Section):
         2000000, "Caches larger than this: candidates from a faiss index, rescored by the corrector; 0: never.", ge=0
     )
     ann_candidates: int = doc(1000, "Candidates per query taken from that index.", ge=1)
-    ann_index: str = doc("IVF4096,Flat", "faiss index_factory string of that index (trained on <= 100k sampled rows).")
+    ann_index: str = doc(
+        "IVF4096,SQ8",
+        "faiss index_factory string of that index (trained on <= 100k sampled rows); its candidates "
+        "are rescored exactly, so a compressed index (SQ8: a byte a dimension) costs no precision.",
+    )
     ann_nprobe: int = doc(64, "IVF: inverted lists searched per query.", ge=1)
     ann_ef_search: int | None = doc(None, "HNSW: efSearch; null: max(ann_candidates, 64).", ge=1)
 
