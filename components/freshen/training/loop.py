@@ -146,18 +146,12 @@ class Trainer:
         if not self.world.distributed:
             return self.passages.embed(rows)
         k = (len(rows) - b) // b
-        own = list(range(b))[mine]
-        order = own + [b + i * k + j for i in own for j in range(k)]
-        gathered = self.world.gather(self.passages.embed([rows[i] for i in order]), len(rows), grad=True)
-        # gathered: each rank's positives then its negatives, in rank order; back to the global order
-        index = torch.empty(len(rows), dtype=torch.long)
-        offset = 0
-        for r in range(self.world.size):
-            ranks = list(range(b))[World(r, self.world.size).share(b)]
-            block = ranks + [b + i * k + j for i in ranks for j in range(k)]
-            index[torch.tensor(block, dtype=torch.long)] = torch.arange(offset, offset + len(block))
-            offset += len(block)
-        return gathered[index]
+        own = rows[mine] + rows[b + mine.start * k : b + mine.stop * k]
+        gathered = self.world.gather(self.passages.embed(own), len(rows), grad=True)
+        # rank by rank, its positives then its negatives (equal shares): back to all positives, then all negatives
+        per_rank = gathered.view(self.world.size, len(own), -1)
+        share = b // self.world.size
+        return torch.cat([per_rank[:, :share].flatten(0, 1), per_rank[:, share:].flatten(0, 1)])
 
     def refresh(self, step: int) -> None:
         self.refresher.refresh(step)
