@@ -128,7 +128,7 @@ def child(args) -> None:
         "rows": len(cache),
         "cache_gib": round(len(cache) * cache.dim * 2 / 2**30, 3),
         "path": "ann" if trainer.scorer.index is not None else "exact",
-        "table": "mapped" if trainer.scorer.source is not None else "in memory",
+        "table": "file" if trainer.scorer.source is not None else "in memory",
         "setup_s": round(setup_s, 1),
         "index_build_s": round(trainer.scorer.index_build_s, 1),
         "step_s": round(float(np.median(step_s)), 3),

@@ -75,7 +75,7 @@ def test_a_report_is_written_with_its_folder_and_keeps_its_notes(tmp_path):
 
 def test_the_scale_benchmark_trains_over_a_mapped_cache_and_compares_ann_with_exact(tmp_path, tiny_model):
     """benchmarks/scale.py at toy sizes: the small corpus scored exactly from memory, the large one
-    mapped from the file past `memory_gb`, through an ANN index past `ann_threshold`."""
+    read from the file past `memory_gb`, through an ANN index past `ann_threshold`."""
     import json
 
     from benchmarks import scale
@@ -93,7 +93,7 @@ def test_the_scale_benchmark_trains_over_a_mapped_cache_and_compares_ann_with_ex
     )  # fmt: skip
     small, large = json.loads((out / "results.json").read_text())
     assert (small["rows"], small["path"], small["table"]) == (400, "exact", "in memory")
-    assert (large["rows"], large["path"], large["table"]) == (3000, "ann", "mapped")
+    assert (large["rows"], large["path"], large["table"]) == (3000, "ann", "file")
     assert "ann_overlap_at_100" not in small and 0.5 <= large["ann_overlap_at_100"] <= 1.0
     for r in (small, large):
         assert r["step_s"] > 0 and all(r[f"{part}_s"] > 0 for part in scale.PARTS)

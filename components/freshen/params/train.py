@@ -56,8 +56,8 @@ class NegativesParams(Section):
     memory_gb: float = doc(
         4.0,
         "The training-time cache is copied into memory when its float16 size fits this many GiB; a "
-        "larger one is read from the cache file as it is scored (memory-mapped, copied on write) and "
-        "its ANN index is built from plain file reads.",
+        "larger one is read from the cache file row by row as it is scored (plain reads, never mapped) "
+        "and its ANN index is built from the same reads.",
         ge=0,
     )
     ann_threshold: int = doc(

@@ -10,7 +10,7 @@ import torch
 class FreshOverlay:
     def __init__(self, steps: int, table: torch.Tensor):
         self.steps = steps
-        self.table = torch.zeros_like(table)  # the latest fresh embedding of each row (float16)
+        self.table = torch.zeros(tuple(table.shape), dtype=torch.float16)  # each row's latest fresh embedding
         self.step = torch.full((len(table),), -(10**9), dtype=torch.long)  # the step that computed it
 
     def record(self, step: int, rows: list[int], fresh: torch.Tensor) -> None:

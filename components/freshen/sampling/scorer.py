@@ -46,7 +46,7 @@ class CacheScorer:
     def set_table(self, table: torch.Tensor, source=None) -> None:
         """Use a new cache (after a refresh); rebuild the ANN index when one is used, from
         `source` (rows read from the cache file) when given, else from `table`."""
-        self.table, self.source = table, source  # source: the rows in the cache file (table mapped from it)
+        self.table, self.source = table, source  # source: the rows in the cache file (table: read from it)
         self.index = None
         if self.ann_threshold and len(table) > self.ann_threshold:
             start = time.perf_counter()

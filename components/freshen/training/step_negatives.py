@@ -16,6 +16,7 @@ import torch
 from freshen.cache import EMBEDDINGS, NpyRowReader
 from freshen.params.train import NegativesParams
 from freshen.sampling.false_negatives import FalseNegativeFilter
+from freshen.sampling.file_table import FileTable
 from freshen.sampling.overlay import FreshOverlay
 from freshen.sampling.scorer import CacheScorer
 
@@ -70,13 +71,13 @@ class StepNegatives:
             self.overlay.record(step, rows, fresh)
 
 
-def training_table(cache, memory_gb: float) -> tuple[torch.Tensor, NpyRowReader | None]:
+def training_table(cache, memory_gb: float) -> tuple[torch.Tensor | FileTable, NpyRowReader | None]:
     """The training-time index's float16 rows (never the artifact itself: a refresh replaces
     them), and where its ANN index reads them from (None: the table). Within `memory_gb` GiB a
-    private copy in memory; past it the cache file mapped copy-on-write, rows paged in as they
-    are scored, and the index built from plain file reads so that building it maps no page."""
+    private copy in memory; past it rows read from the cache file as they are scored
+    (`FileTable`), and the index built from the same plain reads."""
     n, dim = cache.embeddings.shape
     if n * dim * 2 <= memory_gb * 2**30:
         return torch.from_numpy(np.array(cache.embeddings, dtype=np.float16)), None
-    path = cache.path / EMBEDDINGS
-    return torch.from_numpy(np.load(path, mmap_mode="c")), NpyRowReader(path)
+    reader = NpyRowReader(cache.path / EMBEDDINGS)
+    return FileTable(reader), reader
