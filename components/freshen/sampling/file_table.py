@@ -19,7 +19,6 @@ class FileTable:
     def __init__(self, reader: NpyRowReader):
         self.reader = reader
         self.shape = torch.Size(reader.shape)
-        self.dtype = torch.float16
 
     def __len__(self) -> int:
         return len(self.reader)

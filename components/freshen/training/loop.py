@@ -171,9 +171,7 @@ class Trainer:
             self._emit(self.counters.stamp(dict(self._validation(0, best)), started), 0, evaluated=True)
         self.encoder.train()
         last = min(steps, stop_after or steps)
-        for step in progress(
-            range(1, last + 1), desc="train", unit="step", mininterval=20, disable=not self.world.main
-        ):
+        for step in progress(range(1, last + 1), desc="train", unit="step", mininterval=20, disable=False):
             record = self.step(step)
             if self.refresher.due(step):
                 self.refresh(step)
