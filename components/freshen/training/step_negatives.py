@@ -75,9 +75,10 @@ def training_table(cache, memory_gb: float) -> tuple[torch.Tensor | FileTable, N
     """The training-time index's float16 rows (never the artifact itself: a refresh replaces
     them), and where its ANN index reads them from (None: the table). Within `memory_gb` GiB a
     private copy in memory; past it rows read from the cache file as they are scored
-    (`FileTable`), and the index built from the same plain reads."""
-    n, dim = cache.embeddings.shape
-    if n * dim * 2 <= memory_gb * 2**30:
-        return torch.from_numpy(np.array(cache.embeddings, dtype=np.float16)), None
+    (`FileTable`), and the index built from the same plain reads. Either way read with plain
+    reads, not through the cache's memory map, whose pages would stay resident beside the copy."""
     reader = NpyRowReader(cache.path / EMBEDDINGS)
+    n, dim = reader.shape
+    if n * dim * 2 <= memory_gb * 2**30:
+        return torch.from_numpy(reader[:]), None
     return FileTable(reader), reader
