@@ -21,13 +21,13 @@ import torch
 
 from freshen.atomic import write_json
 from freshen.cache import Cache
-from freshen.embed_corpus import plan_rows
 from freshen.encoding import encode
 from freshen.errors import DataError, FreshenError
 from freshen.jsonfile import read_json
 from freshen.params import EncodeParams
 from freshen.params.orchestration import RefreshParams
 from freshen.retrieval import overlap_at
+from freshen.row_plan import plan_rows
 
 DECISION = "refresh.json"
 OVERLAP_K = 10
