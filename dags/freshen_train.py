@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from airflow.sdk import dag
 from freshen.orchestration import airflow_tasks as ft
+from freshen.orchestration.dag_params import RUN_PARAMS, dag_params
 from freshen.orchestration.pipeline import TRAIN
 
 project = ft.load_project(__file__)
@@ -22,7 +23,7 @@ project = ft.load_project(__file__)
     start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
-    params=ft.dag_params(project, ft.RUN_PARAMS[TRAIN.kind]),
+    params=dag_params(project, RUN_PARAMS[TRAIN.kind]),
     default_args=ft.default_args(project),
     tags=["freshen"],
     doc_md=ft.doc_md(TRAIN, __doc__),

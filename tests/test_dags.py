@@ -153,7 +153,7 @@ def test_a_corpus_diff_counts_by_id_and_text_hash():
 
 
 def test_run_params_become_dotted_overrides():
-    from freshen.orchestration.airflow_tasks import overrides_from
+    from freshen.orchestration.dag_params import overrides_from
 
     assert overrides_from({"train.steps": 5, "train.lr": None, "set": {"train.temperature": 0.1}}) == {
         "train.steps": 5,
@@ -166,7 +166,7 @@ def test_the_deployment_overrides_reach_every_step_of_a_run(tmp_path, tiny_param
     """$FRESHEN_SET is applied where the DAGs are parsed and also handed to each `freshen <step>`
     (which loads params.yaml itself): the steps see the configuration the DAG planned with."""
     from freshen.orchestration import config
-    from freshen.orchestration.airflow_tasks import run_overrides
+    from freshen.orchestration.dag_params import run_overrides
     from freshen.params import load_params
 
     root = project_with(tmp_path, tiny_params)
@@ -224,6 +224,7 @@ DOCKER_ARGS = (
     "mem_limit",
     "skip_on_exit_code",
     "device_requests",
+    "shm_size",
 )
 POD_ARGS = (
     "arguments",
@@ -319,6 +320,59 @@ def test_kubernetes_runner_builds_pod_operators(tmp_path, monkeypatch):
     assert kw["volume_mounts"][0].mount_path == "/project"
     assert kw["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert kw["env_from"][0].secret_ref.name == "freshen-env"
+    assert "--nproc" not in op.arguments and [v.name for v in kw["volumes"]] == ["project"]
+    # two GPUs for train: two ranks, which talk through a memory-backed /dev/shm
+    train = bag.dags["freshen_train"].task_dict["train"]
+    assert train.arguments[-2:] == ["--nproc", "2"]
+    assert [v.name for v in train.provider_kwargs["volumes"]] == ["project", "dshm"]
+    assert train.provider_kwargs["volumes"][1].empty_dir.medium == "Memory"
+    assert [m.mount_path for m in train.provider_kwargs["volume_mounts"]] == ["/project", "/dev/shm"]
+
+
+def test_training_on_several_gpus_runs_one_rank_per_gpu(tmp_path, monkeypatch):
+    """orchestration.gpu.count N > 1 with train among gpu.steps: the train task runs
+    `freshen train ... --nproc N` (and only it: the other GPU steps encode in one process),
+    with the docker runner's /dev/shm enlarged for the ranks, and with the local runner alike."""
+    from freshen.orchestration.runners import RANKS_SHM_BYTES
+
+    fake_provider(monkeypatch, "airflow.providers.docker.operators.docker", "DockerOperator", DOCKER_ARGS)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["orchestration"]["gpu"]["count"] = 4
+    params["train"]["batch_size"] = 64
+    monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, params)))
+    monkeypatch.setenv("FRESHEN_SET", json.dumps({"orchestration.runner": "docker"}))
+    train = dagbag().dags["freshen_train"]
+    options = {"nproc": 4}
+    assert train.task_dict["train"].command == cli_argv(
+        "train", "/project", "params.yaml", PARENT_XCOM, SET_JSON_XCOM, options
+    )
+    assert train.task_dict["train"].provider_kwargs["shm_size"] == RANKS_SHM_BYTES
+    for name in ("cluster_queries", "embed_cache", "reembed", "evaluate"):
+        assert "--nproc" not in train.task_dict[name].command, name
+        assert train.task_dict[name].provider_kwargs["shm_size"] is None
+    # the local runner: the same argument list, run by the worker (which then launches the ranks)
+    from freshen.orchestration.config import load_project
+
+    monkeypatch.setenv("FRESHEN_SET", json.dumps({"orchestration.runner": "local"}))
+    project = load_project()
+    assert project.step_options("train") == options
+    assert all(project.step_options(s) == {} for s in ("embed_cache", "reembed", "promote"))
+
+
+def test_gpus_that_do_not_divide_the_batch_are_an_import_error_naming_the_field(tmp_path, monkeypatch):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["orchestration"]["gpu"]["count"] = 3
+    params["train"]["batch_size"] = 64
+    monkeypatch.setenv("FRESHEN_PROJECT_DIR", str(project_with(tmp_path, params)))
+    errors = dagbag().import_errors
+    assert len(errors) == 3
+    assert all(
+        re.search(r"params\.yaml:\d+: orchestration\.gpu\.count: 3 GPUs for train .* must divide train\.batch_size 64", e)
+        for e in errors.values()
+    ), errors
+    params["orchestration"]["gpu"]["steps"] = ["embed_cache", "reembed"]  # train on the CPU: one process
+    project_with(tmp_path, params)
+    assert dagbag().import_errors == {}
 
 
 def test_a_missing_provider_names_the_package(tmp_path, monkeypatch):

@@ -143,6 +143,28 @@ def test_every_step_runs_the_argv_the_airflow_tasks_run(tmp_path, which):
         assert container["image"] == (orch.gpu_image if gpu else orch.image)
 
 
+def test_training_on_two_gpus_runs_two_ranks_in_one_pod(tmp_path):
+    """orchestration.gpu.count 2: the train component asks for 2 GPUs and runs `--nproc 2`
+    (a multi-GPU pod, no PyTorchJob); the encoding steps get the GPUs but one process."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["orchestration"]["gpu"]["count"] = 2
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = tmp_path / "train.yaml"
+    assert kfp_pipeline.main(["--pipeline", "train", "--out", str(out), "--project-dir", str(project)]) == 0
+    spec = next(yaml.safe_load_all(out.read_text()))
+
+    def container(verb: str) -> dict:
+        comp = spec["components"][f"comp-{verb}"]
+        return spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]
+
+    assert container("train")["args"][-4:] == ["--nproc", "2", "--skip-exit-code", "0"]
+    assert container("train")["resources"]["accelerator"]["resourceCount"] == "2"
+    assert "--nproc" not in container("embed-cache")["args"]
+    assert container("embed-cache")["resources"]["accelerator"]["resourceCount"] == "2"
+
+
 def test_compile_command_writes_yaml(tmp_path):
     import subprocess
 

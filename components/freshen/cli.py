@@ -177,8 +177,10 @@ def launch_ranks(step: str, args, argv: list[str]) -> int:
     try:
         if args.nproc < 1:
             raise FreshenError(f"--nproc {args.nproc}: the number of training processes is at least 1")
-        if step != "train":
-            raise FreshenError(f"--nproc {args.nproc}: only `freshen train` runs in more than one process")
+        if step != launch.DISTRIBUTED_STEP:
+            raise FreshenError(
+                f"--nproc {args.nproc}: only `freshen {launch.DISTRIBUTED_STEP}` runs in more than one process"
+            )
         params = load_params(Path(args.root) / args.params, args.overrides, args.set_json)
         from freshen.training.distributed import World, check_world
 

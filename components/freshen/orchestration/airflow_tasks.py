@@ -3,8 +3,7 @@ freshen.orchestration.pipeline, with its edges; a step is `freshen <step>`, run 
 orchestration.runner says. The MLflow parent run is opened by `start_run`, whose XCom
 (parent run id + the run's overrides as JSON) every step receives, and closed by `end_run`.
 
-DAG-run params (airflow.sdk Param) are dotted params.yaml keys: a value overrides that key
-for this run, null keeps params.yaml; `set` takes any other keys as a JSON object."""
+A DAG run's params, and the overrides every step gets from them: `dag_params`."""
 
 from __future__ import annotations
 
@@ -13,32 +12,14 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task, teardown
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, task, teardown
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from freshen.config import flatten, get_dotted
-from freshen.errors import DataError
 from freshen.orchestration import config, events, runs
 from freshen.orchestration.commands import StepFailed, StepSkipped
+from freshen.orchestration.dag_params import run_overrides, run_params
 from freshen.orchestration.pipeline import Pipeline, cli_argv, steps_table
 from freshen.orchestration.runners import XCOM_FIELD, container_operator, run_local
-from freshen.params import Params, with_overrides
-
-# the params.yaml keys each DAG offers as run params (by Pipeline.kind)
-RUN_PARAMS = {
-    "train": (
-        "train.steps",
-        "train.batch_size",
-        "train.lr",
-        "train.negatives.strategy",
-        "train.negatives.k",
-        "promote.min_improvement",
-        "promote.min_improvement_over_zero_shot",
-    ),
-    "refresh": ("orchestration.num_shards", "orchestration.dvc.enabled", "orchestration.dvc.push", "encode.batch_size"),
-    "corpus": (),  # the new version is where params.yaml says (data.source, data.local_dir)
-}
-JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
 
 
 def load_project(dag_file: str) -> config.Project:
@@ -50,22 +31,6 @@ def load_project(dag_file: str) -> config.Project:
 def doc_md(pipeline: Pipeline, intro: str) -> str:
     """The DAG's documentation in the UI: the DAG file's docstring, then the pipeline's steps."""
     return f"{intro.strip()}\n\n{steps_table(pipeline)}"
-
-
-def dag_params(project: config.Project, keys) -> dict:
-    out = {}
-    for key in keys:
-        try:
-            value = get_dotted(project.params.model_dump(), key)
-        except (KeyError, TypeError):
-            raise DataError(project.params_path, "missing (the DAG exposes it as a param)", field=key) from None
-        kind = JSON_TYPES.get(type(value), "string")
-        types = ["null", kind] + (["integer"] if kind == "number" else [])
-        out[key] = Param(
-            None, type=types, description=f"overrides {key} for this run (params.yaml: {value!r}; empty keeps it)"
-        )
-    out["set"] = Param({}, type="object", description='any other params.yaml keys, e.g. {"train.temperature": 0.1}')
-    return out
 
 
 def default_args(project: config.Project) -> dict:
@@ -106,30 +71,6 @@ def triggering_events(context) -> dict[str, list[dict]]:
     """The Asset events that started this run, by Asset name (empty for a cron tick or by hand)."""
     found = context.get("triggering_asset_events") or {}
     return {asset.name: [dict(e.extra or {}) for e in found[asset]] for asset in found}
-
-
-def run_overrides(project: config.Project, dag_run_params: dict) -> dict:
-    """What every step of one DAG run is given with --set-json: the deployment's $FRESHEN_SET,
-    then this run's params on top. Steps load params.yaml themselves (in containers too), so an
-    override the DAG saw but the steps did not would split one run between two configurations."""
-    return {**project.overrides, **overrides_from(dag_run_params)}
-
-
-def overrides_from(dag_run_params: dict) -> dict:
-    """Dotted overrides from a run's params: `set` first, then every non-null dotted param.
-    A form that nests dotted names ({"train": {"steps": 5}}) is flattened back to "train.steps"."""
-    values = dict(dag_run_params.get("set") or {})
-    for key, value in dag_run_params.items():
-        if key == "set":
-            continue
-        flat = flatten({key: value}) if isinstance(value, dict) else {key: value}
-        values.update({k: v for k, v in flat.items() if v is not None})
-    return values
-
-
-def run_params(project: config.Project, ctx: dict) -> Params:
-    """params.yaml with this DAG run's overrides, as the steps see them."""
-    return with_overrides(project.params, json.loads(ctx.get("set_json") or "{}"))
 
 
 def _tracking_env(project: config.Project) -> None:
@@ -195,6 +136,7 @@ def steps(project: config.Project, pipeline: Pipeline, ctx) -> dict:
 def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str | None = None):
     """The task running `freshen <name>` for this DAG run, wherever orchestration.runner says."""
     kwargs = {"task_id": name, "outlets": list(outlets)}
+    options = project.step_options(name)  # --nproc N: training on N GPUs
     if trigger_rule:
         kwargs["trigger_rule"] = trigger_rule
     if project.runner == "local":
@@ -202,9 +144,10 @@ def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str 
 
         @task(**kwargs)
         def local_step(ctx: dict, **context) -> None:
-            _local(
-                project, cli_argv(name, project.cli_root(), project.params_file, ctx["parent_run_id"], ctx["set_json"])
+            argv = cli_argv(
+                name, project.cli_root(), project.params_file, ctx["parent_run_id"], ctx["set_json"], options
             )
+            _local(project, argv)
             if serving in kwargs["outlets"]:
                 extra = events.serving_event(run_params(project, ctx), project.root, ctx.get("reasons"))
                 context["outlet_events"][serving].extra = extra
@@ -216,6 +159,7 @@ def step(project: config.Project, name: str, ctx, outlets=(), trigger_rule: str 
         project.params_file,
         XCOM_FIELD.format(key="parent_run_id"),
         XCOM_FIELD.format(key="set_json"),
+        options,
     )
     op = container_operator(project, name, argv=argv, **kwargs)
     ctx >> op

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from freshen.errors import FreshenError
 from freshen.params import SET_ENV, Params, load_params
-from freshen.params.loading import env_overrides
+from freshen.params.loading import env_overrides, read_file, where_set
+from freshen.training.launch import DISTRIBUTED_STEP
 
 PROJECT_ENV, PARAMS_ENV = "FRESHEN_PROJECT_DIR", "FRESHEN_PARAMS"
 HOST_PROJECT_ENV = "FRESHEN_HOST_PROJECT_DIR"
@@ -67,6 +68,24 @@ class Project:
         gpu = self.params.orchestration.gpu
         return gpu.count if step in gpu.steps else 0
 
+    def step_options(self, step: str) -> dict:
+        """Options of `freshen <step>` that the deployment decides: the training step runs as one
+        process per GPU (`--nproc N`) when orchestration.gpu gives it N > 1 GPUs."""
+        gpus = self.gpus_for(step)
+        return {"nproc": gpus} if step == DISTRIBUTED_STEP and gpus > 1 else {}
+
+    def check_ranks(self) -> None:
+        """One rank per GPU splits train.batch_size evenly: said when the DAG or pipeline is parsed,
+        not first by the train task (`freshen train --nproc` checks it again for a run's overrides)."""
+        nproc = self.step_options(DISTRIBUTED_STEP).get("nproc", 1)
+        if self.params.train.batch_size % nproc:
+            field, (_, lines) = "orchestration.gpu.count", read_file(self.params_path)
+            where = where_set(field, env_overrides(os.environ), str(self.params_path), lines)
+            raise FreshenError(
+                f"{where}: {nproc} GPUs for {DISTRIBUTED_STEP} (one process each) must divide "
+                f"train.batch_size {self.params.train.batch_size}"
+            )
+
     def host_project_dir(self) -> str:
         return self.params.orchestration.docker.host_project_dir or os.environ.get(HOST_PROJECT_ENV) or str(self.root)
 
@@ -91,7 +110,9 @@ def load_project(default_root: str | Path | None = None, prefer_env: bool = True
     path = root / params_file if not Path(params_file).is_absolute() else Path(params_file)
     if not path.is_file():
         raise FreshenError(f"{path}: params file not found (set ${PROJECT_ENV} to the project folder)")
-    return Project(root, params_file, load_params(path), deployment_overrides())
+    project = Project(root, params_file, load_params(path), deployment_overrides())
+    project.check_ranks()
+    return project
 
 
 def deployment_overrides() -> dict:

@@ -33,14 +33,13 @@ KFP_SKIP_EXIT = 0
 def step_component(project: Project, step: Step):
     """A container component running `freshen <step>`; named after the step. A mapped step's
     component also takes its shard and the shard count."""
-    image = project.image_for(step.name)
+    image, deployed = project.image_for(step.name), project.step_options(step.name)  # --nproc N
 
     def spec(root, params_file, parent_run_id, set_json, options=None):
-        return dsl.ContainerSpec(
-            image=image,
-            command=["freshen"],
-            args=cli_argv(step.name, root, params_file, parent_run_id, set_json, options, skip_exit_code=KFP_SKIP_EXIT),
+        argv = cli_argv(
+            step.name, root, params_file, parent_run_id, set_json, {**deployed, **(options or {})}, KFP_SKIP_EXIT
         )
+        return dsl.ContainerSpec(image=image, command=["freshen"], args=argv)
 
     if step.mapped:
 

@@ -15,6 +15,9 @@ from freshen.orchestration.config import Project
 
 # what a container operator's argument list says instead of a value only known at run time
 XCOM_FIELD = "{{{{ ti.xcom_pull(task_ids='start_run')['{key}'] }}}}"
+# /dev/shm of a container whose training ranks (one per GPU) talk through it: NCCL's transport
+# within a machine needs more than the 64 MiB containers get by default
+RANKS_SHM_BYTES = 2 * 1024**3
 
 
 def run_local(argv: list[str], mode: str = "inprocess") -> None:
@@ -60,6 +63,7 @@ def docker_operator(project: Project, step: str, argv: list[str] | None = None, 
         mem_limit=docker_memory(orch["resources"].get("limits", {}).get("memory")),
         skip_on_exit_code=SKIP_EXIT,
         device_requests=[DeviceRequest(count=gpus, capabilities=[["gpu"]])] if gpus else None,
+        shm_size=RANKS_SHM_BYTES if project.step_options(step) else None,
         **task_kwargs,
     )
     if plan is None:
@@ -77,6 +81,7 @@ def kubernetes_operator(project: Project, step: str, argv: list[str] | None = No
             "not installed (pip install apache-airflow-providers-cncf-kubernetes)"
         ) from exc
     orch, kube, gpus = project.orch, project.orch["kubernetes"], project.gpus_for(step)
+    ranks = bool(project.step_options(step))  # --nproc: ranks talk through /dev/shm
     limits = dict(orch["resources"].get("limits") or {})
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
@@ -95,9 +100,13 @@ def kubernetes_operator(project: Project, step: str, argv: list[str] | None = No
         volumes=[
             k8s.V1Volume(
                 name="project", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=kube["pvc"])
-            )
+            ),
+            *([shm_volume(k8s)] if ranks else []),
         ],
-        volume_mounts=[k8s.V1VolumeMount(name="project", mount_path=orch["container_root"])],
+        volume_mounts=[
+            k8s.V1VolumeMount(name="project", mount_path=orch["container_root"]),
+            *([k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")] if ranks else []),
+        ],
         service_account_name=kube["service_account"],
         image_pull_policy=kube["image_pull_policy"],
         get_logs=True,
@@ -110,6 +119,13 @@ def kubernetes_operator(project: Project, step: str, argv: list[str] | None = No
     if plan is None:
         return KubernetesPodOperator(arguments=argv, **kwargs)
     return KubernetesPodOperator.partial(**kwargs).expand(arguments=plan)
+
+
+def shm_volume(k8s):
+    """A memory-backed /dev/shm for a pod whose ranks talk through it (a pod's default is 64 MiB)."""
+    return k8s.V1Volume(
+        name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=str(RANKS_SHM_BYTES))
+    )
 
 
 def container_operator(project: Project, step: str, argv: list[str] | None = None, plan=None, **task_kwargs):

@@ -156,7 +156,7 @@ def validate(raw: dict, overrides: list[Override], source: str, lines: dict[str,
         errors = exc.errors()
         field, message = describe(errors[0])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise FreshenError(f"{_where(field, overrides, source, lines)}: {message}{more}") from None
+        raise FreshenError(f"{where_set(field, overrides, source, lines)}: {message}{more}") from None
 
 
 def _put(raw: dict, override: Override) -> None:
@@ -168,7 +168,7 @@ def _put(raw: dict, override: Override) -> None:
     node[override.parts[-1]] = override.value
 
 
-def _where(field: str, overrides: list[Override], source: str, lines: dict[str, int]) -> str:
+def where_set(field: str, overrides: list[Override], source: str, lines: dict[str, int]) -> str:
     """'CHANNEL KEY' when the last override touching `field` set it, else 'FILE:LINE: FIELD'."""
     parts = field.split(".")
     for override in reversed(overrides):

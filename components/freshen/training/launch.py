@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 
+DISTRIBUTED_STEP = "train"  # the one step that runs as more than one process
 NPROC_ENV = "FRESHEN_NPROC"  # set in the processes `launch` starts: they are ranks, not launchers
 RANK_STATUS_ENV = "FRESHEN_RANK_STATUS"  # a folder each launched rank writes its exit code to
 STOPPED = 143  # the exit code of a rank torchrun stopped (SIGTERM) because another failed
