@@ -367,7 +367,9 @@ def test_gpus_that_do_not_divide_the_batch_are_an_import_error_naming_the_field(
     errors = dagbag().import_errors
     assert len(errors) == 3
     assert all(
-        re.search(r"params\.yaml:\d+: orchestration\.gpu\.count: 3 GPUs for train .* must divide train\.batch_size 64", e)
+        re.search(
+            r"params\.yaml:\d+: orchestration\.gpu\.count: 3 GPUs for train .* must divide train\.batch_size 64", e
+        )
         for e in errors.values()
     ), errors
     params["orchestration"]["gpu"]["steps"] = ["embed_cache", "reembed"]  # train on the CPU: one process
