@@ -26,7 +26,7 @@ from freshen.encoding import encode, set_threads
 from freshen.modeling.corrector import Corrector
 from freshen.modeling.encoder import Encoder
 from freshen.params import load_params
-from freshen.training.serving_fit import corrected, dev_scorer, fit_for_serving
+from freshen.training.serving_fit import TableIndex, corrected, dev_scorer, fit_for_serving
 
 from benchmarks.common import RESULTS, command_line, machine, write_keeping_notes
 
@@ -34,7 +34,7 @@ SYSTEMS = ("stale", "h", "fitted", "reembedded")
 
 
 def ndcg(queries: np.ndarray, qids: list[str], table: np.ndarray, ids: list[str], qrels: dict) -> float:
-    return dev_scorer(queries, qids, ids, {q: qrels[q] for q in qids})(table) if qids else float("nan")
+    return dev_scorer(queries, qids, ids, {q: qrels[q] for q in qids})(TableIndex(table)) if qids else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:

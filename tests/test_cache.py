@@ -160,3 +160,9 @@ def test_the_row_reader_gives_the_arrays_rows_without_mapping_them(tmp_path):
     assert np.array_equal(reader[3:11], x[3:11]) and np.array_equal(reader[30:99], x[30:])
     assert reader[5:5].shape == (0, 5)
     assert np.array_equal(reader[np.array([36, 0, 7, 7])], x[[36, 0, 7, 7]])
+    assert reader[np.array([], dtype=np.int64)].shape == (0, 5)
+    with (cache.path / EMBEDDINGS).open("r+b") as fh:  # the file cut short after the reader opened it
+        fh.truncate(reader.offset + 30 * reader.row_bytes)
+    assert np.array_equal(reader[np.array([29, 1])], x[[29, 1]])
+    with pytest.raises(DataError, match=r"embeddings\.npy: row 30 lies past the end of the file"):
+        reader[np.array([1, 30])]

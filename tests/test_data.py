@@ -77,6 +77,44 @@ def test_empty_split_and_missing_split(tiny_beir):
         load_beir(tiny_beir)
 
 
+def test_a_lazy_corpus_is_the_same_dataset_with_no_text_in_memory(tiny_beir):
+    """`load_beir(lazy_corpus=True)` (what `train` loads): the same ids in file order, documents,
+    qrels and passage texts, read from corpus.jsonl when asked for."""
+    from freshen.data.corpus_file import CorpusFile, LazyCorpus
+
+    _rewrite_line(tiny_beir / "corpus.jsonl", 4, json.dumps({"_id": "d3", "title": None, "text": " padded "}))
+    eager, lazy = load_beir(tiny_beir), load_beir(tiny_beir, lazy_corpus=True)
+    assert isinstance(lazy.corpus, LazyCorpus)
+    assert list(lazy.corpus) == list(eager.corpus) and len(lazy.corpus) == len(eager.corpus) == 60
+    assert all(lazy.corpus[d] == eager.corpus[d] for d in eager.corpus)
+    assert "d3" in lazy.corpus and "nope" not in lazy.corpus
+    assert lazy.qrels == eager.qrels
+    texts = lazy.doc_texts()
+    assert isinstance(texts, CorpusFile) and list(texts[0:60]) == eager.doc_texts()
+    some = ["d41", "d3", "d0", "d41"]  # any order, repeats
+    assert list(lazy.doc_texts(some)[0:4]) == eager.doc_texts(some) and lazy.doc_texts(some).at([3, 1]) == [
+        eager.doc_texts(["d41"])[0],
+        "padded",
+    ]
+    # the texts are read when asked for, not kept: the last document rewritten in place is read anew
+    _rewrite_line(tiny_beir / "corpus.jsonl", 60, json.dumps({"_id": "d59", "text": "rewritten"}))
+    assert lazy.corpus["d59"] == {"title": "", "text": "rewritten"} and texts[59] == "rewritten"
+
+
+@pytest.mark.parametrize(
+    "line,match",
+    [
+        ('{"_id": "d2", "text": ', r"corpus\.jsonl:3: not valid JSON"),
+        (json.dumps({"_id": "d1", "title": "", "text": "dup"}), r"corpus\.jsonl:3: field '_id': duplicate id 'd1'"),
+    ],
+)
+def test_a_lazy_corpus_is_validated_as_an_eager_one(tiny_beir, line, match):
+    _rewrite_line(tiny_beir / "corpus.jsonl", 3, line)
+    for lazy in (False, True):
+        with pytest.raises(DataError, match=match):
+            load_beir(tiny_beir, lazy_corpus=lazy)
+
+
 def test_carve_dev_is_seeded_and_disjoint(tiny_beir):
     train = load_beir(tiny_beir).qrels["train"]
     a_train, a_dev = carve_dev(train, 0.2, seed=7)

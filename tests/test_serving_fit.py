@@ -49,7 +49,9 @@ def test_the_fit_learns_the_drift_from_training_queries_and_carries_it_to_unjudg
     # dev queries judge only documents no training query judged: what they gain, the map learned
     assert fit.dev_ndcg_at_10[0] < 0.1 and fit.dev_ndcg_at_10[fit.epoch] > 0.8
     assert fit.dev_ndcg_at_10[fit.epoch] == max(fit.dev_ndcg_at_10)
-    assert dev_score(serving_fit.corrected(fit.corrector, stale)) == pytest.approx(fit.dev_ndcg_at_10[fit.epoch])
+    assert dev_score(serving_fit.TableIndex(serving_fit.corrected(fit.corrector, stale))) == pytest.approx(
+        fit.dev_ndcg_at_10[fit.epoch]
+    )
     assert fit.corrector is not h and torch.equal(h.mlp[-1].weight, torch.zeros_like(h.mlp[-1].weight))  # h untouched
 
 
@@ -79,7 +81,7 @@ def test_the_anchor_keeps_rows_near_h():
             stale,
             train_q,
             positives,
-            lambda t: 1.0 + np.sum(t),
+            lambda t: 1.0 + np.sum(t.table),
             params(anchor=anchor),
             0.05,
             1,

@@ -146,10 +146,9 @@ class NpyRowReader:
         rows = np.asarray(key, dtype=np.int64)
         out = np.empty((len(rows), dim), dtype=self.dtype)
         with open(self.path, "rb") as fh:
-            for i, r in enumerate(rows):
-                out[i] = np.frombuffer(
-                    os.pread(fh.fileno(), self.row_bytes, self.offset + int(r) * self.row_bytes), self.dtype
-                )
+            for i, r in enumerate(rows.tolist()):  # each row read straight into its place
+                if os.preadv(fh.fileno(), [out[i]], self.offset + r * self.row_bytes) != self.row_bytes:
+                    raise DataError(self.path, f"row {r} lies past the end of the file (truncated?)")
         return out
 
 

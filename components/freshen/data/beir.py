@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class BeirDataset:
     root: Path
-    corpus: dict[str, dict]  # doc id -> {"title": str, "text": str}, file order kept
+    corpus: Mapping[str, dict]  # doc id -> {"title": str, "text": str}, file order kept (a dict, or LazyCorpus)
     queries: dict[str, str]  # query id -> text
     qrels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # split -> qid -> docid -> rel
     _evaluated: dict = field(default_factory=dict, repr=False, compare=False)  # split -> (qrels, evaluation_qrels)
@@ -35,8 +36,12 @@ class BeirDataset:
     def doc_ids(self) -> list[str]:
         return list(self.corpus)
 
-    def doc_texts(self, ids: list[str] | None = None) -> list[str]:
-        return [doc_text(self.corpus[d]) for d in (ids if ids is not None else self.corpus)]
+    def doc_texts(self, ids: list[str] | None = None):
+        """Texts of documents `ids` (all, in file order, by default): a list, or with a lazy
+        corpus a sequence that reads each text from corpus.jsonl when indexed."""
+        ids = list(self.corpus) if ids is None else ids
+        lazy = getattr(self.corpus, "texts", None)
+        return lazy(ids) if lazy is not None else [doc_text(self.corpus[d]) for d in ids]
 
     def positives(self, split: str, min_grade: int = 1, top: bool = False) -> dict[str, list[str]]:
         """Query id -> doc ids judged at least `min_grade` (default: relevant at all, > 0), for
@@ -179,12 +184,19 @@ def read_queries(path: str | Path) -> dict[str, str]:
     return queries
 
 
-def load_beir(root: str | Path, splits=SPLITS, required=("train", "test")) -> BeirDataset:
+def load_beir(root: str | Path, splits=SPLITS, required=("train", "test"), lazy_corpus: bool = False) -> BeirDataset:
+    """A BEIR folder, validated. With `lazy_corpus` the corpus holds ids and byte offsets only,
+    its texts read from corpus.jsonl when asked for (`corpus_file.LazyCorpus`)."""
     root = Path(root)
     for name in ("corpus.jsonl", "queries.jsonl"):
         if not (root / name).is_file():
             raise DataError(root / name, "file not found (is this a BEIR dataset folder?)")
-    corpus = read_corpus(root / "corpus.jsonl")
+    if lazy_corpus:
+        from freshen.data.corpus_file import CorpusFile, LazyCorpus  # it reads documents as this module does
+
+        corpus = LazyCorpus(CorpusFile(root / "corpus.jsonl"))
+    else:
+        corpus = read_corpus(root / "corpus.jsonl")
     queries = read_queries(root / "queries.jsonl")
     ds = BeirDataset(root=root, corpus=corpus, queries=queries)
     for split in splits:

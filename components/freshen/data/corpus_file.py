@@ -1,11 +1,12 @@
-"""A corpus read lazily, for embedding corpora larger than memory: one validating pass keeps
-each document's id, byte offset and content hash; texts are read back from the file a range at
-a time."""
+"""A corpus read lazily, for corpora larger than memory: one validating pass keeps each
+document's id, byte offset and content hash; texts are read back from the file a range at a
+time. `LazyCorpus` is the same file as the id -> document mapping a `BeirDataset` holds."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -61,23 +62,59 @@ class CorpusFile:
 
     def read(self, start: int, stop: int) -> list[str]:
         """Texts of documents [start, stop): one seek, then sequential reads."""
-        if start >= stop:
-            return []
-        out = []
+        return [doc_text(obj) for obj in self.documents(range(start, stop))]
+
+    def at(self, positions) -> list[str]:
+        """Texts of the documents at `positions` (any order), the file opened once."""
+        return [doc_text(obj) for obj in self.documents(positions)]
+
+    def documents(self, positions) -> Iterator[dict]:
+        """The JSON objects of the documents at `positions`, read in that order (a seek only where
+        the next one does not follow: blank lines, or positions out of file order)."""
+        positions = [int(i) for i in positions]
+        if not positions:
+            return
         with open(self.path, "rb") as fh:
-            fh.seek(int(self.offsets[start]))
-            for i in range(start, stop):
+            for i in positions:
                 if int(self.offsets[i]) != fh.tell():
-                    fh.seek(int(self.offsets[i]))  # blank lines between documents
+                    fh.seek(int(self.offsets[i]))
                 obj = json.loads(fh.readline())
                 if str(obj["_id"]) != self.ids[i]:
                     raise DataError(self.path, f"changed while being read: expected id '{self.ids[i]}'")
-                out.append(doc_text(obj))
-        return out
+                yield obj
 
     def slice(self, start: int, stop: int) -> CorpusFile:
         return CorpusFile(self.path, self.ids[start:stop], self.offsets[start:stop], self.hashes[start:stop])
 
     def take(self, rows: np.ndarray) -> CorpusFile:
-        """The documents at positions `rows` (ascending), read lazily like the whole."""
+        """The documents at positions `rows`, read lazily like the whole (fastest ascending)."""
         return CorpusFile(self.path, [self.ids[i] for i in rows], self.offsets[rows], self.hashes[rows])
+
+
+class LazyCorpus(Mapping):
+    """corpus.jsonl as the mapping a `BeirDataset` holds (id -> {"title", "text"}, file order),
+    with no text in memory: each document is read from the file when asked for. `texts(ids)`
+    gives passage texts by position, read lazily too (`BeirDataset.doc_texts`)."""
+
+    def __init__(self, file: CorpusFile):
+        self.file = file
+        self.position = {doc_id: i for i, doc_id in enumerate(file.ids)}
+
+    def __getitem__(self, doc_id: str) -> dict:
+        obj = next(self.file.documents([self.position[doc_id]]))
+        return {"title": obj.get("title") or "", "text": obj["text"]}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.file.ids)
+
+    def __len__(self) -> int:
+        return len(self.file)
+
+    def __contains__(self, doc_id) -> bool:
+        return doc_id in self.position
+
+    def texts(self, ids: list[str]) -> CorpusFile:
+        """The documents `ids` in that order, as passage texts read when indexed."""
+        if ids == self.file.ids:
+            return self.file
+        return self.file.take(np.array([self.position[d] for d in ids], dtype=np.int64))

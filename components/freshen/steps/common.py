@@ -42,8 +42,9 @@ def shown(p: Path, root: Path) -> str:
         return str(p)
 
 
-def prepared(params: Params, root: Path):
-    return load_beir(path(root, params.data.out_dir), required=("train", "dev", "test"))
+def prepared(params: Params, root: Path, lazy_corpus: bool = False):
+    """The prepared dataset; with `lazy_corpus`, document texts stay in corpus.jsonl until read."""
+    return load_beir(path(root, params.data.out_dir), required=("train", "dev", "test"), lazy_corpus=lazy_corpus)
 
 
 def checked_cache(folder: Path, params: Params, root: Path, ds) -> Cache:

@@ -152,7 +152,7 @@ def train_and_save(params: Params, root: Path, log=NullLog(), model_saved=lambda
     than 0 of a distributed run trains and writes nothing (it returns {})."""
     t = p = params.train  # p: the section trained with, the pilot's choice when there is one
     set_threads(world.size)
-    ds = prepared(params, root)
+    ds = prepared(params, root, lazy_corpus=True)  # passage texts read by byte offset, as batches need them
     cache = checked_cache(path(root, params.cache.out_dir), params, root, ds)
     clusters = read_clusters(path(root, params.cluster.out_dir))
     teacher = None

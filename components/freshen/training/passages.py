@@ -18,7 +18,9 @@ from freshen.training.distributed import World
 
 
 class Passages:
-    def __init__(self, encoder, texts: list[str], p: TrainParams, encode_p: EncodeParams, world: World = World()):
+    """`texts`: passage texts by cache row, a list or a `CorpusFile` (read from the file when asked)."""
+
+    def __init__(self, encoder, texts, p: TrainParams, encode_p: EncodeParams, world: World = World()):
         self.encoder, self.texts, self.world = encoder, texts, world
         self.max_len = p.passage_max_len or encoder.config.passage_max_len
         self.device = next(encoder.parameters()).device
@@ -38,7 +40,12 @@ class Passages:
     def embed(self, rows: list[int]) -> torch.Tensor:
         """Training passage embeddings [n, dim], with gradient."""
         with self.autocast():
-            return self.encoder.embed([self.texts[r] for r in rows], "passage", max_len=self.max_len).float().cpu()
+            return self.encoder.embed(self.texts_of(rows), "passage", max_len=self.max_len).float().cpu()
+
+    def texts_of(self, rows: list[int]) -> list[str]:
+        """The texts of `rows` (a CorpusFile reads them with the file opened once)."""
+        at = getattr(self.texts, "at", None)
+        return at(rows) if at is not None else [self.texts[r] for r in rows]
 
     def embed_fresh(self, rows) -> torch.Tensor:
         """The current encoder's embeddings of `rows`, no gradient, in training mode (as a step sees them)."""
@@ -47,13 +54,13 @@ class Passages:
 
     def _fresh(self, rows: list[int]) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
-            fresh = self.encoder.embed([self.texts[r] for r in rows], "passage", max_len=self.max_len)
+            fresh = self.encoder.embed(self.texts_of(rows), "passage", max_len=self.max_len)
         return fresh.float().cpu()
 
     def encode(self, rows, desc: str) -> torch.Tensor:
         """`rows` encoded in inference batches of `encode.batch_size`."""
         rows = [int(r) for r in rows]
-        return self._split(len(rows), lambda a, b: self._encode([self.texts[r] for r in rows[a:b]], desc))
+        return self._split(len(rows), lambda a, b: self._encode(self.texts_of(rows[a:b]), desc))
 
     def encode_all(self, dim: int, desc: str) -> np.ndarray:
         """The whole corpus encoded [n, dim] (a refresh)."""
@@ -77,7 +84,7 @@ class Passages:
     def measure(self, rows) -> torch.Tensor:
         """`rows` encoded to measure the encoder (probe and overlap passages)."""
         rows = [int(r) for r in rows]
-        return self._split(len(rows), lambda a, b: self._encode([self.texts[r] for r in rows[a:b]]))
+        return self._split(len(rows), lambda a, b: self._encode(self.texts_of(rows[a:b])))
 
     def _encode(self, texts: list[str], desc: str | None = None) -> torch.Tensor:
         return torch.from_numpy(

@@ -45,13 +45,20 @@ def corrected(corrector: Corrector, stale: np.ndarray) -> np.ndarray:
     return out
 
 
-def top_rows(queries: np.ndarray, table: np.ndarray, k: int) -> np.ndarray:
-    """Each query's top `k` rows of `table` by inner product (exact, faiss)."""
-    import faiss
+class TableIndex:
+    """A table [n, dim] and its exact inner-product index (faiss), built once: each epoch's
+    table is searched twice, by the dev queries and for the next epoch's candidates."""
 
-    index = faiss.IndexFlatIP(table.shape[1])
-    index.add(np.ascontiguousarray(table, dtype=np.float32))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(table)))[1]
+    def __init__(self, table: np.ndarray):
+        import faiss
+
+        self.table = np.ascontiguousarray(table, dtype=np.float32)
+        self.index = faiss.IndexFlatIP(self.table.shape[1])
+        self.index.add(self.table)
+
+    def top_rows(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Each query's top `k` rows by inner product (exact)."""
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self.table)))[1]
 
 
 def fit(
@@ -66,18 +73,18 @@ def fit(
 ) -> ServingFit:
     """Fit a copy of `corrector` for retrieval (module docstring). `queries[i]` is a training
     query's embedding by the trained encoder and `positives[i]` its judged rows of `stale`;
-    `dev_score(table)` is the dev nDCG@10 of the trained queries over `table` (h'(stale))."""
+    `dev_score(index)` is the dev nDCG@10 of the trained queries over `index.table` (h'(stale))."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     start = corrected(corrector, stale)
-    history = [dev_score(start)]
+    table = TableIndex(start)
+    history = [dev_score(table)]
     best = (history[0], 0, corrector)
     model = copy.deepcopy(corrector).train()
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.0)
     q_all = torch.from_numpy(np.asarray(queries, dtype=np.float32))
-    table = start
     for epoch in progress(range(1, p.epochs + 1), desc="serving fit", unit="epoch"):
-        cands = top_rows(queries, table, p.candidates)
+        cands = table.top_rows(queries, p.candidates)
         for batch in np.array_split(rng.permutation(len(queries)), max(1, -(-len(queries) // p.batch_queries))):
             rows = np.unique(np.concatenate([cands[batch].ravel(), *(positives[i] for i in batch)]))
             rows = rows[rows >= 0]
@@ -94,7 +101,7 @@ def fit(
             opt.zero_grad()
             loss.backward()
             opt.step()
-        table = corrected(model, stale)
+        table = TableIndex(corrected(model, stale))
         history.append(dev_score(table))
         if history[-1] > best[0]:
             best = (history[-1], epoch, copy.deepcopy(model))
@@ -105,11 +112,12 @@ def fit(
 
 
 def dev_scorer(queries: np.ndarray, qids: list[str], doc_ids: list[str], qrels: dict):
-    """`dev_score(table)`: nDCG@10 of these queries' top 100 over `table` (the rows of `doc_ids`)."""
+    """`dev_score(index)`: nDCG@10 of these queries' top 100 over `index.table` (a `TableIndex`
+    of the rows of `doc_ids`)."""
 
-    def dev_score(table: np.ndarray) -> float:
-        rows = top_rows(queries, table, 100)
-        scores = np.einsum("qd,qkd->qk", queries, table[rows])
+    def dev_score(index: TableIndex) -> float:
+        rows = index.top_rows(queries, 100)
+        scores = np.einsum("qd,qkd->qk", queries, index.table[rows])
         run = {q: {doc_ids[r]: float(s) for r, s in zip(rows[i], scores[i]) if r >= 0} for i, q in enumerate(qids)}
         return evaluate_run(qrels, run)["ndcg_at_10"]
 
