@@ -188,7 +188,12 @@ def launch_ranks(step: str, args, argv: list[str]) -> int:
     except FreshenError as exc:
         print(f"freshen {step}: error: {exc}", file=sys.stderr)
         return 2
-    return launch.launch(argv, args.nproc)
+    code = launch.launch(argv, args.nproc)
+    if code != 0:  # rank 0 may have been killed before it could end its MLflow run
+        from freshen import tracking
+
+        tracking.end_runs_of_dead_processes(Path(args.root).resolve(), params.mlflow.experiment)
+    return code
 
 
 def run_step(args) -> int:
