@@ -12,6 +12,7 @@ from freshen.cache import load_cache
 from freshen.cache_rows import ORIGIN
 from freshen.errors import DataError
 from freshen.index_store import read_pointer, search_serving
+from freshen.orchestration.events import serving_event
 from freshen.params import validate_params
 from freshen.steps import corrected_index, embed_cache, merge_shards, prepare, reembed
 from test_sharding import make_champion, shard_all
@@ -87,6 +88,9 @@ def test_corrected_index_serves_h_of_unchanged_rows_and_encodes_the_rest(prepare
     np.testing.assert_allclose(np.asarray(cache.embeddings, np.float32)[kept], expected.numpy(), atol=2e-3)
     hits = search_serving(serving, np.asarray(cache.embeddings, np.float32), k=100)
     assert all(not set(REMOVED) & set(h) for h in hits) and len(hits[0]) == 62
+    extra = serving_event(validate_params(params), root)  # what the serving Asset event tells
+    assert extra["folder"] == pointer["folder"] and "history" not in extra
+    assert extra["rows"] == cache.manifest["origin"] and (extra["passes"], extra["passes_saved"]) == (9, 53)
 
 
 def test_a_run_killed_before_the_pointer_swap_never_serves_a_removed_document(prepared_project, monkeypatch):

@@ -368,13 +368,21 @@ def test_gpus_that_do_not_divide_the_batch_are_an_import_error_naming_the_field(
     assert len(errors) == 3
     assert all(
         re.search(
-            r"params\.yaml:\d+: orchestration\.gpu\.count: 3 GPUs for train .* must divide train\.batch_size 64", e
+            r"params\.yaml:\d+: orchestration\.gpu\.count: 3 GPUs for train \(one process each\): "
+            r"train\.batch_size: 64 is not divisible by the 3 training processes",
+            e,
         )
         for e in errors.values()
     ), errors
+    gpu_steps = params["orchestration"]["gpu"]["steps"]
     params["orchestration"]["gpu"]["steps"] = ["embed_cache", "reembed"]  # train on the CPU: one process
     project_with(tmp_path, params)
     assert dagbag().import_errors == {}
+    params["orchestration"]["gpu"].update(count=2, steps=gpu_steps)  # 2 divides 64, but a teacher cannot be split
+    params["train"]["teacher"]["scores"] = "data/teacher_scores.tsv"
+    project_with(tmp_path, params)
+    errors = dagbag().import_errors
+    assert len(errors) == 3 and all("train.teacher.scores: Margin-MSE with a teacher" in e for e in errors.values())
 
 
 def test_a_missing_provider_names_the_package(tmp_path, monkeypatch):

@@ -225,6 +225,21 @@ def test_a_rank_that_dies_fails_the_run_and_leaves_no_model(trainable, mlflow_ur
     assert _train_runs(mlflow_uri) in (["FAILED"], ["KILLED"])
 
 
+def test_one_rule_says_what_n_training_processes_need():
+    from freshen.errors import FreshenError
+    from freshen.params import TrainParams
+    from freshen.training.launch import check_nproc
+
+    check_nproc(TrainParams(batch_size=8), 2, teacher=False)  # 4 queries each
+    check_nproc(TrainParams(batch_size=7), 1, teacher=True)  # one process: any batch, a teacher
+    with pytest.raises(FreshenError, match="train.batch_size: 8 is not divisible by the 3 training processes"):
+        check_nproc(TrainParams(batch_size=8), 3, teacher=False)
+    with pytest.raises(FreshenError, match="train.teacher.scores: .* one process only"):
+        check_nproc(TrainParams(batch_size=8), 2, teacher=True)
+    with pytest.raises(FreshenError, match="at least 1"):
+        check_nproc(TrainParams(batch_size=8), 0, teacher=False)
+
+
 def test_nproc_is_refused_before_any_work_where_it_cannot_run(trainable):
     root, params = trainable
     uneven = _freshen(root, "train", "--nproc", "3")  # tiny batch_size 4

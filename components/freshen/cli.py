@@ -175,16 +175,12 @@ def main(argv: list[str] | None = None) -> int:
 def launch_ranks(step: str, args, argv: list[str]) -> int:
     """`freshen train --nproc N`: the params checked, then N ranks launched by torchrun."""
     try:
-        if args.nproc < 1:
-            raise FreshenError(f"--nproc {args.nproc}: the number of training processes is at least 1")
         if step != launch.DISTRIBUTED_STEP:
             raise FreshenError(
                 f"--nproc {args.nproc}: only `freshen {launch.DISTRIBUTED_STEP}` runs in more than one process"
             )
         params = load_params(Path(args.root) / args.params, args.overrides, args.set_json)
-        from freshen.training.distributed import World, check_world
-
-        check_world(params.train, World(0, args.nproc), bool(params.train.teacher.scores))
+        launch.check_nproc(params.train, args.nproc, bool(params.train.teacher.scores))
     except FreshenError as exc:
         print(f"freshen {step}: error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from pathlib import Path
 from freshen.errors import FreshenError
 from freshen.params import SET_ENV, Params, load_params
 from freshen.params.loading import env_overrides, read_file, where_set
-from freshen.training.launch import DISTRIBUTED_STEP
+from freshen.training.launch import DISTRIBUTED_STEP, check_nproc
 
 PROJECT_ENV, PARAMS_ENV = "FRESHEN_PROJECT_DIR", "FRESHEN_PARAMS"
 HOST_PROJECT_ENV = "FRESHEN_HOST_PROJECT_DIR"
@@ -75,16 +75,16 @@ class Project:
         return {"nproc": gpus} if step == DISTRIBUTED_STEP and gpus > 1 else {}
 
     def check_ranks(self) -> None:
-        """One rank per GPU splits train.batch_size evenly: said when the DAG or pipeline is parsed,
-        not first by the train task (`freshen train --nproc` checks it again for a run's overrides)."""
+        """What one rank per GPU needs of `train` (`check_nproc`: a batch they split evenly, no
+        teacher): said when the DAG or pipeline is parsed, not first by the train task (which
+        checks it again, with a run's overrides)."""
         nproc = self.step_options(DISTRIBUTED_STEP).get("nproc", 1)
-        if self.params.train.batch_size % nproc:
+        try:
+            check_nproc(self.params.train, nproc, bool(self.params.train.teacher.scores))
+        except FreshenError as exc:
             field, (_, lines) = "orchestration.gpu.count", read_file(self.params_path)
             where = where_set(field, env_overrides(os.environ), str(self.params_path), lines)
-            raise FreshenError(
-                f"{where}: {nproc} GPUs for {DISTRIBUTED_STEP} (one process each) must divide "
-                f"train.batch_size {self.params.train.batch_size}"
-            )
+            raise FreshenError(f"{where}: {nproc} GPUs for {DISTRIBUTED_STEP} (one process each): {exc}") from None
 
     def host_project_dir(self) -> str:
         return self.params.orchestration.docker.host_project_dir or os.environ.get(HOST_PROJECT_ENV) or str(self.root)

@@ -94,7 +94,7 @@ def refresh_reasons(run_type: str, events: dict[str, list[dict]]) -> dict:
 def serving_event(params: Params, root: Path, reasons: dict | None = None) -> dict:
     """The serving Asset event's extra: current.json (less its history), the served cache's rows
     by origin with the passes they cost and saved, this refresh's decision, and `reasons`."""
-    from freshen.cache import load_cache
+    from freshen.cache import MANIFEST
     from freshen.index_store import read_pointer
     from freshen.jsonfile import read_json
     from freshen.refresh_policy import DECISION
@@ -104,7 +104,7 @@ def serving_event(params: Params, root: Path, reasons: dict | None = None) -> di
     pointer = read_pointer(serving) or {}
     extra = {k: v for k, v in pointer.items() if k != "history"}
     if pointer:
-        origin = load_cache(serving / pointer["folder"]).manifest.get("origin") or {}
+        origin = read_json(serving / pointer["folder"] / MANIFEST).get("origin") or {}  # not its rows
         extra["rows"] = origin
         extra["passes"] = origin.get("encoded")
         extra["passes_saved"] = origin.get("reused", 0) + origin.get("corrected", 0) if origin else None

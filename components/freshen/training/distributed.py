@@ -148,18 +148,6 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def check_world(p, world: World, teacher: bool = False) -> None:
-    """What data-parallel training needs of the `train` section `p` (FreshenError otherwise)."""
-    if not world.distributed:
-        return
-    from freshen.errors import FreshenError
-
-    if p.batch_size % world.size:
-        raise FreshenError(f"train.batch_size: {p.batch_size} is not divisible by the {world.size} training processes")
-    if teacher:
-        raise FreshenError("train.teacher.scores: Margin-MSE with a teacher trains in one process only (no --nproc)")
-
-
 def rank_seed(seed: int, rank: int) -> int:
     """Rank `rank`'s torch seed (dropout) derived from `seed`; rank 0 keeps `seed` itself."""
     return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])

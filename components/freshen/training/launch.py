@@ -9,10 +9,26 @@ import subprocess
 import sys
 import tempfile
 
+from freshen.errors import FreshenError
+
 DISTRIBUTED_STEP = "train"  # the one step that runs as more than one process
 NPROC_ENV = "FRESHEN_NPROC"  # set in the processes `launch` starts: they are ranks, not launchers
 RANK_STATUS_ENV = "FRESHEN_RANK_STATUS"  # a folder each launched rank writes its exit code to
 STOPPED = 143  # the exit code of a rank torchrun stopped (SIGTERM) because another failed
+
+
+def check_nproc(train, nproc: int, teacher: bool) -> None:
+    """What `nproc` training processes need of the `train` section `train` (FreshenError
+    otherwise): the one rule for `freshen train --nproc`, each rank as it starts, and the GPU
+    count of a DAG's or pipeline's train task when they are parsed."""
+    if nproc < 1:
+        raise FreshenError(f"--nproc {nproc}: the number of training processes is at least 1")
+    if nproc == 1:
+        return
+    if train.batch_size % nproc:
+        raise FreshenError(f"train.batch_size: {train.batch_size} is not divisible by the {nproc} training processes")
+    if teacher:
+        raise FreshenError("train.teacher.scores: Margin-MSE with a teacher trains in one process only (no --nproc)")
 
 
 def launch(argv: list[str], nproc: int) -> int:

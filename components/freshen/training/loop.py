@@ -25,8 +25,9 @@ from freshen.progress import progress
 from freshen.sampling.tas import make_batches
 from freshen.training.corrector_trainer import CorrectorTrainer
 from freshen.training.data import Counters, TrainingData, TrainResult
-from freshen.training.distributed import World, check_world, rank_seed
+from freshen.training.distributed import World, rank_seed
 from freshen.training.hooks import Callbacks, HookList, Hooks
+from freshen.training.launch import check_nproc
 from freshen.training.passages import Passages
 from freshen.training.refresher import Refresher
 from freshen.training.retriever import RetrieverUpdate
@@ -60,7 +61,7 @@ class Trainer:
         world: World = World(),
     ):
         self.encoder, self.p, self.world = encoder, p, world
-        check_world(p, world, teacher is not None)
+        check_nproc(p, world.size, teacher is not None)
         self.hooks = HookList([Callbacks(on_log, on_eval), *hooks])
         self.rng = np.random.default_rng(seed)  # batches, each query's positive, the probe passages
         torch.manual_seed(seed)  # dropout, the corrector's initial weights
