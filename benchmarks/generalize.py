@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.common import RESULTS, ROOT, command_line, machine, write_report
+from benchmarks.common import RESULTS, ROOT, command_line, machine, write_keeping_notes, write_report
 
 VARIANTS = ("scifact-incomplete", "scifact-dense", "scifact-topics")
 DEFAULT_DATASETS = ("scifact", *VARIANTS)
@@ -576,7 +576,7 @@ def main() -> None:
             results.append(run_one(base, name, folder, seed, work, overrides, int(base["seed"])))
             print(json.dumps(results[-1]))
     out = Path(args.out)
-    write_report(out / "report.md", report(results, command, overrides))
+    write_keeping_notes(out / "report.md", report(results, command, overrides))  # hand-written notes stay
     write_report(out / "results.json", json.dumps(results, indent=2) + "\n")
     print(report(results, command, overrides))
 
