@@ -145,23 +145,43 @@ def test_topics_grade_own_abstracts_2_and_the_topic_s_others_1(source, tmp_path,
     assert info["test"]["positives_per_query"] > 1.5  # topics of about 5 queries: several positives each
 
 
+RUN = {  # one finished run's result.json
+    "dataset": "a",
+    "seed": 1,
+    "test_zero_shot": 0.5,
+    "test_trained": 0.6,
+    "test_bm25": 0.4,
+    "promoted": True,
+    "dev_zero_shot": 0.5,
+    "dev_trained": 0.6,
+    "best_step": 5,
+    "promotion_reason": "beats",
+    "command": "python -m benchmarks.generalize --seeds 1",
+}
+
+
 def test_the_report_names_the_command_that_made_the_runs():
-    run = {
-        "dataset": "a",
-        "seed": 1,
-        "test_zero_shot": 0.5,
-        "test_trained": 0.6,
-        "test_bm25": 0.4,
-        "promoted": True,
-        "dev_zero_shot": 0.5,
-        "dev_trained": 0.6,
-        "best_step": 5,
-        "promotion_reason": "beats",
-        "command": "python -m benchmarks.generalize --seeds 1",
-    }
-    text = gen.report([run], "python -m benchmarks.generalize --report-only", {})
+    text = gen.report([RUN], "python -m benchmarks.generalize --report-only", {})
     assert "Runs made by: `python -m benchmarks.generalize --seeds 1`" in text
     assert "| a | 0.5000 | 0.4000 | 1: 0.6000 | 0.6000 | +0.1000 (one seed) |" in text
+
+
+def test_report_only_rewrites_the_tables_and_keeps_the_notes(tmp_path, monkeypatch):
+    from benchmarks.common import NOTES_MARKER
+
+    run = {**RUN, "dataset": "mine", "seed": 3, "test_trained": 0.7}
+    (tmp_path / "W" / "mine" / "seed3").mkdir(parents=True)
+    (tmp_path / "W" / "mine" / "seed3" / "result.json").write_text(json.dumps(run))
+    report = tmp_path / "out" / "report.md"
+    report.parent.mkdir()
+    report.write_text(f"# an old table\n\n{NOTES_MARKER}\n\n- how seed 3 was run\n")
+    argv = ["generalize", "--datasets", "", "--dataset", f"mine={tmp_path}", "--seeds", "3", "--report-only"]
+    monkeypatch.setattr("sys.argv", [*argv, "--work", str(tmp_path / "W"), "--out", str(report.parent)])
+    gen.main()
+    text = report.read_text()
+    assert "an old table" not in text and "| mine | 0.5000 | 0.4000 | 3: 0.7000 |" in text
+    assert text.endswith(f"\n{NOTES_MARKER}\n\n- how seed 3 was run\n")
+    assert json.loads((report.parent / "results.json").read_text()) == [run]
 
 
 def test_seeds_trained_on_different_bytes_are_not_pooled(source, tmp_path):
