@@ -188,7 +188,10 @@ def launch_ranks(step: str, args, argv: list[str]) -> int:
     if code != 0:  # rank 0 may have been killed before it could end its MLflow run
         from freshen import tracking
 
-        tracking.end_runs_of_dead_processes(Path(args.root).resolve(), params.mlflow.experiment)
+        try:
+            tracking.end_runs_of_dead_processes(Path(args.root).resolve(), params.mlflow.experiment)
+        except Exception as exc:  # the ranks' exit code matters more than this bookkeeping
+            print(f"freshen {step}: warning: could not end the dead ranks' MLflow runs: {exc}", file=sys.stderr)
     return code
 
 
