@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from freshen.data.beir import carve_dev, load_beir, read_queries
 from freshen.data.fetch import ENV_VAR, resolve_dataset_dir, sha256_file
@@ -99,6 +100,23 @@ def test_a_lazy_corpus_is_the_same_dataset_with_no_text_in_memory(tiny_beir):
     # the texts are read when asked for, not kept: the last document rewritten in place is read anew
     _rewrite_line(tiny_beir / "corpus.jsonl", 60, json.dumps({"_id": "d59", "text": "rewritten"}))
     assert lazy.corpus["d59"] == {"title": "", "text": "rewritten"} and texts[59] == "rewritten"
+
+
+def test_the_training_load_skips_text_hashes_and_makes_the_same_ones_when_asked(tiny_beir):
+    """`train` reads texts, never their hashes: its load (`lazy_corpus`) skips hashing; asked for
+    anyway, the hashes (of the whole, a slice, a subset) equal those of the validating pass."""
+    from freshen.data.corpus_file import CorpusFile, text_hash
+
+    _rewrite_line(tiny_beir / "corpus.jsonl", 4, json.dumps({"_id": "d3", "title": None, "text": " padded "}))
+    hashed = CorpusFile(tiny_beir / "corpus.jsonl")
+    lazy = load_beir(tiny_beir, lazy_corpus=True).corpus.file
+    assert lazy._hashes is None and hashed._hashes is not None and len(hashed.hashes) == 60
+    part = lazy.take(np.array([41, 3, 0]))
+    assert part._hashes is None and list(part.hashes) == [hashed.hashes[i] for i in (41, 3, 0)]
+    assert part.hashes[1] == text_hash("padded")
+    assert list(lazy.slice(10, 20).hashes) == list(hashed.hashes[10:20])
+    assert np.array_equal(lazy.hashes, hashed.hashes) and lazy.hashes.dtype == hashed.hashes.dtype
+    assert list(lazy.slice(5, 9).hashes) == list(hashed.hashes[5:9])  # from the whole, now made
 
 
 @pytest.mark.parametrize(

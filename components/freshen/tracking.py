@@ -118,9 +118,10 @@ def end_dead_runs(client, experiment_id: str) -> list[str]:
     return ended
 
 
-def end_runs_of_dead_processes(root: Path, experiment: str) -> list[str]:
-    """`end_dead_runs` now rather than at the next step: for a launcher whose ranks are gone."""
-    mlflow = setup(root, experiment)
+def end_runs_of_dead_processes(root: Path, experiment: str, mlflow=None) -> list[str]:
+    """`end_dead_runs` in `experiment`: at each step's start, and for a launcher whose ranks are
+    gone. `mlflow`: the module already `setup` for this experiment (None: set it up here)."""
+    mlflow = mlflow or setup(root, experiment)
     return end_dead_runs(mlflow.tracking.MlflowClient(), mlflow.get_experiment_by_name(experiment).experiment_id)
 
 
@@ -134,8 +135,8 @@ def step_run(step: str, params: Params, root: Path, parent: str | None = None, l
     themselves); otherwise it is this project's own (DVC, a shell), and the train pipeline's
     last step ends it."""
     experiment = params.mlflow.experiment
-    end_runs_of_dead_processes(root, experiment)
     mlflow = setup(root, experiment)
+    end_runs_of_dead_processes(root, experiment, mlflow)
     parent_id = parent_run_id(root, parent, experiment)
     tags = {
         "mlflow.parentRunId": parent_id,

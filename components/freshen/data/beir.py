@@ -194,7 +194,7 @@ def load_beir(root: str | Path, splits=SPLITS, required=("train", "test"), lazy_
     if lazy_corpus:
         from freshen.data.corpus_file import CorpusFile, LazyCorpus  # it reads documents as this module does
 
-        corpus = LazyCorpus(CorpusFile(root / "corpus.jsonl"))
+        corpus = LazyCorpus(CorpusFile(root / "corpus.jsonl", hash_texts=False))
     else:
         corpus = read_corpus(root / "corpus.jsonl")
     queries = read_queries(root / "queries.jsonl")

@@ -1,5 +1,5 @@
 """A corpus read lazily, for corpora larger than memory: one validating pass keeps each
-document's id, byte offset and content hash; texts are read back from the file a range at a
+document's id, byte offset and (unless told not to) content hash; texts are read back from the file a range at a
 time. `LazyCorpus` is the same file as the id -> document mapping a `BeirDataset` holds."""
 
 from __future__ import annotations
@@ -33,19 +33,32 @@ class CorpusFile:
         ids: list[str] | None = None,
         offsets: np.ndarray | None = None,
         hashes: np.ndarray | None = None,
+        *,
+        hash_texts: bool = True,
     ):
         self.path = Path(path)
-        if ids is None or offsets is None or hashes is None:
+        if ids is None or offsets is None:
             ids, starts, digests = [], [], []
             for _, offset, doc_id, title, text in iter_documents(self.path):
                 ids.append(doc_id)
                 starts.append(offset)
-                digests.append(text_hash(doc_text({"title": title, "text": text})))
+                if hash_texts:
+                    digests.append(text_hash(doc_text({"title": title, "text": text})))
             if not ids:
                 raise DataError(self.path, "corpus is empty")
             offsets = np.asarray(starts, dtype=np.int64)
-            hashes = np.array(digests, dtype=HASH_DTYPE)
-        self.ids, self.offsets, self.hashes = ids, offsets, hashes
+            hashes = np.array(digests, dtype=HASH_DTYPE) if hash_texts else None
+        self.ids, self.offsets, self._hashes = ids, offsets, hashes
+
+    @property
+    def hashes(self) -> np.ndarray:
+        """`text_hash` of each document's text. Made by the validating pass, unless it was told
+        not to (`hash_texts=False`: training reads texts, never their hashes); then by a second
+        read of the documents, the first time they are asked for."""
+        if self._hashes is None:
+            texts = (doc_text(obj) for obj in self.documents(range(len(self))))
+            self._hashes = np.array([text_hash(t) for t in texts], dtype=HASH_DTYPE)
+        return self._hashes
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -84,11 +97,15 @@ class CorpusFile:
                 yield obj
 
     def slice(self, start: int, stop: int) -> CorpusFile:
-        return CorpusFile(self.path, self.ids[start:stop], self.offsets[start:stop], self.hashes[start:stop])
+        return CorpusFile(self.path, self.ids[start:stop], self.offsets[start:stop], self._subset(slice(start, stop)))
 
     def take(self, rows: np.ndarray) -> CorpusFile:
         """The documents at positions `rows`, read lazily like the whole (fastest ascending)."""
-        return CorpusFile(self.path, [self.ids[i] for i in rows], self.offsets[rows], self.hashes[rows])
+        return CorpusFile(self.path, [self.ids[i] for i in rows], self.offsets[rows], self._subset(rows))
+
+    def _subset(self, which) -> np.ndarray | None:
+        """The hashes of a part of the documents; None (made when asked) if not made for the whole."""
+        return self._hashes[which] if self._hashes is not None else None
 
 
 class LazyCorpus(Mapping):
