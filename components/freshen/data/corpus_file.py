@@ -1,6 +1,7 @@
 """A corpus read lazily, for corpora larger than memory: one validating pass keeps each
-document's id, byte offset and (unless told not to) content hash; texts are read back from the file a range at a
-time. `LazyCorpus` is the same file as the id -> document mapping a `BeirDataset` holds."""
+document's id, byte offset and (unless told not to) content hash; texts are read back from the
+file a range at a time. `LazyCorpus` is the same file as the id -> document mapping a
+`BeirDataset` holds."""
 
 from __future__ import annotations
 
