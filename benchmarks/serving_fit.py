@@ -102,7 +102,8 @@ def report(summary: dict) -> str:
         "",
         f"Machine: {machine()}",
         f"Command: `{command_line('serving_fit')}`",
-        f"Project: the outputs of `dvc repro` (seed {summary['seed']}); serving_fit {summary['params']}.",
+        f"Project: its trained model and its stale and re-embedded caches (seed {summary['seed']}); "
+        f"serving_fit {summary['params']}.",
         f"Kept epoch {summary['epoch_kept']} by dev nDCG@10 (per epoch, 0 = h as trained: "
         f"{summary['dev_ndcg_per_epoch']}); fit and its evaluations {summary['fit_seconds']} s.",
         "",
