@@ -101,5 +101,5 @@ def test_the_train_step_saves_the_fitted_corrector_and_reports_it(tiny_training)
     assert set(report) == {"serving_fit_epoch", "serving_fit_dev_ndcg_at_10_before", "serving_fit_dev_ndcg_at_10"}
     assert report["serving_fit_dev_ndcg_at_10"] >= report["serving_fit_dev_ndcg_at_10_before"]
     assert (result.corrector is trained) == (report["serving_fit_epoch"] == 0)
-    off = p.model_copy(update={"corrector": p.corrector.model_copy(update={"serving_fit": ServingFitParams()})})
-    assert train_step.fit_for_serving(result, off, cache, ds, full) == {}  # epochs 0: off, the default
+    off = p.model_copy(update={"corrector": p.corrector.model_copy(update={"serving_fit": ServingFitParams(epochs=0)})})
+    assert train_step.fit_for_serving(result, off, cache, ds, full) == {}  # epochs 0: off

@@ -177,6 +177,7 @@ def tiny_params_for(params_file: Path, tiny_model: Path | str, tiny_beir: Path |
     params["train"]["pilot"]["steps"] = 2
     params["train"]["negatives"].update(k=2)
     params["train"]["corrector"].update(hidden=32, warmup_steps=2)
+    params["train"]["corrector"]["serving_fit"].update(epochs=2, candidates=20, batch_queries=8)
     return params
 
 

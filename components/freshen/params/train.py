@@ -75,14 +75,15 @@ class NegativesParams(Section):
 
 class ServingFitParams(Section):
     epochs: int = doc(
-        0,
-        "> 0: after training, fit the corrector for retrieval from the stale cache (training queries, "
-        "their judged passages); the epoch with the best dev nDCG@10 is kept, h itself when none beats it. "
-        "It gains on documents the training queries judge and loses on the others (docs/results.md).",
+        20,
+        "After training, fit the corrector for retrieval from the stale cache (training queries, "
+        "their judged passages) for this many epochs (0: off); the epoch with the best dev nDCG@10 is kept, "
+        "h itself when none beats it. It gains on documents the training queries judge and loses a little "
+        "on the others (docs/results.md).",
         ge=0,
     )
     lr: float = doc(1.0e-4, "Its learning rate (AdamW).", gt=0)
-    anchor: float = doc(1.0, "Weight of the squared distance from h'(c) to the trained h(c).", ge=0)
+    anchor: float = doc(10.0, "Weight of the squared distance from h'(c) to the trained h(c).", ge=0)
     candidates: int = doc(200, "Rows each query's softmax is over: its top of h'(cache), with its positives.", ge=1)
     batch_queries: int = doc(64, "Training queries per update.", ge=1)
 
