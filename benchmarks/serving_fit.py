@@ -9,6 +9,9 @@ queries over: the stale cache, h(stale), h'(stale) (the fitted corrector) and th
 cache. Test queries are split by whether any of their judged documents is also judged for a
 training query, since the fit moves exactly those rows.
 
+The project must have been trained with the fit off (`epochs: 0`, the default before 22a46d7):
+its saved corrector is then h as trained; a project whose `train` fitted it is refused.
+
     python -m benchmarks.serving_fit --project PATH [--set train.corrector.serving_fit.epochs=40]
 """
 
@@ -49,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(project / "params.yaml", sets=args.set)
     if params.train.corrector.serving_fit.epochs < 1:
         parser.error("train.corrector.serving_fit.epochs is 0 in that project: give --set ...epochs=N")
+    trained = project / params.train.metrics
+    if trained.is_file() and json.loads(trained.read_text()).get("serving_fit_epoch"):
+        raise SystemExit(  # the saved corrector is h' already: fitting it again would be labelled h
+            f"{trained}: field 'serving_fit_epoch': the saved corrector was fitted for serving by `train`; "
+            "this benchmark needs the corrector as trained (train with train.corrector.serving_fit.epochs=0)"
+        )
     ds = load_beir(project / params.data.out_dir, splits=("train", "dev", "test"))
     model = project / params.train.out_dir
     encoder = Encoder.load(model / "encoder")
