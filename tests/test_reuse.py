@@ -4,6 +4,7 @@ instead of encoding again, and count the encoder passes this saved (issue 26, de
 
 import numpy as np
 import pytest
+import torch
 from freshen import embed_corpus, sharding
 from freshen.cache import load_cache
 from freshen.modeling.encoder import Encoder
@@ -134,3 +135,33 @@ def test_a_shard_whose_rows_did_not_change_still_names_the_new_corpus_version(pr
     assert {load_cache(shards / sharding.shard_name(i, 3)).manifest["corpus_sha256"] for i in range(3)} == {new_sha}
     merge_shards.run(p, root, num_shards=3, model_dir=ENCODER_DIR)
     assert load_cache(root / params["orchestration"]["refresh_dir"]).manifest["count"] == 60
+
+
+def test_a_run_that_kept_the_pre_trained_encoder_is_not_embedded_again(prepared_project, encoded):
+    """A run that keeps step 0 saves a copy of the pre-trained encoder (other files, another
+    digest, the same weights): `reembed` copies the stale cache's rows instead of encoding them."""
+    root, params = prepared_project  # its trained encoder is such a copy
+    embed_cache.run(validate_params(params), root)
+    stale = load_cache(root / params["cache"]["out_dir"])
+    stats = reembed.run(validate_params(params), root)
+    assert encoded == [60]  # embed_cache's passes only
+    assert (stats["passes"], stats["passes_saved"], stats["rows_reused"]) == (0, 60, 60)
+    out = load_cache(root / params["reembed"]["out_dir"])
+    assert out.ids == stale.ids
+    np.testing.assert_array_equal(np.asarray(out.embeddings), np.asarray(stale.embeddings))
+    assert out.rows.counts() == {"encoded": 0, "reused": 60, "corrected": 0}
+    assert out.manifest["model_digest"] != stale.manifest["model_digest"]  # it names the model it stands for
+    assert out.manifest["reused_from"] == ["embed_cache"] and out.manifest["corrected"] is False
+
+    # the same encoder encoded for real gives those rows (what the copy stands for)
+    assert reembed.run(validate_params(with_(params, reuse=False)), root)["passes"] == 60
+    np.testing.assert_array_equal(np.asarray(load_cache(out.path).embeddings), np.asarray(stale.embeddings))
+    assert encoded == [60, 60]
+
+    # one weight changed: another encoder, encoded
+    enc = Encoder.load(root / ENCODER_DIR)
+    with torch.no_grad():
+        next(enc.parameters())[0, 0] += 1e-3
+    enc.save(root / ENCODER_DIR)
+    assert reembed.run(validate_params(params), root)["passes"] == 60 and encoded == [60, 60, 60]
+    assert load_cache(out.path).rows.counts()["encoded"] == 60

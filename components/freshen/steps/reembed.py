@@ -3,22 +3,31 @@ the same format. This is the cost the corrector makes rare; it is counted in pas
 
 With `reembed.corrector: true` nothing is encoded: the trained corrector maps the stale cache
 (`cache.out_dir`) to its estimate of the new embeddings, h(C), written as the new cache
-(manifest `"corrected": true`), at no target-encoder pass."""
+(manifest `"corrected": true`), at no target-encoder pass.
+
+A training run that keeps step 0 (nothing beat the pre-trained encoder on dev) saves a copy of
+the pre-trained encoder: its rows are the stale cache's, which is then copied, not encoded again
+(see `unchanged_encoder`)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
-from freshen.cache import load_cache, write_corrected_cache
+import torch
+
+from freshen.cache import EMBEDDINGS, Cache, load_cache, write_cache, write_corrected_cache
+from freshen.cache_rows import Rows
 from freshen.config import params_hash
-from freshen.embed_corpus import embed_to_cache, place
+from freshen.data.corpus_file import CorpusFile
+from freshen.embed_corpus import embed_to_cache, embedding_key, place
 from freshen.encoding import set_threads
-from freshen.errors import FreshenError
+from freshen.errors import DataError, FreshenError
 from freshen.integrity import file_sha256
 from freshen.locks import hold
 from freshen.modeling.corrector import Corrector
-from freshen.modeling.encoder import Encoder, model_digest
+from freshen.modeling.encoder import Encoder, model_digest, resolve_model_path
 from freshen.params import Params
 from freshen.steps.common import NullLog, path, shown
 from freshen.steps.embed_cache import prepared_corpus
@@ -49,16 +58,81 @@ def reembed(params: Params, root: Path) -> dict:
     else:
         set_threads()
         corpus = prepared_corpus(params, root)
-        encoder = place(Encoder.load(model_dir / "encoder"), params.encode.device)
-        _, stats = embed_to_cache(
-            encoder,
-            corpus,
-            path(root, params.reembed.out_dir),
-            params.encode,
-            {**manifest, "corrected": False, "corpus": params.data.name, "corpus_sha256": file_sha256(corpus.path)},
-            "re-embed",
-        )
+        encoder = Encoder.load(model_dir / "encoder")
+        manifest = {
+            **manifest,
+            "corrected": False,
+            "corpus": params.data.name,
+            "corpus_sha256": file_sha256(corpus.path),
+        }
+        out = path(root, params.reembed.out_dir)
+        stale = unchanged_encoder(params, root, encoder, corpus) if params.encode.reuse else None
+        if stale is not None:
+            stats = copy_stale(
+                stale, out, {**manifest, "embedding_key": embedding_key(encoder, manifest, params.encode)}
+            )
+        else:
+            encoder = place(encoder, params.encode.device)
+            _, stats = embed_to_cache(encoder, corpus, out, params.encode, manifest, "re-embed")
     return stats
+
+
+def unchanged_encoder(params: Params, root: Path, encoder: Encoder, corpus: CorpusFile) -> Cache | None:
+    """The stale cache when `encoder` computes what the encoder that made it computes (same
+    settings, tokenizer and weights), for this very corpus; None otherwise, or when the stale
+    cache is missing or damaged. The saved copy of the pre-trained encoder has other files, hence
+    another digest, than the model it was loaded from: its weights are compared instead."""
+    try:
+        stale = load_cache(path(root, params.cache.out_dir))
+    except (DataError, OSError):
+        return None
+    m = stale.manifest
+    if stale.rows is None or m.get("corpus_sha256") != file_sha256(corpus.path) or stale.ids != corpus.ids:
+        return None
+    if m.get("model_digest") != model_digest(resolve_model_path(params.model.name_or_path, root)):
+        return None  # the stale cache is not the pre-trained encoder's (or that model changed since)
+    source = Encoder.from_params(params.model.model_dump(), root)
+    if m.get("embedding_key") != embedding_key(source, m, params.encode):
+        return None  # made with other settings (precision, token limit) than these
+    if m.get("embeddings_sha256") != file_sha256(stale.path / EMBEDDINGS):
+        return None  # changed since it was written
+    return stale if same_function(encoder, source) else None
+
+
+def same_function(a: Encoder, b: Encoder) -> bool:
+    """Whether two encoders give the same embedding for every text: the same settings (but the
+    name of their base model), the same tokenizer and the same tensors."""
+    ca, cb = asdict(a.config), asdict(b.config)
+    ca.pop("base_model"), cb.pop("base_model")
+    if ca != cb or a.shared != b.shared or type(a.tokenizer) is not type(b.tokenizer):
+        return False
+    if a.tokenizer.is_fast and b.tokenizer.is_fast:
+        if a.tokenizer.backend_tokenizer.to_str() != b.tokenizer.backend_tokenizer.to_str():
+            return False
+    elif a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def copy_stale(stale: Cache, out: Path, manifest: dict) -> dict:
+    """The stale cache's rows written as the re-embedded cache (origin `reused`), at no encoder pass."""
+
+    def fill(arr) -> None:
+        for start in range(0, len(stale), 65536):
+            arr[start : start + 65536] = stale.embeddings[start : start + 65536]
+
+    cache = write_cache(
+        out,
+        stale.ids,
+        stale.dim,
+        fill,
+        {**manifest, "max_len": stale.manifest.get("max_len"), "reused_from": [str(stale.manifest.get("source"))]},
+        Rows.all(stale.rows.hashes, "reused"),
+    )
+    n = len(cache)
+    logger.info(f"reembed: the trained encoder is the pre-trained one: {n} rows copied from {stale.path}, none encoded")
+    return {"docs": n, "passes": 0, "passes_saved": n, "rows_encoded": 0, "rows_reused": n, "rows_corrected": 0}
 
 
 def corrected(params: Params, root: Path, model_dir: Path, manifest: dict) -> dict:
