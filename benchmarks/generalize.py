@@ -257,11 +257,15 @@ def dataset_params(base: dict, name: str, folder: Path, shared: Path, seed: int,
     return p
 
 
-def freshen(step: str, project: Path) -> None:
+def freshen(step: str, project: Path, nproc: int = 1) -> None:
+    """One step in `project`; `train` in `nproc` ranks (`freshen train --nproc`) when nproc > 1."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("FRESHEN_DATA_DIR", None)
+    ranks = ["--nproc", str(nproc)] if step == "train" and nproc > 1 else []
     subprocess.run(
-        [sys.executable, "-m", "freshen", "--root", str(project), "--params", "params.yaml", step], check=True, env=env
+        [sys.executable, "-m", "freshen", "--root", str(project), "--params", "params.yaml", step, *ranks],
+        check=True,
+        env=env,
     )
 
 
@@ -273,7 +277,9 @@ def weights_md5(model_dir: Path) -> dict[str, str]:
     }
 
 
-def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, overrides: dict, base_seed: int) -> dict:
+def run_one(
+    base: dict, name: str, folder: Path, seed: int, work: Path, overrides: dict, base_seed: int, nproc: int = 1
+) -> dict:
     project = work / name / f"seed{seed}"
     done = project / "result.json"
     if done.is_file():
@@ -288,7 +294,7 @@ def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, override
         # the shared steps run with the base seed: every seed trains on the same dev split and cache
         run_p = {**p, "seed": base_seed} if step in SHARED else p
         (project / "params.yaml").write_text(yaml.safe_dump(run_p, sort_keys=False))
-        freshen(step, project)
+        freshen(step, project, nproc)
     ev = json.loads((project / p["evaluate"]["metrics"]).read_text())
     tr = json.loads((project / p["train"]["metrics"]).read_text())
     promo = json.loads((project / p["promote"]["out"]).read_text())
@@ -312,6 +318,7 @@ def run_one(base: dict, name: str, folder: Path, seed: int, work: Path, override
         "overrides": overrides,
         "false_negative_params": p["train"]["negatives"].get("false_negatives"),
         "command": command_line("generalize"),
+        "nproc": nproc,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     done.write_text(json.dumps(result, indent=2) + "\n")
@@ -497,6 +504,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--drop", type=float, default=0.5, help="scifact-incomplete: judgements removed")
     ap.add_argument("--sentences", type=int, default=3, help="scifact-dense: sentences a passage")
+    ap.add_argument("--nproc", type=int, default=1, help="ranks of the train step (freshen train --nproc)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs")
     ap.add_argument(
         "--audit",
@@ -573,7 +581,7 @@ def main() -> None:
                 if done.is_file():
                     results.append(json.loads(done.read_text()))
                 continue
-            results.append(run_one(base, name, folder, seed, work, overrides, int(base["seed"])))
+            results.append(run_one(base, name, folder, seed, work, overrides, int(base["seed"]), args.nproc))
             print(json.dumps(results[-1]))
     out = Path(args.out)
     write_keeping_notes(out / "report.md", report(results, command, overrides))  # hand-written notes stay

@@ -216,3 +216,17 @@ def test_topics_are_built_from_fp32_query_embeddings(source, tmp_path, tiny_mode
     gen.make_topics(source, tmp_path / "t2", per_topic=5, seed=3, model={"name_or_path": str(tiny_model)})
     assert gen.dataset_digest(tmp_path / "t1") == gen.dataset_digest(tmp_path / "t2")
     assert 'precision="fp32"' in inspect.getsource(gen.make_topics)
+
+
+def test_only_the_train_step_runs_in_several_ranks(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(gen.subprocess, "run", lambda argv, **kw: calls.append(argv))
+    for step in ("prepare", "train", "reembed"):
+        gen.freshen(step, tmp_path, nproc=2)
+    gen.freshen("train", tmp_path)
+    assert [c[c.index("--params") + 2 :] for c in calls] == [
+        ["prepare"],
+        ["train", "--nproc", "2"],
+        ["reembed"],
+        ["train"],
+    ]
