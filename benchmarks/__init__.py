@@ -10,6 +10,7 @@
 - scale: training-step latency, peak memory and ANN fidelity as the cached corpus grows to 10M rows
 - search: exact against ANN search and corrected-negative selection at corpus scale
 - encode_throughput: Freshen's encoder against sentence-transformers on the same weights
+- stage_times: the train pipeline's steps in one process on the devices given, the wall time of each
 - encode_memory: peak memory of re-embedding corpora of different sizes
 - deployment: every pipeline step in the component image against the same steps outside it
 - kfp_local: the Kubeflow pipelines executed by kfp.local's DockerRunner

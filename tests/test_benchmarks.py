@@ -2,13 +2,15 @@
 report helpers they share write what they say."""
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from benchmarks import common
+from benchmarks import common, stage_times
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py") if p.stem not in ("__init__", "common"))
@@ -30,6 +32,7 @@ def test_the_benchmarks_are_the_ones_the_package_documents():
             "search",
             "seeds",
             "serving_fit",
+            "stage_times",
         ]
     )
     assert all(f"- {name}:" in documented for name in BENCHMARKS)
@@ -100,3 +103,26 @@ def test_the_scale_benchmark_trains_over_a_mapped_cache_and_compares_ann_with_ex
         assert r["peak_rss_gib"] > r["cache_gib"] and r["rss_over_cache"] > 1
     report = (out / "report.md").read_text()
     assert "| 3,000 | " in report and "(goal: within 2x)" in report
+
+
+def test_stage_times_runs_the_train_pipeline_but_promote_and_reports_each_step(tmp_path, tiny_params):
+    params_file = tmp_path / "proj" / "params.yaml"
+    params_file.parent.mkdir()
+    params_file.write_text(yaml.safe_dump(tiny_params, sort_keys=False))
+    times = stage_times.run_steps(params_file, ["train.steps=2"])
+    steps = ["prepare", "cluster_queries", "embed_cache", "train", "reembed", "evaluate"]
+    assert [t["step"] for t in times] == steps and all(t["seconds"] > 0 for t in times)
+    assert json.loads((params_file.parent / tiny_params["train"]["metrics"]).read_text())["steps_run"] == 2
+    assert not (params_file.parent / tiny_params["promote"]["out"]).exists()  # promote: not run
+    evaluation = json.loads((params_file.parent / tiny_params["evaluate"]["metrics"]).read_text())
+    text = stage_times.report(times, evaluation, "cpu")
+    assert f"| trained | {evaluation['test']['trained']['ndcg_at_10']:.4f} |" in text
+    assert f"| all | {sum(t['seconds'] for t in times):.1f} |" in text and "| train |" in text
+
+
+def test_stage_times_points_the_repository_params_at_the_data_and_devices(tmp_path):
+    written = stage_times.project_params(tmp_path / "w", tmp_path / "beir", "cuda", "/models/m")
+    p = yaml.safe_load(written.read_text())
+    assert p["data"]["local_dir"] == str((tmp_path / "beir").resolve()) and p["model"]["name_or_path"] == "/models/m"
+    assert p["encode"]["device"] == p["train"]["device"] == "cuda"
+    assert p["train"]["steps"] == yaml.safe_load((REPO / "params.yaml").read_text())["train"]["steps"]
