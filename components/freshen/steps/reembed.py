@@ -66,7 +66,9 @@ def reembed(params: Params, root: Path) -> dict:
             "corpus_sha256": file_sha256(corpus.path),
         }
         out = path(root, params.reembed.out_dir)
-        stale = unchanged_encoder(params, root, encoder, corpus) if params.encode.reuse else None
+        stale = (
+            unchanged_encoder(params, root, encoder, corpus, manifest["corpus_sha256"]) if params.encode.reuse else None
+        )
         if stale is not None:
             stats = copy_stale(
                 stale, out, {**manifest, "embedding_key": embedding_key(encoder, manifest, params.encode)}
@@ -77,7 +79,9 @@ def reembed(params: Params, root: Path) -> dict:
     return stats
 
 
-def unchanged_encoder(params: Params, root: Path, encoder: Encoder, corpus: CorpusFile) -> Cache | None:
+def unchanged_encoder(
+    params: Params, root: Path, encoder: Encoder, corpus: CorpusFile, corpus_sha256: str
+) -> Cache | None:
     """The stale cache when `encoder` computes what the encoder that made it computes (same
     settings, tokenizer and weights), for this very corpus; None otherwise, or when the stale
     cache is missing or damaged. The saved copy of the pre-trained encoder has other files, hence
@@ -87,16 +91,18 @@ def unchanged_encoder(params: Params, root: Path, encoder: Encoder, corpus: Corp
     except (DataError, OSError):
         return None
     m = stale.manifest
-    if stale.rows is None or m.get("corpus_sha256") != file_sha256(corpus.path) or stale.ids != corpus.ids:
+    if stale.rows is None or m.get("corpus_sha256") != corpus_sha256 or stale.ids != corpus.ids:
         return None
-    if m.get("model_digest") != model_digest(resolve_model_path(params.model.name_or_path, root)):
-        return None  # the stale cache is not the pre-trained encoder's (or that model changed since)
     source = Encoder.from_params(params.model.model_dump(), root)
+    if not same_function(encoder, source):
+        return None  # the usual case: training changed the encoder
+    if m.get("model_digest") != model_digest(resolve_model_path(params.model.name_or_path, root)):
+        return None  # the stale cache is another model's (or that model changed since)
     if m.get("embedding_key") != embedding_key(source, m, params.encode):
         return None  # made with other settings (precision, token limit) than these
     if m.get("embeddings_sha256") != file_sha256(stale.path / EMBEDDINGS):
         return None  # changed since it was written
-    return stale if same_function(encoder, source) else None
+    return stale
 
 
 def same_function(a: Encoder, b: Encoder) -> bool:
