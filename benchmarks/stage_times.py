@@ -60,8 +60,8 @@ def run_steps(params_file: Path, overrides: list[str]) -> list[dict]:
         start = time.perf_counter()
         module.run(params, root)
         synchronize()
-        times.append({"step": step, "seconds": round(time.perf_counter() - start, 2)})
-        print(json.dumps(times[-1]), flush=True)
+        times.append({"step": step, "seconds": time.perf_counter() - start})
+        print(json.dumps({"step": step, "seconds": round(times[-1]["seconds"], 2)}), flush=True)
     return times
 
 
