@@ -1,5 +1,6 @@
 """Data-parallel training (freshen/training/distributed.py) on tiny data, CPU, Gloo: two ranks
-of half the batch train as one process does; a rank that dies fails the whole run and leaves no
+of half the batch train as one process does, dropout on (each micro-batch's masks come from its
+own seeded stream); a rank that dies fails the whole run and leaves no
 model; `freshen train --nproc 2` writes, logs and counts once."""
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def _run_ranks(folder: Path, size: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same training, one process x batch 16 and two ranks x batch 8: each rank's output."""
+    """The same training, one process x batch 16 and two ranks x batch 8, dropout 0.1 and
+    `train.micro_batch` at its default: each rank's output."""
     from freshen.cache import write_cache
     from freshen.data.beir import load_beir
     from freshen.encoding import encode_into
@@ -55,7 +57,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     beir = make_beir(root / "beir", n_docs=60, n_train=52, n_test=8)
     model = {
-        "name_or_path": str(make_tiny_bert(root / "bert", dropout=0.0)),
+        "name_or_path": str(make_tiny_bert(root / "bert", dropout=0.1)),
         "query_max_len": 16,
         "passage_max_len": 32,
     }
@@ -156,6 +158,7 @@ def trainable(tmp_path, tiny_params, mlflow_uri):
 
     root = tmp_path / "proj"
     root.mkdir()
+    tiny_params["train"]["micro_batch"] = 2  # a pass a rank with --nproc 2, two passes in one process: the same model
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
     params = validate_params(tiny_params)
     for step in (prepare, cluster_queries, embed_cache):
@@ -234,6 +237,11 @@ def test_one_rule_says_what_n_training_processes_need():
     check_nproc(TrainParams(batch_size=7), 1, teacher=True)  # one process: any batch, a teacher
     with pytest.raises(FreshenError, match="train.batch_size: 8 is not divisible by the 3 training processes"):
         check_nproc(TrainParams(batch_size=8), 3, teacher=False)
+    check_nproc(TrainParams(batch_size=8, micro_batch=2), 2, teacher=False)  # 2 passes a rank
+    check_nproc(TrainParams(batch_size=8, micro_batch=None), 2, teacher=False)  # a pass a rank
+    check_nproc(TrainParams(batch_size=6, micro_batch=4), 1, teacher=False)  # one process: passes of 4, then 2
+    with pytest.raises(FreshenError, match=r"train.micro_batch: 2 training processes x 3 queries .* divisor of 4"):
+        check_nproc(TrainParams(batch_size=8, micro_batch=3), 2, teacher=False)
     with pytest.raises(FreshenError, match="train.teacher.scores: .* one process only"):
         check_nproc(TrainParams(batch_size=8), 2, teacher=True)
     with pytest.raises(FreshenError, match="at least 1"):

@@ -165,6 +165,7 @@ def tiny_params_for(params_file: Path, tiny_model: Path | str, tiny_beir: Path |
     params["train"].update(
         steps=6,
         batch_size=4,
+        micro_batch=None,  # the batch of 4 in one pass; with --nproc 2, a pass a rank
         log_every=2,
         passage_max_len=32,
         lr=1e-3,

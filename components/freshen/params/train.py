@@ -147,6 +147,14 @@ class PilotParams(Section):
 class TrainParams(Section):
     steps: int = doc(100, "Training steps.", ge=1)
     batch_size: int = doc(16, "Queries per batch.", ge=1)
+    micro_batch: int | None = doc(
+        4,
+        "Queries embedded per forward pass, with their positives and negatives; each pass draws its "
+        "dropout from its own stream, seeded by (seed, step, pass), so N processes (--nproc) train "
+        "one process's model when N x micro_batch divides batch_size. null: each process embeds its "
+        "share in one pass (the model then depends on the number of processes).",
+        ge=1,
+    )
     batching: Literal["tas", "random"] = doc("tas", "TAS (topic-aware batches from the query clusters) or random.")
     clusters_per_batch: int = doc(1, "TAS: clusters each batch is drawn from.", ge=1)
     lr: float = doc(6.0e-5, "Peak learning rate: linear warm-up over warmup_ratio, then linear decay to 0.", gt=0)

@@ -1,9 +1,9 @@
 """Data-parallel training over torch.distributed (NCCL on GPUs, Gloo on CPUs), launched by
 `torchrun` (`freshen train --nproc N` runs it for you).
 
-How a step is split (docs/training.md, "More than one process"): every rank draws the same global
+How a step is split (docs/pipeline.md, "More than one process"): every rank draws the same global
 batch (the same random streams); each embeds its own share of the queries and of their passages,
-with gradient; the passages are gathered across ranks with their gradients, so each query's
+with gradient, in micro-batches whose dropout streams are seeded by (seed, step, micro-batch); the passages are gathered across ranks with their gradients, so each query's
 softmax covers the global batch; the encoder's gradients are averaged. What is cheap and must be
 the same everywhere is computed by every rank on the gathered (detached) embeddings: the
 negatives of the global batch (the corrector's pass over the cache, which dominates, is the same
@@ -151,3 +151,8 @@ def _collective_device() -> torch.device:
 def rank_seed(seed: int, rank: int) -> int:
     """Rank `rank`'s torch seed (dropout) derived from `seed`; rank 0 keeps `seed` itself."""
     return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def stream_seed(seed: int, *keys: int) -> int:
+    """A torch seed derived from `seed` and `keys` (a step, a micro-batch, a role): the same on every rank."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])

@@ -27,6 +27,12 @@ def check_nproc(train, nproc: int, teacher: bool) -> None:
         return
     if train.batch_size % nproc:
         raise FreshenError(f"train.batch_size: {train.batch_size} is not divisible by the {nproc} training processes")
+    if train.micro_batch is not None and train.batch_size % (nproc * train.micro_batch):
+        raise FreshenError(
+            f"train.micro_batch: {nproc} training processes x {train.micro_batch} queries per forward pass "
+            f"do not divide train.batch_size ({train.batch_size}); make micro_batch a divisor of "
+            f"{train.batch_size // nproc}, or null"
+        )
     if teacher:
         raise FreshenError("train.teacher.scores: Margin-MSE with a teacher trains in one process only (no --nproc)")
 

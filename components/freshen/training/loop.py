@@ -25,7 +25,7 @@ from freshen.progress import progress
 from freshen.sampling.tas import make_batches
 from freshen.training.corrector_trainer import CorrectorTrainer
 from freshen.training.data import Counters, TrainingData, TrainResult
-from freshen.training.distributed import World, rank_seed
+from freshen.training.distributed import World, rank_seed, stream_seed
 from freshen.training.hooks import Callbacks, HookList, Hooks
 from freshen.training.launch import check_nproc
 from freshen.training.passages import Passages
@@ -60,11 +60,11 @@ class Trainer:
         hooks: list[Hooks] | tuple = (),
         world: World = World(),
     ):
-        self.encoder, self.p, self.world = encoder, p, world
+        self.encoder, self.p, self.world, self.seed = encoder, p, world, seed
         check_nproc(p, world.size, teacher is not None)
         self.hooks = HookList([Callbacks(on_log, on_eval), *hooks])
         self.rng = np.random.default_rng(seed)  # batches, each query's positive, the probe passages
-        torch.manual_seed(seed)  # dropout, the corrector's initial weights
+        torch.manual_seed(seed)  # the corrector's initial weights, dropout outside the steps' micro-batches
         self.data = TrainingData(dataset, cache, cluster_of, p, teacher)
         self.batches = make_batches(p, cluster_of, self.data.train_qids, self.rng)
         self.counters = Counters()
@@ -80,7 +80,7 @@ class Trainer:
         self.curve: list[dict] = []
         self.validations: list[dict] = []
         self.timings: dict[str, float] = defaultdict(float)  # seconds spent per part of the steps so far
-        if world.distributed:  # every part is built alike on every rank; dropout differs by rank
+        if world.distributed:  # every part is built alike on every rank; dropout outside micro-batches differs by rank
             torch.manual_seed(rank_seed(seed, world.rank))
 
     @property
@@ -99,9 +99,15 @@ class Trainer:
         data, qids, ct, world = self.data, next(self.batches), self.corrector_trainer, self.world
         self.hooks.batch(step, qids)
         pos_docs = [data.positives[q][int(self.rng.integers(len(data.positives[q])))] for q in qids]
-        mine = world.share(len(qids))
+        parts = self._micro_batches(len(qids))
+        mine = slice(parts[0][1].start, parts[-1][1].stop)
         with self._timed("encode"):
-            q_own = self.passages.embed_queries([data.queries[q] for q in qids[mine]])
+            q_own = torch.cat(
+                [
+                    self._in_stream(step, i, 0, self.passages.embed_queries, [data.queries[q] for q in qids[part]])
+                    for i, part in parts
+                ]
+            )
             q_emb = world.gather(q_own.detach(), len(qids)) if world.distributed else q_own
         self.counters.query_passes += len(qids)
         if not torch.isfinite(q_emb).all():  # before they pick negatives from the cache
@@ -113,7 +119,7 @@ class Trainer:
 
         rows = [data.row_of[d] for d in pos_docs] + neg_rows.flatten().tolist()
         with self._timed("encode"):
-            p_emb = self._embed_passages(rows, len(qids), mine)
+            p_emb = self._embed_passages(step, rows, len(qids), parts)
         self.counters.train_passage_passes += len(rows)
         self.negatives.embedded(step, rows, p_emb)
         with self._timed("corrector"):
@@ -140,15 +146,38 @@ class Trainer:
         finally:
             self.timings[part] += time.perf_counter() - start
 
-    def _embed_passages(self, rows: list[int], b: int, mine: slice) -> torch.Tensor:
+    def _micro_batches(self, b: int) -> list[tuple[int, slice]]:
+        """This rank's micro-batches of the global batch of b queries: (index, queries), in order.
+        `train.micro_batch` queries each (null: the rank's whole share, one pass); every rank
+        takes an equal run of consecutive ones (`check_nproc`), so it holds `world.share(b)`."""
+        m = self.p.micro_batch or -(-b // self.world.size)
+        starts = range(0, b, m)
+        return [(i, slice(starts[i], min(starts[i] + m, b))) for i in range(*self.world.bounds(len(starts)))]
+
+    def _in_stream(self, step: int, part: int, role: int, embed, items):
+        """`embed(items)` with dropout from the stream of (seed, step, micro-batch, role): the same
+        masks whichever rank embeds that micro-batch, and however many ranks there are."""
+        with self.passages.dropout_stream(stream_seed(self.seed, step, part, role)):
+            return embed(items)
+
+    def _embed_passages(self, step: int, rows: list[int], b: int, parts: list[tuple[int, slice]]) -> torch.Tensor:
         """The step's passages embedded with gradient [len(rows), dim]: b positives, then k
-        negatives per query. With more than one rank, each embeds its queries' positives and
-        negatives and the global batch is gathered (gradients flow back to their rank)."""
-        if not self.world.distributed:
-            return self.passages.embed(rows)
+        negatives per query, micro-batch by micro-batch (a micro-batch's queries' positives and
+        negatives in one pass). With more than one rank, each embeds its micro-batches and the
+        global batch is gathered (gradients flow back to their rank)."""
         k = (len(rows) - b) // b
-        own = rows[mine] + rows[b + mine.start * k : b + mine.stop * k]
-        gathered = self.world.gather(self.passages.embed(own), len(rows), grad=True)
+        embedded = [
+            (
+                s.stop - s.start,
+                self._in_stream(step, i, 1, self.passages.embed, rows[s] + rows[b + s.start * k : b + s.stop * k]),
+            )
+            for i, s in parts
+        ]
+        # positives of every micro-batch, then their negatives: this rank's rows in global order
+        own = torch.cat([e[:n] for n, e in embedded] + [e[n:] for n, e in embedded])
+        if not self.world.distributed:
+            return own
+        gathered = self.world.gather(own, len(rows), grad=True)
         # rank by rank, its positives then its negatives (equal shares): back to all positives, then all negatives
         per_rank = gathered.view(self.world.size, len(own), -1)
         share = b // self.world.size

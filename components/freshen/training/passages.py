@@ -9,6 +9,8 @@ precision. With more than one rank, bulk encoding is split over the ranks and ga
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -31,6 +33,14 @@ class Passages:
     def autocast(self):
         """The training precision (`train.precision`) for the encoder's forward passes."""
         return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+    @contextmanager
+    def dropout_stream(self, seed: int):
+        """Forward passes in the block draw their dropout from a stream of their own, seeded by
+        `seed`; the global random state is left as it was."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
 
     def embed_queries(self, texts: list[str]) -> torch.Tensor:
         """Training query embeddings [b, dim], with gradient."""
