@@ -178,3 +178,40 @@ def test_missing_or_garbled_cluster_assignments_are_named(tmp_path, text, messag
         (tmp_path / "assignments.tsv").write_bytes(text.encode("latin-1"))
     with pytest.raises(DataError, match=message):
         read_clusters(tmp_path)
+
+
+def test_the_cache_goes_to_the_training_device_only_within_its_budget(tmp_path):
+    """`device_memory_gb`: a cache in memory that fits goes to the scoring device (here the meta
+    device stands in for a GPU: no values, but a real placement); a larger one, or one read from
+    its file, stays on the host; 0 scores on the CPU; on a CPU nothing is copied."""
+    from freshen.cache import NpyRowReader
+    from freshen.sampling.file_table import FileTable
+    from freshen.training.step_negatives import scoring_device
+
+    table = torch.zeros((1024, 64), dtype=torch.float16)  # 128 KiB
+    fits = NegativesParams(device_memory_gb=128 / 2**20)
+    too_small = NegativesParams(device_memory_gb=127 / 2**20)
+    assert CacheScorer(table, fits, device="meta").table.device.type == "meta"
+    assert CacheScorer(table, too_small, device="meta").table is table  # streamed chunk by chunk instead
+    assert CacheScorer(table, fits).table is table  # the CPU: scored where it is, no copy
+    np.save(tmp_path / "rows.npy", table.numpy())
+    on_file = FileTable(NpyRowReader(tmp_path / "rows.npy"))
+    assert CacheScorer(on_file, fits, device="meta").table is on_file
+    assert scoring_device("cuda:1", fits) == torch.device("cuda:1")
+    assert scoring_device("cuda:1", NegativesParams(device_memory_gb=0)) == torch.device("cpu")
+    assert scoring_device(None, fits) == torch.device("cpu")
+
+
+def test_a_cache_on_another_device_than_its_queries_is_scored_where_the_queries_are():
+    """chunked_topk moves each chunk to the queries' device and returns on the CPU; the scorer's
+    rows come back as float32 on its device."""
+    gen = torch.Generator().manual_seed(0)
+    cache = torch.randn((50, 8), generator=gen).half()
+    q = torch.randn((3, 8), generator=gen)
+    rows, scores = chunked_topk(q, cache.numpy(), 4, [[]] * 3, chunk_size=7)  # a host array, chunk by chunk
+    expect = (q @ cache.float().T).topk(4, dim=1)
+    assert torch.equal(rows, expect.indices) and torch.allclose(scores, expect.values)
+    assert rows.device.type == scores.device.type == "cpu"
+    scorer = CacheScorer(cache, NegativesParams())
+    stale = scorer.stale([4, 2])
+    assert stale.dtype == torch.float32 and torch.equal(stale, cache[[4, 2]].float())

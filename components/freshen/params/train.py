@@ -60,6 +60,14 @@ class NegativesParams(Section):
         "and its ANN index is built from the same reads.",
         ge=0,
     )
+    device_memory_gb: float = doc(
+        4.0,
+        "Training on a GPU (train.device): the training-time cache held in memory is copied to the GPU "
+        "when its float16 size fits this many GiB, else streamed there chunk by chunk as it is scored; "
+        "scoring through the corrector and the corrector's training run on the GPU either way. "
+        "0: both on the CPU. Changes nothing when training on a CPU.",
+        ge=0,
+    )
     ann_threshold: int = doc(
         2000000, "Caches larger than this: candidates from a faiss index, rescored by the corrector; 0: never.", ge=0
     )
@@ -176,8 +184,8 @@ class TrainParams(Section):
     )
     device: str = doc(
         "auto",
-        "Where the encoder trains (auto: the GPU when there is one); losses, cache scoring "
-        "and the corrector stay on the CPU.",
+        "Where the encoder trains (auto: the GPU when there is one); the cache is scored and the "
+        "corrector trained there too (negatives.device_memory_gb); the losses stay on the CPU.",
     )
     negatives: NegativesParams = section(NegativesParams, "Hard negatives.")
     corrector: CorrectorParams = section(

@@ -16,6 +16,8 @@ class FileTable:
     """[n, dim] float16 rows of a .npy file, indexed like the in-memory table: `table[rows]`
     (a tensor or list of rows, any shape) and `table[start:stop]` give float16 tensors."""
 
+    device = torch.device("cpu")  # rows come back in host memory
+
     def __init__(self, reader: NpyRowReader):
         self.reader = reader
         self.shape = torch.Size(reader.shape)

@@ -23,7 +23,7 @@ class FreshOverlay:
         embedding when the last `steps` steps embedded it, through h otherwise."""
         b, m = cand.shape
         flat = cand.flatten()
-        emb = scorer.rows_through(flat, corrector)
+        emb = scorer.rows_through(flat, corrector).cpu()
         recent = (step - self.step[flat]) <= self.steps
         emb[recent] = self.table[flat[recent]].float()
         scores = (emb.view(b, m, -1) * q_emb[:, None, :].float()).sum(-1)

@@ -9,6 +9,11 @@ the negatives drawn from it: candidates (exact or ANN), then a `Selection` among
   candidates of all queries at once, each distinct row once), then selected from (top-k,
   Gumbel-top-k or balanced).
 
+Where: on `device`, the training device (a GPU) unless `device_memory_gb` is 0. The table is
+copied there when it is held in memory and fits `device_memory_gb`, else its chunks and rows are
+moved there as they are scored; the corrector must live there too. What leaves the scorer
+(rows, scores for the filter and the selection) is on the CPU.
+
 With false-negative control (`sampling/false_negatives.py`) every path yields the top
 `candidates` rows, rescored exactly through the corrector with the positive, and the filter
 picks among those that pass its rules. The two forms draw their randomness over different sets:
@@ -32,10 +37,12 @@ from freshen.sampling.selection import Selection, balanced
 
 class CacheScorer:
     """The cache `table` [n, dim] (float16) and, past `ann_threshold` rows, an ANN index over it
-    (built from `source`, the same rows read from the cache file, when given)."""
+    (built from `source`, the same rows read from the cache file, when given); scored on `device`."""
 
-    def __init__(self, table: torch.Tensor, neg: NegativesParams, source=None):
+    def __init__(self, table: torch.Tensor, neg: NegativesParams, source=None, device=None):
         self.selection = Selection.from_params(neg)
+        self.device = torch.device(device or "cpu")
+        self.device_bytes = neg.device_memory_gb * 2**30
         self.chunk = neg.chunk_size
         self.ann_threshold, self.ann_candidates = neg.ann_threshold, neg.ann_candidates
         self.ann_index, self.ann_nprobe = neg.ann_index, neg.ann_nprobe
@@ -46,7 +53,8 @@ class CacheScorer:
     def set_table(self, table: torch.Tensor, source=None) -> None:
         """Use a new cache (after a refresh); rebuild the ANN index when one is used, from
         `source` (rows read from the cache file) when given, else from `table`."""
-        self.table, self.source = table, source  # source: the rows in the cache file (table: read from it)
+        self.source = source  # the rows in the cache file (table: read from it)
+        self.table = self._placed(table)
         self.index = None
         if self.ann_threshold and len(table) > self.ann_threshold:
             start = time.perf_counter()
@@ -59,6 +67,18 @@ class CacheScorer:
             )
             self.index_build_s = time.perf_counter() - start
 
+    def _placed(self, table):
+        """`table` on the scoring device when it is a tensor in memory that fits its budget
+        (on the CPU: as it is)."""
+        if self.device.type == "cpu" or not torch.is_tensor(table):
+            return table
+        return table.to(self.device) if table.numel() * table.element_size() <= self.device_bytes else table
+
+    def stale(self, rows) -> torch.Tensor:
+        """The cached rows `rows` as float32 on the scoring device."""
+        index = torch.as_tensor(rows, dtype=torch.long).to(self.table.device)
+        return self.table[index].float().to(self.device)
+
     def query_for(self, q: torch.Tensor, corrector):
         """The query to search the raw table with, and the corrector its rows still need (None
         when the corrector folds into the query, or there is none)."""
@@ -67,8 +87,9 @@ class CacheScorer:
         return q.float(), corrector
 
     def rows_through(self, rows, corrector) -> torch.Tensor:
-        """The cached rows `rows` through the corrector (no gradient): h(C[rows]) as float32."""
-        emb = self.table[torch.as_tensor(rows)].float()
+        """The cached rows `rows` through the corrector (no gradient): h(C[rows]) as float32 on the
+        scoring device."""
+        emb = self.stale(rows)
         with torch.no_grad():
             return corrector(emb) if corrector is not None else emb
 
@@ -85,6 +106,7 @@ class CacheScorer:
     ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """k negatives per query: (rows [b, k], unusable [b, k], false-negative counts); through
         the false-negative filter when it is active, else `select`'s (all usable, no counts)."""
+        q = q.to(self.device)
         if fn_filter.active:
             return self.select_filtered(q, k, exclude, positive_rows, fn_filter, corrector, generator, rng)
         rows = self.select(q, k, exclude, positive_rows, corrector, generator, rng)
@@ -103,19 +125,20 @@ class CacheScorer:
         rng=None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Negatives through the false-negative filter: (rows [b, k], unusable [b, k], counts)."""
+        q = q.to(self.device)
         m = min(max(self.selection.candidates, k + fn_filter.range_min), len(self.table))
         rows = self._candidates(q, m, exclude, corrector)
         live = rows.clamp(min=0)
         emb = self.rows_through(live.flatten(), corrector).view(*rows.shape, -1)
-        scores = (emb * q.float()[:, None, :]).sum(-1).masked_fill(rows < 0, float("-inf"))
-        positive = (self.rows_through(positive_rows, corrector) * q.float()).sum(-1)
+        scores = (emb * q.float()[:, None, :]).sum(-1).cpu().masked_fill(rows < 0, float("-inf"))
+        positive = (self.rows_through(positive_rows, corrector) * q.float()).sum(-1).cpu()
         return fn_filter.pick(rows, scores, positive, k, self.selection, generator, rng)
 
     def _search(self, q: torch.Tensor, corrector, n: int) -> torch.Tensor:
         """The ANN index's `n` nearest rows [b, n] per query (-1 where it found fewer), searched
         with the query that folds a linear corrector in."""
         q_search, _ = self.query_for(q.float(), corrector)
-        _, cand = self.index.search(np.ascontiguousarray(q_search.numpy(), dtype=np.float32), n)
+        _, cand = self.index.search(np.ascontiguousarray(q_search.cpu().numpy(), dtype=np.float32), n)
         return torch.from_numpy(cand).long()
 
     def _candidates(self, q: torch.Tensor, m: int, exclude: list[list[int]], corrector) -> torch.Tensor:
@@ -124,8 +147,13 @@ class CacheScorer:
         if self.index is not None:
             cand = self._search(q, corrector, max(m, self.ann_candidates))
             scores = (
-                self.rows_through(cand.clamp(min=0).flatten(), corrector).view(*cand.shape, -1) * q.float()[:, None, :]
-            ).sum(-1)
+                (
+                    self.rows_through(cand.clamp(min=0).flatten(), corrector).view(*cand.shape, -1)
+                    * q.float()[:, None, :]
+                )
+                .sum(-1)
+                .cpu()
+            )
         else:
             q_eff, cor = self.query_for(q, corrector)
             cand, scores = chunked_topk(
@@ -156,6 +184,7 @@ class CacheScorer:
     ) -> torch.Tensor:
         """Rows of k negatives per query [b, k] by the selection, never an excluded row (no
         false-negative filter): exactly, or from the ANN index past `ann_threshold`."""
+        q = q.to(self.device)
         if self.index is None:
             return self._select_exact(q, k, exclude, positive_rows, corrector, generator, rng)
         return self._select_ann(q, k, exclude, positive_rows, corrector, generator, rng)
@@ -166,7 +195,7 @@ class CacheScorer:
         q_eff, cor = self.query_for(q, corrector)
         if sel.kind == "balanced":
             rows, scores = chunked_topk(q_eff, self.table, max(sel.candidates, k), exclude, cor, self.chunk)
-            positive = (q_eff * self.rows_through(positive_rows, cor)).sum(-1)
+            positive = (q_eff * self.rows_through(positive_rows, cor)).sum(-1).cpu()
             return balanced(rows, scores, positive, k, sel.bins, rng)
         gumbel = sel.kind == "gumbel"
         return chunked_topk(
@@ -204,11 +233,11 @@ class CacheScorer:
             return out
         rows, inverse = torch.unique(cand[valid], return_inverse=True)
         scores = torch.zeros(cand.shape)
-        scores[valid] = (self.rows_through(rows, corrector) @ q.T)[inverse, valid.nonzero()[:, 0]]
+        scores[valid] = (self.rows_through(rows, corrector) @ q.T).cpu()[inverse, valid.nonzero()[:, 0]]
         sel = self.selection
         if sel.kind == "balanced":
             top = scores.masked_fill(~valid, float("-inf")).topk(min(max(sel.candidates, k), cand.shape[1]), dim=1)
-            positive = (self.rows_through(positive_rows, corrector) * q).sum(-1)
+            positive = (self.rows_through(positive_rows, corrector) * q).sum(-1).cpu()
             return balanced(cand.gather(1, top.indices), top.values, positive, k, sel.bins, rng)
         keys = sel.keys(scores, generator).masked_fill(~valid, float("-inf"))
         return cand.gather(1, keys.topk(k, dim=1).indices)

@@ -41,8 +41,10 @@ class Selection:
 def gumbel_keys(scaled: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """`scaled` plus standard Gumbel noise, one uniform draw per element: the top k of the keys
     are k draws without replacement from softmax(scaled)."""
-    u = torch.rand(scaled.shape, generator=generator).clamp_(1e-20, 1.0 - 1e-7)
-    return scaled - torch.log(-torch.log(u))
+    u = torch.rand(scaled.shape, generator=generator).clamp_(
+        1e-20, 1.0 - 1e-7
+    )  # drawn on the CPU: any device, the same draws
+    return scaled - torch.log(-torch.log(u)).to(scaled.device)
 
 
 def balanced_pick(margins: np.ndarray, k: int, bins: int, rng: np.random.Generator) -> list[int]:

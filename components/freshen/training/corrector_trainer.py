@@ -12,7 +12,9 @@
   corrector fits the drift far better from a few thousand).
 
 The corrector drives sampling only once past `warmup_steps` after its start; a refresh restarts
-it from the identity (`init` only at the very start), the cache it corrected being gone."""
+it from the identity (`init` only at the very start), the cache it corrected being gone. It lives
+and learns on `device`, where the cache is scored (`CacheScorer.device`); its inputs are moved
+there."""
 
 from __future__ import annotations
 
@@ -45,8 +47,10 @@ class CorrectorTrainer:
         temperature: float,
         passages,
         counters,
+        device=None,
     ):
         self.params, self.online, self.passages, self.counters = cor, online, passages, counters
+        self.device = torch.device(device or "cpu")
         self.start = 0
         self.corrector, self.opt = self._new(dim)
         self.replay: deque = deque(maxlen=cor.replay_steps)  # (rows, fresh) of the last steps
@@ -63,7 +67,7 @@ class CorrectorTrainer:
 
     @classmethod
     def from_params(
-        cls, p: TrainParams, dim: int, probe_rows: list[int], n_docs: int, seed: int, passages, counters
+        cls, p: TrainParams, dim: int, probe_rows: list[int], n_docs: int, seed: int, passages, counters, device=None
     ) -> CorrectorTrainer | None:
         """The corrector of the `train` section `p`: strategies 'corrected' and 'stale' train one
         ('stale' only to measure drift), the others none."""
@@ -71,7 +75,7 @@ class CorrectorTrainer:
         if strategy not in ("corrected", "stale"):
             return None
         online = strategy == "corrected"
-        return cls(p.corrector, dim, online, probe_rows, n_docs, seed, p.temperature, passages, counters)
+        return cls(p.corrector, dim, online, probe_rows, n_docs, seed, p.temperature, passages, counters, device)
 
     def _new(self, dim: int) -> tuple[Corrector, torch.optim.Optimizer]:
         c = self.params
@@ -79,6 +83,7 @@ class CorrectorTrainer:
             corrector = Corrector.load(c.init, expect_dim=dim)
         else:
             corrector = Corrector(dim, c.arch, c.hidden, c.depth, c.normalize)
+        corrector = corrector.to(self.device)
         return corrector, torch.optim.Adam(corrector.parameters(), lr=c.lr)
 
     def restart(self, step: int, dim: int) -> None:
@@ -116,32 +121,39 @@ class CorrectorTrainer:
         fresh: torch.Tensor,
         q_emb: torch.Tensor,
         mask: torch.Tensor,
-        table: torch.Tensor,
+        scorer,
         sample: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict:
         """Drift loss on this step's fresh targets and drift sample (and those of the replay
         window), plus ce_weight x the cross-entropy term on this step's corrected logits (`mask`:
-        the retriever's); probes held out. `table`: the training-time cache."""
+        the retriever's); probes held out. `scorer`: the training-time cache (`CacheScorer`)."""
+        device = self.device
         rows_t = torch.tensor(rows)
-        stale = table[rows_t].float()
+        stale = scorer.stale(rows_t).to(device)
+        fresh, q_emb, mask = fresh.to(device), q_emb.to(device), mask.to(device)
         with torch.no_grad():
             rec = {
                 "cos_stale_fresh": mean_cosine(stale, fresh),
                 "cos_corrected_fresh": mean_cosine(self.corrector(stale), fresh),
             }
         keep = torch.tensor([r not in self.probe_set for r in rows])
+        keep_on = keep.to(device)
         if sample is not None:
-            self.replay.append((torch.cat([rows_t[keep], sample[0]]), torch.cat([fresh[keep], sample[1]])))
+            self.replay.append(
+                (torch.cat([rows_t[keep], sample[0]]), torch.cat([fresh[keep_on], sample[1].to(device)]))
+            )
         elif keep.any():
-            self.replay.append((rows_t[keep], fresh[keep]))
+            self.replay.append((rows_t[keep], fresh[keep_on]))
         if not self.replay:
             return rec
-        window = table[torch.cat([r for r, _ in self.replay])].float()
+        window = scorer.stale(torch.cat([r for r, _ in self.replay])).to(device)
         target = torch.cat([f for _, f in self.replay])
         b = len(q_emb)
         ce_weight = self.params.ce_weight
-        ce_queries = keep[:b] if ce_weight > 0 else torch.zeros(b, dtype=torch.bool)  # a probe positive: no label
-        ce_mask = (mask | ~keep[None, :])[ce_queries]
+        ce_queries = (
+            keep_on[:b] if ce_weight > 0 else torch.zeros(b, dtype=torch.bool, device=device)
+        )  # a probe positive: no label
+        ce_mask = (mask | ~keep_on[None, :])[ce_queries]
         for update in range(self.params.updates_per_step):
             c_loss = drift_loss(self.corrector(window), target)
             if ce_queries.any():
@@ -149,7 +161,7 @@ class CorrectorTrainer:
                     q_emb[ce_queries],
                     self.corrector(stale),
                     fresh,
-                    torch.arange(b)[ce_queries],
+                    torch.arange(b, device=device)[ce_queries],
                     ce_mask,
                     self.temperature,
                     self.params.ce_target,
@@ -168,7 +180,7 @@ class CorrectorTrainer:
     def refit_due(self, step: int, steps: int) -> bool:
         return bool(self.refit_every) and step % self.refit_every == 0 and step < steps
 
-    def refit(self, step: int, table: torch.Tensor) -> dict:
+    def refit(self, step: int, scorer) -> dict:
         """Embed `refit_sample` random non-probe passages with the current g (no gradient; counted
         as training passes, the cache is not touched) and fit the drift loss on them for
         `refit_epochs` epochs of minibatches of 256, with an optimiser of its own: a thousand
@@ -176,16 +188,16 @@ class CorrectorTrainer:
         the next online steps far too large."""
         rows = self.sample_rows(self.params.refit_sample)
         n = len(rows)
-        fresh = self.passages.encode(rows, desc=f"refit@{step}")
+        fresh = self.passages.encode(rows, desc=f"refit@{step}").to(self.device)
         self.passages.encoder.train()
         self.counters.train_passage_passes += n
         self.counters.drift_sample_passes += n
-        stale = table[rows].float()
+        stale = scorer.stale(rows).to(self.device)
         with torch.no_grad():
             before = mean_cosine(self.corrector(stale), fresh)
         opt = torch.optim.Adam(self.corrector.parameters(), lr=self.params.lr)
         for _ in range(self.params.refit_epochs):
-            for batch in torch.from_numpy(self.sample_rng.permutation(n)).split(256):
+            for batch in torch.from_numpy(self.sample_rng.permutation(n)).to(self.device).split(256):
                 loss = drift_loss(self.corrector(stale[batch]), fresh[batch])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -69,11 +69,18 @@ class Trainer:
         self.batches = make_batches(p, cluster_of, self.data.train_qids, self.rng)
         self.counters = Counters()
         self.passages = Passages(encoder, self.data.doc_texts, p, encode_p or EncodeParams(), world)
-        self.negatives = StepNegatives(self.data, cache, p.negatives, seed)
+        self.negatives = StepNegatives(self.data, cache, p.negatives, seed, self.passages.device)
         self.scorer = self.negatives.scorer
         self.validator = Validator(self.data, p, seed, self.rng, self.scorer, self.passages, self.counters)
         self.corrector_trainer = CorrectorTrainer.from_params(
-            p, cache.dim, self.validator.probe_rows, len(self.data.doc_ids), seed, self.passages, self.counters
+            p,
+            cache.dim,
+            self.validator.probe_rows,
+            len(self.data.doc_ids),
+            seed,
+            self.passages,
+            self.counters,
+            self.scorer.device,
         )
         self.retriever = RetrieverUpdate(encoder, p, self.data.teacher, world)
         self.refresher = Refresher.from_params(p, self.scorer, self.passages, self.counters, self.corrector_trainer)
@@ -134,7 +141,7 @@ class Trainer:
         self.counters.add(fn_counts)
         if ct is not None:
             with self._timed("corrector"):
-                record.update(ct.update(step, rows, p_emb.detach(), q_emb.detach(), mask, self.scorer.table, sample))
+                record.update(ct.update(step, rows, p_emb.detach(), q_emb.detach(), mask, self.scorer, sample))
                 world.broadcast(ct.corrector)
         return record
 
@@ -207,7 +214,7 @@ class Trainer:
                 self.refresh(step)
             if ct is not None and ct.refit_due(step, steps):
                 self.hooks.before_refit(step, ct)
-                record.update(ct.refit(step, self.scorer.table))
+                record.update(ct.refit(step, self.scorer))
                 self.world.broadcast(ct.corrector)
                 self.hooks.after_refit(step, ct, record)
             evaluated = self.validator.due(step, steps) or step == stop_after
@@ -221,6 +228,8 @@ class Trainer:
                 break
         if self.p.keep_best:
             best.restore(self.encoder, self.corrector)
+        if self.corrector is not None:  # what follows training (the serving fit, saving) runs on the CPU
+            self.corrector.cpu()
         self.counters.wall_seconds = time.perf_counter() - started
         return TrainResult(self.encoder, self.corrector, self.counters, self.curve, self.validations, best.step)
 

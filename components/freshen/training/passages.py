@@ -1,7 +1,8 @@
 """The corpus as the encoder being trained sees it: passage texts by cache row, embedded for
 training (with gradient), fresh without gradient, or encoded in batches (measurement, refits,
-refreshes). Outputs come back to the CPU as float32, where the losses, the cache scoring and the
-corrector run; the encoder stays where it was placed (a GPU when there is one).
+refreshes). Outputs come back to the CPU as float32, where the losses run; the encoder stays
+where it was placed (a GPU when there is one), and the cache scoring and the corrector move what
+they take to theirs (`CacheScorer.device`).
 
 Training passes run at `train.precision`, passages cut at `train.passage_max_len`; bulk encoding
 (refreshes, refits, measurement) takes the `encode` section's batch size, token budget and

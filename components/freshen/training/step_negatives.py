@@ -22,7 +22,7 @@ from freshen.sampling.scorer import CacheScorer
 
 
 class StepNegatives:
-    def __init__(self, data, cache, neg: NegativesParams, seed: int):
+    def __init__(self, data, cache, neg: NegativesParams, seed: int, device=None):
         self.data, strategy = data, neg.strategy
         self.k = 0 if strategy == "in_batch" else neg.k
         self.candidates, self.bins = neg.candidates, neg.bins
@@ -30,7 +30,7 @@ class StepNegatives:
         self.generator = torch.Generator().manual_seed(seed)  # Gumbel noise
         self.rng = np.random.default_rng([seed, 2])  # balanced margin picks
         table, source = training_table(cache, neg.memory_gb)
-        self.scorer = CacheScorer(table, neg, source=source)
+        self.scorer = CacheScorer(table, neg, source=source, device=scoring_device(device, neg))
         overlay_steps = neg.fresh_overlay_steps if strategy == "corrected" else 0
         self.overlay = FreshOverlay(overlay_steps, self.scorer.table) if overlay_steps else None
 
@@ -69,6 +69,13 @@ class StepNegatives:
         """The step embedded `rows` fresh (`fresh`): the overlay keeps them."""
         if self.overlay is not None:
             self.overlay.record(step, rows, fresh)
+
+
+def scoring_device(device, neg: NegativesParams) -> torch.device:
+    """Where the cache is scored and the corrector trains: the training device (`device`, the
+    encoder's), unless `device_memory_gb` is 0 (the CPU)."""
+    device = torch.device(device or "cpu")
+    return device if neg.device_memory_gb > 0 else torch.device("cpu")
 
 
 def training_table(cache, memory_gb: float) -> tuple[torch.Tensor | FileTable, NpyRowReader | None]:

@@ -52,7 +52,7 @@ class Validator:
         if self.dev:
             qids = sorted(self.dev)
             q = self.passages.measure_queries([self.queries[x] for x in qids])
-            q_eff, cor = self.scorer.query_for(q, sampling_corrector)
+            q_eff, cor = self.scorer.query_for(q.to(self.scorer.device), sampling_corrector)
             rows, scores = chunked_topk(q_eff, self.scorer.table, 100, [[]] * len(qids), cor, self.scorer.chunk)
             run = {
                 qid: {self.doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i])} for i, qid in enumerate(qids)
@@ -61,8 +61,8 @@ class Validator:
             if self.overlap_k > 0:
                 rec.update(self._overlap(q, corrector))
         if self.probe_rows:
-            fresh = self._embed_fresh(self.probe_rows)
-            stale = self.scorer.table[torch.tensor(self.probe_rows)].float()
+            fresh = self._embed_fresh(self.probe_rows).to(self.scorer.device)
+            stale = self.scorer.stale(self.probe_rows)
             rec["probe_cos_stale_fresh"] = mean_cosine(stale, fresh)
             if corrector is not None:
                 rec["probe_cos_corrected_fresh"] = mean_cosine(corrector(stale), fresh)
@@ -76,12 +76,13 @@ class Validator:
     def _overlap(self, q: torch.Tensor, corrector) -> dict:
         """Top-`overlap_k` overlap, over the passage sample, of the training-time cache's and the
         corrected cache's lists with the lists of the sample embedded fresh, for queries `q`."""
-        rows = self.overlap_rows
-        fresh = self._embed_fresh(rows)
-        cached = self.scorer.table[rows].float()
+        rows, device = self.overlap_rows, self.scorer.device
+        fresh = self._embed_fresh(rows).to(device)
+        cached = self.scorer.stale(rows)
+        q = q.to(device)
 
         def top(table: torch.Tensor) -> torch.Tensor:
-            return (q.float() @ table.T).topk(self.overlap_k, dim=1).indices
+            return (q.float() @ table.T).topk(self.overlap_k, dim=1).indices.cpu()
 
         fresh_top = top(fresh)
         rec = {"overlap_stale_fresh": overlap_at(top(cached), fresh_top)}
