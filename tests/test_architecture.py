@@ -1,5 +1,6 @@
 """docs/architecture.md's import table is what the package imports at module level, and those
-imports run one way: no unit of `freshen` imports, at module level, a unit that imports it back."""
+imports run one way: no unit of `freshen` imports, at module level, a unit that imports it back;
+and no module is over 300 lines."""
 
 import ast
 import re
@@ -98,3 +99,9 @@ def test_module_level_imports_have_no_cycle():
     except CycleError as e:
         pytest.fail(f"module-level imports go round: {' -> '.join(e.args[1])}")
     assert order.index("errors") < order.index("steps") < order.index("cli")
+
+
+def test_no_module_is_over_300_lines():
+    """docs/architecture.md, 'Style': a module a newcomer reads in one sitting."""
+    long = {str(p.relative_to(REPO)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 300}
+    assert long == {}
