@@ -49,7 +49,7 @@ def test_failed_write_leaves_previous_cache_untouched(tmp_path):
         arr[:] = 5
         raise RuntimeError("interrupted")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="interrupted"):
         write_cache(tmp_path / "c", ["a", "b"], 2, boom, {"v": 2})
     cache = load_cache(tmp_path / "c")
     assert cache.manifest["v"] == 1 and len(cache) == 1 and float(cache.embeddings[0, 0]) == 1.0
@@ -57,10 +57,10 @@ def test_failed_write_leaves_previous_cache_untouched(tmp_path):
 
 
 def test_atomic_dir_never_publishes_partial(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="half-way"):
         with atomic_dir(tmp_path / "out") as tmp:
             (tmp / "half").write_text("x")
-            raise ValueError
+            raise ValueError("half-way")
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
 
 

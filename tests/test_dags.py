@@ -27,6 +27,7 @@ from dag_shapes import (  # noqa: E402
     TRAIN_TASKS,
     edges_of,
 )
+from freshen.errors import FreshenError  # noqa: E402
 from freshen.orchestration.pipeline import CORPUS, TRAIN, cli_argv, steps_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,7 +182,7 @@ def test_the_deployment_overrides_reach_every_step_of_a_run(tmp_path, tiny_param
     assert step_params.orchestration.num_shards == 3 and step_params.data.verify is False
     assert step_params.train.steps == 5
     monkeypatch.setenv("FRESHEN_SET", "[1]")
-    with pytest.raises(Exception, match=r"\$FRESHEN_SET: must be a JSON object"):
+    with pytest.raises(FreshenError, match=r"\$FRESHEN_SET: must be a JSON object"):
         config.load_project(root)
 
 
@@ -563,7 +564,11 @@ def test_training_then_sharded_refresh_end_to_end(tmp_path, tiny_params, mlflow_
         "edited": len(EDITED),
         "removed": len(REMOVED),
         "unchanged": len(new_ids) - len(ADDED) - len(EDITED),
-        "parent_run_id": announced["parent_run_id"],
+        "parent_run_id": next(
+            r.info.run_id
+            for r in client.search_runs([exp.experiment_id], "tags.`freshen.pipeline` = 'corpus'")
+            if r.data.tags.get("airflow.run_id") == update.run_id
+        ),
     }
     encoded.clear()
     fresh = bag.dags["freshen_cache_refresh"].test(run_conf={"orchestration.num_shards": 3, "set": {}})

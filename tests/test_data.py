@@ -16,7 +16,8 @@ def test_loads_tiny_dataset(tiny_beir):
     assert len(ds.corpus) == 60 and len(ds.queries) == 42
     assert set(ds.qrels) == {"train", "test"}
     assert len(ds.qrels["train"]) == 30 and ds.qrels["train"]["q0"] == {"d0": 1}
-    assert ds.doc_texts(["d0"])[0].startswith("brain doc0 ") or ds.doc_texts(["d0"])[0].startswith("cell")
+    first = json.loads((tiny_beir / "corpus.jsonl").read_text().splitlines()[0])
+    assert first["_id"] == "d0" and ds.doc_texts(["d0"]) == [f"{first['title']} {first['text']}"]  # title, then text
 
 
 @pytest.mark.parametrize("crlf,header", [(True, True), (False, False), (True, False)])

@@ -4,6 +4,7 @@ sentence-transformers and transformers both load with the same embeddings."""
 import json
 import shutil
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ from freshen.errors import FreshenError
 from freshen.modeling import encoder as encoder_module
 from freshen.modeling.encoder import DEFAULT_MODEL, Encoder, declared_pooling, model_digest, pool
 from tiny import make_tiny_bert
+from transformers import AutoTokenizer
 
 TEXTS = ["cell protein gene doc1", "heart artery blood pressure doc2 the of", "brain"]
 
@@ -84,14 +86,19 @@ def test_bad_model_and_pooling_are_clear(tmp_path):
 
 
 def test_saved_folder_does_not_depend_on_hf_hub_offline(tiny_model, tmp_path, monkeypatch):
-    """The digest identifies weights, so how the tokenizer was loaded must not leak into it."""
+    """The digest identifies weights, so how the tokenizer was loaded must not leak into it.
+    huggingface_hub reads HF_HUB_OFFLINE once, at import: the test sets what it read."""
     digests = []
-    for offline in ("1", "0"):
-        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    for offline in (True, False):
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+        raw = tmp_path / f"raw-{offline}"
+        AutoTokenizer.from_pretrained(str(tiny_model)).save_pretrained(raw)
+        written = json.loads((raw / "tokenizer_config.json").read_text())
+        assert written["local_files_only"] is offline  # what the encoder must drop
         enc = Encoder.from_params({"name_or_path": str(tiny_model)})
-        enc.save(tmp_path / offline)
-        assert "local_files_only" not in json.loads((tmp_path / offline / "tokenizer_config.json").read_text())
-        digests.append(model_digest(tmp_path / offline))
+        enc.save(tmp_path / str(offline))
+        assert "local_files_only" not in json.loads((tmp_path / str(offline) / "tokenizer_config.json").read_text())
+        digests.append(model_digest(tmp_path / str(offline)))
     assert digests[0] == digests[1]
 
 

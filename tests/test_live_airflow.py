@@ -38,8 +38,9 @@ def test_stop_ends_the_group_the_sigterm_ignorers_and_the_escaped(tmp_path):
     ready = tmp_path / "ready"
     parent = procs.start("family", [sys.executable, "-c", FAMILY, str(ready)])
     wait_for(ready)
-    time.sleep(1.0)  # the children have execed and carry the marker
-    family = marked_pids(procs.token)
+    deadline = time.monotonic() + 30  # until the children have execed and carry the marker
+    while len(family := marked_pids(procs.token)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert parent.pid in family and len(family) == 3
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # not started by procs
     try:

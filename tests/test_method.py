@@ -486,6 +486,12 @@ def test_teacher_margin_mse_trains(tiny, tmp_path):
         teacher[q] = {d: 10.0 for d in docs}
         teacher[q].update({d: float(i % 5) for i, d in enumerate(ds.doc_ids()[:12]) if d not in docs})
     p = _params(params, steps=4, eval_every=0)
-    res = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, teacher=teacher)
+    rec = Recorder()
+    res = train(Encoder.from_params(params["model"]), ds, cache, clusters, p, seed=3, teacher=teacher, hooks=[rec])
     assert all(np.isfinite(r["loss"]) for r in res.curve)
     assert res.counters.train_passage_passes == 4 * 4 * 3
+    # the negatives are the teacher's scored non-positives (12 of 60 documents), never the cache's
+    doc_ids, positives = cache.ids, ds.positives("train")
+    picked = [(q, doc_ids[r]) for qids, rows in rec.picked for q, row in zip(qids, rows.tolist()) for r in row]
+    assert len(picked) == 4 * 4 * 2
+    assert all(d in teacher[q] and d not in positives[q] for q, d in picked)

@@ -15,8 +15,8 @@ def _p(params, **train):
 
 def test_the_pilot_keeps_the_better_candidate_and_its_run_is_the_direct_one(tiny_training):
     ds, cache, clusters, params = tiny_training
-    # lr 1e-30 cannot move the encoder (updates below float32 resolution; the schema wants lr > 0):
-    # the pilot must prefer the written lr, whose dev rises
+    # lr 1e-30 cannot move the encoder (updates below float32 resolution; the schema wants lr > 0),
+    # lr 5e-3 does (on this tiny data, dev falls): the two score apart and the pilot keeps the higher
     p = _p(params, pilot={"steps": 3, "candidates": [{"lr": 1e-30}, {}]}, lr=5e-3)
     spent, scores = [], []
 
@@ -29,6 +29,7 @@ def test_the_pilot_keeps_the_better_candidate_and_its_run_is_the_direct_one(tiny
 
     chosen, summary = pilot.choose(p, run_pilot)
     best = max(range(2), key=lambda i: (scores[i], -i))
+    assert scores[0] != scores[1]  # the choice is the scores', not the tie rule's
     assert summary["pilot_choice"] == best and chosen.lr == [1e-30, 5e-3][best] and chosen.pilot.candidates == []
     assert summary["pilot_passes"] == sum(spent) == 2 * 3 * 4 * (1 + 2)  # 2 pilots x 3 steps x 4 queries x (pos + k)
     assert [c["dev_ndcg_at_10"] for c in summary["pilot_candidates"]] == scores

@@ -214,7 +214,7 @@ def test_first_model_not_beating_zero_shot_does_not_become_champion(project, tin
     client = MlflowClient()
     d = _promote(project, tiny_model, 0.50, 0.50, 1)  # a tie does not beat it
     assert not d["promoted"] and d["champion"] is None
-    with pytest.raises(MlflowException):
+    with pytest.raises(MlflowException, match="champion"):  # no such alias
         client.get_model_version_by_alias(name, "champion")
     assert _alias(client, name, "challenger") == "1"
     tags = client.get_model_version(name, "1").tags

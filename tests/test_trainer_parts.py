@@ -2,12 +2,16 @@
 selection), the corrector trainer's schedule, the refresher's, the best-checkpoint bookkeeping,
 and hooks that observe a run without changing it."""
 
+import itertools
+import types
+
 import numpy as np
 import pytest
 import torch
 from freshen.modeling.encoder import Encoder
 from freshen.params.train import CorrectorParams
 from freshen.sampling.selection import Selection, balanced, gumbel_keys
+from freshen.training import loop
 from freshen.training.corrector_trainer import CorrectorTrainer
 from freshen.training.data import Counters
 from freshen.training.loop import Trainer, train
@@ -215,14 +219,17 @@ def test_a_mapped_cache_and_texts_read_from_the_file_train_exactly_as_in_memory(
     assert np.array_equal(np.load(cache.path / "embeddings.npy"), tables[0])
 
 
-def test_the_trainer_times_the_parts_of_its_steps(tiny_training):
+def test_the_trainer_times_the_parts_of_its_steps(tiny_training, monkeypatch):
     ds, cache, clusters, params = tiny_training
     t = Trainer(Encoder.from_params(params["model"]), ds, cache, clusters, _params(params), seed=3)
     t.encoder.train()
     assert dict(t.timings) == {}
+    ticks = itertools.count()  # a clock that moves one second each time the trainer reads it
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     t.step(1)
     first = dict(t.timings)
-    assert set(first) == {"encode", "negatives", "backward", "corrector"}
-    assert all(v > 0 for v in first.values())
+    # each timed part: one second a block; encode twice (queries, then passages), the corrector
+    # twice (its drift sample, then its update)
+    assert first == {"encode": 2.0, "negatives": 1.0, "corrector": 2.0, "backward": 1.0}
     t.step(2)
-    assert all(t.timings[k] > first[k] for k in first)  # cumulative
+    assert dict(t.timings) == {k: 2 * v for k, v in first.items()}  # cumulative
