@@ -233,3 +233,29 @@ def test_the_trainer_times_the_parts_of_its_steps(tiny_training, monkeypatch):
     assert first == {"encode": 2.0, "negatives": 1.0, "corrector": 2.0, "backward": 1.0}
     t.step(2)
     assert dict(t.timings) == {k: 2 * v for k, v in first.items()}  # cumulative
+
+
+def test_micro_batches_change_only_which_dropout_masks_are_drawn(tiny_training, tmp_path):
+    """`train.micro_batch` embeds the batch a few queries (with their passages) a pass: without
+    dropout, passes of one query train the model one pass of the whole batch trains (fp32: the
+    same losses and weights up to summation order); with dropout, other masks, another model."""
+    from tiny import make_tiny_bert
+
+    ds, cache, clusters, params = tiny_training
+    runs = {}
+    for dropout in (0.0, 0.1):
+        model = {"name_or_path": str(make_tiny_bert(tmp_path / f"bert-{dropout}", dropout=dropout))}
+        for micro in (None, 1):
+            p = train_params(params["train"], precision="fp32", steps=3, eval_every=0, micro_batch=micro)
+            runs[dropout, micro] = train(Encoder.from_params(model), ds, cache, clusters, p, seed=3)
+
+    def apart(a, b):
+        losses = max(abs(x["loss"] - y["loss"]) for x, y in zip(a.curve, b.curve, strict=True))
+        weights = max(
+            float((x - y).abs().max()) for x, y in zip(a.encoder.state_dict().values(), b.encoder.state_dict().values())
+        )
+        return losses, weights
+
+    assert runs[0.0, None].curve[0]["loss"] > 0
+    assert max(apart(runs[0.0, None], runs[0.0, 1])) < 1e-5
+    assert apart(runs[0.1, None], runs[0.1, 1])[0] > 1e-3
