@@ -117,16 +117,18 @@ def test_a_second_writer_fails_at_once_naming_the_first_and_writes_nothing(tmp_p
     (out / "ids.json").write_text("[]")
     first = holder(out)
     waits = []
-    monkeypatch.setattr(locks.time, "sleep", waits.append)  # at once: no wait for the lock
-    with pytest.raises(
-        FreshenError,
-        match=rf"{out} is being written by another run \(pid {first.pid}, since \d{{4}}-"
-        rf".*; wait for it to finish, or set {WAIT_ENV}=SECONDS",
-    ) as busy:
+    with (
+        monkeypatch.context() as m,
+        pytest.raises(
+            FreshenError,
+            match=rf"{out} is being written by another run \(pid {first.pid}, since \d{{4}}-"
+            rf".*; wait for it to finish, or set {WAIT_ENV}=SECONDS",
+        ) as busy,
+    ):
+        m.setattr(locks.time, "sleep", waits.append)  # at once: no wait for the lock
         with hold(out):
             (out / "ids.json").write_text("overwritten")
     assert waits == [] and "(waited" not in str(busy.value)
-    monkeypatch.undo()
     assert (out / "ids.json").read_text() == "[]"
     # the kernel lets go of a lock when its holder dies, however it dies: no stale lock to clear by hand
     first.kill()

@@ -18,7 +18,7 @@ from freshen.training.loop import Trainer, train
 from freshen.training.refresher import Refresher
 from freshen.training.validator import BestCheckpoint
 from recorder import Recorder
-from tiny import train_params
+from tiny import make_tiny_bert, train_params
 
 
 def _params(params, **neg):
@@ -239,8 +239,6 @@ def test_micro_batches_change_only_which_dropout_masks_are_drawn(tiny_training, 
     """`train.micro_batch` embeds the batch a few queries (with their passages) a pass: without
     dropout, passes of one query train the model one pass of the whole batch trains (fp32: the
     same losses and weights up to summation order); with dropout, other masks, another model."""
-    from tiny import make_tiny_bert
-
     ds, cache, clusters, params = tiny_training
     runs = {}
     for dropout in (0.0, 0.1):
